@@ -1,0 +1,1 @@
+"""Model backends: openvla (torch only) and openpi (jax only)."""

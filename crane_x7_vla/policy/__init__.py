@@ -1,0 +1,1 @@
+"""Deployment without ROS: load_policy, safety filter, chunk execution, policy server."""

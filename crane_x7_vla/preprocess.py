@@ -1,0 +1,135 @@
+"""Image and action transforms that training AND deployment call.
+
+Training calls `prepare_image(..., train=True, rng=...)` (random crop + colour jitter);
+deployment calls the same function with `train=False`, which applies the matching
+centre crop. Both use the `ImageSpec` stored in the checkpoint, so an image at the
+robot is processed exactly as the images the policy learned from.
+
+Actions and states are normalised with `Normalizer`, built from the dataset
+statistics the checkpoint carries (q01/q99 by default, as OpenVLA and openpi do).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from crane_x7_vla.episode import jpeg
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a camera frame becomes model input."""
+
+    width: int = 224
+    height: int = 224
+    crop_scale: float = 0.9  # area kept by the crop (random at training, centred at inference)
+    color_jitter: float = 0.1  # brightness/contrast jitter at training, 0 = off
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ImageSpec":
+        return cls(**{k: data[k] for k in ("width", "height", "crop_scale", "color_jitter") if k in data})
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'224x224' -> (224, 224); raises ValueError naming the bad value."""
+    try:
+        w, h = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"image size must look like WIDTHxHEIGHT, e.g. 224x224 (got '{text}')") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size must be positive (got '{text}')")
+    return w, h
+
+
+def _crop_box(h: int, w: int, scale: float, rng: np.random.Generator | None):
+    side = math.sqrt(max(min(scale, 1.0), 1e-3))
+    ch, cw = max(1, int(round(h * side))), max(1, int(round(w * side)))
+    if rng is None:
+        top, left = (h - ch) // 2, (w - cw) // 2
+    else:
+        top = int(rng.integers(0, h - ch + 1))
+        left = int(rng.integers(0, w - cw + 1))
+    return top, left, ch, cw
+
+
+def prepare_image(
+    image: np.ndarray | bytes,
+    spec: ImageSpec = ImageSpec(),
+    *,
+    train: bool = False,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """RGB uint8 (H, W, 3) or JPEG bytes -> RGB uint8 (spec.height, spec.width, 3).
+
+    Crop (random when training, centred otherwise) then resize. JPEG bytes are
+    decoded with DCT-domain down-scaling to no less than the size needed.
+    """
+    if train and rng is None:
+        raise ValueError("prepare_image(train=True) needs an rng, so augmentation is reproducible")
+    if isinstance(image, (bytes, bytearray)):
+        side = 1.0 / math.sqrt(max(min(spec.crop_scale, 1.0), 1e-3))
+        image = jpeg.decode(bytes(image), min_size=(int(spec.width * side), int(spec.height * side)))
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    top, left, ch, cw = _crop_box(h, w, spec.crop_scale, rng if train else None)
+    image = image[top : top + ch, left : left + cw]
+    if (cw, ch) != (spec.width, spec.height):
+        interp = cv2.INTER_AREA if cw > spec.width else cv2.INTER_LINEAR
+        image = cv2.resize(image, (spec.width, spec.height), interpolation=interp)
+    if train and spec.color_jitter > 0:
+        j = spec.color_jitter
+        gain = 1.0 + rng.uniform(-j, j)
+        bias = 255.0 * rng.uniform(-j, j) * 0.5
+        image = np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Maps values between robot units and [-1, 1] with per-dimension bounds.
+
+    Dimensions whose bounds coincide (a joint that never moved) map to 0 and back
+    to the bound, instead of dividing by zero.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def from_stats(cls, stats: dict, key: str, mode: str = "q01_q99") -> "Normalizer":
+        """`stats` is the dataset-statistics dict for one dataset; `key` 'action' or 'proprio'."""
+        if key not in stats:
+            raise KeyError(f"dataset statistics have no '{key}' entry")
+        entry = stats[key]
+        if mode == "q01_q99":
+            low, high = entry["q01"], entry["q99"]
+        elif mode == "min_max":
+            low, high = entry["min"], entry["max"]
+        else:
+            raise ValueError(f"unknown normalisation mode '{mode}' (use q01_q99 or min_max)")
+        return cls(np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64))
+
+    @property
+    def _span(self) -> np.ndarray:
+        return self.high - self.low
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        span = self._span
+        safe = np.where(span > 1e-8, span, 1.0)
+        out = 2.0 * (x - self.low) / safe - 1.0
+        out = np.where(span > 1e-8, out, 0.0)
+        return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+    def unnormalize(self, y: np.ndarray) -> np.ndarray:
+        y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
+        return (0.5 * (y + 1.0) * self._span + self.low).astype(np.float64)

@@ -1,0 +1,1 @@
+"""ROS 2 nodes (rclpy is imported only here)."""

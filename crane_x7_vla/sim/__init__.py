@@ -1,0 +1,1 @@
+"""The simulated CRANE-X7 (MuJoCo): scene, tasks and scripted expert."""

@@ -1,0 +1,1 @@
+"""Training: the backend-neutral CLI, config, loop and checkpoints."""
