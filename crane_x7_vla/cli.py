@@ -1,0 +1,51 @@
+"""`crane-x7-vla`: one command for every stage.
+
+    crane-x7-vla demo          the loop on the embedded default
+    crane-x7-vla dataset ...   inspect, validate, compute statistics, convert episodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from crane_x7_vla import __version__
+
+# Each module exposes register(subparsers); the order is the order of `--help`.
+COMMAND_MODULES = (
+    "crane_x7_vla.demo",
+    "crane_x7_vla.dataset_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crane-x7-vla",
+        description="Collect, train and deploy Vision-Language-Action policies on the CRANE-X7.",
+    )
+    parser.add_argument("--version", action="version", version=f"crane_x7_vla {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from crane_x7_vla.episode.reader import DatasetError
+    from crane_x7_vla.episode.tfrecord import RecordError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, RecordError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
