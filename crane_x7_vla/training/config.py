@@ -1,0 +1,175 @@
+"""`TrainConfig`: every setting of a training run, shared by both backends.
+
+Precedence: dataclass defaults < per-backend defaults < `--config FILE.yaml` < flags.
+The config is stored in every checkpoint (`policy_config.json` -> "train_config"),
+so a run can be reproduced or resumed from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crane_x7_vla.preprocess import ImageSpec, parse_image_size
+
+BACKENDS = ("openvla", "openpi")
+
+# Values that differ between backends; `None` in TrainConfig means "take it from here".
+BACKEND_DEFAULTS: dict[str, dict] = {
+    "openvla": {
+        "batch_size": 16,
+        "learning_rate": 5e-4,
+        "model": "openvla/openvla-7b",
+        "action_horizon": 1,
+    },
+    "openpi": {
+        "batch_size": 32,
+        "learning_rate": 3e-4,
+        "model": "pi0",
+        "action_horizon": 10,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown, out of range or contradicts another one."""
+
+
+@dataclass
+class TrainConfig:
+    backend: str = "openvla"
+    data_root: str = "/workspace/data/tfrecord_logs"
+    instruction: str = "Pick and place the object"  # used where an episode has none
+    image_size: str = "224x224"  # WIDTHxHEIGHT fed to the model
+    crop_scale: float = 0.9  # area kept by the training crop (centre crop at inference)
+    color_jitter: float = 0.1  # brightness/contrast jitter at training, 0 = off
+    cameras: list[str] | None = None  # camera names fed to the model; None = all in the episodes
+    batch_size: int | None = None  # per process (per GPU)
+    num_epochs: int = 100
+    max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"  # cosine | linear | constant (after warmup)
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    grad_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    use_lora: bool = True
+    lora_rank: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.1
+    merge_lora: bool = False  # also write merged full weights into checkpoint-final/merged
+    model: str | None = None  # preset name, hub id or local path of the base model
+    attn_implementation: str | None = None  # e.g. flash_attention_2, sdpa, eager
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    action_horizon: int | None = None
+    experiment_name: str | None = None  # crane_x7_{backend}
+    output_dir: str | None = None  # /workspace/outputs/{experiment_name}
+    save_steps: int = 500
+    logging_steps: int = 10
+    eval_steps: int = 0  # validation every N optimizer steps (0: only at the end)
+    eval_samples: int = 64  # samples per split for validation metrics
+    use_wandb: bool = False
+    wandb_project: str = "crane_x7_vla"
+    wandb_entity: str | None = None
+    resume_from_checkpoint: str | None = None
+    seed: int = 42
+    val_ratio: float = 0.1  # share of EPISODES held out for validation
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 2  # threads preparing samples in the background
+    prefetch_batches: int = 4
+    extra: dict = field(default_factory=dict)  # backend-specific settings
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def image_spec(self) -> ImageSpec:
+        w, h = parse_image_size(self.image_size)
+        return ImageSpec(width=w, height=h, crop_scale=self.crop_scale, color_jitter=self.color_jitter)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "config") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def resolved(self) -> "TrainConfig":
+        """Fill per-backend defaults and check every value; returns a new config."""
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS} (got '{self.backend}')")
+        cfg = dataclasses.replace(self, extra=dict(self.extra), cameras=None if self.cameras is None else list(self.cameras))
+        for key, value in BACKEND_DEFAULTS[cfg.backend].items():
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        if cfg.experiment_name is None:
+            cfg.experiment_name = f"crane_x7_{cfg.backend}"
+        if cfg.output_dir is None:
+            cfg.output_dir = f"/workspace/outputs/{cfg.experiment_name}"
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def positive(name, allow_zero=False):
+            v = getattr(self, name)
+            if v is None or v < 0 or (v == 0 and not allow_zero):
+                raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'} (got {v})")
+
+        try:
+            parse_image_size(self.image_size)
+        except ValueError as exc:
+            raise ConfigError(f"--image-size: {exc}") from None
+        for name in ("batch_size", "num_epochs", "learning_rate", "grad_accumulation_steps", "save_steps",
+                     "logging_steps", "lora_rank", "lora_alpha", "action_horizon", "eval_samples",
+                     "prefetch_batches"):
+            positive(name)
+        for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm"):
+            positive(name, allow_zero=True)
+        if self.max_steps is not None:
+            positive("max_steps")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
+        if not 0.0 <= self.val_ratio < 1.0:
+            raise ConfigError(f"--val-ratio must be in [0, 1) (got {self.val_ratio})")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"--crop-scale must be in (0, 1] (got {self.crop_scale})")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ConfigError(f"--color-jitter must be in [0, 1) (got {self.color_jitter})")
+        if self.lr_scheduler not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"--lr-scheduler must be cosine, linear or constant (got '{self.lr_scheduler}')")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"--precision must be auto, bf16 or fp32 (got '{self.precision}')")
+        if self.merge_lora and not self.use_lora:
+            raise ConfigError("--merge-lora needs LoRA training; it contradicts --no-use-lora")
+        if self.cameras is not None and not self.cameras:
+            raise ConfigError("--cameras needs at least one camera name")
+        if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():
+            raise ConfigError(f"--resume-from-checkpoint: {self.resume_from_checkpoint} is not a directory")
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML config file as a dict of TrainConfig field names (dashes allowed)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting: value at the top level")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}")
+    return data
