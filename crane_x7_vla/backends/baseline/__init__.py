@@ -1,0 +1,1 @@
+"""Baseline policies (hold, mean demonstrated trajectory) behind the common backend interface."""

@@ -1,0 +1,191 @@
+"""Load a trained policy from its checkpoint directory, refusing ones that do not fit the robot.
+
+`load_policy(checkpoint_dir)` reads ``policy_config.json`` (see the checkpoint contract),
+checks that the checkpoint commands the same joints in the same order as this robot and
+that the normalisation statistics it carries are complete and consistent, then imports
+``crane_x7_vla.backends.<backend>.policy`` and calls its ``load(checkpoint_dir, config,
+device)``. Heavy libraries (torch, jax) are imported by the backend only.
+
+Every policy object offers:
+    policy.config   -> dict (policy_config.json)
+    policy.predict(observation) -> (H, 8) float64 absolute joint targets
+        observation = {"images": {camera: RGB uint8 (H, W, 3)}, "state": (8,), "instruction": str}
+    policy.metadata -> dict (sent to clients by the policy server on connect)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+from pathlib import Path
+
+from crane_x7_vla import robot
+
+CONFIG_FILE = "policy_config.json"
+FORMAT_VERSION = 1
+STAT_KEYS = ("q01", "q99")
+
+
+class PolicyLoadError(ValueError):
+    """A checkpoint that cannot be used on this robot; the message says why and names the file."""
+
+
+def read_policy_config(checkpoint_dir: str | os.PathLike) -> dict:
+    """The parsed policy_config.json of a checkpoint directory (clear errors when absent or broken)."""
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise PolicyLoadError(f"{ckpt}: no such checkpoint directory")
+    path = ckpt / CONFIG_FILE
+    if not path.is_file():
+        raise PolicyLoadError(
+            f"{path}: missing. A checkpoint directory written by `crane-x7-vla train` "
+            f"(e.g. .../checkpoint-final) holds a {CONFIG_FILE}; is this the right directory?"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyLoadError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise PolicyLoadError(f"{path}: expected a JSON object at the top level")
+    return config
+
+
+def _require(config: dict, key: str, where: Path, kind=None):
+    if key not in config:
+        raise PolicyLoadError(f"{where}: field '{key}' is missing")
+    value = config[key]
+    if kind is not None and not isinstance(value, kind):
+        raise PolicyLoadError(f"{where}: field '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def check_joint_names(config: dict, expected, where: Path) -> None:
+    names = list(_require(config, "joint_names", where, list))
+    expected = list(expected)
+    if names == expected:
+        return
+    if sorted(names) == sorted(expected):
+        raise PolicyLoadError(
+            f"{where}: the checkpoint orders the joints differently from this robot "
+            f"(checkpoint: {names}; robot: {expected}). Its actions would drive the wrong joints."
+        )
+    raise PolicyLoadError(
+        f"{where}: the checkpoint was trained for other joints "
+        f"(checkpoint: {names}; robot: {expected})."
+    )
+
+
+def _check_stat_entry(stats: dict, key: str, dim: int, where: Path) -> None:
+    entry = stats.get(key)
+    if not isinstance(entry, dict):
+        raise PolicyLoadError(f"{where}: dataset_statistics has no '{key}' entry")
+    for s in STAT_KEYS:
+        values = entry.get(s)
+        if not isinstance(values, list) or len(values) != dim:
+            raise PolicyLoadError(f"{where}: dataset_statistics.{key}.{s} must be a list of {dim} numbers")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise PolicyLoadError(f"{where}: dataset_statistics.{key}.{s} holds a non-finite value")
+    if any(lo > hi for lo, hi in zip(entry["q01"], entry["q99"])):
+        raise PolicyLoadError(f"{where}: dataset_statistics.{key} has q01 above q99")
+
+
+def check_statistics(config: dict, where: Path, expected_fingerprint: str | None = None) -> None:
+    """Refuse statistics that are missing, incomplete, or not the ones the checkpoint says it used."""
+    mode = (config.get("normalization") or {}).get("mode", "q01_q99")
+    stats = config.get("dataset_statistics")
+    carried = config.get("statistics_fingerprint")
+    if mode == "none" and stats is None:
+        if expected_fingerprint:
+            raise PolicyLoadError(
+                f"{where}: the checkpoint carries no dataset statistics, so it cannot be checked "
+                f"against the expected fingerprint {expected_fingerprint}"
+            )
+        return
+    if not isinstance(stats, dict):
+        raise PolicyLoadError(f"{where}: field 'dataset_statistics' is missing; the actions cannot be un-normalised")
+    dim = int((config.get("action_space") or {}).get("dim", robot.ACTION_DIM))
+    for key in ("action", "proprio"):
+        _check_stat_entry(stats, key, dim, where)
+    inner = stats.get("fingerprint")
+    if not carried or not inner:
+        raise PolicyLoadError(
+            f"{where}: the statistics fingerprint is missing ('statistics_fingerprint' and "
+            f"dataset_statistics.fingerprint are both required), so nothing proves these statistics "
+            f"are the ones the model was trained with"
+        )
+    if carried != inner:
+        raise PolicyLoadError(
+            f"{where}: statistics_fingerprint {carried} does not match the fingerprint of the statistics "
+            f"it carries ({inner}); the file was edited or assembled from two trainings"
+        )
+    if expected_fingerprint and expected_fingerprint != carried:
+        raise PolicyLoadError(
+            f"{where}: trained on statistics {carried}, but this robot is configured for {expected_fingerprint}. "
+            f"The checkpoint comes from a different dataset version; retrain or use the matching checkpoint."
+        )
+
+
+def validate_config(config: dict, where: Path, *, expected_joint_names=robot.JOINT_NAMES,
+                    expected_fingerprint: str | None = None) -> None:
+    version = config.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise PolicyLoadError(f"{where}: format_version {version} is not supported (this version reads {FORMAT_VERSION})")
+    backend = _require(config, "backend", where, str)
+    if not backend.isidentifier():
+        raise PolicyLoadError(f"{where}: backend '{backend}' is not a backend name")
+    check_joint_names(config, expected_joint_names, where)
+    space = _require(config, "action_space", where, dict)
+    if int(space.get("dim", -1)) != len(expected_joint_names):
+        raise PolicyLoadError(f"{where}: action_space.dim is {space.get('dim')}, the robot has {len(expected_joint_names)} joints")
+    if int(space.get("horizon", 0)) < 1:
+        raise PolicyLoadError(f"{where}: action_space.horizon must be at least 1")
+    rate = config.get("control_rate_hz")
+    if not isinstance(rate, (int, float)) or not rate > 0:
+        raise PolicyLoadError(f"{where}: control_rate_hz must be a positive number (got {rate!r})")
+    cameras = config.get("cameras", [])
+    if not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras):
+        raise PolicyLoadError(f"{where}: cameras must be a list of camera names")
+    check_statistics(config, where, expected_fingerprint)
+
+
+def fingerprint_of(path: str | os.PathLike) -> str:
+    """The statistics fingerprint of a dataset directory or a dataset_statistics.json file."""
+    from crane_x7_vla.episode import schema
+    from crane_x7_vla.episode.stats import dataset_stats_entry
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / schema.STATS_FILE
+    if not p.is_file():
+        raise PolicyLoadError(f"{p}: no dataset statistics file")
+    found = dataset_stats_entry(json.loads(p.read_text()), str(p)).get("fingerprint")
+    if not found:
+        raise PolicyLoadError(f"{p}: has no fingerprint; regenerate it with `crane-x7-vla dataset stats`")
+    return found
+
+
+def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
+                expected_joint_names=robot.JOINT_NAMES, expected_fingerprint: str | None = None):
+    """Load the policy stored in ``checkpoint_dir`` (see the module docstring)."""
+    ckpt = Path(checkpoint_dir)
+    config = read_policy_config(ckpt)
+    where = ckpt / CONFIG_FILE
+    validate_config(config, where, expected_joint_names=expected_joint_names,
+                    expected_fingerprint=expected_fingerprint)
+    module_name = f"crane_x7_vla.backends.{config['backend']}.policy"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise PolicyLoadError(f"{where}: unknown backend '{config['backend']}' (no module {module_name})") from None
+        raise
+    return module.load(ckpt, config, device)
+
+
+def RemotePolicy(url: str, token: str | None = None, **kwargs):  # noqa: N802 (a class-like factory)
+    """A policy served elsewhere (openpi websocket protocol); same predict interface."""
+    from crane_x7_vla.policy.client import RemotePolicy as _Remote
+
+    return _Remote(url, token=token, **kwargs)
