@@ -1,0 +1,171 @@
+"""Gemma-style decoder layers for two token streams that attend jointly (π0's mixture).
+
+The prefix decoder (images + instruction) and the action expert (state + noisy
+actions) each have their own weights, but in every layer their queries, keys and
+values are concatenated along the sequence, so suffix tokens attend to the prefix
+through one attention. Weights are stacked on a leading depth axis and run with
+`jax.lax.scan`. Optional LoRA adapters (rank r) add a low-rank branch
+`scale * dropout(x) @ A @ B` next to each frozen weight, as openpi's LoRA does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crane_x7_vla.backends.openpi.presets import GemmaConfig
+
+#: Weights that get LoRA adapters, with the axes LoRA factorises (the last two).
+LORA_TARGETS = ("q", "kv", "attn_out", "gate_up", "down")
+
+
+def _fan_in_normal(key, shape, fan_in):
+    return jax.random.normal(key, shape, jnp.float32) * (1.0 / fan_in) ** 0.5
+
+
+class GemmaLayers(nnx.Module):
+    """`depth` decoder layers; every weight has a leading depth axis."""
+
+    def __init__(self, cfg: GemmaConfig, rngs: nnx.Rngs, lora_rank: int = 0):
+        L, D, F = cfg.depth, cfg.width, cfg.mlp_dim
+        N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        k = rngs.params
+        self.attn_norm = nnx.Param(jnp.zeros((L, D)))  # RMSNorm scales multiply (1 + scale)
+        self.q = nnx.Param(_fan_in_normal(k(), (L, N, D, H), D))
+        self.kv = nnx.Param(_fan_in_normal(k(), (L, 2, K, D, H), D))
+        self.attn_out = nnx.Param(_fan_in_normal(k(), (L, N, H, D), N * H))
+        self.mlp_norm = nnx.Param(jnp.zeros((L, D)))
+        self.gate_up = nnx.Param(_fan_in_normal(k(), (L, 2, D, F), D))
+        self.down = nnx.Param(_fan_in_normal(k(), (L, F, D), F))
+        if lora_rank > 0:
+            for name in LORA_TARGETS:
+                shape = getattr(self, name)[...].shape
+                a_shape = shape[:-1] + (lora_rank,)
+                b_shape = shape[:-2] + (lora_rank, shape[-1])
+                # A small random, B zero: the adapted model starts equal to the base model.
+                setattr(self, f"{name}_lora_a", nnx.Param(jax.random.normal(k(), a_shape) * 0.01))
+                setattr(self, f"{name}_lora_b", nnx.Param(jnp.zeros(b_shape)))
+
+    def weights(self) -> dict:
+        return {name: p[...] for name, p in vars(self).items() if isinstance(p, nnx.Param)}
+
+
+def rms_norm(x, scale, eps=1e-6):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def rope(x, positions, max_wavelength=10_000.0):
+    """Rotary position embedding of x (B, T, heads, H) at integer positions (B, T)."""
+    half = x.shape[-1] // 2
+    timescale = max_wavelength ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+    angle = positions.astype(jnp.float32)[..., None, None] / timescale
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+#: einsum of each target and of its LoRA factors A (contracting the input) and B (producing the output).
+_EQNS = {
+    "q": ("btd,ndh->btnh", "btd,ndr->btnr", "btnr,nrh->btnh"),
+    "kv": ("btd,ckdh->cbtkh", "btd,ckdr->cbtkr", "cbtkr,ckrh->cbtkh"),
+    "attn_out": ("btnh,nhd->btd", "btnh,nhr->btnr", "btnr,nrd->btd"),
+    "gate_up": ("btd,cdf->cbtf", "btd,cdr->cbtr", "cbtr,crf->cbtf"),
+    "down": ("btf,fd->btd", "btf,fr->btr", "btr,rd->btd"),
+}
+
+
+def _project(w: dict, name: str, x, dtype, lora: tuple[float, float], key):
+    """x through weight `name`, plus its LoRA branch when the weights carry one.
+
+    lora = (scale, dropout rate); key: dropout key for this call, or None (no dropout).
+    """
+    eqn, eqn_a, eqn_b = _EQNS[name]
+    y = jnp.einsum(eqn, x, w[name].astype(dtype))
+    if f"{name}_lora_a" in w:
+        scale, rate = lora
+        xl = x
+        if key is not None and rate > 0:
+            keep = jax.random.bernoulli(jax.random.fold_in(key, list(_EQNS).index(name)), 1.0 - rate, x.shape)
+            xl = jnp.where(keep, x / (1.0 - rate), 0).astype(dtype)
+        z = jnp.einsum(eqn_a, xl, w[f"{name}_lora_a"].astype(dtype))
+        y = y + (scale * jnp.einsum(eqn_b, z, w[f"{name}_lora_b"].astype(dtype))).astype(dtype)
+    return y
+
+
+def joint_layers(
+    weights: list[dict | None],
+    xs: list[jax.Array | None],
+    positions: jax.Array,
+    mask: jax.Array,
+    *,
+    num_kv_heads: int,
+    dtype,
+    lora: list[tuple[float, float]],
+    kv_cache: tuple[jax.Array, jax.Array] | None = None,
+    remat: bool = False,
+    dropout_key: jax.Array | None = None,
+):
+    """Run all layers over the streams that are not None.
+
+    weights[i]: stacked weights of stream i (or None when xs[i] is None).
+    positions (B, T) for the T tokens being computed; mask (B, T, S) with S = cached + T.
+    kv_cache: keys/values (depth, B, S_cached, K, H) from an earlier call, or None.
+    lora[i]: (scale, dropout rate) of stream i's LoRA adapters; dropout_key: None at inference.
+    Returns (outputs per stream before the final norm, (keys, values) of the computed tokens).
+    """
+    active = [i for i, x in enumerate(xs) if x is not None]
+    lengths = [xs[i].shape[1] for i in active]
+    layer_weights = tuple(weights[i] for i in active)
+
+    def layer(carry, scanned):
+        hs = list(carry)
+        w_all, cache, key = scanned
+        qs, ks, vs = [], [], []
+        for h, w, i in zip(hs, w_all, active):
+            n = rms_norm(h, w["attn_norm"])
+            k_i = None if key is None else jax.random.fold_in(key, i)
+            q = _project(w, "q", n, dtype, lora[i], k_i)
+            kv = _project(w, "kv", n, dtype, lora[i], k_i)
+            qs.append(q)
+            ks.append(kv[0])
+            vs.append(kv[1])
+        q, k, v = (jnp.concatenate(t, axis=1) for t in (qs, ks, vs))
+        head_dim = q.shape[-1]
+        q = rope(q, positions) * jnp.asarray(head_dim**-0.5, dtype)
+        k = rope(k, positions)
+        new_kv = (k, v)
+        if cache is not None:
+            k = jnp.concatenate([cache[0], k], axis=1)
+            v = jnp.concatenate([cache[1], v], axis=1)
+        B, T, N, H = q.shape
+        q = q.reshape(B, T, num_kv_heads, N // num_kv_heads, H)
+        logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+        att = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, T, N, H)
+        out, start = [], 0
+        for h, w, i, n_tok in zip(hs, w_all, active, lengths):
+            a = att[:, start : start + n_tok]
+            start += n_tok
+            k_i = None if key is None else jax.random.fold_in(key, 10 + i)
+            h = h + _project(w, "attn_out", a, dtype, lora[i], k_i)
+            n = rms_norm(h, w["mlp_norm"])
+            gu = _project(w, "gate_up", n, dtype, lora[i], k_i)
+            act = jax.nn.gelu(gu[0], approximate=True) * gu[1]
+            h = h + _project(w, "down", act, dtype, lora[i], k_i)
+            out.append(h)
+        return tuple(out), new_kv
+
+    if remat:
+        layer = jax.checkpoint(layer)
+    carry = tuple(xs[i].astype(dtype) for i in active)
+    depth = jax.tree.leaves(layer_weights)[0].shape[0]
+    keys = None if dropout_key is None else jax.random.split(dropout_key, depth)
+    outs, kv = jax.lax.scan(layer, carry, (layer_weights, kv_cache, keys))
+    result: list[jax.Array | None] = [None] * len(xs)
+    for i, o in zip(active, outs):
+        result[i] = o
+    return result, kv

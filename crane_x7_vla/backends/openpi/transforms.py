@@ -1,0 +1,128 @@
+"""Action representation of the OpenPI backend, shared by training and deployment.
+
+Robot space: 8 absolute joint positions (7 arm joints + gripper), robot.JOINT_NAMES order.
+Model space: arm joints as DELTAS from the current state, gripper absolute (DELTA_MASK),
+quantile-normalised (q01..q99 -> [-1, 1]) and zero-padded to a fixed width (32 as in
+openpi, so one network shape serves any arm). The state is normalised with the
+dataset's proprio statistics and padded the same way.
+
+Why deltas: a chunk of absolute targets is mostly "where the arm already is"; deltas
+from the current state leave the network only the motion to predict, and the gripper,
+an open/close command, stays absolute. Delta statistics depend on the horizon, so
+they are computed from the episodes at training start and stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from crane_x7_vla import robot
+from crane_x7_vla.episode.stats import summarize
+from crane_x7_vla.preprocess import Normalizer
+
+#: True where the model predicts a delta from the current state (the 7 arm joints).
+DELTA_MASK = np.array([True] * robot.NUM_ARM_JOINTS + [False])
+REPRESENTATION = "delta_arm_absolute_gripper"
+
+
+def pad(x: np.ndarray, width: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] > width:
+        raise ValueError(f"cannot pad {x.shape[-1]} values into a width of {width}")
+    out = np.zeros(x.shape[:-1] + (width,), np.float32)
+    out[..., : x.shape[-1]] = x
+    return out
+
+
+def to_delta(actions: np.ndarray, state: np.ndarray, mask: np.ndarray = DELTA_MASK) -> np.ndarray:
+    """Absolute targets (..., H, 8) and state (..., 8) -> model-space actions (unnormalised)."""
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    return actions - np.where(mask, state, 0.0)[..., None, :]
+
+
+def to_absolute(actions: np.ndarray, state: np.ndarray, mask: np.ndarray = DELTA_MASK) -> np.ndarray:
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    return actions + np.where(mask, state, 0.0)[..., None, :]
+
+
+def chunk(actions: np.ndarray, start: int, horizon: int) -> np.ndarray:
+    """actions[start : start + horizon], padded by repeating the episode's last action."""
+    idx = np.minimum(np.arange(start, start + horizon), len(actions) - 1)
+    return actions[idx]
+
+
+def model_action_statistics(episodes, horizon: int, mask: np.ndarray = DELTA_MASK) -> dict:
+    """Statistics of model-space actions (before normalisation) over every chunk of every episode."""
+    values = []
+    for ep in episodes:
+        T = len(ep.proprio)
+        idx = np.minimum(np.arange(T)[:, None] + np.arange(horizon)[None, :], T - 1)  # (T, H)
+        chunks = np.asarray(ep.action, np.float64)[idx]  # (T, H, 8)
+        values.append(to_delta(chunks, ep.proprio, mask).reshape(-1, chunks.shape[-1]))
+    if not values:
+        raise ValueError("cannot compute action statistics of zero episodes")
+    return summarize(np.concatenate(values))
+
+
+@dataclass
+class ActionSpace:
+    """State/action <-> model arrays for one checkpoint."""
+
+    horizon: int
+    padded_dim: int
+    action_stats: dict  # model-space statistics (q01/q99/...), 8 values each
+    state_stats: dict  # the dataset's proprio statistics
+    mask: np.ndarray = DELTA_MASK
+
+    def __post_init__(self):
+        self.mask = np.asarray(self.mask, bool)
+        self._act = Normalizer.from_stats({"action": self.action_stats}, "action")
+        self._state = Normalizer.from_stats({"proprio": self.state_stats}, "proprio")
+
+    def encode_state(self, state: np.ndarray) -> np.ndarray:
+        return pad(self._state.normalize(state), self.padded_dim)
+
+    def encode_actions(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Absolute targets (..., H, 8) + state (..., 8) -> (..., H, padded_dim) in [-1, 1]."""
+        return pad(self._act.normalize(to_delta(actions, state, self.mask)), self.padded_dim)
+
+    def decode_actions(self, model_actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """(..., H, padded_dim) model output + state (..., 8) -> absolute targets (..., H, 8) float64."""
+        n = len(self.mask)
+        return to_absolute(self._act.unnormalize(np.asarray(model_actions)[..., :n]), state, self.mask)
+
+    def to_dict(self) -> dict:
+        """The `action_space` entry of policy_config.json."""
+        return {
+            "dim": len(self.mask),
+            "horizon": self.horizon,
+            "kind": "absolute_joint_positions",
+            "representation": REPRESENTATION,
+            "delta_mask": self.mask.tolist(),
+            "padded_dim": self.padded_dim,
+            "model_statistics": self.action_stats,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ActionSpace":
+        where = "policy_config.json"
+        space = config.get("action_space") or {}
+        if space.get("representation") != REPRESENTATION or "model_statistics" not in space:
+            raise ValueError(
+                f"{where}: action_space is not an OpenPI action space "
+                f"(representation {space.get('representation')!r}, needs {REPRESENTATION!r} and model_statistics)"
+            )
+        stats = config.get("dataset_statistics") or {}
+        if "proprio" not in stats:
+            raise ValueError(f"{where}: dataset_statistics has no 'proprio' entry")
+        return cls(
+            horizon=int(space["horizon"]),
+            padded_dim=int(space["padded_dim"]),
+            action_stats=space["model_statistics"],
+            state_stats=stats["proprio"],
+            mask=np.asarray(space["delta_mask"], bool),
+        )

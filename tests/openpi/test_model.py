@@ -1,0 +1,109 @@
+"""The π0-style network: shapes, attention structure, flow-matching sampling with a KV cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crane_x7_vla.backends.openpi.model import Pi0Model, attention_mask, count_params
+from crane_x7_vla.backends.openpi.presets import PI0, TINY, get_preset, with_depth
+
+
+def _batch(cfg, B=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "images": jnp.asarray(rng.integers(0, 255, (B, cfg.num_cameras, cfg.image_height, cfg.image_width, 3)), jnp.uint8),
+        "tokens": jnp.asarray(rng.integers(3, 100, (B, cfg.max_token_len)), jnp.int32),
+        "token_mask": jnp.asarray(np.arange(cfg.max_token_len)[None].repeat(B, 0) < np.array([[5], [3]])[:B]),
+        "state": jnp.asarray(rng.normal(size=(B, cfg.action_dim)), jnp.float32),
+        "actions": jnp.asarray(rng.uniform(-1, 1, (B, cfg.action_horizon, cfg.action_dim)), jnp.float32),
+    }
+
+
+def test_tiny_preset_is_small_and_pi0_is_sized_like_openpi():
+    model = Pi0Model(TINY, nnx.Rngs(0))
+    assert 1_000_000 <= count_params(nnx.state(model, nnx.Param)) <= 3_000_000
+    # π0: Gemma 2B + 300M expert, 8 heads, 1 KV head, head dim 256; SigLIP So400m/14.
+    assert (PI0.prefix.width, PI0.prefix.depth, PI0.prefix.mlp_dim) == (2048, 18, 16384)
+    assert (PI0.expert.width, PI0.expert.depth, PI0.expert.mlp_dim) == (1024, 18, 4096)
+    assert (PI0.prefix.num_heads, PI0.prefix.num_kv_heads, PI0.prefix.head_dim) == (8, 1, 256)
+    assert (PI0.vision.width, PI0.vision.depth, PI0.vision.patch_size, PI0.num_patches) == (1152, 27, 14, 256)
+    # Parameter count of the real shapes without allocating them (π0: ~3.3B).
+    shapes = nnx.eval_shape(lambda: Pi0Model(PI0, nnx.Rngs(0)))
+    n = count_params(nnx.state(shapes, nnx.Param))
+    assert 3.1e9 < n < 3.5e9, n
+    assert with_depth(PI0, 1).prefix.depth == 1 and with_depth(PI0, 1).vision.width == 1152
+    assert get_preset("tiny") is TINY
+
+
+def test_attention_mask_prefix_lm():
+    # prefix of 3 (one padded), then state, then 3 actions
+    input_mask = jnp.array([[True, True, False, True, True, True, True]])
+    starts = jnp.array([False, False, False, True, True, False, False])
+    m = np.asarray(attention_mask(input_mask, starts))[0]
+    prefix, state, actions = [0, 1], [3], [4, 5, 6]
+    assert m[np.ix_(prefix, prefix)].all()  # bidirectional prefix
+    assert not m[np.ix_(prefix, state + actions)].any()  # prefix never sees the suffix
+    assert m[np.ix_(state + actions, prefix)].all()  # suffix sees the prefix
+    assert not m[np.ix_(state, actions)].any()  # the state token does not see actions
+    assert m[np.ix_(actions, state + actions)].all()  # actions see state and each other
+    assert not m[:, 2].any() and not m[2].any()  # padding is invisible and sees nothing
+
+
+def test_loss_shape_and_prefix_independent_of_suffix(tiny_cfg):
+    model = Pi0Model(tiny_cfg, nnx.Rngs(0))
+    batch = _batch(tiny_cfg)
+    err = model.flow_matching_error(jax.random.key(0), batch)
+    assert err.shape == (2, tiny_cfg.action_horizon, tiny_cfg.action_dim)
+    assert np.isfinite(np.asarray(err)).all()
+
+    p_x, p_mask, p_start = model.embed_prefix(batch["images"], batch["tokens"], batch["token_mask"])
+    outs = []
+    for scale in (0.0, 5.0):
+        s_x, s_mask, s_start = model.embed_suffix(batch["state"] * scale, batch["actions"] * scale, jnp.ones(2) * 0.3)
+        mask = jnp.concatenate([p_mask, s_mask], 1)
+        attn = attention_mask(mask, jnp.concatenate([p_start, s_start]))
+        (prefix_out, suffix_out), _ = model._run([p_x, s_x], jnp.cumsum(mask, 1) - 1, attn)
+        outs.append((np.asarray(prefix_out), np.asarray(suffix_out)))
+    valid = np.asarray(p_mask)  # padding tokens see nothing valid; their outputs are never used
+    np.testing.assert_allclose(outs[0][0][valid], outs[1][0][valid], atol=1e-5)  # prefix unaffected by suffix
+    assert np.abs(outs[0][1] - outs[1][1]).max() > 1e-3  # the suffix did change
+
+    # the suffix depends on the prefix (a different image changes it)
+    other = dict(batch, images=255 - batch["images"])
+    e1 = model.flow_matching_error(jax.random.key(3), batch)
+    e2 = model.flow_matching_error(jax.random.key(3), other)
+    assert np.abs(np.asarray(e1) - np.asarray(e2)).max() > 1e-4
+
+
+def test_cached_sampling_matches_full_forward(tiny_cfg):
+    """One Euler step with the prefix KV cache equals the step computed by a full forward pass."""
+    model = Pi0Model(tiny_cfg, nnx.Rngs(1))
+    batch = _batch(tiny_cfg, seed=2)
+    noise = jax.random.normal(jax.random.key(5), batch["actions"].shape)
+    one_step = model.sample_actions(None, batch, num_steps=1, noise=noise)
+    # full forward at t = 1: x_t = noise, so the velocity v gives x_0 = noise - v
+    p_x, p_mask, p_start = model.embed_prefix(batch["images"], batch["tokens"], batch["token_mask"])
+    s_x, s_mask, s_start = model.embed_suffix(batch["state"], noise, jnp.ones(2))
+    mask = jnp.concatenate([p_mask, s_mask], 1)
+    attn = attention_mask(mask, jnp.concatenate([p_start, s_start]))
+    (_, suffix_out), _ = model._run([p_x, s_x], jnp.cumsum(mask, 1) - 1, attn)
+    np.testing.assert_allclose(np.asarray(one_step), np.asarray(noise - model._velocity(suffix_out)), atol=1e-4)
+
+    ten = model.sample_actions(jax.random.key(0), batch, num_steps=10)
+    assert ten.shape == (2, tiny_cfg.action_horizon, tiny_cfg.action_dim)
+    assert np.isfinite(np.asarray(ten)).all()
+
+
+def test_lora_starts_equal_to_base_model(tiny_cfg):
+    from dataclasses import replace
+
+    base = Pi0Model(tiny_cfg, nnx.Rngs(4))
+    lora = Pi0Model(replace(tiny_cfg, lora_rank=4, lora_dropout=0.5), nnx.Rngs(4))
+    names = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(lora, nnx.Param))}
+    assert "prefix_lm/layers/q_lora_a" in names and "action_expert/layers/q_lora_a" not in names
+    nnx.update(lora, nnx.state(base, nnx.Param))  # same base weights, adapters added
+    batch = _batch(tiny_cfg)
+    a = base.flow_matching_error(jax.random.key(1), batch)
+    b = lora.flow_matching_error(jax.random.key(1), batch)  # B = 0 at init, no dropout at eval
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
