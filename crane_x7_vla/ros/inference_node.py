@@ -1,0 +1,583 @@
+"""vla_inference_node: a trained policy drives the CRANE-X7.
+
+    camera image(s) + /joint_states + instruction
+        -> policy (local checkpoint or a remote policy server) in a worker thread
+        -> action chunks, executed at control_rate (interpolated, cross-faded at seams)
+        -> SafetyFilter (limits, velocity/acceleration, NaN, stale inputs, emergency stop)
+        -> /crane_x7_arm_controller/joint_trajectory   (trajectory_msgs/JointTrajectory)
+        -> /crane_x7_gripper_controller/gripper_cmd    (control_msgs/action/GripperCommand)
+
+Control: the node starts PAUSED unless ``autostart`` is true. Services ``~/start``,
+``~/pause``, ``~/estop`` and ``~/reset`` (std_srvs/Trigger); the emergency-stop topic
+(std_msgs/Bool, ``estop_topic``) latches a stop on ``true``. After an emergency stop no
+command is published until ``~/reset``, which leaves the node paused: call ``~/start``.
+The instruction can be changed at run time on ``~/instruction`` (std_msgs/String, latched).
+Diagnostics: diagnostic_msgs/DiagnosticArray on /diagnostics and the same figures as JSON
+(std_msgs/String) on ``~/diagnostics``, once per second.
+
+Model inference never runs in a ROS callback: a worker thread loads the policy and runs it
+at ``inference_rate``; callbacks only store the newest messages, and the control timer only
+samples the executor and publishes, so a slow model never blocks them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from crane_x7_vla import robot
+from crane_x7_vla.policy.executor import MODES, ChunkExecutor
+from crane_x7_vla.policy.safety import SafetyFilter
+from crane_x7_vla.ros import msgs
+from crane_x7_vla.ros.node_main import ConfigError, run
+
+WINDOW = 200  # latency samples kept for percentiles
+
+
+def _duration(seconds: float) -> Duration:
+    secs = int(seconds)
+    return Duration(sec=secs, nanosec=int(round((seconds - secs) * 1e9)))
+
+
+def _percentiles(values) -> dict:
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3),
+            "n": int(arr.size)}
+
+
+def camera_topic_parameter(camera: str) -> str:
+    return f"{camera}_image_topic"
+
+
+class CameraInput:
+    """The newest frame of one camera: the message, when it arrived, when it was taken."""
+
+    def __init__(self, name: str, topic: str):
+        self.name, self.topic = name, topic
+        self.msg: Image | None = None
+        self.capture_time = 0.0  # monotonic seconds
+        self.recv_time = 0.0
+        self.rejected = 0
+
+
+class InferenceNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("vla_inference_node", **kwargs)
+        p = lambda *a: msgs.declare(self, *a)  # noqa: E731
+        self.model_path = p("model_path", "", "Checkpoint directory (policy_config.json + weights)")
+        self.policy_server = p("policy_server", "", "Remote policy server URL, e.g. ws://gpu-host:8000 (instead of model_path)")
+        self.policy_token = p("policy_token", "", "Token for the policy server (empty: none)")
+        self.instruction = p("instruction", "", "Language instruction (empty: the checkpoint's default)")
+        self.device = p("device", "", "Device for the model (cpu, cuda, cuda:0; empty: the backend's choice)")
+        self.image_topic = p("image_topic", robot.DEFAULT_IMAGE_TOPIC, "Image topic of the policy's first camera")
+        self.joint_states_topic = p("joint_states_topic", robot.JOINT_STATES_TOPIC, "Follower arm JointState topic")
+        self.trajectory_topic = p("trajectory_topic", robot.ARM_TRAJECTORY_TOPIC, "Arm controller JointTrajectory topic")
+        self.gripper_action_name = p("gripper_action", robot.GRIPPER_ACTION, "Gripper controller GripperCommand action")
+        self.control_rate = float(p("control_rate", 30.0, "Commands per second (Hz)"))
+        self.inference_rate = float(p("inference_rate", 5.0, "Policy calls per second at most (Hz)"))
+        self.max_velocity = float(p("max_joint_velocity", 1.0, "Largest joint speed commanded (rad/s)"))
+        self.max_acceleration = float(p("max_joint_acceleration", robot.MAX_ACCELERATION,
+                                        "Largest joint acceleration commanded (rad/s^2)"))
+        self.stale_timeout = float(p("stale_timeout", 0.5, "Hold when the image or joint state is older than this (s)"))
+        self.dry_run = bool(p("dry_run", False, "Compute commands but publish them on ~/dry_run/joint_trajectory only"))
+        self.autostart = bool(p("autostart", False, "Start moving once inputs arrive (else wait for ~/start)"))
+        self.blend = p("blend", "crossfade", "Chunk blending: crossfade or replace")
+        self.crossfade_time = float(p("crossfade_time", 0.2, "Cross-fade duration between chunks (s)"))
+        self.lookahead_points = int(p("lookahead_points", 3, "Points per published trajectory (one control period apart)"))
+        self.use_gripper = bool(p("use_gripper", True, "Send GripperCommand goals"))
+        self.gripper_deadband = float(p("gripper_deadband", 0.02, "New gripper goal only after this change (rad)"))
+        self.gripper_rate = float(p("gripper_rate", 5.0, "Most gripper goals per second"))
+        self.gripper_max_effort = float(p("gripper_max_effort", 5.0, "max_effort of gripper goals"))
+        self.estop_topic = p("estop_topic", "/emergency_stop", "std_msgs/Bool topic: true latches an emergency stop")
+        self.expected_statistics = p("expected_statistics", "",
+                                     "Dataset dir or dataset_statistics.json the checkpoint must match (empty: no check)")
+        self.cameras_param = list(p("cameras", ["primary"], "Camera names for a remote server that sends no config"))
+        self._check_config()
+
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.policy = None
+        self.policy_config: dict | None = None
+        self.status = "loading"
+        self.status_detail = ""
+        self.running = False
+        self.start_time = 0.0
+        self.cameras: dict[str, CameraInput] = {}
+        self.state: np.ndarray | None = None
+        self.state_time = 0.0
+        self.state_rejected = 0
+        self.filter = SafetyFilter(max_velocity=self.max_velocity, max_acceleration=self.max_acceleration,
+                                   stale_timeout=self.stale_timeout)
+        self.executor_: ChunkExecutor | None = None
+        self.timing = {k: deque(maxlen=WINDOW) for k in
+                       ("preprocess_ms", "model_ms", "postprocess_ms", "publish_ms", "image_to_command_ms", "inference_ms")}
+        self.counts = {"inferences": 0, "inference_errors": 0, "rejected_chunks": 0, "commands": 0,
+                       "hold_commands": 0, "gripper_goals": 0}
+        self._pending_chunk: tuple[float, float] | None = None  # (capture time, arrival time)
+        self._tick_times: deque = deque(maxlen=WINDOW)
+        self._last_goal_pos: float | None = None
+        self._last_goal_time = 0.0
+
+        self._inputs = ReentrantCallbackGroup()
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(JointState, self.joint_states_topic, self._on_joint_state, msgs.STATE_QOS,
+                                 callback_group=self._inputs)
+        self.create_subscription(String, "~/instruction", self._on_instruction, msgs.LATCHED_QOS,
+                                 callback_group=self._inputs)
+        self.create_subscription(Bool, self.estop_topic, self._on_estop_topic, msgs.STATE_QOS,
+                                 callback_group=self._service_group)
+        topic = "~/dry_run/joint_trajectory" if self.dry_run else self.trajectory_topic
+        self._traj_pub = self.create_publisher(JointTrajectory, topic, msgs.STATE_QOS)
+        self._diag_json = self.create_publisher(String, "~/diagnostics", 10)
+        self._diag_pub = self._make_diagnostics_publisher()
+        for name, fn in (("~/start", self._srv_start), ("~/pause", self._srv_pause),
+                         ("~/estop", self._srv_estop), ("~/reset", self._srv_reset)):
+            self.create_service(Trigger, name, fn, callback_group=self._service_group)
+        self._gripper = None
+        if self.use_gripper and not self.dry_run:
+            from rclpy.action import ActionClient
+
+            self._gripper_type = _load_gripper_action()
+            self._gripper = ActionClient(self, self._gripper_type, self.gripper_action_name,
+                                         callback_group=self._service_group)
+        if self.model_path:
+            self._read_local_config()  # fast checks now; the weights load in the worker
+        self.create_timer(1.0 / self.control_rate, self._control_tick, callback_group=self._control_group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group)
+        self._worker = threading.Thread(target=self._worker_main, name="vla-inference", daemon=True)
+        self._worker.start()
+        source = self.model_path or self.policy_server
+        self.get_logger().info(
+            f"policy {source}; commands -> {self.resolve_topic_name(topic)} at {self.control_rate:g} Hz, "
+            f"inference at most {self.inference_rate:g} Hz, max {self.max_velocity:g} rad/s"
+            f"{' (DRY RUN)' if self.dry_run else ''}; {'autostart' if self.autostart else 'paused: call ~/start'}"
+        )
+
+    # --- configuration -----------------------------------------------------------------------
+    def _check_config(self) -> None:
+        if bool(self.model_path) == bool(self.policy_server):
+            raise ConfigError("set exactly one of model_path (a checkpoint directory) or policy_server (ws://host:port)")
+        for name in ("control_rate", "inference_rate", "max_velocity", "max_acceleration", "stale_timeout",
+                     "crossfade_time", "gripper_rate"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ConfigError(f"parameter '{name}' must be a positive number, got {value}")
+        if self.max_velocity > robot.MAX_VELOCITY:
+            raise ConfigError(f"max_joint_velocity {self.max_velocity} is above the CRANE-X7's limit "
+                              f"{robot.MAX_VELOCITY:.3f} rad/s")
+        if self.max_acceleration > robot.MAX_ACCELERATION:
+            raise ConfigError(f"max_joint_acceleration {self.max_acceleration} is above the CRANE-X7's limit "
+                              f"{robot.MAX_ACCELERATION} rad/s^2")
+        if self.blend not in MODES:
+            raise ConfigError(f"parameter 'blend' must be one of {', '.join(MODES)} (got '{self.blend}')")
+        if self.lookahead_points < 1:
+            raise ConfigError("parameter 'lookahead_points' must be at least 1")
+
+    def _expected_fingerprint(self) -> str | None:
+        if not self.expected_statistics:
+            return None
+        from crane_x7_vla.policy.loader import fingerprint_of
+
+        return fingerprint_of(self.expected_statistics)
+
+    def _read_local_config(self) -> None:
+        from crane_x7_vla.policy.loader import PolicyLoadError, read_policy_config, validate_config
+
+        try:
+            config = read_policy_config(self.model_path)
+            validate_config(config, f"{self.model_path}/policy_config.json",
+                            expected_fingerprint=self._expected_fingerprint())
+        except PolicyLoadError as exc:
+            raise ConfigError(str(exc)) from None
+        self._configure(config)
+
+    def _configure(self, config: dict) -> None:
+        """Set up camera inputs and the executor for a policy's config."""
+        cameras = list(config.get("cameras") or [])
+        with self._lock:
+            self.policy_config = config
+            if not self.instruction:
+                self.instruction = config.get("default_instruction", "") or ""
+            self.executor_ = ChunkExecutor(float(config["control_rate_hz"]), crossfade_s=self.crossfade_time,
+                                           mode=self.blend)
+        for i, cam in enumerate(cameras):
+            if cam in self.cameras:
+                continue
+            if i == 0:
+                topic = self.image_topic
+            else:
+                param = camera_topic_parameter(cam)
+                if not self.has_parameter(param):
+                    msgs.declare(self, param, f"/camera/{cam}/color/image_raw", f"Image topic of camera '{cam}'")
+                topic = self.get_parameter(param).value
+            inp = CameraInput(cam, topic)
+            self.cameras[cam] = inp
+            self.create_subscription(Image, topic, lambda m, inp=inp: self._on_image(inp, m), msgs.SENSOR_QOS,
+                                     callback_group=self._inputs)
+            self.get_logger().info(f"camera '{cam}' <- {self.resolve_topic_name(topic)}")
+
+    def _load_policy(self):
+        if self.model_path:
+            from crane_x7_vla.policy.loader import load_policy
+
+            return load_policy(self.model_path, self.device or None,
+                               expected_fingerprint=self._expected_fingerprint())
+        from crane_x7_vla.policy.client import RemotePolicy
+
+        return RemotePolicy(self.policy_server, token=self.policy_token or None, cameras=None,
+                            expected_fingerprint=self._expected_fingerprint())
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def _on_image(self, inp: CameraInput, msg: Image) -> None:
+        now = time.monotonic()
+        age = (self.get_clock().now().nanoseconds - msgs.stamp_to_ns(msg.header.stamp)) * 1e-9
+        age = age if 0.0 <= age < 10.0 else 0.0  # no or foreign stamp: take the arrival time
+        with self._lock:
+            inp.msg, inp.recv_time, inp.capture_time = msg, now, now - age
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q = msgs.joint_state_vector(msg)
+        except (KeyError, ValueError) as exc:
+            self.state_rejected += 1
+            self.get_logger().warning(f"ignored a joint state on {self.joint_states_topic}: {exc}",
+                                      throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.state, self.state_time = q, time.monotonic()
+
+    def _on_instruction(self, msg: String) -> None:
+        with self._lock:
+            self.instruction = msg.data
+        self.get_logger().info(f"instruction: '{msg.data}'")
+
+    def _on_estop_topic(self, msg: Bool) -> None:
+        if msg.data:
+            self.emergency_stop(f"{self.estop_topic} = true")
+
+    # --- control services ---------------------------------------------------------------------------
+    def emergency_stop(self, reason: str) -> None:
+        with self._lock:
+            already = self.filter.estopped
+            self.running = False
+            if self.filter.initialized:
+                self.filter.emergency_stop(reason)
+                if not already:
+                    self._publish_arm([self.filter.last_command])  # freeze where the arm was commanded
+            else:
+                self.filter.emergency_stop(reason)
+            if self.executor_ is not None:
+                self.executor_.clear()
+        if not already:
+            self.get_logger().error(f"EMERGENCY STOP ({reason}): no commands until ~/reset")
+
+    def start(self) -> tuple[bool, str]:
+        with self._lock:
+            if self.filter.estopped:
+                return False, "emergency stop is latched: call ~/reset first"
+            if self.status != "ready":
+                return False, f"policy not ready ({self.status}{': ' + self.status_detail if self.status_detail else ''})"
+            if self.state is None:
+                return False, f"no joint state on {self.joint_states_topic} yet"
+            self.filter.reset(self.state)
+            self.executor_.clear()
+            self.start_time = time.monotonic()
+            self._last_goal_pos = None
+            reset = getattr(self.policy, "reset", None)
+            if reset is not None:
+                reset()
+            self.running = True
+        self._wake.set()
+        return True, "started"
+
+    def pause(self) -> None:
+        with self._lock:
+            if self.running and self.filter.initialized:
+                self._publish_arm([self.filter.last_command])
+            self.running = False
+            if self.executor_ is not None:
+                self.executor_.clear()
+
+    def _srv_start(self, request, response):
+        response.success, response.message = self.start()
+        return response
+
+    def _srv_pause(self, request, response):
+        self.pause()
+        response.success, response.message = True, "paused"
+        return response
+
+    def _srv_estop(self, request, response):
+        self.emergency_stop("~/estop service")
+        response.success, response.message = True, "emergency stop latched"
+        return response
+
+    def _srv_reset(self, request, response):
+        with self._lock:
+            if self.state is None:
+                response.success, response.message = False, "no joint state: cannot restart from the measured pose"
+                return response
+            self.filter.release(self.state)
+            self.running = False
+        self.get_logger().info("emergency stop released; paused (call ~/start)")
+        response.success, response.message = True, "released; paused until ~/start"
+        return response
+
+    # --- inference worker ----------------------------------------------------------------------------
+    def _worker_main(self) -> None:
+        while not self._stop.is_set() and self.policy is None:
+            try:
+                policy = self._load_policy()
+            except Exception as exc:  # noqa: BLE001 - reported, then retried (remote) or final (local)
+                self.status, self.status_detail = "error", str(exc)
+                self.get_logger().error(f"cannot load the policy: {exc}")
+                if self.model_path:
+                    return
+                self._stop.wait(2.0)
+                continue
+            if self.policy_config is None or self.policy_server:
+                self._configure(policy.config)
+            self.policy = policy
+            self.status, self.status_detail = "ready", ""
+            self.get_logger().info(f"policy ready ({policy.config.get('backend')}, cameras "
+                                   f"{list(policy.config.get('cameras') or [])}, "
+                                   f"{policy.config.get('control_rate_hz')} Hz)")
+            if self.autostart:
+                self._autostart_wait()
+        period = 1.0 / self.inference_rate
+        next_time = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_time - time.monotonic()))
+            self._wake.clear()
+            next_time = max(next_time + period, time.monotonic())
+            if self._stop.is_set():
+                break
+            try:
+                self._infer_once()
+            except Exception as exc:  # noqa: BLE001 - a failed call must not end inference
+                self.counts["inference_errors"] += 1
+                self.get_logger().error(f"inference failed: {exc}", throttle_duration_sec=2.0)
+
+    def _autostart_wait(self) -> None:
+        while not self._stop.is_set():
+            ok, why = self.start()
+            if ok:
+                self.get_logger().info("autostart: running")
+                return
+            self.get_logger().info(f"autostart waiting: {why}", throttle_duration_sec=5.0)
+            self._stop.wait(0.1)
+
+    def _snapshot(self):
+        """The newest inputs if they are complete and fresh, else None."""
+        now = time.monotonic()
+        with self._lock:
+            if not self.running or self.state is None or now - self.state_time > self.stale_timeout:
+                return None
+            frames = {}
+            for name, inp in self.cameras.items():
+                if inp.msg is None or now - inp.capture_time > self.stale_timeout:
+                    return None
+                frames[name] = (inp.msg, inp.capture_time)
+            return frames, self.state.copy(), self.instruction, self.start_time
+
+    def _infer_once(self) -> None:
+        snap = self._snapshot()
+        if snap is None:
+            return
+        frames, state, instruction, start_time = snap
+        t0 = time.perf_counter()
+        images = {}
+        for name, (msg, _) in frames.items():
+            try:
+                images[name] = msgs.image_to_rgb(msg)
+            except ValueError as exc:
+                self.cameras[name].rejected += 1
+                self.get_logger().error(f"camera '{name}': {exc}", throttle_duration_sec=5.0)
+                return
+        capture = min((c for _, c in frames.values()), default=time.monotonic())
+        obs = {"images": images, "state": state, "instruction": instruction,
+               "episode_time": max(0.0, capture - start_time)}
+        t1 = time.perf_counter()
+        actions = self.policy.predict(obs)
+        t2 = time.perf_counter()
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim == 1:
+            actions = actions[None]
+        inner = getattr(self.policy, "last_timing", None) or {}
+        if actions.ndim != 2 or actions.shape[1] != robot.ACTION_DIM or not np.all(np.isfinite(actions)):
+            self.counts["rejected_chunks"] += 1
+            self.get_logger().warning(
+                f"rejected an action chunk of shape {actions.shape} "
+                f"{'with NaN/inf' if actions.size and not np.all(np.isfinite(actions)) else ''}; holding",
+                throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            if not self.running or start_time != self.start_time:
+                return  # paused or restarted while the model ran
+            arrival = time.monotonic()
+            self.executor_.add_chunk(actions, capture, arrival, state=state)
+            self._pending_chunk = (capture, arrival)
+        t3 = time.perf_counter()
+        self.counts["inferences"] += 1
+        model_ms = (t2 - t1) * 1e3
+        pre_ms = (t1 - t0) * 1e3
+        if "preprocess_ms" in inner and "model_ms" in inner:
+            pre_ms += float(inner["preprocess_ms"])
+            model_ms = float(inner["model_ms"])
+        self.timing["preprocess_ms"].append(pre_ms)
+        self.timing["model_ms"].append(model_ms)
+        self.timing["postprocess_ms"].append((t3 - t2) * 1e3 + float(inner.get("postprocess_ms", 0.0)))
+        self.timing["inference_ms"].append((t3 - t0) * 1e3)
+
+    # --- control loop ---------------------------------------------------------------------------------
+    def _control_tick(self) -> None:
+        now = time.monotonic()
+        self._tick_times.append(now)
+        dt = 1.0 / self.control_rate
+        with self._lock:
+            if not self.running or self.state is None or self.executor_ is None:
+                return
+            state_age = now - self.state_time
+            image_age = max((now - c.capture_time for c in self.cameras.values()), default=0.0)
+            self.executor_.prune(now)
+            target = self.executor_.sample(now + dt)
+            result = self.filter.step(target, dt, image_age=image_age, state_age=state_age)
+            points = [result.command]
+            if not result.held and self.lookahead_points > 1:
+                ahead = [self.executor_.sample(now + k * dt) for k in range(2, self.lookahead_points + 1)]
+                points.extend(self.filter.preview(ahead, dt))
+            self._publish_arm(points)
+            self.counts["commands"] += 1
+            if result.held:
+                self.counts["hold_commands"] += 1
+            pending, self._pending_chunk = self._pending_chunk, None
+            gripper = float(result.command[-1])
+        done = time.monotonic()
+        if pending is not None:
+            self.timing["publish_ms"].append((done - pending[1]) * 1e3)
+            self.timing["image_to_command_ms"].append((done - pending[0]) * 1e3)
+        if self._gripper is not None and not result.held:
+            self._send_gripper(gripper, now)
+
+    def _publish_arm(self, points) -> None:
+        dt = 1.0 / self.control_rate
+        msg = JointTrajectory()  # zero stamp: the controller starts it on arrival
+        msg.joint_names = list(robot.ARM_JOINTS)
+        for k, q in enumerate(points, start=1):
+            pt = JointTrajectoryPoint()
+            pt.positions = [float(v) for v in q[: robot.NUM_ARM_JOINTS]]
+            pt.time_from_start = _duration(k * dt)
+            msg.points.append(pt)
+        self._traj_pub.publish(msg)
+
+    def _send_gripper(self, position: float, now: float) -> None:
+        if self._last_goal_pos is not None and abs(position - self._last_goal_pos) < self.gripper_deadband:
+            return
+        if now - self._last_goal_time < 1.0 / self.gripper_rate:
+            return
+        if not self._gripper.server_is_ready():
+            self.get_logger().warning(f"gripper action server {self.gripper_action_name} is not available",
+                                      throttle_duration_sec=5.0)
+            return
+        goal = self._gripper_type.Goal()
+        goal.command.position = position
+        goal.command.max_effort = self.gripper_max_effort
+        self._gripper.send_goal_async(goal)
+        self._last_goal_pos, self._last_goal_time = position, now
+        self.counts["gripper_goals"] += 1
+
+    # --- diagnostics --------------------------------------------------------------------------------
+    def _make_diagnostics_publisher(self):
+        try:
+            from diagnostic_msgs.msg import DiagnosticArray
+        except ImportError:
+            return None
+        return self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def diagnostics(self) -> dict:
+        now = time.monotonic()
+        with self._lock:
+            ticks = np.diff(np.asarray(self._tick_times)) * 1e3 if len(self._tick_times) > 2 else np.zeros(0)
+            mode = ("emergency_stop" if self.filter.estopped else "running" if self.running else
+                    "paused" if self.status == "ready" else self.status)
+            return {
+                "mode": mode,
+                "detail": self.filter.estop_reason or self.status_detail,
+                "instruction": self.instruction,
+                "policy": self.model_path or self.policy_server,
+                "chunk_age_s": None if self.executor_ is None or self.executor_.chunk_age(now) is None
+                else round(self.executor_.chunk_age(now), 4),
+                "image_age_s": {n: (round(now - c.capture_time, 4) if c.msg is not None else None)
+                                for n, c in self.cameras.items()},
+                "joint_state_age_s": round(now - self.state_time, 4) if self.state is not None else None,
+                "interventions": self.filter.interventions,
+                "counts": dict(self.counts, state_rejected=self.state_rejected,
+                               images_rejected={n: c.rejected for n, c in self.cameras.items()}),
+                "latency_ms": {k: _percentiles(list(v)) for k, v in self.timing.items()},
+                "control_period_ms": _percentiles(list(ticks)),
+            }
+
+    def _publish_diagnostics(self) -> None:
+        data = self.diagnostics()
+        self._diag_json.publish(String(data=json.dumps(data)))
+        if self._diag_pub is None:
+            return
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        level = {"running": DiagnosticStatus.OK, "paused": DiagnosticStatus.OK, "loading": DiagnosticStatus.WARN,
+                 "emergency_stop": DiagnosticStatus.ERROR}.get(data["mode"], DiagnosticStatus.ERROR)
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: vla inference",
+                                  message=data["mode"] + (f" ({data['detail']})" if data["detail"] else ""),
+                                  hardware_id=robot.ROBOT_NAME)
+        flat = {"chunk_age_s": data["chunk_age_s"], "joint_state_age_s": data["joint_state_age_s"]}
+        flat.update({f"intervention.{k}": v for k, v in data["interventions"].items()})
+        flat.update({f"latency.{k}.p50": v.get("p50") for k, v in data["latency_ms"].items()})
+        flat.update({f"latency.{k}.p99": v.get("p99") for k, v in data["latency_ms"].items()})
+        flat.update({f"count.{k}": v for k, v in self.counts.items()})
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in flat.items()]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(arr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._worker.join(timeout=5.0)
+        close = getattr(self.policy, "close", None)
+        if close is not None:
+            close()
+
+
+def _load_gripper_action():
+    try:
+        from control_msgs.action import GripperCommand
+    except ImportError as exc:
+        raise ConfigError(
+            "control_msgs is not installed, so gripper commands cannot be sent. On the robot PC source "
+            "your ROS 2 install (it provides control_msgs); in this repository run "
+            "scripts/setup.d/control_msgs.sh; or start the node with -p use_gripper:=false"
+        ) from exc
+    return GripperCommand
+
+
+def main(argv=None) -> int:
+    return run(InferenceNode, argv, threads=4)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

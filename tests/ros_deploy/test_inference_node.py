@@ -1,0 +1,148 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from crane_x7_vla import robot
+from crane_x7_vla.policy.loader import load_policy
+
+from .conftest import wait_for
+
+CONTROL_RATE = 30.0
+VMAX = 0.8
+
+
+def first_points(trajs):
+    return np.array([m.points[0].positions for _, m in trajs])
+
+
+def check_commands(trajs):
+    """Every published point inside the limits; consecutive first points within the velocity limit."""
+    dt = 1.0 / CONTROL_RATE
+    for _, msg in trajs:
+        assert list(msg.joint_names) == list(robot.ARM_JOINTS)
+        for pt in msg.points:
+            q = np.array(pt.positions)
+            assert np.all(np.isfinite(q)) and robot.within_limits(np.append(q, 0.5)).all()
+    pts = first_points(trajs)
+    if len(pts) > 1:
+        assert np.abs(np.diff(pts, axis=0)).max() <= VMAX * dt + 1e-9
+
+
+def start_node(env, ckpt, **extra):
+    params = dict(model_path=str(ckpt), control_rate=CONTROL_RATE, inference_rate=5.0,
+                  max_joint_velocity=VMAX, stale_timeout=0.4, autostart=True, use_gripper=False)
+    params.update(extra)
+    return env.launch("vla_inference_node", **params)
+
+
+def test_mean_trajectory_checkpoint_drives_the_arm(ros_env, mean_ckpt):
+    arm = ros_env.robot()
+    proc = start_node(ros_env, mean_ckpt)
+    wait_for(lambda: len(arm.trajectories) > 20 or proc.poll() is not None, 30, "trajectory commands")
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(3.0)  # the mean trajectory lasts 3 s at 10 Hz
+    trajs = arm.traj_since(0)
+    check_commands(trajs)
+    goal = load_policy(mean_ckpt).trajectory[-1]
+    start_err = np.abs(robot.home_state()[:7] - goal[:7]).max()
+    assert start_err > 0.1
+    wait_for(lambda: np.abs(arm.q[:7] - goal[:7]).max() < 0.05, 10, "the arm to reach the end of the mean trajectory")
+    # short-horizon trajectories: several points a control period apart
+    msg = trajs[-1][1]
+    assert len(msg.points) == 3
+    times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+    np.testing.assert_allclose(times, np.arange(1, 4) / CONTROL_RATE, atol=1e-6)
+    wait_for(lambda: arm.diagnostics, 5, "diagnostics")
+    diag = arm.diagnostics[-1]
+    assert diag["mode"] == "running" and diag["counts"]["inferences"] > 5
+    assert diag["latency_ms"]["model_ms"]["n"] > 0 and diag["latency_ms"]["image_to_command_ms"]["p50"] > 0
+
+
+def test_stale_image_holds_and_emergency_stop_freezes(ros_env, mean_ckpt):
+    arm = ros_env.robot()
+    proc = start_node(ros_env, mean_ckpt)
+    wait_for(lambda: len(arm.trajectories) > 10 or proc.poll() is not None, 30, "trajectory commands")
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.5)
+    # camera stops: after stale_timeout every command repeats the last one
+    arm.send_images = False
+    time.sleep(0.4 + 0.3)
+    t_stale = time.monotonic()
+    time.sleep(0.6)
+    held = first_points(arm.traj_since(t_stale))
+    assert len(held) > 10
+    assert np.ptp(held, axis=0).max() == 0.0
+    wait_for(lambda: arm.diagnostics and arm.diagnostics[-1]["interventions"]["stale_image"] > 0, 5,
+             "stale_image in diagnostics")
+    # camera back: motion resumes
+    arm.send_images = True
+    wait_for(lambda: len(arm.traj_since(time.monotonic() - 0.2)) > 3 and
+             np.ptp(first_points(arm.traj_since(time.monotonic() - 0.3)), axis=0).max() > 0, 5, "motion to resume")
+    # emergency stop: at most one (holding) message, then nothing; the arm stays put
+    arm.estop_pub.publish(__import__("std_msgs.msg", fromlist=["Bool"]).Bool(data=True))
+    wait_for(lambda: arm.diagnostics and arm.diagnostics[-1]["mode"] == "emergency_stop", 5, "emergency stop")
+    t_stop = time.monotonic()
+    q_stop = arm.q.copy()
+    time.sleep(1.0)
+    assert arm.traj_since(t_stop) == []
+    assert np.abs(arm.q - q_stop).max() < 1e-9
+    check_commands(arm.traj_since(0))
+    resp = arm.call("start")
+    assert not resp.success and "reset" in resp.message
+    assert arm.call("reset").success
+    time.sleep(0.5)
+    assert arm.traj_since(t_stop) == []  # reset leaves the node paused
+    assert arm.call("start").success
+    wait_for(lambda: len(arm.traj_since(t_stop)) > 5, 5, "commands after start")
+
+
+def test_estop_service_and_pause(ros_env, mean_ckpt):
+    arm = ros_env.robot()
+    proc = start_node(ros_env, mean_ckpt, autostart=False)
+    wait_for(lambda: arm.triggers["start"].service_is_ready() or proc.poll() is not None, 30, "services")
+    time.sleep(0.5)
+    assert arm.trajectories == []  # paused until ~/start
+    wait_for(lambda: arm.call("start").success, 15, "start to succeed (policy loaded)")
+    wait_for(lambda: len(arm.trajectories) > 5, 5, "commands")
+    assert arm.call("pause").success
+    t = time.monotonic()
+    time.sleep(0.5)
+    assert len(arm.traj_since(t + 0.1)) == 0
+    assert arm.call("start").success
+    wait_for(lambda: len(arm.traj_since(time.monotonic() - 0.2)) > 2, 5, "commands after restart")
+    assert arm.call("estop").success
+    t = time.monotonic()
+    time.sleep(0.6)
+    assert arm.traj_since(t) == []
+
+
+def test_refuses_a_checkpoint_with_another_joint_order(ros_env, mean_ckpt, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(mean_ckpt, bad)
+    cfg = json.loads((bad / "policy_config.json").read_text())
+    cfg["joint_names"][0], cfg["joint_names"][1] = cfg["joint_names"][1], cfg["joint_names"][0]
+    (bad / "policy_config.json").write_text(json.dumps(cfg))
+    proc = start_node(ros_env, bad)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "orders the joints differently" in out
+
+
+def test_remote_policy_server_mode(ros_env, mean_ckpt):
+    from crane_x7_vla.policy.server import PolicyServer
+
+    server = PolicyServer(load_policy(mean_ckpt), port=0, token="tok").start()
+    try:
+        arm = ros_env.robot()
+        proc = ros_env.launch("vla_inference_node", policy_server=server.url, policy_token="tok",
+                              control_rate=CONTROL_RATE, max_joint_velocity=VMAX, autostart=True, use_gripper=False)
+        wait_for(lambda: len(arm.trajectories) > 20 or proc.poll() is not None, 30, "commands from the remote policy")
+        assert proc.poll() is None, proc.stdout.read()
+        check_commands(arm.traj_since(0))
+        assert server.calls > 2
+    finally:
+        server.stop()
