@@ -58,10 +58,6 @@ def _percentiles(values) -> dict:
             "n": int(arr.size)}
 
 
-def camera_topic_parameter(camera: str) -> str:
-    return f"{camera}_image_topic"
-
-
 class CameraInput:
     """The newest frame of one camera: the message, when it arrived, when it was taken."""
 
@@ -104,7 +100,9 @@ class InferenceNode(Node):
         self.estop_topic = p("estop_topic", "/emergency_stop", "std_msgs/Bool topic: true latches an emergency stop")
         self.expected_statistics = p("expected_statistics", "",
                                      "Dataset dir or dataset_statistics.json the checkpoint must match (empty: no check)")
-        self.cameras_param = list(p("cameras", ["primary"], "Camera names for a remote server that sends no config"))
+        self.camera_names = list(p("camera_names", [""], "Camera names with their own topic (with camera_topics); "
+                                   "the checkpoint's first camera defaults to image_topic"))
+        self.camera_topics = list(p("camera_topics", [""], "Image topic of each entry of camera_names, same order"))
         self._check_config()
 
         self._lock = threading.RLock()
@@ -185,6 +183,11 @@ class InferenceNode(Node):
                               f"{robot.MAX_ACCELERATION} rad/s^2")
         if self.blend not in MODES:
             raise ConfigError(f"parameter 'blend' must be one of {', '.join(MODES)} (got '{self.blend}')")
+        self.camera_names = [c for c in self.camera_names if c]
+        self.camera_topics = [t for t in self.camera_topics if t]
+        if len(self.camera_names) != len(self.camera_topics):
+            raise ConfigError(f"camera_names has {len(self.camera_names)} entries but camera_topics has "
+                              f"{len(self.camera_topics)}: give one topic per camera")
         if self.lookahead_points < 1:
             raise ConfigError("parameter 'lookahead_points' must be at least 1")
 
@@ -215,16 +218,17 @@ class InferenceNode(Node):
                 self.instruction = config.get("default_instruction", "") or ""
             self.executor_ = ChunkExecutor(float(config["control_rate_hz"]), crossfade_s=self.crossfade_time,
                                            mode=self.blend)
+        topics = dict(zip(self.camera_names, self.camera_topics))
+        missing = [c for c in cameras[1:] if c not in topics]
+        if missing:
+            raise ConfigError(
+                f"the policy needs camera(s) {', '.join(missing)} besides '{cameras[0]}' (on image_topic): "
+                f"name their topics, e.g. -p camera_names:=\"['{missing[0]}']\" "
+                f"-p camera_topics:=\"['/{missing[0]}_camera/color/image_raw']\"")
         for i, cam in enumerate(cameras):
             if cam in self.cameras:
                 continue
-            if i == 0:
-                topic = self.image_topic
-            else:
-                param = camera_topic_parameter(cam)
-                if not self.has_parameter(param):
-                    msgs.declare(self, param, f"/camera/{cam}/color/image_raw", f"Image topic of camera '{cam}'")
-                topic = self.get_parameter(param).value
+            topic = topics.get(cam, self.image_topic)
             inp = CameraInput(cam, topic)
             self.cameras[cam] = inp
             self.create_subscription(Image, topic, lambda m, inp=inp: self._on_image(inp, m), msgs.SENSOR_QOS,
@@ -239,7 +243,7 @@ class InferenceNode(Node):
                                expected_fingerprint=self._expected_fingerprint())
         from crane_x7_vla.policy.client import RemotePolicy
 
-        return RemotePolicy(self.policy_server, token=self.policy_token or None, cameras=None,
+        return RemotePolicy(self.policy_server, token=self.policy_token or None,
                             expected_fingerprint=self._expected_fingerprint())
 
     # --- inputs -------------------------------------------------------------------------------------

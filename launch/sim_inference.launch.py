@@ -1,0 +1,63 @@
+"""Closed loop in simulation: the simulated CRANE-X7 and the inference node, moving at once.
+
+    ros2 launch crane_x7_vla sim_inference.launch.py model_path:=outputs/crane_x7_openpi/checkpoint-final task:=reach
+
+The simulated robot publishes its hand camera on /camera/color/image_raw (as the RealSense
+on the real arm) and its scene camera on /scene_camera/color/image_raw; name the scene camera
+in camera_names/camera_topics when the checkpoint uses it.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+ARGUMENTS = {
+    "model_path": ("", "checkpoint directory; empty with policy_server"),
+    "policy_server": ("", "remote policy server, e.g. ws://gpu-host:8000"),
+    "instruction": ("", "language instruction (empty: the checkpoint's default)"),
+    "device": ("", "device for the model"),
+    "image_topic": ("/camera/color/image_raw", "image topic of the checkpoint's first camera"),
+    "camera_names": ("['']", "further cameras with their own topic, e.g. ['scene']"),
+    "camera_topics": ("['']", "their topics, e.g. ['/scene_camera/color/image_raw']"),
+    "control_rate": ("30.0", "commands per second (Hz)"),
+    "max_joint_velocity": ("1.0", "largest joint speed commanded (rad/s)"),
+    "task": ("reach", "simulated task"),
+    "seed": ("0", "simulated scene seed"),
+}
+
+
+#: Parameters passed as text as typed (an instruction such as "yes" must not become a boolean).
+STRING_PARAMETERS = ("model_path", "policy_server", "policy_token", "instruction", "device", "image_topic")
+
+
+def _value(name):
+    if name in STRING_PARAMETERS:
+        return ParameterValue(LaunchConfiguration(name), value_type=str)
+    return LaunchConfiguration(name)
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, (default, text) in ARGUMENTS.items()]
+    sim = Node(
+        package="crane_x7_vla",
+        executable="crane_x7_sim",
+        name="crane_x7_sim",
+        output="screen",
+        parameters=[{"task": LaunchConfiguration("task"), "seed": LaunchConfiguration("seed")}],
+    )
+    inference = Node(
+        package="crane_x7_vla",
+        executable="vla_inference_node",
+        name="vla_inference_node",
+        output="screen",
+        parameters=[{
+            **{name: _value(name) for name in (
+                "model_path", "policy_server", "instruction", "device", "image_topic", "camera_names",
+                "camera_topics", "control_rate", "max_joint_velocity")},
+            "autostart": True,
+        }],
+    )
+    return LaunchDescription([*declared, sim, inference])
