@@ -1,0 +1,152 @@
+"""Run our ROS 2 nodes as child processes and always stop them (no orphans).
+
+Each node runs in its own process group (session); stopping sends SIGINT to the whole
+group (rclpy shuts down cleanly: the logger finishes its files), waits, then SIGKILLs
+whatever is left. No rclpy import here: collect, tests and benchmarks share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Console entry points (setup.py) and the modules they run.
+NODE_MODULES = {
+    "crane_x7_sim": "crane_x7_vla.ros.sim_node",
+    "scripted_expert": "crane_x7_vla.ros.expert_node",
+    "teleop_relay": "crane_x7_vla.ros.teleop_relay",
+    "data_logger": "crane_x7_vla.ros.data_logger",
+}
+
+
+def pick_domain_id() -> int:
+    """A ROS_DOMAIN_ID unlikely to be used by another run on this machine (1..200)."""
+    return random.Random(os.getpid() * 7919 + time.time_ns()).randint(1, 200)
+
+
+def ros_env(domain_id: int, base: dict | None = None) -> dict:
+    """Environment for child nodes: own DDS domain, discovery kept on this host."""
+    env = dict(os.environ if base is None else base)
+    env["ROS_DOMAIN_ID"] = str(int(domain_id))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+    env.setdefault("MUJOCO_GL", "egl")
+    return env
+
+
+def format_param(value) -> str:
+    """A --ros-args parameter value (YAML): strings are quoted, so '1' stays a string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
+def node_command(executable: str, params: dict | None = None, *, name: str | None = None) -> list[str]:
+    """The console script of `executable` (or `python -m` its module) with --ros-args."""
+    script = Path(sys.executable).parent / executable
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", NODE_MODULES[executable]]
+    args = []
+    if name:
+        args += ["-r", f"__node:={name}"]
+    for key, value in (params or {}).items():
+        args += ["-p", f"{key}:={format_param(value)}"]
+    return cmd + (["--ros-args", *args] if args else [])
+
+
+class NodeProcess:
+    """One node in its own process group, output to a log file."""
+
+    def __init__(self, executable: str, params: dict | None = None, *, env: dict, log_dir: Path,
+                 name: str | None = None, stdin=subprocess.DEVNULL) -> None:
+        self.name = name or executable
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.name}.log"
+        self.cmd = node_command(executable, params, name=name)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _signal_group(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGINT to the group, wait up to `timeout`, then SIGKILL. Returns the exit code."""
+        if self.alive():
+            self._signal_group(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._signal_group(signal.SIGKILL)  # children the node may have started
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL now (a crash), no clean-up in the node."""
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait(5.0)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class NodeGroup:
+    """Several NodeProcesses stopped together (in reverse start order), also on errors."""
+
+    def __init__(self, env: dict, log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = Path(log_dir)
+        self.nodes: list[NodeProcess] = []
+
+    def start(self, executable: str, params: dict | None = None, **kwargs) -> NodeProcess:
+        node = NodeProcess(executable, params, env=self.env, log_dir=self.log_dir, **kwargs)
+        self.nodes.append(node)
+        return node
+
+    def check_alive(self) -> None:
+        for node in self.nodes:
+            if not node.alive():
+                raise RuntimeError(
+                    f"node {node.name} exited with code {node.proc.returncode}; "
+                    f"last lines of {node.log_path}:\n{node.log_tail()}"
+                )
+
+    def stop_all(self, timeout: float = 10.0) -> dict[str, int | None]:
+        codes = {}
+        for node in reversed(self.nodes):
+            codes[node.name] = node.stop(timeout)
+        return codes
+
+    def __enter__(self) -> "NodeGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()

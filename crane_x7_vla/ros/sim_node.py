@@ -1,0 +1,390 @@
+"""crane_x7_sim: the MuJoCo CRANE-X7 behind the real robot's ROS 2 interfaces.
+
+Same interfaces as crane_x7_control (ros2_control) on the robot:
+
+    /joint_states                              sensor_msgs/JointState (7 arm joints, finger_a, finger_b mimic)
+    /crane_x7_arm_controller/joint_trajectory  trajectory_msgs/JointTrajectory (joints matched by name;
+                                               interpolated from the current reference like a
+                                               JointTrajectoryController, replacing the one in progress)
+    /crane_x7_gripper_controller/gripper_cmd   control_msgs/action/GripperCommand
+
+plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
+/camera/color/image_raw like the RealSense, the scene camera on
+/scene_camera/color/image_raw) and the simulation's own interfaces:
+
+    /instruction              std_msgs/String, transient local: the episode's instruction
+    ~/success                 std_msgs/Bool: the task's success check, `success_rate` Hz
+    ~/check_success           std_srvs/Trigger: success = the check now, message = JSON state
+    ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
+                              switching to the `task` parameter's task; message = JSON
+                              {task, seed, instruction}
+
+Physics runs in its own thread paced to wall time (`control_hz` steps of 1/control_hz s,
+catching up when late); every header stamp comes from the node clock (wall time, or
+/clock with use_sim_time) so the logger pairs all streams on one time base.
+
+With `expert:=true` the node also runs the scripted expert (crane_x7_vla.sim.ScriptedExpert)
+and publishes its LEADER joint states on `leader_joint_states_topic`. The expert reads the
+scene (object poses) the way the human demonstrator looks at it, which only this process
+knows, so it lives here; it commands nothing itself: the teleop relay turns its leader
+joint states into follower commands exactly as for the real leader arm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from crane_x7_vla import robot
+from crane_x7_vla.ros import msgs
+from crane_x7_vla.ros.node_main import ConfigError, run
+
+GRIPPER_STALL_TIME = 0.3  # s without finger motion while short of the goal = stalled
+GRIPPER_GOAL_TIMEOUT = 5.0
+
+
+def _info_topic(image_topic: str) -> str:
+    """CameraInfo topic beside an image topic (…/image_raw -> …/camera_info)."""
+    base = image_topic.rsplit("/", 1)[0] if "/" in image_topic.strip("/") else ""
+    return f"{base}/camera_info" if base else "camera_info"
+
+
+class SimNode(Node):
+    def __init__(self, *, expert_default: bool = False, **kwargs) -> None:
+        super().__init__("crane_x7_sim", **kwargs)
+        p = lambda *a: msgs.declare(self, *a)  # noqa: E731
+        self.task = p("task", "reach", "Task of the next reset (see crane_x7_vla.sim.TASKS)")
+        p("seed", 0, "Seed of the next reset (it then increases by one)")
+        self.control_hz = float(p("control_hz", 100.0, "Physics/control loop rate (Hz), also the /joint_states rate"))
+        self.camera_rate = float(p("camera_rate", 30.0, "Camera frame rate (Hz)"))
+        width = int(p("camera_width", 320, "Camera image width (pixels)"))
+        height = int(p("camera_height", 240, "Camera image height (pixels)"))
+        self.camera_names = list(p("cameras", ["wrist", "primary"],
+                                   "Simulated cameras to publish: 'wrist' (hand camera), 'primary' (scene)"))
+        self.camera_topics = list(p("camera_topics", [robot.DEFAULT_IMAGE_TOPIC, "/scene_camera/color/image_raw"],
+                                    "Image topic of each camera, same order as cameras"))
+        self.camera_frames = list(p("camera_frames", ["camera_color_optical_frame", "scene_camera_optical_frame"],
+                                    "frame_id of each camera's images, same order as cameras"))
+        self.joint_states_topic = p("joint_states_topic", robot.JOINT_STATES_TOPIC, "Follower JointState topic")
+        self.trajectory_topic = p("trajectory_topic", robot.ARM_TRAJECTORY_TOPIC, "Arm JointTrajectory command topic")
+        self.gripper_action_name = p("gripper_action", robot.GRIPPER_ACTION, "GripperCommand action name")
+        self.instruction_topic = p("instruction_topic", "/instruction",
+                                   "Topic of the episode's instruction (std_msgs/String, transient local)")
+        self.success_rate = float(p("success_rate", 10.0, "Rate of the ~/success topic (Hz)"))
+        self.expert_enabled = bool(p("expert", expert_default,
+                                     "Run the scripted expert and publish LEADER joint states"))
+        self.leader_topic = p("leader_joint_states_topic", "/leader/joint_states",
+                              "Where the expert publishes leader joint states")
+        self.expert_rate = float(p("expert_rate", 50.0, "Leader joint state rate of the expert (Hz)"))
+        self.expert_start_delay = float(p("expert_start_delay", 1.0,
+                                          "Seconds after a reset before the expert moves (the relay's "
+                                          "leader timeout passes, so following restarts from the new pose)"))
+        self.expert_max_speed = float(p("expert_max_speed", 1.6, "Fastest joint speed of the expert (rad/s)"))
+        self._check_config(width, height)
+
+        self._lock = threading.RLock()
+        self._env = None
+        self._expert = None
+        self._expert_start = 0.0
+        self._expert_state = "idle"
+        self._camera_size = (width, height)
+        self._gripper_seq = 0
+        self._reset_request: tuple | None = None
+        self._reset_done = threading.Event()
+        self._reset_result: dict | Exception | None = None
+        self.stats = {"control_steps": 0, "frames": 0, "t0": time.monotonic()}
+
+        group = ReentrantCallbackGroup()
+        self._js_pub = self.create_publisher(JointState, self.joint_states_topic, msgs.STATE_QOS)
+        self._img_pubs = [self.create_publisher(Image, t, msgs.SENSOR_QOS) for t in self.camera_topics]
+        self._info_pubs = [self.create_publisher(CameraInfo, _info_topic(t), msgs.SENSOR_QOS) for t in self.camera_topics]
+        self._instr_pub = self.create_publisher(String, self.instruction_topic, msgs.LATCHED_QOS)
+        self._success_pub = self.create_publisher(Bool, "~/success", 10)
+        self._leader_pub = self.create_publisher(JointState, self.leader_topic, msgs.STATE_QOS) if self.expert_enabled else None
+        self._expert_pub = self.create_publisher(String, "~/expert_status", msgs.LATCHED_QOS) if self.expert_enabled else None
+        self.create_subscription(JointTrajectory, self.trajectory_topic, self._on_trajectory, msgs.STATE_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        self.create_service(Trigger, "~/check_success", self._on_check, callback_group=group)
+        self._action_server = self._make_gripper_server(group)
+
+        self._running = True
+        # Ctrl-C / SIGTERM invalidates the context at once: stop publishing from the thread first.
+        self.context.on_shutdown(self._stop_loop)
+        self._thread = threading.Thread(target=self._loop, name="sim-loop", daemon=True)
+        self._thread.start()
+        result = self.reset()  # first episode, from the parameters
+        self.get_logger().info(
+            f"simulated CRANE-X7 ready: task {result['task']!r}, seed {result['seed']}, "
+            f"{self.control_hz:g} Hz control, cameras {', '.join(f'{c} -> {t}' for c, t in zip(self.camera_names, self.camera_topics))}"
+            f"{', expert -> ' + self.leader_topic if self.expert_enabled else ''}"
+        )
+
+    def _check_config(self, width: int, height: int) -> None:
+        from crane_x7_vla.sim import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"parameter 'task' is {self.task!r}; the simulator knows {sorted(TASKS)}")
+        for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"parameter '{name}' must be positive, got {getattr(self, name)}")
+        if not (len(self.camera_names) == len(self.camera_topics) <= len(self.camera_frames)):
+            raise ConfigError(
+                f"cameras ({len(self.camera_names)}), camera_topics ({len(self.camera_topics)}) and "
+                f"camera_frames ({len(self.camera_frames)}) must name one entry per camera"
+            )
+        unknown = [c for c in self.camera_names if c not in ("primary", "wrist")]
+        if unknown:
+            raise ConfigError(f"parameter 'cameras' names {unknown}; the simulator has 'primary' and 'wrist'")
+        if not (16 <= width <= 1280 and 16 <= height <= 960):
+            raise ConfigError(f"camera size {width}x{height} is outside 16..1280 x 16..960")
+
+    def _make_gripper_server(self, group):
+        try:
+            from control_msgs.action import GripperCommand
+        except ImportError as exc:
+            raise ConfigError(
+                "control_msgs is not installed: on the robot PC source your ROS 2 install; in this "
+                "repository run scripts/setup.d/control_msgs.sh"
+            ) from exc
+        from rclpy.action import ActionServer, CancelResponse, GoalResponse
+
+        self._gripper_type = GripperCommand
+        return ActionServer(
+            self, GripperCommand, self.gripper_action_name, execute_callback=self._execute_gripper,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda handle: CancelResponse.ACCEPT, callback_group=group,
+        )
+
+    # -- episodes -------------------------------------------------------------------------
+    def reset(self) -> dict:
+        """Ask the sim thread for a new episode (task and seed from the parameters); wait for it."""
+        task = self.get_parameter("task").value
+        seed = int(self.get_parameter("seed").value)
+        self._reset_done.clear()
+        with self._lock:
+            self._reset_request = (task, seed)
+        if not self._reset_done.wait(30.0):
+            raise RuntimeError("the simulation thread did not reset within 30 s")
+        if isinstance(self._reset_result, Exception):
+            raise self._reset_result
+        self.set_parameters([Parameter("seed", value=seed + 1)])
+        return self._reset_result
+
+    def _do_reset(self, task: str, seed: int) -> dict:
+        from crane_x7_vla.sim import ScriptedExpert, SimEnv
+
+        if self._env is None or self._env.task != task:
+            if self._env is not None:
+                self._env.close()
+            self._env = SimEnv(task=task, seed=seed, camera_size=self._camera_size, cameras=tuple(self.camera_names))
+        else:
+            self._env.reset(seed)
+        env = self._env
+        if self.expert_enabled:
+            self._expert = ScriptedExpert(env, rng=np.random.default_rng([seed, 7]), max_speed=self.expert_max_speed)
+            self._expert_start = env.time + self.expert_start_delay
+            self._set_expert_state("waiting")
+        self._instr_pub.publish(String(data=env.instruction))
+        result = {"task": env.task, "seed": env.seed, "instruction": env.instruction}
+        self.get_logger().info(f"reset: {json.dumps(result)}")
+        return result
+
+    def _set_expert_state(self, state: str) -> None:
+        if state != self._expert_state:
+            self._expert_state = state
+            self._expert_pub.publish(String(data=state))
+
+    def _on_reset(self, request, response):
+        try:
+            response.message = json.dumps(self.reset())
+            response.success = True
+        except Exception as exc:
+            response.success, response.message = False, f"reset failed: {exc}"
+            self.get_logger().error(response.message)
+        return response
+
+    def _on_check(self, request, response):
+        with self._lock:
+            env = self._env
+            response.success = bool(env.success())
+            response.message = json.dumps(
+                {"task": env.task, "seed": env.seed, "instruction": env.instruction, "time": env.time,
+                 "expert": self._expert_state}
+            )
+        return response
+
+    # -- commands -------------------------------------------------------------------------
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        names = list(msg.joint_names)
+        unknown = [n for n in names if n not in robot.ARM_JOINTS]
+        missing = [n for n in robot.ARM_JOINTS if n not in names]
+        if unknown or missing or len(set(names)) != len(names):
+            self.get_logger().warning(
+                f"rejected a trajectory: it must name the 7 arm joints once each "
+                f"(unknown: {unknown or 'none'}, missing: {missing or 'none'})", throttle_duration_sec=2.0)
+            return
+        order = [names.index(j) for j in robot.ARM_JOINTS]
+        points = []
+        for k, pt in enumerate(msg.points):
+            if len(pt.positions) != len(names):
+                self.get_logger().warning(f"rejected a trajectory: point {k} has {len(pt.positions)} positions "
+                                          f"for {len(names)} joints", throttle_duration_sec=2.0)
+                return
+            t = pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9
+            points.append((t, np.array([pt.positions[i] for i in order])))
+        with self._lock:
+            env = self._env
+            try:
+                # An empty trajectory stops the arm where its reference is (like the JTC).
+                env.set_arm_trajectory(points or [(0.0, env.arm_reference())])
+            except ValueError as exc:
+                self.get_logger().warning(f"rejected a trajectory: {exc}", throttle_duration_sec=2.0)
+
+    def _execute_gripper(self, goal_handle):
+        cmd = goal_handle.request.command
+        result = self._gripper_type.Result()
+        with self._lock:
+            self._gripper_seq += 1
+            seq = self._gripper_seq
+            try:
+                self._env.set_gripper(cmd.position, cmd.max_effort)
+            except ValueError as exc:
+                self.get_logger().warning(f"rejected a gripper goal: {exc}")
+                goal_handle.abort()
+                return result
+            target = float(np.clip(cmd.position, *robot.GRIPPER_RANGE))
+        start = last_move = time.monotonic()
+        last_pos = None
+        feedback = self._gripper_type.Feedback()
+        while True:
+            time.sleep(0.02)
+            with self._lock:
+                pos = float(self._env.joint_positions()[-1])
+                preempted = seq != self._gripper_seq
+            result.position = feedback.position = pos
+            now = time.monotonic()
+            if last_pos is None or abs(pos - last_pos) > 1e-3:
+                last_move, last_pos = now, pos
+            if preempted or not self._running:
+                goal_handle.abort()
+                return result
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+                return result
+            if abs(pos - target) < robot.GRIPPER_GOAL_TOLERANCE * 0.2:
+                result.reached_goal = True
+                goal_handle.succeed()
+                return result
+            if now - last_move > GRIPPER_STALL_TIME or now - start > GRIPPER_GOAL_TIMEOUT:
+                # Holding an object: the fingers stop short of the goal.
+                result.stalled = now - last_move > GRIPPER_STALL_TIME
+                goal_handle.abort()
+                return result
+            feedback.stalled = False
+            goal_handle.publish_feedback(feedback)
+
+    # -- the simulation thread -------------------------------------------------------------
+    def _stop_loop(self) -> None:
+        self._running = False
+
+    def _loop(self) -> None:
+        try:
+            self._run_loop()
+        except Exception as exc:
+            if self.context.ok():
+                # A simulator without physics must not look alive to the other nodes.
+                self.get_logger().fatal(f"simulation loop failed, exiting: {exc!r}")
+                os._exit(3)
+        finally:
+            if self._env is not None:
+                self._env.close()  # renderers belong to this thread's GL context
+
+    def _run_loop(self) -> None:
+        period = 1.0 / self.control_hz
+        next_tick = time.monotonic()
+        next_frame = next_success = next_leader = 0.0
+        while self._running:
+            with self._lock:
+                request, self._reset_request = self._reset_request, None
+            if request is not None:
+                try:
+                    with self._lock:
+                        self._reset_result = self._do_reset(*request)
+                except Exception as exc:
+                    self._reset_result = exc
+                self._reset_done.set()
+                next_tick = time.monotonic()
+            env = self._env
+            if env is None:
+                time.sleep(0.005)
+                continue
+            with self._lock:
+                env.step(period)
+                q, v = env.joint_positions(), env.joint_velocities()
+                leader = None
+                now = time.monotonic()
+                if self._expert is not None and env.time >= self._expert_start and now >= next_leader:
+                    leader = self._expert.target()
+                    state = "failed" if self._expert.failed else "done" if self._expert.done else "running"
+                    self._set_expert_state(state)
+                    next_leader = now + 1.0 / self.expert_rate
+                success = env.success() if now >= next_success else None
+            self.stats["control_steps"] += 1
+            stamp = self.get_clock().now().to_msg()
+            self._js_pub.publish(msgs.make_joint_state(q, velocities8=v, stamp=stamp))
+            if leader is not None:
+                self._leader_pub.publish(msgs.make_joint_state(leader, stamp=stamp))
+            if success is not None:
+                self._success_pub.publish(Bool(data=bool(success)))
+                next_success = now + 1.0 / self.success_rate
+            if now >= next_frame:
+                self._publish_frames(env)
+                next_frame = max(next_frame + 1.0 / self.camera_rate, now)
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -5 * period:
+                next_tick = time.monotonic()  # too far behind: slow down instead of bursting
+
+    def _publish_frames(self, env) -> None:
+        for i, cam in enumerate(self.camera_names):
+            with self._lock:
+                rgb = env.render(cam)
+                fovy = float(env.model.cam_fovy[env.model.camera(cam).id])
+            stamp = self.get_clock().now().to_msg()
+            frame = self.camera_frames[i]
+            self._img_pubs[i].publish(msgs.rgb_to_image(rgb, stamp=stamp, frame_id=frame))
+            self._info_pubs[i].publish(
+                msgs.pinhole_camera_info(rgb.shape[1], rgb.shape[0], fovy, stamp=stamp, frame_id=frame))
+            self.stats["frames"] += 1
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(5.0)
+        elapsed = time.monotonic() - self.stats["t0"]
+        if elapsed > 0:
+            self.get_logger().info(
+                f"control loop {self.stats['control_steps'] / elapsed:.1f} Hz, "
+                f"{self.stats['frames'] / elapsed / max(len(self.camera_names), 1):.1f} frames/s per camera"
+            )
+
+
+def main(argv=None) -> int:
+    return run(SimNode, argv, threads=4)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
