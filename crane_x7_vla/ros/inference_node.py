@@ -23,6 +23,7 @@ samples the executor and publishes, so a slow model never blocks them.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -122,7 +123,7 @@ class InferenceNode(Node):
                                    stale_timeout=self.stale_timeout)
         self.executor_: ChunkExecutor | None = None
         self.timing = {k: deque(maxlen=WINDOW) for k in
-                       ("preprocess_ms", "model_ms", "postprocess_ms", "publish_ms", "image_to_command_ms", "inference_ms")}
+                       ("image_wait_ms", "preprocess_ms", "model_ms", "postprocess_ms", "publish_ms", "image_to_command_ms", "inference_ms")}
         self.counts = {"inferences": 0, "inference_errors": 0, "rejected_chunks": 0, "commands": 0,
                        "hold_commands": 0, "gripper_goals": 0}
         self._pending_chunk: tuple[float, float] | None = None  # (capture time, arrival time)
@@ -131,7 +132,6 @@ class InferenceNode(Node):
         self._last_goal_time = 0.0
 
         self._inputs = ReentrantCallbackGroup()
-        self._control_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(JointState, self.joint_states_topic, self._on_joint_state, msgs.STATE_QOS,
                                  callback_group=self._inputs)
@@ -155,7 +155,10 @@ class InferenceNode(Node):
                                          callback_group=self._service_group)
         if self.model_path:
             self._read_local_config()  # fast checks now; the weights load in the worker
-        self.create_timer(1.0 / self.control_rate, self._control_tick, callback_group=self._control_group)
+        # The control loop has its own thread with absolute deadlines: executor scheduling (a
+        # Python wait-set per callback) would add its latency to every command period.
+        self._control_thread = threading.Thread(target=self._control_main, name="vla-control", daemon=True)
+        self._control_thread.start()
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group)
         self._worker = threading.Thread(target=self._worker_main, name="vla-inference", daemon=True)
         self._worker.start()
@@ -438,6 +441,7 @@ class InferenceNode(Node):
             self._pending_chunk = (capture, arrival)
         t3 = time.perf_counter()
         self.counts["inferences"] += 1
+        self.timing["image_wait_ms"].append(max(0.0, arrival - capture - (t3 - t0)) * 1e3)
         model_ms = (t2 - t1) * 1e3
         pre_ms = (t1 - t0) * 1e3
         if "preprocess_ms" in inner and "model_ms" in inner:
@@ -449,6 +453,28 @@ class InferenceNode(Node):
         self.timing["inference_ms"].append((t3 - t0) * 1e3)
 
     # --- control loop ---------------------------------------------------------------------------------
+    def _control_main(self) -> None:
+        period = 1.0 / self.control_rate
+        next_time = time.monotonic() + period
+        while not self._stop.is_set():
+            while not self._stop.is_set():
+                delay = next_time - time.monotonic()
+                if delay <= 0:
+                    break
+                if delay > 0.002:
+                    self._stop.wait(delay - 0.001)
+                else:
+                    time.sleep(delay)
+            if self._stop.is_set():
+                break
+            try:
+                self._control_tick()
+            except Exception as exc:  # noqa: BLE001 - reported; the next period tries again
+                self.get_logger().error(f"control tick failed: {exc}", throttle_duration_sec=2.0)
+            next_time += period
+            if next_time < time.monotonic() - period:  # fell behind by more than a period: resync
+                next_time = time.monotonic() + period
+
     def _control_tick(self) -> None:
         now = time.monotonic()
         self._tick_times.append(now)
@@ -562,6 +588,7 @@ class InferenceNode(Node):
         self._stop.set()
         self._wake.set()
         self._worker.join(timeout=5.0)
+        self._control_thread.join(timeout=2.0)
         close = getattr(self.policy, "close", None)
         if close is not None:
             close()
@@ -580,6 +607,7 @@ def _load_gripper_action():
 
 
 def main(argv=None) -> int:
+    sys.setswitchinterval(0.001)  # threads waiting for the interpreter lock get it within ~1 ms
     return run(InferenceNode, argv, threads=4)
 
 
