@@ -1,0 +1,73 @@
+"""Data collection in simulation: simulated CRANE-X7 + scripted expert + relay + logger.
+
+    ros2 launch crane_x7_vla sim_collection.launch.py task:=pick_place output_dir:=~/crane_x7_sim_data
+
+The same chain as on the real robot, with the scripted expert as the leader arm:
+scripted_expert (the simulator with its expert on) publishes /leader/joint_states,
+teleop_relay commands the simulated follower, data_logger records the follower's
+/joint_states, the hand camera (wrist, /camera/color/image_raw) and the scene camera
+(primary, /scene_camera/color/image_raw), the instruction (/instruction) and the task's
+success flag (/crane_x7_sim/success). Drive episodes through the services
+(/crane_x7_sim/reset, /data_logger/start|stop|discard), with `crane-x7-vla logger-keys`,
+or let `crane-x7-vla collect --sim` do all of it.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+ARGUMENTS = {
+    "task": ("reach", "simulated task: reach or pick_place"),
+    "seed": ("0", "seed of the first scene (each reset adds one)"),
+    "camera_width": ("320", "simulated camera width (pixels)"),
+    "camera_height": ("240", "simulated camera height (pixels)"),
+    "output_dir": ("~/crane_x7_sim_data", "directory the episodes are written into"),
+    "rate": ("10.0", "steps recorded per second (Hz)"),
+}
+
+CAMERAS = ["wrist", "primary"]
+CAMERA_TOPICS = ["/camera/color/image_raw", "/scene_camera/color/image_raw"]
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, (default, text) in ARGUMENTS.items()]
+    sim = Node(
+        package="crane_x7_vla",
+        executable="scripted_expert",
+        name="crane_x7_sim",
+        output="screen",
+        parameters=[{
+            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+            "seed": LaunchConfiguration("seed"),
+            "camera_width": LaunchConfiguration("camera_width"),
+            "camera_height": LaunchConfiguration("camera_height"),
+            "cameras": CAMERAS,
+            "camera_topics": CAMERA_TOPICS,
+            "leader_joint_states_topic": "/leader/joint_states",
+        }],
+    )
+    relay = Node(
+        package="crane_x7_vla",
+        executable="teleop_relay",
+        name="teleop_relay",
+        output="screen",
+        parameters=[{"leader_joint_states_topic": "/leader/joint_states", "follower_joint_states_topic": "/joint_states"}],
+    )
+    logger = Node(
+        package="crane_x7_vla",
+        executable="data_logger",
+        name="data_logger",
+        output="screen",
+        parameters=[{
+            "output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str),
+            "rate": LaunchConfiguration("rate"),
+            "camera_names": CAMERAS,
+            "camera_topics": CAMERA_TOPICS,
+            "success_topic": "/crane_x7_sim/success",
+            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
+        }],
+    )
+    return LaunchDescription([*declared, sim, relay, logger])
