@@ -2,6 +2,8 @@
 
     crane-x7-vla demo          the loop on the embedded default
     crane-x7-vla dataset ...   inspect, validate, compute statistics, convert episodes
+    crane-x7-vla train ...     fine-tune a policy (same as python -m crane_x7_vla.training.cli train)
+    crane-x7-vla serve CKPT    serve a checkpoint over openpi's websocket protocol
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from crane_x7_vla import __version__
 COMMAND_MODULES = (
     "crane_x7_vla.demo",
     "crane_x7_vla.dataset_cli",
+    "crane_x7_vla.training.cli",
+    "crane_x7_vla.policy.serve_cli",
 )
 
 
@@ -36,10 +40,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from crane_x7_vla.episode.reader import DatasetError
     from crane_x7_vla.episode.tfrecord import RecordError
+    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.training.config import ConfigError
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, RecordError, FileNotFoundError) as exc:
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except (DatasetError, RecordError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

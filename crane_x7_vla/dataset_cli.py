@@ -180,4 +180,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_sample)
+
+    from crane_x7_vla import dataset_io_cli
+
+    dataset_io_cli.register(sub)  # export (RLDS, LeRobot), import-bag
     return parser

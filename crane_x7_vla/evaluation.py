@@ -1,0 +1,63 @@
+"""Success statistics and the run report (plain Python; no ROS, torch or jax).
+
+`summarize_episodes` turns per-episode outcomes into a success rate with a 95% Wilson
+interval and mean time to success; `write_report` writes report.json, report.md and
+the PNGs of a demo or evaluation run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class EpisodeOutcome:
+    seed: int
+    success: bool
+    time_to_success: float | None  # seconds from start, None if not solved
+    duration: float
+    interventions: dict = field(default_factory=dict)  # safety-filter counts by kind
+    instruction: str = ""
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sane at 0% and 100%)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize_episodes(outcomes: list[EpisodeOutcome]) -> dict:
+    n = len(outcomes)
+    wins = [o for o in outcomes if o.success]
+    low, high = wilson_interval(len(wins), n)
+    interventions: dict[str, int] = {}
+    for o in outcomes:
+        for kind, count in o.interventions.items():
+            interventions[kind] = interventions.get(kind, 0) + int(count)
+    return {
+        "episodes": n,
+        "successes": len(wins),
+        "success_rate": len(wins) / n if n else 0.0,
+        "success_rate_ci95": [low, high],
+        "mean_time_to_success_s": float(np.mean([o.time_to_success for o in wins])) if wins else None,
+        "safety_interventions": interventions,
+        "per_seed": [asdict(o) for o in outcomes],
+    }
+
+
+def format_rate(summary: dict) -> str:
+    low, high = summary["success_rate_ci95"]
+    return (
+        f"{summary['success_rate'] * 100:.0f}% ({summary['successes']}/{summary['episodes']}, "
+        f"95% CI {low * 100:.0f}-{high * 100:.0f}%)"
+    )
