@@ -29,13 +29,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=30.0, help="control_rate (Hz)")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--checkpoint", help="checkpoint directory (default: a mean-trajectory baseline)")
+    ap.add_argument("--priority", type=int, default=0, help="control_priority of the node (SCHED_FIFO, 0 = off)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     ckpt = Path(args.checkpoint) if args.checkpoint else baseline_checkpoint()
     session = Session(image_size=(320, 240))
     try:
         session.start_node(model_path=str(ckpt), control_rate=args.rate, inference_rate=10.0, autostart=True,
-                           use_gripper=False, max_joint_velocity=1.0)
+                           use_gripper=False, max_joint_velocity=1.0, control_priority=args.priority)
         session.wait_running(timeout=300)
         t0 = time.monotonic()
         time.sleep(args.seconds)
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     node_jitter_p99 = None
     if node_period.get("n"):
         node_jitter_p99 = max(abs(node_period["p99"] - period_ms), abs(node_period["p50"] - period_ms))
-    result = {"control_rate_hz": args.rate, "seconds": args.seconds, "received": received,
+    result = {"control_rate_hz": args.rate, "seconds": args.seconds, "control_priority": args.priority, "received": received,
               "node_timer_period_ms": node_period, "target_p99_jitter_ms": TARGET_P99_MS}
     r = received
     print(f"control_rate {args.rate:g} Hz for {args.seconds:g} s (period {period_ms:.2f} ms)")

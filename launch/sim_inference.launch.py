@@ -2,9 +2,10 @@
 
     ros2 launch crane_x7_vla sim_inference.launch.py model_path:=outputs/crane_x7_openpi/checkpoint-final task:=reach
 
-The simulated robot publishes its hand camera on /camera/color/image_raw (as the RealSense
-on the real arm) and its scene camera on /scene_camera/color/image_raw; name the scene camera
-in camera_names/camera_topics when the checkpoint uses it.
+The simulated robot publishes its hand camera ("wrist") on /camera/color/image_raw (as the
+RealSense on the real arm) and its scene camera ("primary") on /scene_camera/color/image_raw;
+camera_names/camera_topics map them as sim_collection.launch.py records them, so a checkpoint
+trained on simulated episodes sees the same cameras under the same names.
 """
 
 from launch import LaunchDescription
@@ -19,8 +20,8 @@ ARGUMENTS = {
     "instruction": ("", "language instruction (empty: the checkpoint's default)"),
     "device": ("", "device for the model"),
     "image_topic": ("/camera/color/image_raw", "image topic of the checkpoint's first camera"),
-    "camera_names": ("['']", "further cameras with their own topic, e.g. ['scene']"),
-    "camera_topics": ("['']", "their topics, e.g. ['/scene_camera/color/image_raw']"),
+    "camera_names": ("['wrist', 'primary']", "camera names as sim_collection.launch.py records them"),
+    "camera_topics": ("['/camera/color/image_raw', '/scene_camera/color/image_raw']", "their topics, same order"),
     "control_rate": ("30.0", "commands per second (Hz)"),
     "max_joint_velocity": ("1.0", "largest joint speed commanded (rad/s)"),
     "task": ("reach", "simulated task"),

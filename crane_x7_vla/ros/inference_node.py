@@ -23,6 +23,7 @@ samples the executor and publishes, so a slow model never blocks them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -93,6 +94,8 @@ class InferenceNode(Node):
         self.autostart = bool(p("autostart", False, "Start moving once inputs arrive (else wait for ~/start)"))
         self.blend = p("blend", "crossfade", "Chunk blending: crossfade or replace")
         self.crossfade_time = float(p("crossfade_time", 0.2, "Cross-fade duration between chunks (s)"))
+        self.control_priority = int(p("control_priority", 0, "SCHED_FIFO priority (1-99) of the control thread; "
+                                      "0 = normal scheduling (needs CAP_SYS_NICE / rtprio)"))
         self.lookahead_points = int(p("lookahead_points", 3, "Points per published trajectory (one control period apart)"))
         self.use_gripper = bool(p("use_gripper", True, "Send GripperCommand goals"))
         self.gripper_deadband = float(p("gripper_deadband", 0.02, "New gripper goal only after this change (rad)"))
@@ -454,6 +457,13 @@ class InferenceNode(Node):
 
     # --- control loop ---------------------------------------------------------------------------------
     def _control_main(self) -> None:
+        if self.control_priority > 0:
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO,
+                                      os.sched_param(min(self.control_priority, 99)))
+            except (PermissionError, OSError, AttributeError) as exc:
+                self.get_logger().warning(f"control thread keeps normal scheduling (SCHED_FIFO refused: {exc}); "
+                                          "allow rtprio for this user to use control_priority")
         period = 1.0 / self.control_rate
         next_time = time.monotonic() + period
         while not self._stop.is_set():

@@ -37,7 +37,26 @@ def mean_ckpt(tmp_path_factory):
     return MeanTrajectoryPolicy.from_dataset(root / "data", horizon=8).save(root / "mean")
 
 
-class Robot(Node):
+class Services(Node):
+    """Clients of the inference node's Trigger services."""
+
+    def __init__(self, name="test_services"):
+        super().__init__(name)
+        self.triggers = {n: self.create_client(Trigger, f"/vla_inference_node/{n}")
+                         for n in ("start", "pause", "estop", "reset")}
+
+    def call(self, name, timeout=10.0):
+        client = self.triggers[name]
+        assert client.wait_for_service(timeout_sec=timeout), f"service ~/{name} not available"
+        fut = client.call_async(Trigger.Request())
+        end = time.monotonic() + timeout
+        while not fut.done() and time.monotonic() < end:
+            time.sleep(0.01)
+        assert fut.done(), f"service ~/{name} did not answer"
+        return fut.result()
+
+
+class Robot(Services):
     """Joint states of an arm that follows the first point of each trajectory (100 Hz), images."""
 
     def __init__(self, start=None, image_topic=robot.DEFAULT_IMAGE_TOPIC):
@@ -57,7 +76,6 @@ class Robot(Node):
         self.create_subscription(String, "/vla_inference_node/diagnostics", self._on_diag, 10)
         self.create_timer(0.01, self._step)
         self.create_timer(1 / 15, self._image)
-        self.triggers = {n: self.create_client(Trigger, f"/vla_inference_node/{n}") for n in ("start", "pause", "estop", "reset")}
 
     def _on_traj(self, msg):
         with self.lock:
@@ -84,16 +102,6 @@ class Robot(Node):
         if self.send_images:
             img = np.full((96, 128, 3), 120, np.uint8)
             self.image_pub.publish(msgs.rgb_to_image(img, stamp=self.get_clock().now().to_msg(), frame_id="camera"))
-
-    def call(self, name, timeout=10.0):
-        client = self.triggers[name]
-        assert client.wait_for_service(timeout_sec=timeout), f"service ~/{name} not available"
-        fut = client.call_async(Trigger.Request())
-        end = time.monotonic() + timeout
-        while not fut.done() and time.monotonic() < end:
-            time.sleep(0.01)
-        assert fut.done(), f"service ~/{name} did not answer"
-        return fut.result()
 
     def traj_since(self, t):
         with self.lock:
