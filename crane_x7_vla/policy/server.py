@@ -119,9 +119,9 @@ class PolicyServer:
             timing = {"infer_ms": infer_ms, "decode_ms": decode_ms}
             if prev_total_ms is not None:
                 timing["prev_total_ms"] = prev_total_ms
-            await websocket.send(wire.packb({"actions": actions, "server_timing": timing}))
             self.calls += 1
             self.infer_ms.append(infer_ms)
+            await websocket.send(wire.packb({"actions": actions, "server_timing": timing}))
             prev_total_ms = (time.perf_counter() - t_start) * 1e3
             log.info("inference %.1f ms (decode %.1f ms) for %s", infer_ms, decode_ms, peer)
         log.info("client disconnected: %s", peer)
