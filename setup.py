@@ -54,6 +54,7 @@ setup(
             "teleop_relay = crane_x7_vla.ros.teleop_relay:main",
             "data_logger = crane_x7_vla.ros.data_logger:main",
             "vla_inference_node = crane_x7_vla.ros.inference_node:main",
+            "eval_runner = crane_x7_vla.ros.eval_runner:main",
         ],
     },
 )

@@ -22,7 +22,20 @@ NODE_MODULES = {
     "scripted_expert": "crane_x7_vla.ros.expert_node",
     "teleop_relay": "crane_x7_vla.ros.teleop_relay",
     "data_logger": "crane_x7_vla.ros.data_logger",
+    "vla_inference_node": "crane_x7_vla.ros.inference_node",
+    "eval_runner": "crane_x7_vla.ros.eval_runner",
 }
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the parent dies (Linux), so even a killed
+    parent leaves no orphan node behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def pick_domain_id() -> int:
@@ -73,7 +86,8 @@ class NodeProcess:
         self.cmd = node_command(executable, params, name=name)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin, start_new_session=True
+            self.cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
 
     @property
@@ -132,8 +146,12 @@ class NodeGroup:
         return node
 
     def check_alive(self) -> None:
+        self.check_alive_except()
+
+    def check_alive_except(self, *allowed: NodeProcess) -> None:
+        """Like check_alive, but `allowed` nodes may have ended (e.g. a runner that finished)."""
         for node in self.nodes:
-            if not node.alive():
+            if node not in allowed and not node.alive():
                 raise RuntimeError(
                     f"node {node.name} exited with code {node.proc.returncode}; "
                     f"last lines of {node.log_path}:\n{node.log_tail()}"

@@ -1,0 +1,147 @@
+"""`crane-x7-vla eval CHECKPOINT --task T --episodes K`: closed-loop success on the simulator.
+
+Runs the checkpoint through the real inference node against the simulated CRANE-X7
+(separate processes over DDS, a private ROS_DOMAIN_ID), on held-out seeds, and the same
+seeds with two baselines so the number means something: `hold` (the arm stays where it
+starts) and `mean` (replays the mean demonstrated trajectory of the training episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crane_x7_vla import robot
+from crane_x7_vla.evaluation import EpisodeOutcome, format_rate, summarize_episodes
+
+# Where the simulated CRANE-X7 (crane_x7_sim's defaults) publishes each camera.
+SIM_CAMERA_TOPICS = {"wrist": robot.DEFAULT_IMAGE_TOPIC, "primary": "/scene_camera/color/image_raw"}
+HELD_OUT_FIRST_SEED = 100_000  # collection uses small seeds; evaluation never overlaps them
+
+
+def _read_config(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / "policy_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {checkpoint} a checkpoint directory (e.g. .../checkpoint-final)?")
+    return json.loads(path.read_text())
+
+
+def run_closed_loop(
+    checkpoint: Path,
+    *,
+    task: str,
+    episodes: int,
+    first_seed: int,
+    timeout: float,
+    out_dir: Path,
+    control_rate: float = 30.0,
+    max_joint_velocity: float = 1.5,
+    frames: bool = True,
+) -> list[EpisodeOutcome]:
+    """Start sim + inference node + runner, run the episodes, stop everything."""
+    from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env
+
+    config = _read_config(checkpoint)
+    cameras = list(config.get("cameras") or ["wrist"])
+    unknown = [c for c in cameras if c not in SIM_CAMERA_TOPICS]
+    if unknown:
+        raise ValueError(f"{checkpoint}: camera(s) {unknown} do not exist in the simulator ({sorted(SIM_CAMERA_TOPICS)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / "episodes.json"
+    env = ros_env(pick_domain_id())
+    with NodeGroup(env, out_dir / "logs") as group:
+        group.start("crane_x7_sim", {"task": task, "seed": first_seed, "expert": False})
+        group.start(
+            "vla_inference_node",
+            {
+                "model_path": str(Path(checkpoint).resolve()),
+                "device": "cpu",
+                "control_rate": control_rate,
+                "max_joint_velocity": max_joint_velocity,
+                "image_topic": SIM_CAMERA_TOPICS[cameras[0]],
+                "camera_names": cameras,
+                "camera_topics": [SIM_CAMERA_TOPICS[c] for c in cameras],
+            },
+        )
+        runner = group.start(
+            "eval_runner",
+            {
+                "episodes": episodes,
+                "episode_timeout": timeout,
+                "results_path": str(results),
+                "frames_dir": str(out_dir / "frames") if frames else "",
+            },
+        )
+        limit = time.monotonic() + 240 + episodes * (timeout + 10)
+        while runner.alive():
+            group.check_alive_except(runner)
+            if time.monotonic() > limit:
+                raise RuntimeError(f"evaluation did not finish in time; see {out_dir / 'logs'}")
+            time.sleep(0.5)
+        if runner.proc.returncode != 0:
+            raise RuntimeError(f"evaluation failed:\n{runner.log_tail()}")
+    rows = json.loads(results.read_text())
+    return [EpisodeOutcome(**row) for row in rows]
+
+
+def make_baselines(config: dict, data_root: Path, out_dir: Path) -> dict[str, Path]:
+    from crane_x7_vla.policy.baselines import HoldPolicy, MeanTrajectoryPolicy
+
+    cameras = tuple(config.get("cameras") or ["wrist"])
+    rate = float(config.get("control_rate_hz") or 10.0)
+    hold = HoldPolicy(horizon=1, control_rate_hz=rate, cameras=cameras).save(out_dir / "baseline_hold")
+    mean = MeanTrajectoryPolicy.from_dataset(data_root, horizon=10, fps=rate).save(out_dir / "baseline_mean")
+    return {"hold still": hold, "mean trajectory": mean}
+
+
+def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, timeout: float, out_dir: Path,
+             data_root: Path | None = None, baselines: bool = True, log=print) -> dict:
+    """Closed-loop success of the checkpoint and the baselines on the same seeds."""
+    config = _read_config(checkpoint)
+    results = {}
+    log(f"evaluating {checkpoint} on '{task}', {episodes} held-out seeds from {first_seed}")
+    outcomes = run_closed_loop(checkpoint, task=task, episodes=episodes, first_seed=first_seed, timeout=timeout,
+                               out_dir=out_dir / "policy")
+    results["policy"] = summarize_episodes(outcomes)
+    log(f"  policy: {format_rate(results['policy'])}")
+    if baselines:
+        root = Path(data_root or config.get("train_config", {}).get("data_root", ""))
+        for name, ckpt in make_baselines(config, root, out_dir).items():
+            res = run_closed_loop(ckpt, task=task, episodes=episodes, first_seed=first_seed, timeout=timeout,
+                                  out_dir=out_dir / ckpt.name, frames=False)
+            results[name] = summarize_episodes(res)
+            log(f"  {name}: {format_rate(results[name])}")
+    (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _run(args) -> int:
+    out = Path(args.out or Path(args.checkpoint) / "eval")
+    results = evaluate(Path(args.checkpoint), task=args.task, episodes=args.episodes, first_seed=args.first_seed,
+                       timeout=args.timeout, out_dir=out, data_root=args.data_root, baselines=not args.no_baselines)
+    policy = results["policy"]
+    print(f"success rate {format_rate(policy)}; mean time to success "
+          f"{policy['mean_time_to_success_s'] if policy['mean_time_to_success_s'] is None else round(policy['mean_time_to_success_s'], 2)} s; "
+          f"safety interventions {policy['safety_interventions']}")
+    print(f"results: {out / 'evaluation.json'}")
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="closed-loop success rate on the simulated CRANE-X7, with baselines",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint directory, e.g. outputs/run/checkpoint-final")
+    p.add_argument("--task", default="reach", help="simulated task (reach, pick_place; default reach)")
+    p.add_argument("--episodes", type=int, default=20, help="held-out seeds to run (default 20)")
+    p.add_argument("--first-seed", type=int, default=HELD_OUT_FIRST_SEED, help="first held-out seed")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds per episode (default 15)")
+    p.add_argument("--data-root", default=None, help="episodes for the mean-trajectory baseline "
+                   "(default: the checkpoint's training data)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the hold-still and mean-trajectory baselines")
+    p.add_argument("--out", default=None, help="output folder (default CHECKPOINT/eval)")
+    p.set_defaults(func=_run)
+    return p
