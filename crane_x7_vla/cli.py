@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "crane_x7_vla.dataset_cli",
     "crane_x7_vla.training.cli",
     "crane_x7_vla.policy.serve_cli",
+    "crane_x7_vla.eval_cli",
 )
 
 
