@@ -87,9 +87,11 @@ class SimNode(Node):
         self.leader_topic = p("leader_joint_states_topic", "/leader/joint_states",
                               "Where the expert publishes leader joint states")
         self.expert_rate = float(p("expert_rate", 50.0, "Leader joint state rate of the expert (Hz)"))
-        self.expert_start_delay = float(p("expert_start_delay", 1.0,
-                                          "Seconds after a reset before the expert moves (the relay's "
-                                          "leader timeout passes, so following restarts from the new pose)"))
+        self.expert_start_delay = float(p("expert_start_delay", 0.5, "Seconds after a reset before the expert moves"))
+        self.reset_quiet = float(p("reset_quiet", 0.8,
+                                   "With the expert on: seconds the leader is silent BEFORE the scene resets, "
+                                   "longer than the relay's leader_timeout, so the relay has stopped following "
+                                   "when the follower is put back home (a real arm never jumps like that)"))
         self.expert_max_speed = float(p("expert_max_speed", 1.6, "Fastest joint speed of the expert (rad/s)"))
         self._check_config(width, height)
 
@@ -172,6 +174,11 @@ class SimNode(Node):
         """Ask the sim thread for a new episode (task and seed from the parameters); wait for it."""
         task = self.get_parameter("task").value
         seed = int(self.get_parameter("seed").value)
+        if self._expert is not None:
+            with self._lock:
+                self._expert = None  # the leader goes silent
+                self._set_expert_state("resetting")
+            time.sleep(self.reset_quiet)
         self._reset_done.clear()
         with self._lock:
             self._reset_request = (task, seed)

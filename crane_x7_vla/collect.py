@@ -1,0 +1,116 @@
+"""`crane-x7-vla collect` and `crane-x7-vla logger-keys`.
+
+    crane-x7-vla collect --sim --task reach --episodes 20 --out DIR [--seed 0 --rate 10
+                         --cameras wrist,primary --camera-size 320x240 --timeout 40]
+
+starts the simulated CRANE-X7 with its scripted expert, the teleop relay and the episode
+logger as ROS 2 processes (own ROS_DOMAIN_ID), records the episodes, prints a summary
+and stops every process it started (also on Ctrl-C). On the real robot use
+`ros2 launch crane_x7_vla data_collection.launch.py` and `crane-x7-vla logger-keys`.
+(The ROS code lives in crane_x7_vla.ros and is imported only when a command runs.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _camera_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--camera-size must look like 320x240, got {text!r}") from None
+    return w, h
+
+
+def add_collect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sim", action="store_true", required=True,
+                   help="collect in simulation (the real robot uses ros2 launch crane_x7_vla data_collection.launch.py)")
+    p.add_argument("--task", default="reach", help="simulated task: reach or pick_place (default reach)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes to record (default 20)")
+    p.add_argument("--out", required=True, help="directory the episodes are written into")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first scene; episode i uses seed+i (default 0)")
+    p.add_argument("--rate", type=float, default=10.0, help="steps recorded per second (default 10)")
+    p.add_argument("--cameras", default="wrist,primary",
+                   help="cameras to record, comma-separated: wrist (hand), primary (scene) (default both)")
+    p.add_argument("--camera-size", type=_camera_size, default=(320, 240), help="image size WxH (default 320x240)")
+    p.add_argument("--timeout", type=float, default=40.0, help="seconds before an unsolved episode is stopped (default 40)")
+    p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the run (default: a random free-looking one)")
+    p.add_argument("--log-dir", default=None, help="node logs (default OUT/collect_logs)")
+    p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
+
+
+def run_collect(args) -> int:
+    from crane_x7_vla.sim import TASKS
+
+    if args.task not in TASKS:
+        print(f"error: --task {args.task!r} is not a simulated task; choose from {sorted(TASKS)}", file=sys.stderr)
+        return 2
+    cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    from crane_x7_vla.ros.collect_driver import collect_sim
+
+    try:
+        summary = collect_sim(
+            args.out, task=args.task, episodes=args.episodes, seed=args.seed, rate=args.rate, cameras=cameras,
+            camera_size=args.camera_size, timeout=args.timeout, domain_id=args.domain_id, log_dir=args.log_dir,
+            echo=lambda line: print(line, flush=True),
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every node was stopped; saved episodes are complete", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    eps = summary.episodes
+    steps = sum(e.steps for e in eps)
+    mismatched = [e.index for e in eps if e.success_stored is not None and e.success_stored != e.success_check]
+    print(f"\n{len(eps)} episodes, {summary.successes} successful (task check), {steps} steps, saved in {summary.out}")
+    rates = [e.achieved_hz for e in eps if e.achieved_hz]
+    if rates:
+        print(f"recording rate {min(rates):.2f}..{max(rates):.2f} Hz (requested {args.rate:g}), "
+              f"{sum(e.dropped_steps for e in eps)} dropped steps")
+    if mismatched:
+        print(f"warning: stored success flag differs from the final check in episodes {mismatched}")
+    if summary.problems:
+        print(f"validation found {len(summary.problems)} problem(s):")
+        for line in summary.problems[:20]:
+            print(f"  {line}")
+    else:
+        print(f"validation: {summary.checked} episode(s) valid")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2))
+    return 1 if summary.problems else 0
+
+
+def run_logger_keys(args) -> int:
+    from crane_x7_vla.ros.logger_keys import run
+
+    return run(args.logger)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("collect", help="record episodes in simulation (simulator, expert, relay, logger)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_collect_arguments(p)
+    p.set_defaults(func=run_collect)
+    k = subparsers.add_parser("logger-keys", help="keyboard control of a running data_logger (s/e/d/q)")
+    k.add_argument("--logger", default="/data_logger", help="the logger node's name (default /data_logger)")
+    k.set_defaults(func=run_logger_keys)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="crane-x7-vla")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

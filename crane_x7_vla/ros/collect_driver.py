@@ -1,0 +1,276 @@
+"""Drive simulated data collection: start the nodes, run N episodes, stop everything.
+
+Processes (each in its own process group, own ROS_DOMAIN_ID per run):
+    scripted_expert (crane_x7_sim with the expert)  ->  teleop_relay  ->  data_logger
+
+Per episode: set the simulator's `seed` parameter and call /crane_x7_sim/reset; wait for
+the new instruction; set the logger's task/seed parameters; /data_logger/start; wait
+until the task's success check has held for `settle` seconds, the expert gives up, or
+`timeout`; read /crane_x7_sim/check_success; /data_logger/stop (the logger stores the
+success flag it received from /crane_x7_sim/success). On any exit path (also Ctrl-C or
+SIGTERM) the nodes get SIGINT, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env
+
+SIM = "/crane_x7_sim"
+LOGGER = "/data_logger"
+CAMERA_TOPICS = {"wrist": "/camera/color/image_raw", "primary": "/scene_camera/color/image_raw"}
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    seed: int
+    instruction: str
+    path: str | None
+    steps: int
+    success_check: bool
+    success_stored: bool | None
+    seconds: float
+    achieved_hz: float | None
+    dropped_steps: int
+    stale_frames: dict
+    end: str  # "success", "expert failed", "timeout"
+
+
+@dataclass
+class CollectionSummary:
+    out: str
+    task: str
+    requested: int
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    domain_id: int = 0
+    log_dir: str = ""
+    checked: int = 0  # episodes the validator read
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def successes(self) -> int:
+        return sum(e.success_check for e in self.episodes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["successes"] = self.successes
+        return d
+
+
+class _Client:
+    """The driver's own rclpy node, spun in a background thread."""
+
+    def __init__(self, domain_id: int) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
+        from std_msgs.msg import Bool, String
+
+        from crane_x7_vla.ros import msgs
+
+        self._rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = Node("crane_x7_collect", context=self.context)
+        self.success = False
+        self.success_since: float | None = None
+        self.expert = ""
+        self.instruction = ""
+        self.node.create_subscription(Bool, f"{SIM}/success", self._on_success, 10)
+        self.node.create_subscription(String, f"{SIM}/expert_status", self._on_expert, msgs.LATCHED_QOS)
+        self.node.create_subscription(String, "/instruction", self._on_instruction, msgs.LATCHED_QOS)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:
+            pass
+
+    def _on_success(self, msg) -> None:
+        if msg.data and not self.success:
+            self.success_since = time.monotonic()
+        self.success = bool(msg.data)
+
+    def _on_expert(self, msg) -> None:
+        self.expert = msg.data
+
+    def _on_instruction(self, msg) -> None:
+        self.instruction = msg.data
+
+    def call(self, srv_type, name: str, request, timeout: float, nodes: NodeGroup):
+        client = self.node.create_client(srv_type, name)
+        try:
+            deadline = time.monotonic() + timeout
+            while not client.wait_for_service(timeout_sec=0.2):
+                nodes.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"service {name} did not appear within {timeout:g} s")
+            future = client.call_async(request)
+            while not future.done():
+                nodes.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"service {name} did not answer within {timeout:g} s")
+                time.sleep(0.01)
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def trigger(self, name: str, nodes: NodeGroup, timeout: float = 60.0):
+        from std_srvs.srv import Trigger
+
+        return self.call(Trigger, name, Trigger.Request(), timeout, nodes)
+
+    def set_params(self, node_name: str, values: dict, nodes: NodeGroup) -> None:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        res = self.call(SetParameters, f"{node_name}/set_parameters", req, 30.0, nodes)
+        bad = [r.reason for r in res.results if not r.successful]
+        if bad:
+            raise RuntimeError(f"could not set {values} on {node_name}: {bad}")
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self._rclpy.try_shutdown(context=self.context)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def collect_sim(
+    out: str | Path,
+    *,
+    task: str = "reach",
+    episodes: int = 20,
+    seed: int = 0,
+    rate: float = 10.0,
+    cameras: tuple[str, ...] = ("wrist", "primary"),
+    camera_size: tuple[int, int] = (320, 240),
+    timeout: float = 40.0,
+    settle: float = 0.5,
+    domain_id: int | None = None,
+    log_dir: str | Path | None = None,
+    echo=print,
+) -> CollectionSummary:
+    """Record `episodes` simulated episodes into `out`; returns the summary."""
+    out = Path(out).expanduser().resolve()
+    unknown = [c for c in cameras if c not in CAMERA_TOPICS]
+    if unknown or not cameras:
+        raise ValueError(f"cameras must be chosen from {sorted(CAMERA_TOPICS)}, got {list(cameras)}")
+    if episodes < 1 or rate <= 0 or timeout <= 0:
+        raise ValueError("episodes must be >= 1, rate and timeout positive")
+    domain = domain_id if domain_id is not None else pick_domain_id()
+    log_dir = Path(log_dir) if log_dir else out / "collect_logs"
+    summary = CollectionSummary(out=str(out), task=task, requested=episodes, domain_id=domain, log_dir=str(log_dir))
+    topics = [CAMERA_TOPICS[c] for c in cameras]
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    nodes = NodeGroup(ros_env(domain), log_dir)
+    client = None
+    try:
+        echo(f"starting the simulated CRANE-X7, relay and logger (ROS_DOMAIN_ID={domain}, logs in {log_dir})")
+        nodes.start("scripted_expert", {
+            "task": task, "seed": seed, "cameras": list(cameras), "camera_topics": topics,
+            "camera_frames": [f"{c}_camera_optical_frame" for c in cameras],
+            "camera_width": camera_size[0], "camera_height": camera_size[1],
+        }, name="crane_x7_sim")
+        nodes.start("teleop_relay", {})
+        nodes.start("data_logger", {
+            "output_dir": str(out), "rate": float(rate), "camera_names": list(cameras), "camera_topics": topics,
+            "success_topic": f"{SIM}/success", "task": task, "keyboard": False,
+        })
+        client = _Client(domain)
+        for i in range(episodes):
+            summary.episodes.append(_episode(client, nodes, i, seed + i, task, timeout, settle, echo))
+        from crane_x7_vla.episode.validate import validate_dataset
+
+        summary.checked, summary.problems = validate_dataset(out)
+        return summary
+    except KeyboardInterrupt:
+        if client is not None:  # drop the unfinished episode so the saved ones stay a valid dataset
+            try:
+                client.trigger(f"{LOGGER}/discard", nodes, timeout=5.0)
+            except Exception:
+                pass
+        raise
+    finally:
+        if client is not None:
+            client.close()
+        codes = nodes.stop_all()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        unclean = {n: c for n, c in codes.items() if c not in (0, None)}
+        if unclean:
+            echo(f"note: nodes exited with codes {unclean} (logs in {log_dir})")
+
+
+def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str, timeout: float, settle: float,
+             echo) -> EpisodeResult:
+    client.set_params(SIM, {"seed": seed, "task": task}, nodes)
+    res = client.trigger(f"{SIM}/reset", nodes)
+    if not res.success:
+        raise RuntimeError(f"simulator reset failed: {res.message}")
+    scene = json.loads(res.message)
+    deadline = time.monotonic() + 10.0
+    while client.instruction != scene["instruction"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the new instruction {scene['instruction']!r} did not arrive on /instruction")
+        time.sleep(0.02)
+    time.sleep(0.2)  # the logger receives the same latched message
+    client.set_params(LOGGER, {"task": task, "seed": seed}, nodes)
+    started = time.monotonic()
+    while True:  # the first frames after a reset take a moment
+        res = client.trigger(f"{LOGGER}/start", nodes)
+        if res.success:
+            break
+        if time.monotonic() - started > 15.0:
+            raise RuntimeError(f"the logger did not start: {res.message}")
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    client.success, client.success_since = False, None
+    end = "timeout"
+    while time.monotonic() - t0 < timeout:
+        nodes.check_alive()
+        if client.success and client.success_since is not None and time.monotonic() - client.success_since >= settle:
+            end = "success"
+            break
+        if client.expert == "failed":
+            end = "expert failed"
+            break
+        time.sleep(0.02)
+    check = client.trigger(f"{SIM}/check_success", nodes)
+    res = client.trigger(f"{LOGGER}/stop", nodes)
+    if not res.success:
+        raise RuntimeError(f"the logger could not save episode {index}: {res.message}")
+    saved = json.loads(res.message)
+    from crane_x7_vla.episode.schema import EpisodeMeta
+
+    meta = EpisodeMeta.load(Path(saved["path"]) / "episode_meta.json")
+    if meta.language_instruction != scene["instruction"]:
+        raise RuntimeError(f"{saved['path']} holds instruction {meta.language_instruction!r}, "
+                           f"the scene's is {scene['instruction']!r}")
+    result = EpisodeResult(
+        index=index, seed=seed, instruction=scene["instruction"], path=saved["path"], steps=saved["steps"],
+        success_check=bool(check.success), success_stored=meta.success, seconds=round(time.monotonic() - t0, 2),
+        achieved_hz=saved["achieved_hz"], dropped_steps=saved["dropped_steps"], stale_frames=saved["stale_frames"],
+        end=end,
+    )
+    stale = sum(saved["stale_frames"].values())
+    echo(f"episode {index + 1}: seed {seed} {scene['instruction']!r}: {end}, {result.steps} steps in "
+         f"{result.seconds:.1f} s ({result.achieved_hz} Hz), {result.dropped_steps} dropped, {stale} stale frames "
+         f"-> {Path(saved['path']).name}")
+    return result
