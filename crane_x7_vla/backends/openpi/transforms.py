@@ -14,7 +14,7 @@ they are computed from the episodes at training start and stored in the checkpoi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class ActionSpace:
     padded_dim: int
     action_stats: dict  # model-space statistics (q01/q99/...), 8 values each
     state_stats: dict  # the dataset's proprio statistics
-    mask: np.ndarray = DELTA_MASK
+    mask: np.ndarray = field(default_factory=DELTA_MASK.copy)
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask, bool)

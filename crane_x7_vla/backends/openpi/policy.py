@@ -1,0 +1,120 @@
+"""Deployment: `load(checkpoint_dir, config, device)` -> a policy with `predict(observation)`.
+
+predict() runs the same preprocessing as training (preprocess.prepare_image with the
+checkpoint's ImageSpec, the same tokenizer and normalisation), samples an action chunk
+with a fixed number of Euler steps (one compiled program; the prefix KV is computed
+once per call), turns model-space actions back into ABSOLUTE joint targets (arm deltas
++ current state, gripper absolute, unnormalised) and clamps them to the joint limits.
+A non-finite result raises instead of reaching the robot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from crane_x7_vla import robot
+from crane_x7_vla.preprocess import ImageSpec, prepare_image
+
+
+class PolicyError(ValueError):
+    pass
+
+
+class OpenPIPolicy:
+    def __init__(self, checkpoint_dir: Path, config: dict, device: str | None = None, seed: int = 0):
+        import jax
+        from crane_x7_vla.backends.openpi import ckpt_io, train_state as ts
+        from crane_x7_vla.backends.openpi.batching import Batcher
+        from crane_x7_vla.backends.openpi.presets import ModelConfig
+        from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
+        from crane_x7_vla.backends.openpi.transforms import ActionSpace
+
+        where = Path(checkpoint_dir) / "policy_config.json"
+        block = config.get("openpi")
+        if not isinstance(block, dict) or "model_config" not in block:
+            raise PolicyError(f"{where}: the 'openpi' entry (model_config) is missing; not an OpenPI checkpoint")
+        self.config = config
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.model_config = ModelConfig.from_dict(block["model_config"])
+        self.space = ActionSpace.from_config(config)
+        self.spec = ImageSpec.from_dict(config["image_spec"])
+        self.cameras = list(config["cameras"])
+        self.default_instruction = config.get("default_instruction") or ""
+        self.num_steps = int(block.get("num_inference_steps", 10))
+        tok = PromptTokenizer.from_file(self.checkpoint_dir / block.get("tokenizer_file", ckpt_io.TOKENIZER_FILE),
+                                        self.model_config.max_token_len)
+        self.batcher = Batcher(self.space, tok, self.cameras)
+        self.device = _device(device)
+
+        graphdef, abstract = ts.abstract_model(self.model_config)
+        restored = ckpt_io.restore_numpy(self.checkpoint_dir / ckpt_io.PARAMS_DIR)
+        try:
+            state = ckpt_io.fill_state(abstract, restored, str(self.checkpoint_dir / ckpt_io.PARAMS_DIR))
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+        self.params = jax.device_put(state, self.device)
+        sampler = ts.make_sampler(graphdef, self.num_steps)
+        self._sample = jax.jit(sampler)
+        self._key = ts.prng_key(seed)
+        self._calls = 0
+
+    @property
+    def metadata(self) -> dict:
+        return {
+            "backend": "openpi",
+            "base_model": self.config.get("base_model"),
+            "action_horizon": self.space.horizon,
+            "action_dim": len(self.space.mask),
+            "cameras": self.cameras,
+            "image_size": [self.spec.width, self.spec.height],
+            "joint_names": list(self.config["joint_names"]),
+            "control_rate_hz": self.config.get("control_rate_hz"),
+            "num_inference_steps": self.num_steps,
+            "step": self.config.get("step"),
+        }
+
+    def predict(self, observation: dict) -> np.ndarray:
+        import jax
+
+        images = observation.get("images") or {}
+        missing = [c for c in self.cameras if c not in images]
+        if missing:
+            raise PolicyError(f"observation lacks image(s) from camera(s) {missing}; the policy uses {self.cameras}")
+        state = np.asarray(observation.get("state"), np.float64).reshape(-1)
+        if state.shape != (len(self.space.mask),) or not np.all(np.isfinite(state)):
+            raise PolicyError(f"observation 'state' must hold {len(self.space.mask)} finite joint positions (got {state})")
+        instruction = observation.get("instruction") or self.default_instruction
+        prepared = {c: prepare_image(images[c], self.spec, train=False)[None] for c in self.cameras}
+        obs = self.batcher.observation(prepared, state[None], [instruction])
+        key = jax.random.fold_in(self._key, self._calls)
+        self._calls += 1
+        out = np.asarray(self._sample(jax.device_put(obs, self.device), key, self.params))[0]
+        actions = self.space.decode_actions(out, state)
+        if not np.all(np.isfinite(actions)):
+            raise PolicyError("the model produced non-finite actions; refusing to send them to the robot")
+        return robot.clamp_to_limits(actions)
+
+
+def _device(device: str | None):
+    import jax
+
+    if device in (None, "auto"):
+        return jax.devices()[0]
+    if device == "cpu":
+        return jax.devices("cpu")[0]
+    if str(device).startswith("cuda"):
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            raise PolicyError(f"device '{device}': JAX sees no GPU") from None
+        index = int(str(device).split(":", 1)[1]) if ":" in str(device) else 0
+        if index >= len(gpus):
+            raise PolicyError(f"device '{device}': only {len(gpus)} GPU(s) visible")
+        return gpus[index]
+    raise PolicyError(f"device must be auto, cpu, cuda or cuda:N (got '{device}')")
+
+
+def load(checkpoint_dir, config: dict, device: str | None = None) -> OpenPIPolicy:
+    return OpenPIPolicy(Path(checkpoint_dir), config, device)
