@@ -1,6 +1,13 @@
+import os
+import tempfile
 from dataclasses import replace
 
 import pytest
+
+# Compiled programs are cached on disk, so the runs of one test session (and the
+# data-parallel subprocess) compile each program once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "crane_x7_vla_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 jax = pytest.importorskip("jax")
 

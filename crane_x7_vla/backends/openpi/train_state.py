@@ -140,7 +140,7 @@ def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float)
         # EMA with a warm-up (short runs are not dominated by the random init); decay 0 = the weights.
         d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, trainable)
-        metrics = {"loss": loss / n_micro, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss / n_micro, "grad_norm": optax.tree.norm(grads)}
         return trainable, ema, opt_state, metrics
 
     return step_fn
