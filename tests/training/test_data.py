@@ -16,7 +16,7 @@ def test_load_splits_by_episode(dataset_dir):
     assert len(td.train) + len(td.val) == 6 and len(td.val) == 2
     assert not {e.path for e in td.train} & {e.path for e in td.val}
     assert td.cameras == ["primary"]
-    assert td.fps == 10.0 and td.default_instruction == "reach the red cube"
+    assert td.fps == 10.0 and td.default_instruction == "reach the green cube"
     assert len(td.fingerprint) == 16
 
 

@@ -1,0 +1,1 @@
+"""OpenVLA backend: PyTorch, transformers and PEFT (the only place torch is imported)."""

@@ -1,0 +1,303 @@
+"""Base models for the OpenVLA backend: load one, and turn observations into its inputs.
+
+Supported: `openvla/openvla-7b` (remote code, images are inserted after BOS without
+placeholder tokens), Llava-family models (`<image>` placeholders, one per visual token)
+and PaliGemma-family models (placeholders before BOS, prefix-LM token types), by hub id
+or local path. The `tiny` preset is a Llava model (SigLIP vision + Llama text) built from
+a config with a byte-level BPE tokenizer trained offline; it is written to a directory
+with `save_pretrained` and then loaded by `load_vla` like any local model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crane_x7_vla.backends.openvla.prompt import openvla_prompt
+
+IGNORE = -100
+
+
+class ModelError(ValueError):
+    """The base model cannot be used as asked; the message says why and what to do."""
+
+
+# ---- the tiny preset ---------------------------------------------------------------------
+
+PRESETS = {
+    # ~1.3M parameters; 64x64 image -> 16 visual tokens. For tests, CPU runs and the demo.
+    "tiny": dict(vision_hidden=96, vision_layers=3, vision_heads=4, patch=16,
+                 text_hidden=128, text_layers=3, text_heads=4, text_ffn=384, bpe_vocab=768),
+}
+
+_CORPUS = """In: What action should the robot take to reach the red cube?
+Out: pick up the blue block and place it in the box. Pick and place the object.
+reach the green cube, push the yellow button, open the drawer, close the gripper, move the arm left right up down
+grasp the cup and put it on the plate. stack the red block on the green block. touch the ball with the hand
+the robot arm moves to the target position slowly. go home. lift the object off the table
+"""
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def _train_tokenizer(bpe_vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<image>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=bpe_vocab, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+    # Append 256 tokens no text can produce: the action tokens are the last 256 of the vocabulary.
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    base = len(vocab)
+    for i in range(256):
+        vocab[f"<act_{i:03d}>"] = base + i
+    tok = Tokenizer.from_str(json.dumps(spec))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   extra_special_tokens={"image_token": "<image>"})
+
+
+def materialize_preset(name: str, dest, *, image_size: tuple[int, int], seed: int = 0) -> Path:
+    """Build preset `name` for `image_size` and save it (model, tokenizer, image processor) to `dest`."""
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig
+
+    if name not in PRESETS:
+        raise ModelError(f"unknown preset '{name}' (presets: {sorted(PRESETS)})")
+    p = PRESETS[name]
+    w, h = image_size
+    if w != h or w % p["patch"]:
+        raise ModelError(
+            f"the '{name}' preset needs a square image whose side is a multiple of {p['patch']} "
+            f"(got --image-size {w}x{h}; e.g. 64x64, 96x96, 128x128)"
+        )
+    tokenizer = _train_tokenizer(p["bpe_vocab"])
+    n_patches = (w // p["patch"]) ** 2
+    vision = SiglipVisionConfig(hidden_size=p["vision_hidden"], intermediate_size=2 * p["vision_hidden"],
+                                num_hidden_layers=p["vision_layers"], num_attention_heads=p["vision_heads"],
+                                image_size=w, patch_size=p["patch"], vision_use_head=False)
+    text = LlamaConfig(hidden_size=p["text_hidden"], intermediate_size=p["text_ffn"],
+                       num_hidden_layers=p["text_layers"], num_attention_heads=p["text_heads"],
+                       num_key_value_heads=p["text_heads"], vocab_size=tokenizer.vocab_size,
+                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         image_seq_length=n_patches, vision_feature_select_strategy="full",
+                         vision_feature_layer=-1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    SiglipImageProcessor(size={"height": h, "width": w}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(dest)
+    return dest
+
+
+# ---- loading any supported model ---------------------------------------------------------
+
+
+@dataclass
+class VLA:
+    model: torch.nn.Module  # the HF model (wrapped by PEFT / DDP later by the trainer)
+    tokenizer: object
+    family: str  # openvla | llava | paligemma
+    source: str  # path or hub id it was loaded from
+    image_size: tuple[int, int]
+    image_token_id: int | None
+    num_image_tokens: int  # placeholders in input_ids (0 for openvla)
+    pixel_stats: list[tuple[list[float], list[float]]]  # (mean, std) per stacked vision backbone
+    cache_kw: str  # forward keyword of the KV cache ("cache" or "past_key_values")
+    dtype: torch.dtype
+    num_cameras: int = 1  # images per sample (several only for Llava-family models)
+
+    @property
+    def vocab_size(self) -> int:
+        """Base vocabulary size; actions use its last 256 ids."""
+        return int(self.tokenizer.vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _family(config) -> str:
+    mt = getattr(config, "model_type", "")
+    if mt in ("openvla", "prismatic"):
+        return "openvla"
+    if mt.startswith("paligemma"):
+        return "paligemma"
+    if getattr(config, "image_token_index", None) is not None or getattr(config, "image_token_id", None) is not None:
+        return "llava"
+    raise ModelError(
+        f"model type '{mt}' is not supported: use openvla/openvla-7b, a Llava- or PaliGemma-family "
+        f"image-text-to-text model, or the 'tiny' preset"
+    )
+
+
+def _model_class(config, source: str):
+    auto_map = getattr(config, "auto_map", None) or {}
+    for key in ("AutoModelForVision2Seq", "AutoModelForImageTextToText"):
+        if key in auto_map:
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            return get_class_from_dynamic_module(auto_map[key], source)
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText
+
+
+def _expected_size(config, family: str) -> tuple[int, int] | None:
+    if family == "openvla":
+        sizes = getattr(config, "image_sizes", None)
+        return (int(sizes[0]), int(sizes[0])) if sizes else None
+    vision = getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    if size is None:
+        return None
+    return (size, size) if isinstance(size, int) else (int(size[1]), int(size[0]))
+
+
+def _num_image_tokens(config, family: str) -> int:
+    if family == "openvla":
+        return 0
+    vision = config.vision_config
+    size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+    n = (size // vision.patch_size) ** 2
+    if family == "paligemma":
+        return int(getattr(config.text_config, "num_image_tokens", None) or n)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    if strategy == "full" and getattr(vision, "model_type", "") == "clip_vision_model":
+        n += 1  # CLIP's class token is kept
+    return n
+
+
+def _pixel_stats(source: str) -> list[tuple[list[float], list[float]]]:
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(source, trust_remote_code=True, use_fast=False)
+    except Exception:  # no image processor saved: the common SigLIP/PaliGemma default
+        return [([0.5] * 3, [0.5] * 3)]
+    if hasattr(proc, "means") and hasattr(proc, "stds"):  # OpenVLA's fused SigLIP + DINOv2
+        return [(list(m), list(s)) for m, s in zip(proc.means, proc.stds)]
+    return [(list(proc.image_mean), list(proc.image_std))]
+
+
+def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = torch.float32,
+             attn_implementation: str | None = None, device: str | torch.device = "cpu") -> VLA:
+    """Load a base model from a local path or hub id, the standard way."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model '{source}': {exc}") from None
+    family = _family(config)
+    expected = _expected_size(config, family)
+    if expected is not None and tuple(expected) != tuple(image_size):
+        raise ModelError(
+            f"model '{source}' takes {expected[0]}x{expected[1]} images; pass --image-size {expected[0]}x{expected[1]}"
+        )
+    kwargs = {"trust_remote_code": True, "dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    cls = _model_class(config, source)
+    model = cls.from_pretrained(source, **kwargs).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    image_token_id = None
+    if family != "openvla":
+        image_token_id = getattr(config, "image_token_index", None)
+        if image_token_id is None:
+            image_token_id = getattr(config, "image_token_id")
+    params = inspect.signature(type(model).forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return VLA(model=model, tokenizer=tokenizer, family=family, source=str(source), image_size=tuple(image_size),
+               image_token_id=image_token_id, num_image_tokens=_num_image_tokens(config, family),
+               pixel_stats=_pixel_stats(source), cache_kw=cache_kw, dtype=dtype)
+
+
+def save_processor(vla: VLA, dest) -> None:
+    """Tokenizer + image processor, so a checkpoint is self-contained."""
+    from transformers import AutoImageProcessor
+
+    vla.tokenizer.save_pretrained(dest)
+    try:
+        AutoImageProcessor.from_pretrained(vla.source, trust_remote_code=True, use_fast=False).save_pretrained(dest)
+    except Exception:
+        pass
+
+
+# ---- inputs --------------------------------------------------------------------------------
+
+
+def pixel_values(vla: VLA, images: dict[str, np.ndarray], cameras: list[str], device) -> torch.Tensor:
+    """{camera: uint8 (B, H, W, 3)} at the model's size -> normalised (B * cameras, C, H, W) in the
+    model's dtype, ordered sample by sample, cameras in the given order."""
+    stacked = np.stack([images[c] for c in cameras], axis=1)  # (B, N, H, W, 3)
+    stacked = stacked.reshape((-1,) + stacked.shape[2:])
+    x = torch.from_numpy(np.ascontiguousarray(stacked)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    parts = []
+    for mean, std in vla.pixel_stats:
+        m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        parts.append((x - m) / s)
+    return torch.cat(parts, dim=1).to(vla.dtype)
+
+
+def prompt_ids(vla: VLA, instruction: str) -> list[int]:
+    """Token ids of everything before the action tokens."""
+    tok = vla.tokenizer
+    text = tok(openvla_prompt(instruction), add_special_tokens=False)["input_ids"]
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    if vla.family == "openvla":
+        space = tok.convert_tokens_to_ids("\u2581")  # OpenVLA expects the prompt to end with '▁'
+        ids = bos + text
+        if isinstance(space, int) and space != tok.unk_token_id and ids[-1] != space:
+            ids.append(space)
+        return ids
+    images = [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)
+    if vla.family == "paligemma":
+        newline = tok("\n", add_special_tokens=False)["input_ids"]
+        return images + bos + text + newline
+    return bos + images + text
+
+
+def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device) -> dict:
+    """Right-padded input_ids / attention_mask, and labels on the action tokens only."""
+    rows, n_prompt = [], []
+    for i, instr in enumerate(instructions):
+        ids = prompt_ids(vla, instr)
+        n_prompt.append(len(ids))
+        if action_ids is not None:
+            ids = ids + [int(t) for t in action_ids[i]]
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    pad = vla.tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        if action_ids is not None:
+            labels[i, n_prompt[i] : len(r)] = input_ids[i, n_prompt[i] : len(r)]
+    batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    if vla.family == "paligemma":
+        batch["token_type_ids"] = (labels != IGNORE).long().to(device)
+    return batch

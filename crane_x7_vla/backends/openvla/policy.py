@@ -1,0 +1,96 @@
+"""A trained OpenVLA checkpoint as a policy: observation -> (1, 8) absolute joint targets.
+
+Uses the training code's own pieces: `preprocess.prepare_image(train=False)` (centre crop),
+the prompt, the action tokenizer with the checkpoint's statistics, and greedy decoding of
+exactly 8 tokens restricted to the action tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crane_x7_vla import robot
+from crane_x7_vla.backends.openvla import decode
+from crane_x7_vla.backends.openvla.action_tokenizer import ActionTokenizer
+from crane_x7_vla.backends.openvla.model import build_batch, load_vla, pixel_values
+from crane_x7_vla.preprocess import ImageSpec, Normalizer, prepare_image
+from crane_x7_vla.training.checkpoint import CheckpointError
+
+
+class OpenVLAPolicy:
+    def __init__(self, checkpoint_dir, config: dict, device=None):
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.config = config
+        if device is None or device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.spec = ImageSpec.from_dict(config["image_spec"])
+        self.cameras = list(config["cameras"])
+        horizon = int(config["action_space"].get("horizon", 1))
+        if horizon != 1:
+            raise CheckpointError(f"{checkpoint_dir}: openvla checkpoints predict one action (horizon {horizon} found)")
+        info = config.get("openvla", {})
+        d = self.checkpoint_dir
+        if (d / "model").exists():
+            source = d / "model"
+        elif (d / "base").exists():
+            source = d / "base"
+        else:
+            source = config["base_model"]
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.vla = load_vla(str(source), image_size=(self.spec.width, self.spec.height), dtype=dtype, device=self.device)
+        if (d / "adapter").exists() and not (d / "model").exists():
+            from peft import PeftModel
+
+            self.vla.model = PeftModel.from_pretrained(self.vla.model, str(d / "adapter")).merge_and_unload()
+        elif info.get("weights") == "adapter":
+            raise CheckpointError(f"{d}: the LoRA adapter directory 'adapter/' is missing")
+        self.vla.model.eval()
+        self.vla.num_cameras = len(self.cameras)
+        if info.get("vocab_size") not in (None, self.vla.vocab_size):
+            raise CheckpointError(
+                f"{d}: trained with a vocabulary of {info['vocab_size']} tokens, the loaded tokenizer has "
+                f"{self.vla.vocab_size}; the base model '{source}' is not the one it was trained on"
+            )
+        self.tokens = ActionTokenizer(self.vla.vocab_size, Normalizer.from_stats(config["dataset_statistics"], "action"))
+
+    @property
+    def metadata(self) -> dict:
+        c = self.config
+        return {
+            "backend": "openvla",
+            "base_model": c.get("base_model"),
+            "cameras": self.cameras,
+            "image_size": [self.spec.width, self.spec.height],
+            "action_dim": robot.ACTION_DIM,
+            "action_horizon": 1,
+            "joint_names": list(c["joint_names"]),
+            "control_rate_hz": c.get("control_rate_hz"),
+            "default_instruction": c.get("default_instruction"),
+            "step": c.get("step"),
+            "statistics_fingerprint": c.get("statistics_fingerprint"),
+        }
+
+    @torch.no_grad()
+    def predict(self, observation: dict) -> np.ndarray:
+        images = observation.get("images") or {}
+        missing = [c for c in self.cameras if c not in images]
+        if missing:
+            raise KeyError(f"observation lacks image(s) from camera(s) {missing}; the policy needs {self.cameras}")
+        prepared = {c: prepare_image(np.asarray(images[c]), self.spec, train=False)[None] for c in self.cameras}
+        instruction = observation.get("instruction") or self.config.get("default_instruction") or ""
+        pix = pixel_values(self.vla, prepared, self.cameras, self.device)
+        batch = build_batch(self.vla, [instruction], None, self.device)
+        batch.pop("labels")
+        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, robot.ACTION_DIM, self.tokens.first_id)
+        action = self.tokens.decode(ids.cpu().numpy())  # (1, 8)
+        if not np.all(np.isfinite(action)):
+            raise RuntimeError(f"the policy produced a non-finite action {action}")
+        return np.stack([robot.clamp_to_limits(a) for a in action]).astype(np.float64)
+
+
+def load(checkpoint_dir, config: dict, device=None) -> OpenVLAPolicy:
+    return OpenVLAPolicy(checkpoint_dir, config, device)

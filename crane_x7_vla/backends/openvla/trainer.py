@@ -1,0 +1,425 @@
+"""OpenVLA fine-tuning: `train(cfg) -> Path` (the checkpoint-final directory).
+
+LoRA on all linear layers (PEFT) or full weights, AdamW with warmup and a decay schedule,
+gradient accumulation, loss on the 8 action tokens only, DDP under torchrun (NCCL on GPUs,
+gloo on CPU). Checkpoints hold everything an exact resume needs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from crane_x7_vla.backends.openvla import decode
+from crane_x7_vla.backends.openvla.action_tokenizer import ActionTokenizer
+from crane_x7_vla.backends.openvla.model import VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values, save_processor
+from crane_x7_vla.preprocess import Normalizer
+from crane_x7_vla.training import checkpoint as ckpt
+from crane_x7_vla.training.config import ConfigError, TrainConfig
+from crane_x7_vla.training.data import BatchStream, DataPosition, eval_batches
+from crane_x7_vla.training.metrics import MetricsLogger
+from crane_x7_vla.training.preflight import preflight
+
+BACKEND = "openvla"
+
+
+# ---- set-up -------------------------------------------------------------------------------
+
+
+class Dist:
+    def __init__(self, cfg: TrainConfig):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cfg.device == "auto":
+            self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(cfg.device)
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device(f"cuda:{self.local_rank}")
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"--device {cfg.device}: no CUDA GPU is visible to PyTorch")
+            torch.cuda.set_device(self.device)
+        self.started = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.started = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, values: dict) -> dict:
+        if self.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: v / self.world for k, v in zip(keys, t.tolist())}
+
+    def gather(self, obj):
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.started:
+            dist.destroy_process_group()
+
+
+def _dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cameras(cfg: TrainConfig, available: list[str], family: str) -> list[str]:
+    if cfg.cameras:
+        if len(cfg.cameras) > 1 and family != "llava":
+            raise ConfigError(f"a {family} model takes one camera image; pass one name to --cameras")
+        return list(cfg.cameras)
+    if family == "llava" and len(available) > 1:
+        return list(available)
+    return ["primary"] if "primary" in available else [available[0]]
+
+
+def _base_source(cfg: TrainConfig, pre, dist_: Dist) -> tuple[str, Path | None]:
+    """Where the base model is loaded from, and the preset directory to copy into checkpoints."""
+    if pre.resume_dir is not None and not cfg.use_lora:
+        return str(pre.resume_dir / "model"), (pre.resume_dir / "base" if (pre.resume_dir / "base").exists() else None)
+    if pre.resume_dir is not None and (pre.resume_dir / "base").exists():
+        return str(pre.resume_dir / "base"), pre.resume_dir / "base"
+    if is_preset(cfg.model):
+        dest = Path(cfg.output_dir) / "base_model"
+        if dist_.main:
+            materialize_preset(cfg.model, dest, image_size=(cfg.image_spec.width, cfg.image_spec.height), seed=cfg.seed)
+        dist_.barrier()
+        return str(dest), dest
+    return cfg.model, None
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules="all-linear", init_lora_weights="gaussian")
+
+
+def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir: Path | None):
+    """Load the base model and make it trainable as configured (LoRA or full weights)."""
+    vla = load_vla(source, image_size=(cfg.image_spec.width, cfg.image_spec.height), dtype=_dtype(cfg, device),
+                   attn_implementation=cfg.attn_implementation, device=device)
+    model = vla.model
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.use_lora:
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        model = get_peft_model(model, lora_config(cfg))
+        if resume_dir is not None:
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(resume_dir / "adapter" / "adapter_model.safetensors")))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    vla.model = model
+    return vla
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if cfg.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, atok: ActionTokenizer, device) -> dict:
+    """Teacher-forced loss/accuracy and the L1 error of greedily decoded actions (robot units)."""
+    if not episodes:
+        return {}
+    was_training = model.training
+    model.eval()
+    losses, correct, total, l1 = [], 0, 0, []
+    for batch in eval_batches(episodes, cameras, cfg.image_spec, 1, cfg.batch_size, cfg.eval_samples):
+        actions = batch["actions"][:, 0]
+        pix = pixel_values(vla, batch["images"], cameras, device)
+        inputs = build_batch(vla, batch["instruction"], atok.encode(actions), device)
+        out = decode.forward(model, vla, inputs, pix)
+        loss, pred, target, _ = decode.action_loss(out.logits, inputs, atok.first_id)
+        losses.append(loss.item() * len(batch["instruction"]))
+        correct += int((pred == target).sum())
+        total += int(target.numel())
+        # greedy decoding as at deployment, grouped by prompt length (no padding)
+        prompts = build_batch(vla, batch["instruction"], None, device)
+        lengths = prompts["attention_mask"].sum(1)
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().flatten()
+            sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
+            sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
+            ids = decode.generate_action_ids(model, vla, sub, sub_pix, 8, atok.first_id)
+            predicted = atok.decode(ids.cpu().numpy())
+            l1.append(np.abs(predicted - actions[rows.cpu().numpy()]).mean(axis=1))
+    model.train(was_training)
+    n = sum(len(x) for x in l1)
+    return {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+
+def _policy_config(cfg, data, cameras, vla, step) -> dict:
+    return ckpt.build_policy_config(
+        backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras, horizon=1,
+        statistics=data.statistics, default_instruction=data.default_instruction, control_rate_hz=data.fps,
+        step=step, train_config=cfg.to_dict(),
+        extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8,
+                           "vocab_size": vla.vocab_size, "n_bins": 256,
+                           "weights": "adapter" if cfg.use_lora else "model"}},
+    )
+
+
+def save_checkpoint(step, final, *, cfg, data, cameras, vla, optimizer, scheduler, position, total_steps,
+                    base_dir, dist_: Dist, device) -> Path:
+    rng_states = dist_.gather(_rng_state(device))
+    if dist_.main:
+        with ckpt.CheckpointWriter(cfg.output_dir, None if final else step) as d:
+            model = vla.model
+            if cfg.use_lora:
+                model.save_pretrained(d / "adapter")
+            else:
+                model.save_pretrained(d / "model")
+                save_processor(vla, d / "model")
+            if base_dir is not None:
+                shutil.copytree(base_dir, d / "base")
+            save_processor(vla, d / "processor")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / "optimizer.pt")
+            torch.save(rng_states, d / "rng_state.pt")
+            ckpt.write_trainer_state(d, {"step": step, "total_steps": total_steps, "data_position": position.to_dict(),
+                                         "world_size": dist_.world, "backend": BACKEND})
+            ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, step))
+    dist_.barrier()
+    return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
+
+
+def merge_lora(checkpoint_dir, output=None) -> Path:
+    """Fold a LoRA checkpoint's adapter into the base weights; writes a loadable model dir."""
+    from peft import PeftModel
+
+    checkpoint_dir = Path(checkpoint_dir)
+    config = ckpt.read_policy_config(checkpoint_dir)
+    if not (checkpoint_dir / "adapter").exists():
+        raise ckpt.CheckpointError(f"{checkpoint_dir} holds no LoRA adapter (trained with --no-use-lora?)")
+    tc = config["train_config"]
+    source = str(checkpoint_dir / "base") if (checkpoint_dir / "base").exists() else config["base_model"]
+    spec = config["image_spec"]
+    dtype = torch.bfloat16 if tc.get("precision") == "bf16" else torch.float32
+    vla = load_vla(source, image_size=(spec["width"], spec["height"]), dtype=dtype)
+    merged = PeftModel.from_pretrained(vla.model, str(checkpoint_dir / "adapter")).merge_and_unload()
+    out = Path(output) if output else checkpoint_dir / "merged"
+    merged.save_pretrained(out)
+    save_processor(vla, out)
+    return out
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> Path:
+    cfg = cfg.resolved()
+    if cfg.backend != BACKEND:
+        raise ConfigError(f"the openvla trainer was given --backend {cfg.backend}")
+    pre = preflight(cfg)  # data, statistics and resume checks: before any model work
+    data = pre.data
+    dist_ = Dist(cfg)
+    try:
+        return _train(cfg, pre, data, dist_)
+    finally:
+        dist_.close()
+
+
+def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
+    device = dist_.device
+    torch.manual_seed(cfg.seed + dist_.rank)
+    np.random.seed(cfg.seed + dist_.rank)
+    random.seed(cfg.seed + dist_.rank)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+
+    source, base_dir = _base_source(cfg, pre, dist_)
+    vla = build_model(cfg, source, device, pre.resume_dir if cfg.use_lora else None)
+    cameras = _cameras(cfg, data.cameras, vla.family)
+    vla.num_cameras = len(cameras)
+    atok = ActionTokenizer(vla.vocab_size, Normalizer.from_stats(data.statistics, "action"))
+    model = vla.model
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    ddp_model = model
+    if dist_.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=1, batch_size=cfg.batch_size, seed=cfg.seed,
+                     rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches)
+    start_step, position = 0, DataPosition()
+    if pre.resume_state is not None:
+        start_step = int(pre.resume_state["step"])
+        position = DataPosition.from_dict(pre.resume_state["data_position"])
+        if pre.resume_state.get("world_size", 1) != dist_.world and dist_.main:
+            print(f"note: resuming a {pre.resume_state.get('world_size')}-process run with {dist_.world} processes: "
+                  "the batches will not be the same as in an uninterrupted run", file=sys.stderr)
+    stream = BatchStream(data.train, start=position, **stream_kw)
+    steps_per_epoch = math.ceil(stream.batches_per_epoch / cfg.grad_accumulation_steps)
+    total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    if pre.resume_dir is not None:
+        state = torch.load(pre.resume_dir / "optimizer.pt", map_location=device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng = torch.load(pre.resume_dir / "rng_state.pt", weights_only=False)
+        _set_rng_state(rng[dist_.rank] if dist_.rank < len(rng) else rng[0], device)
+
+    logger = MetricsLogger(cfg.output_dir, cfg.to_dict(), enabled=dist_.main, use_wandb=cfg.use_wandb,
+                           wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity, run_name=cfg.experiment_name)
+    n_trainable = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for p in model.parameters())
+    if dist_.main:
+        print(f"openvla: base {cfg.model} ({vla.family}, {n_total / 1e6:.2f}M params, {n_trainable / 1e6:.2f}M trained"
+              f"{', LoRA r=%d' % cfg.lora_rank if cfg.use_lora else ', full weights'}), {len(data.train)} train / "
+              f"{len(data.val)} val episodes, cameras {cameras}, {dist_.world} process(es) on {device}, "
+              f"steps {start_step}->{total_steps}", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=start_step, disable=not dist_.main, desc="train", dynamic_ncols=True)
+    window: dict[str, list[float]] = {}
+    step = start_step
+    try:
+        while step < total_steps:
+            t_step = time.perf_counter()
+            wait0 = stream.wait_seconds
+            sums = {"loss": 0.0, "correct": 0, "count": 0, "l1": 0.0, "samples": 0}
+            for micro in range(cfg.grad_accumulation_steps):
+                _, batch = next(stream)
+                actions = batch["actions"][:, 0]
+                pix = pixel_values(vla, batch["images"], cameras, device)
+                inputs = build_batch(vla, batch["instruction"], atok.encode(actions), device)
+                sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
+                ctx = ddp_model.no_sync() if not sync else _Null()
+                with ctx:
+                    out = decode.forward(ddp_model, vla, inputs, pix)
+                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, atok.first_id)
+                    (loss / cfg.grad_accumulation_steps).backward()
+                sums["loss"] += loss.item() / cfg.grad_accumulation_steps
+                sums["correct"] += int((pred == target).sum())
+                sums["count"] += int(target.numel())
+                decoded = atok.decode(pred.view(-1, 8).cpu().numpy())
+                sums["l1"] += float(np.abs(decoded - actions).mean()) / cfg.grad_accumulation_steps
+                sums["samples"] += len(actions)
+            grad_norm = None
+            if cfg.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            step_time = time.perf_counter() - t_step
+            wait = stream.wait_seconds - wait0
+            values = dist_.mean({"train/loss": sums["loss"], "train/action_accuracy": sums["correct"] / sums["count"],
+                                 "train/l1": sums["l1"], "train/grad_norm": grad_norm or 0.0})
+            values.update({"lr": lr, "perf/step_seconds": step_time, "perf/data_wait_share": wait / max(step_time, 1e-9),
+                           "perf/samples_per_second": sums["samples"] * dist_.world / max(step_time, 1e-9),
+                           "epoch": stream.position.epoch})
+            for k, v in values.items():
+                window.setdefault(k, []).append(v)
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/action_accuracy']:.2f}")
+            if step % cfg.logging_steps == 0 or step == total_steps:
+                logger.log(step, {k: float(np.mean(v)) for k, v in window.items()})
+                window = {}
+            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
+                _log_eval(step, vla, model, data, cameras, cfg, atok, device, logger, dist_)
+            if step % cfg.save_steps == 0 and step < total_steps:
+                save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, optimizer=optimizer,
+                                scheduler=scheduler, position=stream.position, total_steps=total_steps,
+                                base_dir=base_dir, dist_=dist_, device=device)
+        bar.close()
+        _log_eval(step, vla, model, data, cameras, cfg, atok, device, logger, dist_)
+        final = save_checkpoint(step, True, cfg=cfg, data=data, cameras=cameras, vla=vla, optimizer=optimizer,
+                                scheduler=scheduler, position=stream.position, total_steps=total_steps,
+                                base_dir=base_dir, dist_=dist_, device=device)
+        if cfg.merge_lora and dist_.main:
+            merge_lora(final)
+        dist_.barrier()
+    finally:
+        stream.close()
+        logger.close()
+    return final
+
+
+def _log_eval(step, vla, model, data, cameras, cfg, atok, device, logger, dist_):
+    if dist_.main:
+        values = {}
+        for split, episodes in (("val", data.val), ("train_eval", data.train)):
+            for k, v in evaluate(vla, model, episodes, cameras, cfg, atok, device).items():
+                values[f"{split}/{k}"] = v
+        if values:
+            logger.log(step, values)
+            print("eval step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in values.items())), file=sys.stderr)
+    dist_.barrier()
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,195 @@
+"""`python -m crane_x7_vla.training.cli train --backend {openvla,openpi} [flags]`.
+
+Also reachable as `crane-x7-vla train ...` (same parser) and, for several GPUs,
+`torchrun --nproc_per_node=N -m crane_x7_vla.training.cli train ...` (OpenVLA).
+
+Settings come from (later wins): built-in defaults, per-backend defaults, `--config
+FILE.yaml`, flags. Only flags actually given override the config file. An unknown flag,
+a bad value or a contradiction (e.g. --lora-rank with --no-use-lora) is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from crane_x7_vla.training.config import BACKEND_DEFAULTS, BACKENDS, ConfigError, TrainConfig, load_yaml
+
+S = argparse.SUPPRESS
+_D = TrainConfig()
+
+
+def _both(key: str) -> str:
+    return " / ".join(str(BACKEND_DEFAULTS[b][key]) for b in BACKENDS)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The `train` flags. Defaults are NOT set here (they are shown in the help text), so a
+    flag the user did not give can be told apart from one that repeats a default."""
+    p.add_argument("--backend", choices=BACKENDS, required=True, help="model family to fine-tune")
+    p.add_argument("--config", metavar="FILE.yaml", default=S,
+                   help="settings file (keys as the flags, e.g. batch_size: 8); flags override it")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", metavar="PATH", default=S, help=f"episode directory (default: {_D.data_root})")
+    g.add_argument("--instruction", metavar="TEXT", default=S,
+                   help=f"instruction for episodes that have none (default: '{_D.instruction}')")
+    g.add_argument("--image-size", metavar="WxH", default=S, help=f"model input size (default: {_D.image_size})")
+    g.add_argument("--crop-scale", type=float, default=S,
+                   help=f"image area kept by the random crop; centre crop at inference (default: {_D.crop_scale})")
+    g.add_argument("--color-jitter", type=float, default=S,
+                   help=f"brightness/contrast jitter, 0 = off (default: {_D.color_jitter})")
+    g.add_argument("--cameras", nargs="+", metavar="NAME", default=S,
+                   help="cameras fed to the model, in order (default: every camera the episodes share)")
+    g.add_argument("--val-ratio", type=float, default=S,
+                   help=f"share of episodes held out for validation (default: {_D.val_ratio})")
+    g.add_argument("--num-workers", type=int, default=S,
+                   help=f"threads preparing batches ahead of the trainer (default: {_D.num_workers})")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=S,
+                   help=f"samples per step and process (default: {_both('batch_size')} for openvla / openpi)")
+    g.add_argument("--num-epochs", type=int, default=S, help=f"passes over the training episodes (default: {_D.num_epochs})")
+    g.add_argument("--max-steps", type=int, default=S,
+                   help="optimizer steps; when given, replaces --num-epochs (default: from --num-epochs)")
+    g.add_argument("--learning-rate", type=float, default=S,
+                   help=f"peak learning rate (default: {_both('learning_rate')} for openvla / openpi)")
+    g.add_argument("--lr-scheduler", choices=("cosine", "linear", "constant"), default=S,
+                   help=f"decay after warmup (default: {_D.lr_scheduler})")
+    g.add_argument("--warmup-ratio", type=float, default=S,
+                   help=f"share of steps with a linear warmup (default: {_D.warmup_ratio})")
+    g.add_argument("--weight-decay", type=float, default=S, help=f"AdamW weight decay (default: {_D.weight_decay})")
+    g.add_argument("--max-grad-norm", type=float, default=S,
+                   help=f"gradient clipping, 0 = off (default: {_D.max_grad_norm})")
+    g.add_argument("--grad-accumulation-steps", type=int, default=S,
+                   help=f"batches per optimizer step (default: {_D.grad_accumulation_steps})")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=S,
+                   help="recompute activations to save memory (default: off)")
+    g.add_argument("--seed", type=int, default=S, help=f"seed for split, order, augmentation, init (default: {_D.seed})")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME|PATH|HUB_ID", default=S,
+                   help=f"base model: a preset ('tiny' runs on CPU), a local path or a hub id "
+                        f"(default: {_both('model')} for openvla / openpi)")
+    g.add_argument("--use-lora", action=argparse.BooleanOptionalAction, default=S,
+                   help="train LoRA adapters on all linear layers instead of all weights (default: on)")
+    g.add_argument("--lora-rank", type=int, default=S, help=f"LoRA rank (default: {_D.lora_rank})")
+    g.add_argument("--lora-alpha", type=int, default=S, help=f"LoRA alpha (default: {_D.lora_alpha})")
+    g.add_argument("--lora-dropout", type=float, default=S, help=f"LoRA dropout (default: {_D.lora_dropout})")
+    g.add_argument("--merge-lora", action="store_true", default=S,
+                   help="also write LoRA-merged full weights to checkpoint-final/merged (default: off)")
+    g.add_argument("--action-horizon", type=int, default=S,
+                   help="actions predicted per step (openpi only; default: "
+                        f"{BACKEND_DEFAULTS['openpi']['action_horizon']}; openvla predicts 1)")
+    g.add_argument("--attn-implementation", metavar="NAME", default=S,
+                   help="attention kernel, e.g. flash_attention_2, sdpa, eager (default: the model's)")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=S,
+                   help=f"weights/activations: auto = bf16 on GPU, fp32 on CPU (default: {_D.precision})")
+    g.add_argument("--device", default=S, help=f"auto, cpu, cuda or cuda:N (default: {_D.device})")
+    g = p.add_argument_group("output")
+    g.add_argument("--experiment-name", metavar="NAME", default=S, help="run name (default: crane_x7_{backend})")
+    g.add_argument("--output-dir", metavar="PATH", default=S,
+                   help="where checkpoints and logs go (default: /workspace/outputs/{experiment_name})")
+    g.add_argument("--save-steps", type=int, default=S,
+                   help=f"write checkpoint-N every N optimizer steps (default: {_D.save_steps})")
+    g.add_argument("--logging-steps", type=int, default=S, help=f"log metrics every N steps (default: {_D.logging_steps})")
+    g.add_argument("--eval-steps", type=int, default=S,
+                   help=f"validation metrics every N steps, 0 = at the end only (default: {_D.eval_steps})")
+    g.add_argument("--eval-samples", type=int, default=S,
+                   help=f"samples per split for validation metrics (default: {_D.eval_samples})")
+    g.add_argument("--use-wandb", action="store_true", default=S,
+                   help="also log to Weights & Biases (offline without an API key) (default: off)")
+    g.add_argument("--wandb-project", default=S, help=f"W&B project (default: {_D.wandb_project})")
+    g.add_argument("--wandb-entity", default=S, help="W&B entity (default: your default entity)")
+    g.add_argument("--resume-from-checkpoint", metavar="PATH", default=S,
+                   help="continue a run exactly from its checkpoint-N directory (default: none)")
+
+
+_LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "merge_lora")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults < --config file < given flags, then check contradictions."""
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    settings: dict = {}
+    if getattr(args, "config", None):
+        settings.update(load_yaml(args.config))
+        if "backend" in settings and settings["backend"] != args.backend:
+            raise ConfigError(f"--config {args.config} is for backend '{settings['backend']}', "
+                              f"but --backend is '{args.backend}'")
+    settings.update(given)
+    if settings.get("use_lora") is False:
+        clash = [k for k in _LORA_KEYS if k in settings and not (k == "merge_lora" and not settings[k])]
+        if clash:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in clash)} contradicts --no-use-lora")
+    if args.backend == "openvla" and settings.get("action_horizon") not in (None, 1):
+        raise ConfigError("--action-horizon is for the openpi backend; openvla predicts one action per step")
+    return TrainConfig.from_dict(settings, where="settings").resolved()
+
+
+def run_train(args: argparse.Namespace):
+    cfg = config_from_args(args)
+    trainer = importlib.import_module(f"crane_x7_vla.backends.{cfg.backend}.trainer")
+    final = trainer.train(cfg)
+    print(f"checkpoint: {final}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace):
+    from crane_x7_vla.training.checkpoint import read_policy_config
+
+    config = read_policy_config(args.checkpoint)
+    backend = importlib.import_module(f"crane_x7_vla.backends.{config['backend']}.trainer")
+    if not hasattr(backend, "merge_lora"):
+        raise ConfigError(f"the {config['backend']} backend has no LoRA merge step")
+    out = backend.merge_lora(args.checkpoint, args.output)
+    print(f"merged weights: {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `train` and `merge-lora` to a `crane-x7-vla` style sub-command parser."""
+    p = subparsers.add_parser(
+        "train", help="fine-tune a VLA policy on recorded episodes",
+        description="Fine-tune a Vision-Language-Action policy on CRANE-X7 episodes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m crane_x7_vla.training.cli train --backend openvla --data-root data/ --batch-size 8\n"
+               "  python -m crane_x7_vla.training.cli train --backend openvla --model tiny --image-size 64x64 "
+               "--max-steps 200\n"
+               "  torchrun --nproc_per_node=2 -m crane_x7_vla.training.cli train --backend openvla ...",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+    m = subparsers.add_parser("merge-lora", help="fold a LoRA checkpoint's adapters into full weights")
+    m.add_argument("checkpoint", help="checkpoint directory (e.g. .../checkpoint-final)")
+    m.add_argument("--output", default=None, help="where to write (default: CHECKPOINT/merged)")
+    m.set_defaults(func=run_merge)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m crane_x7_vla.training.cli",
+                                     description="Train VLA policies for the CRANE-X7.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from crane_x7_vla.episode.reader import DatasetError
+    from crane_x7_vla.training.checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except (DatasetError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
