@@ -23,7 +23,7 @@ Episodes: call the logger's services from another terminal, or use the keys ther
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace
@@ -69,6 +69,12 @@ def _vendor_control(port, extra=None):
 def generate_launch_description():
     declared = [DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, (default, text) in ARGUMENTS.items()]
+    # Camera images between processes: a shared-memory segment that holds whole frames
+    # (with the default one most 640x480 frames are lost; see the file).
+    fastdds = SetEnvironmentVariable(
+        "FASTRTPS_DEFAULT_PROFILES_FILE",
+        PathJoinSubstitution([FindPackageShare("crane_x7_vla"), "config", "fastdds_large_data.xml"]),
+    )
     follower = _vendor_control(LaunchConfiguration("port_follower"), {"use_d435": "true"})
     leader = GroupAction([
         PushRosNamespace(LaunchConfiguration("leader_namespace")),
@@ -115,4 +121,4 @@ def generate_launch_description():
             "camera_topics": [LaunchConfiguration("image_topic")],
         }],
     )
-    return LaunchDescription([*declared, follower, leader, camera, relay, logger])
+    return LaunchDescription([*declared, fastdds, follower, leader, camera, relay, logger])

@@ -13,10 +13,11 @@ or let `crane-x7-vla collect --sim` do all of it.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
 
 ARGUMENTS = {
     "task": ("reach", "simulated task: reach or pick_place"),
@@ -34,6 +35,12 @@ CAMERA_TOPICS = ["/camera/color/image_raw", "/scene_camera/color/image_raw"]
 def generate_launch_description():
     declared = [DeclareLaunchArgument(name, default_value=default, description=text)
                 for name, (default, text) in ARGUMENTS.items()]
+    # Camera images between processes: a shared-memory segment that holds whole frames
+    # (with the default one most 640x480 frames are lost; see the file).
+    fastdds = SetEnvironmentVariable(
+        "FASTRTPS_DEFAULT_PROFILES_FILE",
+        PathJoinSubstitution([FindPackageShare("crane_x7_vla"), "config", "fastdds_large_data.xml"]),
+    )
     sim = Node(
         package="crane_x7_vla",
         executable="scripted_expert",
@@ -70,4 +77,4 @@ def generate_launch_description():
             "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
         }],
     )
-    return LaunchDescription([*declared, sim, relay, logger])
+    return LaunchDescription([*declared, fastdds, sim, relay, logger])

@@ -43,9 +43,17 @@ def pick_domain_id() -> int:
     return random.Random(os.getpid() * 7919 + time.time_ns()).randint(1, 200)
 
 
+#: Fast DDS profile with a shared-memory segment large enough for camera images
+#: (see the file for the measurement); set for child nodes unless the caller chose one.
+FASTDDS_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_large_data.xml"
+
+
 def ros_env(domain_id: int, base: dict | None = None) -> dict:
-    """Environment for child nodes: own DDS domain, discovery kept on this host."""
+    """Environment for child nodes: own DDS domain, discovery kept on this host,
+    the large-data Fast DDS profile."""
     env = dict(os.environ if base is None else base)
+    if FASTDDS_PROFILE.exists():
+        env.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
     env["ROS_DOMAIN_ID"] = str(int(domain_id))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env["PYTHONUNBUFFERED"] = "1"

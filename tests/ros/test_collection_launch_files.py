@@ -214,3 +214,19 @@ def test_the_checker_catches_mistakes(tmp_path):
     assert "data_logger has no parameter 'ouput_dir'" in problems
     assert "crane_x7_vla has no executable 'teleop_relayy'" in problems
     assert "crane_x7_control/crane_x7_control.launch.py has no argument 'port'" in problems
+
+
+@pytest.mark.parametrize("name", ["data_collection.launch.py", "sim_collection.launch.py"])
+def test_launch_files_load_the_installed_fastdds_profile(name):
+    tree = ast.parse((ROOT / "launch" / name).read_text())
+    env_calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "SetEnvironmentVariable"]
+    assert len(env_calls) == 1 and env_calls[0].args[0].value == "FASTRTPS_DEFAULT_PROFILES_FILE"
+    parts = [n.value for n in ast.walk(env_calls[0]) if isinstance(n, ast.Constant)][1:]
+    packages = [c.args[0].value for c in ast.walk(env_calls[0])
+                if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "FindPackageShare"]
+    assert packages == ["crane_x7_vla"] and {"config", "fastdds_large_data.xml"} <= set(parts)
+    assert (ROOT / "config" / "fastdds_large_data.xml").exists()
+    assert 'glob("config/*.xml")' in (ROOT / "setup.py").read_text()  # installed into share/crane_x7_vla/config
+    import xml.etree.ElementTree as ET
+
+    ET.parse(ROOT / "config" / "fastdds_large_data.xml")  # well-formed
