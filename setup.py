@@ -44,7 +44,6 @@ setup(
     zip_safe=True,
     maintainer="crane_x7_vla developers",
     maintainer_email="crane-x7-vla@example.org",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "crane-x7-vla = crane_x7_vla.cli:main",
