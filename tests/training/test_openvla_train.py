@@ -127,3 +127,9 @@ def test_full_weights_epochs_accumulation_wandb(dataset_dir, tmp_path, monkeypat
     assert unchanged <= {"vision_tower.post_layernorm.weight", "vision_tower.post_layernorm.bias"}, unchanged
     assert any(k.endswith("lm_head.weight") for k in changed) and any(k.endswith("embed_tokens.weight") for k in changed)
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_merge_lora_command(lora_run, tmp_path):
+    out = tmp_path / "merged"
+    assert main(["merge-lora", str(lora_run / "checkpoint-12"), "--output", str(out)]) == 0
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()

@@ -23,8 +23,11 @@ from crane_x7_vla.backends.openvla.prompt import openvla_prompt
 IGNORE = -100
 
 
-class ModelError(ValueError):
-    """The base model cannot be used as asked; the message says why and what to do."""
+from crane_x7_vla.training.config import ConfigError
+
+
+class ModelError(ConfigError):
+    """The base model cannot be used as asked (--model); the message says why and what to do."""
 
 
 # ---- the tiny preset ---------------------------------------------------------------------
@@ -202,6 +205,10 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
     """Load a base model from a local path or hub id, the standard way."""
     from transformers import AutoConfig, AutoTokenizer
 
+    looks_local = str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise ModelError(f"--model {source}: no such model directory (give a local model directory, a hub id "
+                         f"like openvla/openvla-7b, or a preset: {', '.join(sorted(PRESETS))})")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=True)
     except (OSError, ValueError) as exc:
