@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.launch_check import inspect_launch
+
 from .conftest import BIN, PROFILES, ROOT, compose_config
 
 PACKAGE = ET.parse(ROOT / "package.xml").getroot().findtext("name")
@@ -41,16 +43,7 @@ def help_text(argv: list[str]) -> str:
 
 
 def declared_launch_arguments(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Call):
-            func = node.func
-            fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if fname == "DeclareLaunchArgument":
-                arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
-                assert isinstance(arg, ast.Constant), f"{path.name}: launch argument name is not a literal"
-                names.add(arg.value)
-    return names
+    return set(inspect_launch(path).arguments)
 
 
 def check_command(argv: list[str], where: str) -> None:

@@ -98,7 +98,7 @@ def test_env_file_values_reach_the_services(tmp_path):
     assert train["build"]["args"]["USER_ID"] == "1234"
     logger = cfg["teleop-leader-logger"]
     assert {"source": "/dev/ttyUSB7", "target": "/dev/ttyUSB7", "permissions": "rwm"} in logger["devices"]
-    assert "leader_port:=/dev/ttyUSB7" in logger["command"]
+    assert "port_leader:=/dev/ttyUSB7" in logger["command"]
     assert logger["environment"]["HF_TOKEN"] == "hf_example"
 
 
