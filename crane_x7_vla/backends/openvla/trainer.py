@@ -338,7 +338,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_step, disable=not dist_.main, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not dist_.main, desc="train", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
     window: dict[str, list[float]] = {}
     step = start_step
     try:
