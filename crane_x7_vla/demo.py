@@ -1,46 +1,179 @@
-"""`crane-x7-vla demo`: the whole loop on the embedded default.
+"""`crane-x7-vla demo`: collect → train → deploy → measured success, on the simulated CRANE-X7.
 
-Stages: write episodes → validate → statistics → a picture of an episode.
+Every stage runs the same command a user would type (printed as it starts), so any
+stage can be re-run or scaled by hand:
+
+  1. collect   crane-x7-vla collect --sim ...            scripted expert on the leader side,
+                                                          teleop relay, episode logger (ROS 2 nodes)
+  2. check     crane-x7-vla dataset validate / stats      statistics with their fingerprint
+  3. train     python -m crane_x7_vla.training.cli train  tiny preset on the CPU
+  4. evaluate  crane-x7-vla eval CHECKPOINT ...           inference node drives the simulator on
+                                                          held-out seeds, with two baselines
+  5. report    report.md, report.json and PNGs in the run folder
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from crane_x7_vla.evaluation import format_rate
+
+DEFAULTS = {
+    "openvla": {"steps": 1500, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64"},
+    "openpi": {"steps": 1500, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64"},
+}
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "crane_x7_vla.cli", *map(str, args)]
+
+
+def _stage(title: str, cmd: list[str], log_path: Path) -> float:
+    """Run one stage's command, output to the terminal and to its log; fail loudly."""
+    shown = " ".join(shlex.quote(c) for c in cmd).replace(sys.executable, "python")
+    print(f"\n== {title}\n$ {shown}", flush=True)
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            log.write(line)
+            sys.stdout.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise SystemExit(f"stage '{title}' failed (exit code {code}); its output is in {log_path}")
+    return time.monotonic() - t0
+
+
+def _predicted_vs_demonstrated(checkpoint: Path, data_root: Path, out: Path):
+    """Open-loop: the policy's action at every recorded step of a demonstration."""
+    from crane_x7_vla.episode import list_episodes, load_episode
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.policy.loader import load_policy
+    from crane_x7_vla.report import plot_predicted_vs_demonstrated
+
+    policy = load_policy(checkpoint)
+    cfg = json.loads((checkpoint / "policy_config.json").read_text())
+    val = cfg.get("train_config", {}).get("val_episodes") or []
+    refs = list_episodes(data_root)
+    ref = next((r for r in refs if r.name in val), refs[-1])
+    ep = load_episode(ref.path)
+    cams = list(cfg.get("cameras") or sorted(ep.images))
+    predicted = []
+    if hasattr(policy, "reset"):
+        policy.reset()
+    for t in range(len(ep)):
+        obs = {"images": {c: jpeg.decode(ep.images[c][t]) for c in cams}, "state": ep.proprio[t],
+               "instruction": ep.instruction, "time": t / (ep.fps or 10.0)}
+        predicted.append(np.asarray(policy.predict(obs))[0])
+    title = f"{ref.name} ({'validation' if ref.name in val else 'training'} episode): predicted vs demonstrated"
+    return plot_predicted_vs_demonstrated(np.array(predicted), ep.action, ep.fps or 10.0, out, title)
+
+
+def _frames(eval_dir: Path, outcomes: list[dict], out: Path):
+    from crane_x7_vla.report import plot_frames
+
+    frames = []
+    wins = [i for i, o in enumerate(outcomes) if o["success"]][:2]
+    losses = [i for i, o in enumerate(outcomes) if not o["success"]][:2]
+    for i in wins + losses:
+        tag = "success" if outcomes[i]["success"] else "failure"
+        for which in ("first", "last"):
+            path = eval_dir / "frames" / f"episode_{i:03d}_{which}.npy"
+            if path.exists():
+                frames.append((f"seed {outcomes[i]['seed']} {which}\n{tag}", np.load(path)))
+    return plot_frames(frames, out, "held-out episodes: first and last scene frame")
+
 
 def _run(args) -> int:
-    from crane_x7_vla.episode.stats import write_statistics
-    from crane_x7_vla.episode.synthetic import write_synthetic_dataset
-    from crane_x7_vla.episode.validate import validate_dataset
-    from crane_x7_vla.episode.view import plot_episode
-    from crane_x7_vla.episode import list_episodes, load_episode
+    from crane_x7_vla import report
 
-    out = Path(args.out) / time.strftime("demo_%Y%m%d_%H%M%S")
-    data = out / "data"
-    t0 = time.monotonic()
-    paths = write_synthetic_dataset(data, episodes=args.episodes, steps=args.steps, seed=args.seed)
-    print(f"[1/4] wrote {len(paths)} episodes to {data}")
-    count, problems = validate_dataset(data)
-    if problems:
-        for p in problems:
-            print(f"ERROR {p}")
-        return 1
-    print(f"[2/4] validated {count} episodes")
-    stats_path, stats = write_statistics(data)
-    print(f"[3/4] statistics: {stats_path} (fingerprint {stats['fingerprint']})")
-    picture = plot_episode(load_episode(list_episodes(data)[0].path), out / "episode_0.png")
-    print(f"[4/4] episode picture: {picture}")
-    print(f"done in {time.monotonic() - t0:.1f} s; everything is in {out}")
+    preset = DEFAULTS[args.backend]
+    steps = args.train_steps or preset["steps"]
+    run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
+    data, train_out, eval_out = run / "data", run / "train", run / "eval"
+    run.mkdir(parents=True)
+    logs = run / "logs"
+    logs.mkdir()
+    t_start = time.monotonic()
+    timings = {}
+    timings["collect_s"] = _stage(
+        "1/5 collect demonstrations in simulation (ROS 2 nodes: sim + expert + relay + logger)",
+        _cli("collect", "--sim", "--task", args.task, "--episodes", args.episodes, "--out", data, "--seed", args.seed),
+        logs / "collect.log",
+    )
+    _stage("2/5 validate and compute statistics", _cli("dataset", "validate", data), logs / "validate.log")
+    _stage("2/5 validate and compute statistics", _cli("dataset", "stats", data), logs / "stats.log")
+    info = json.loads(subprocess.run(_cli("dataset", "info", data, "--json"), capture_output=True, text=True,
+                                     check=True).stdout)
+    train_cmd = [sys.executable, "-m", "crane_x7_vla.training.cli", "train", "--backend", args.backend,
+                 "--model", "tiny", "--data-root", str(data), "--output-dir", str(train_out),
+                 "--max-steps", str(steps), "--batch-size", str(preset["batch_size"]),
+                 "--learning-rate", str(preset["learning_rate"]), "--image-size", preset["image_size"],
+                 "--save-steps", str(max(steps // 2, 1)), "--seed", str(args.seed)]
+    timings["train_s"] = _stage(f"3/5 train the tiny {args.backend} preset on the CPU ({steps} steps)", train_cmd,
+                                logs / "train.log")
+    checkpoint = train_out / "checkpoint-final"
+    eval_cmd = _cli("eval", checkpoint, "--task", args.task, "--episodes", args.eval_episodes,
+                    "--timeout", args.eval_timeout, "--out", eval_out)
+    timings["eval_s"] = _stage("4/5 deploy checkpoint-final through the inference node on held-out seeds",
+                               eval_cmd, logs / "eval.log")
+    results = json.loads((eval_out / "evaluation.json").read_text())
+    print("\n== 5/5 report", flush=True)
+    metrics = report.read_metrics(train_out / "metrics.jsonl")
+    losses = [m["train/loss"] for m in metrics if "train/loss" in m]
+    pictures = {
+        "training curves": report.plot_training_curves(metrics, run / "training_curves.png"),
+        "success per seed": report.plot_success_per_seed(results, run / "success_per_seed.png"),
+        "frames of successes and failures": _frames(eval_out / "policy", results["policy"]["per_seed"],
+                                                     run / "frames.png"),
+        "predicted vs demonstrated joint targets": _predicted_vs_demonstrated(checkpoint, data,
+                                                                              run / "predicted_vs_demonstrated.png"),
+    }
+    baselines = {k: v["success_rate"] for k, v in results.items() if k != "policy"}
+    summary = {
+        "backend": args.backend,
+        "task": args.task,
+        "success_rate": results["policy"]["success_rate"],
+        "success_rate_ci95": results["policy"]["success_rate_ci95"],
+        "baseline_success_rate": max(baselines.values()) if baselines else None,
+        "baseline_success_rates": baselines,
+        "episodes_collected": info["episodes"],
+        "steps_collected": info["steps"],
+        "demo_success_rate": info["success"].get("True", 0) / max(info["episodes"], 1),
+        "train_steps": steps,
+        "final_train_loss": losses[-1] if losses else None,
+        "eval_episodes": results["policy"]["episodes"],
+        "checkpoint": str(checkpoint),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "evaluation": results,
+    }
+    json_path, md_path = report.write_report(run, summary, pictures)
+    total = time.monotonic() - t_start
+    print(f"\ntrained {args.backend} policy on '{args.task}': success {format_rate(results['policy'])}")
+    for name, rate in baselines.items():
+        print(f"  baseline {name}: {rate * 100:.0f}%")
+    print(f"report: {md_path}  (figures: {json_path}); total {total / 60:.1f} min")
     return 0
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("demo", help="run the loop on the embedded default and report")
+    p = subparsers.add_parser("demo", help="collect → train → deploy → success rate, on the simulated CRANE-X7",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=sorted(DEFAULTS), default="openvla", help="policy family (default openvla)")
+    p.add_argument("--task", default="reach", help="simulated task: reach or pick_place (default reach)")
+    p.add_argument("--episodes", type=int, default=40, help="demonstrations to collect (default 40)")
+    p.add_argument("--train-steps", type=int, default=None, help="training steps (default per backend)")
+    p.add_argument("--eval-episodes", type=int, default=20, help="held-out seeds to evaluate (default 20)")
+    p.add_argument("--eval-timeout", type=float, default=15.0, help="seconds per evaluation episode (default 15)")
+    p.add_argument("--seed", type=int, default=0, help="first collection seed and training seed")
     p.add_argument("--out", default="runs", help="folder for the run (default ./runs)")
-    p.add_argument("--episodes", type=int, default=6)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)
     return p
