@@ -1,0 +1,53 @@
+"""The whole loop, shortened: collect in simulation → train → deploy → report.
+
+Runs the README's main command with few episodes and steps, once per backend, and
+checks that every stage produced its output (not the success figure: a 10-step model
+is not expected to solve anything; the full demo measures that).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crane_x7_vla.episode.validate import validate_dataset
+
+KEYS = ("success_rate", "baseline_success_rate", "episodes_collected", "train_steps", "backend", "task")
+
+
+@pytest.mark.parametrize("backend", ["openvla", "openpi"])
+def test_shortened_demo_produces_every_stage(tmp_path, backend):
+    cmd = [sys.executable, "-m", "crane_x7_vla.cli", "demo", "--backend", backend, "--episodes", "3",
+           "--train-steps", "8", "--eval-episodes", "2", "--eval-timeout", "4", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    runs = list(tmp_path.glob(f"demo_{backend}_reach_*"))
+    assert len(runs) == 1
+    run = runs[0]
+    assert "success" in result.stdout and str(run / "report.md") in result.stdout
+
+    # collect: three valid episodes recorded through the ROS 2 nodes, statistics beside them
+    assert validate_dataset(run / "data") == (3, [])
+    assert (run / "data" / "dataset_statistics.json").exists()
+    # train: the final checkpoint with its self-describing config
+    config = json.loads((run / "train" / "checkpoint-final" / "policy_config.json").read_text())
+    assert config["backend"] == backend and config["step"] == 8
+    assert (run / "train" / "metrics.jsonl").read_text().strip()
+    # deploy/evaluate: the policy and both baselines ran the same held-out seeds
+    evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
+    assert set(evaluation) == {"policy", "hold still", "mean trajectory"}
+    seeds = {name: [o["seed"] for o in res["per_seed"]] for name, res in evaluation.items()}
+    assert seeds["policy"] == seeds["hold still"] == seeds["mean trajectory"] and len(seeds["policy"]) == 2
+    assert all(s >= 100_000 for s in seeds["policy"])  # held out: collection used seeds 0..2
+    # report
+    report = json.loads((run / "report.json").read_text())
+    for key in KEYS:
+        assert key in report, key
+    assert report["backend"] == backend and report["episodes_collected"] == 3 and report["train_steps"] == 8
+    assert report["success_rate"] == evaluation["policy"]["success_rate"]
+    for png in ("training_curves.png", "success_per_seed.png", "frames.png", "predicted_vs_demonstrated.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG", png
+    md = (run / "report.md").read_text()
+    assert "success_per_seed.png" in md and "hold still" in md
