@@ -38,9 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run a parsed subcommand; a user's mistake ends in one clear line, not a traceback."""
     from crane_x7_vla.episode.reader import DatasetError
     from crane_x7_vla.episode.tfrecord import RecordError
     from crane_x7_vla.training.checkpoint import CheckpointError
@@ -56,6 +55,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    return run_command(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -174,21 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from crane_x7_vla.episode.reader import DatasetError
-    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.cli import run_command
 
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    except (DatasetError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    parser = build_parser()
+    return run_command(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
