@@ -33,6 +33,8 @@ BENCHMARKS = {
     "export_throughput": ("export_throughput.py", [], ["--episodes", "2", "--steps", "50"]),
     "train_data_pipeline": ("train_data_pipeline.py", [], ["--steps", "20"]),
     "openpi_step": ("openpi_step.py", [], ["--steps", "5"]),
+    "openvla_7b_step": ("openvla_7b_step.py", [], ["--depth-override", "1", "--width-divisor", "64", "--batch-size", "2",
+                                                   "--steps", "1", "--infer-actions", "3"]),
     "inference_latency": ("inference_latency.py", ["--seconds", "20"], ["--seconds", "8"]),
     "control_jitter": ("control_jitter.py", ["--seconds", "20"], ["--seconds", "8"]),
 }
