@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from crane_x7_vla import robot
 from crane_x7_vla.episode import jpeg
 
 
@@ -133,3 +134,61 @@ class Normalizer:
     def unnormalize(self, y: np.ndarray) -> np.ndarray:
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
         return (0.5 * (y + 1.0) * self._span + self.low).astype(np.float64)
+
+
+# ---- action representation (both backends, training and deployment) -----------------------
+#
+# Episodes store ABSOLUTE joint targets (action[t] = proprio[t + 1]). A model may instead
+# predict the arm joints as DELTAS from the current state, with the gripper kept absolute
+# (an open/close command): a target is then "how far to move from here", which a policy
+# can learn without inferring the arm's exact pose, and which does not depend on where
+# in the joint range the motion happens. Delta statistics depend on the chunk length, so
+# they are computed from the training episodes when training starts and stored in the
+# checkpoint (`action_space.model_statistics`).
+
+ABSOLUTE = "absolute"
+DELTA_ARM_ABSOLUTE_GRIPPER = "delta_arm_absolute_gripper"
+REPRESENTATIONS = (ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER)
+
+
+#: True where the model predicts a delta from the current state (the 7 arm joints).
+DELTA_MASK = np.arange(robot.ACTION_DIM) < robot.NUM_ARM_JOINTS
+
+
+def delta_mask(representation: str) -> np.ndarray:
+    """The per-dimension delta mask of an action representation (all False for 'absolute')."""
+    if representation == ABSOLUTE:
+        return np.zeros_like(DELTA_MASK)
+    if representation == DELTA_ARM_ABSOLUTE_GRIPPER:
+        return DELTA_MASK.copy()
+    raise ValueError(f"unknown action representation '{representation}' (use one of {', '.join(REPRESENTATIONS)})")
+
+
+def to_delta(actions: np.ndarray, state: np.ndarray, mask: np.ndarray = DELTA_MASK) -> np.ndarray:
+    """Absolute targets (..., H, 8) and state (..., 8) -> model-space actions (unnormalised)."""
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    return actions - np.where(mask, state, 0.0)[..., None, :]
+
+
+def to_absolute(actions: np.ndarray, state: np.ndarray, mask: np.ndarray = DELTA_MASK) -> np.ndarray:
+    """Inverse of `to_delta`: model-space actions (..., H, 8) + state (..., 8) -> absolute targets."""
+    actions = np.asarray(actions, np.float64)
+    state = np.asarray(state, np.float64)
+    return actions + np.where(mask, state, 0.0)[..., None, :]
+
+
+def model_action_statistics(episodes, horizon: int, mask: np.ndarray = DELTA_MASK) -> dict:
+    """Statistics (mean/std/min/max/q01/q99) of model-space actions over every chunk of
+    `horizon` steps of every episode (chunks padded by repeating the episode's last action)."""
+    from crane_x7_vla.episode.stats import summarize
+
+    values = []
+    for ep in episodes:
+        T = len(ep.proprio)
+        idx = np.minimum(np.arange(T)[:, None] + np.arange(horizon)[None, :], T - 1)  # (T, H)
+        chunks = np.asarray(ep.action, np.float64)[idx]  # (T, H, 8)
+        values.append(to_delta(chunks, ep.proprio, mask).reshape(-1, chunks.shape[-1]))
+    if not values:
+        raise ValueError("cannot compute action statistics of zero episodes")
+    return summarize(np.concatenate(values))

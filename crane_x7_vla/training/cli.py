@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from crane_x7_vla.preprocess import DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS
 from crane_x7_vla.training.config import BACKEND_DEFAULTS, BACKENDS, ConfigError, TrainConfig, load_yaml
 
 S = argparse.SUPPRESS
@@ -43,6 +44,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="cameras fed to the model, in order (default: every camera the episodes share)")
     g.add_argument("--val-ratio", type=float, default=S,
                    help=f"share of episodes held out for validation (default: {_D.val_ratio})")
+    g.add_argument("--noop-threshold", type=float, metavar="RAD", default=S,
+                   help="leave out of training the no-op steps, whose action moves no joint by more than RAD "
+                        "from the current state (waiting at the start, pauses, holding at the goal); "
+                        "0 keeps every step (default: 0; 0.002 for the openvla 'tiny' preset)")
     g.add_argument("--num-workers", type=int, default=S,
                    help=f"threads preparing batches ahead of the trainer (default: {_D.num_workers})")
     g = p.add_argument_group("optimisation")
@@ -79,6 +84,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--action-horizon", type=int, default=S,
                    help="actions predicted per step (openpi only; default: "
                         f"{BACKEND_DEFAULTS['openpi']['action_horizon']}; openvla predicts 1)")
+    g.add_argument("--action-representation", choices=REPRESENTATIONS, default=S,
+                   help="what the model predicts: absolute joint targets, or the arm joints as deltas from the "
+                        "current state with the gripper absolute (delta statistics are computed when training "
+                        "starts and stored in the checkpoint) (default: absolute for openvla models, "
+                        f"{DELTA_ARM_ABSOLUTE_GRIPPER} for the openvla 'tiny' preset and for openpi)")
+    g.add_argument("--state-in-prompt", action=argparse.BooleanOptionalAction, default=S,
+                   help="openvla: put the current joint state into the prompt as 8 tokens, discretised like the "
+                        "actions ('In: What action should the robot take to ...?\\nState: <8 tokens>\\nOut:') "
+                        "(default: off, as OpenVLA-7B was trained; on for the 'tiny' preset)")
     g.add_argument("--attn-implementation", metavar="NAME", default=S,
                    help="attention kernel, e.g. flash_attention_2, sdpa, eager (default: the model's)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=S,

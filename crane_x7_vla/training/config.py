@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crane_x7_vla.preprocess import ImageSpec, parse_image_size
+from crane_x7_vla.preprocess import ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS, ImageSpec, parse_image_size
 
 BACKENDS = ("openvla", "openpi")
 
@@ -23,12 +23,33 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "learning_rate": 5e-4,
         "model": "openvla/openvla-7b",
         "action_horizon": 1,
+        # as OpenVLA-7B was trained: absolute targets from image + instruction only
+        "action_representation": ABSOLUTE,
+        "state_in_prompt": False,
+        "noop_threshold": 0.0,
     },
     "openpi": {
         "batch_size": 32,
         "learning_rate": 3e-4,
         "model": "pi0",
         "action_horizon": 10,
+        "action_representation": DELTA_ARM_ABSOLUTE_GRIPPER,  # the only one the openpi backend has
+        "state_in_prompt": False,  # the state is a model input of its own
+        "noop_threshold": 0.0,
+    },
+}
+
+# Defaults of a built-in preset (a model trained from scratch, so no pretrained prompt or
+# action format to stay compatible with); they take precedence over BACKEND_DEFAULTS.
+# The tiny preset learns far better with the state in its prompt and delta arm actions:
+# from 64x64 pixels alone it cannot tell the arm's pose precisely enough to name the next
+# absolute target, while "move by this much from the given state" is what the
+# demonstrations actually vary in.
+PRESET_DEFAULTS: dict[tuple[str, str], dict] = {
+    ("openvla", "tiny"): {
+        "action_representation": DELTA_ARM_ABSOLUTE_GRIPPER,
+        "state_in_prompt": True,
+        "noop_threshold": 0.002,
     },
 }
 
@@ -65,6 +86,9 @@ class TrainConfig:
     attn_implementation: str | None = None  # e.g. flash_attention_2, sdpa, eager
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     action_horizon: int | None = None
+    # absolute | delta_arm_absolute_gripper (arm joints relative to the current state, gripper absolute)
+    action_representation: str | None = None
+    state_in_prompt: bool | None = None  # openvla: the current joint state as 8 tokens in the prompt
     experiment_name: str | None = None  # crane_x7_{backend}
     output_dir: str | None = None  # /workspace/outputs/{experiment_name}
     save_steps: int = 500
@@ -77,6 +101,7 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     seed: int = 42
     val_ratio: float = 0.1  # share of EPISODES held out for validation
+    noop_threshold: float | None = None  # rad; train only on steps whose action moves a joint more than this
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 2  # threads preparing samples in the background
     prefetch_batches: int = 4
@@ -104,7 +129,10 @@ class TrainConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS} (got '{self.backend}')")
         cfg = dataclasses.replace(self, extra=dict(self.extra), cameras=None if self.cameras is None else list(self.cameras))
-        for key, value in BACKEND_DEFAULTS[cfg.backend].items():
+        if cfg.model is None:
+            cfg.model = BACKEND_DEFAULTS[cfg.backend]["model"]
+        defaults = {**BACKEND_DEFAULTS[cfg.backend], **PRESET_DEFAULTS.get((cfg.backend, cfg.model), {})}
+        for key, value in defaults.items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
         if cfg.experiment_name is None:
@@ -128,7 +156,7 @@ class TrainConfig:
                      "logging_steps", "lora_rank", "lora_alpha", "action_horizon", "eval_samples",
                      "prefetch_batches"):
             positive(name)
-        for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm"):
+        for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm", "noop_threshold"):
             positive(name, allow_zero=True)
         if self.max_steps is not None:
             positive("max_steps")
@@ -148,6 +176,14 @@ class TrainConfig:
             raise ConfigError(f"--precision must be auto, bf16 or fp32 (got '{self.precision}')")
         if self.merge_lora and not self.use_lora:
             raise ConfigError("--merge-lora needs LoRA training; it contradicts --no-use-lora")
+        if self.action_representation is not None and self.action_representation not in REPRESENTATIONS:
+            raise ConfigError(f"--action-representation must be one of {', '.join(REPRESENTATIONS)} "
+                              f"(got '{self.action_representation}')")
+        if self.backend == "openpi" and self.action_representation not in (None, DELTA_ARM_ABSOLUTE_GRIPPER):
+            raise ConfigError(f"the openpi backend predicts {DELTA_ARM_ABSOLUTE_GRIPPER} actions only "
+                              f"(got --action-representation {self.action_representation})")
+        if self.backend == "openpi" and self.state_in_prompt:
+            raise ConfigError("--state-in-prompt is for the openvla backend; openpi feeds the state to the model itself")
         if self.cameras is not None and not self.cameras:
             raise ConfigError("--cameras needs at least one camera name")
         if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():

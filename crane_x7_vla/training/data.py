@@ -8,6 +8,11 @@
   prepared by worker threads ahead of the trainer (JPEG decoding and OpenCV release the GIL).
 * Every sample's augmentation uses its own generator seeded by (seed, epoch, index): the
   result does not depend on thread timing, process count or where a run was resumed.
+* With `noop_threshold` > 0, training leaves out no-op steps: steps whose action moves no
+  joint by more than the threshold from the current state (waiting before the motion
+  starts, pauses, holding at the goal), as OpenVLA's fine-tuning filters no-op actions.
+  Among near-identical observations at rest, "stay" labels would otherwise outvote
+  "start moving", and a policy fed its own still state never starts.
 
 Batches are plain numpy: images {camera: uint8 (B, H, W, 3)}, state float32 (B, 8),
 actions float32 (B, horizon, 8) absolute joint targets (the chunk is padded by repeating
@@ -175,13 +180,27 @@ class DataPosition:
         return cls(**d) if d else cls()
 
 
-class SampleIndex:
-    """All (episode, step) pairs of a split and their per-epoch order."""
+def moving_steps(ep: EpisodeData, noop_threshold: float) -> np.ndarray:
+    """Indices of the steps whose action moves some joint by more than `noop_threshold`
+    (rad) from the state; every step when the threshold is 0."""
+    if noop_threshold <= 0:
+        return np.arange(len(ep))
+    motion = np.abs(np.asarray(ep.action, np.float64) - np.asarray(ep.proprio, np.float64)).max(axis=1)
+    return np.flatnonzero(motion > noop_threshold)
 
-    def __init__(self, episodes: list[EpisodeData], global_batch: int, seed: int):
+
+class SampleIndex:
+    """All (episode, step) pairs of a split (no-op steps left out when `noop_threshold` > 0)
+    and their per-epoch order."""
+
+    def __init__(self, episodes: list[EpisodeData], global_batch: int, seed: int, noop_threshold: float = 0.0):
         self.episodes = episodes
-        self.pairs = np.array([(e, t) for e, ep in enumerate(episodes) for t in range(len(ep))], dtype=np.int64)
+        self.pairs = np.array([(e, int(t)) for e, ep in enumerate(episodes) for t in moving_steps(ep, noop_threshold)],
+                              dtype=np.int64).reshape(-1, 2)
         if len(self.pairs) == 0:
+            if noop_threshold > 0 and any(len(ep) for ep in episodes):
+                raise DatasetError(f"no training samples: no step of the training episodes moves a joint by more "
+                                   f"than --noop-threshold {noop_threshold} rad; lower it")
             raise DatasetError("no training samples: every training episode is empty")
         self.global_batch = global_batch
         self.seed = seed
@@ -225,8 +244,9 @@ class BatchStream:
         world_size: int = 1,
         num_workers: int = 2,
         prefetch: int = 4,
+        noop_threshold: float = 0.0,
     ):
-        self.index = SampleIndex(episodes, batch_size * world_size, seed)
+        self.index = SampleIndex(episodes, batch_size * world_size, seed, noop_threshold)
         self.cameras, self.spec, self.horizon = list(cameras), spec, horizon
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.position = start

@@ -221,7 +221,7 @@ class _Run:
         batcher = Batcher(space, tokenizer, data.cameras)
         accum = int(cfg.grad_accumulation_steps)
 
-        per_epoch = SampleIndex(data.train, cfg.batch_size, cfg.seed).batches_per_epoch
+        per_epoch = SampleIndex(data.train, cfg.batch_size, cfg.seed, cfg.noop_threshold).batches_per_epoch
         total = int(cfg.max_steps) if cfg.max_steps else int(cfg.num_epochs) * max(1, per_epoch // accum)
 
         # model + optimizer
@@ -277,7 +277,7 @@ class _Run:
         stream = BatchStream(
             data.train, cameras=data.cameras, spec=cfg.image_spec, horizon=mcfg.action_horizon,
             batch_size=cfg.batch_size, seed=cfg.seed, start=position, num_workers=cfg.num_workers,
-            prefetch=cfg.prefetch_batches,
+            prefetch=cfg.prefetch_batches, noop_threshold=cfg.noop_threshold,
         )
         bar = tqdm(total=total, initial=start_step, desc="train openpi", disable=None, file=sys.stderr)
         step = start_step

@@ -18,13 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crane_x7_vla import robot
-from crane_x7_vla.episode.stats import summarize
-from crane_x7_vla.preprocess import Normalizer
+from crane_x7_vla.preprocess import (  # shared with the openvla backend
+    DELTA_ARM_ABSOLUTE_GRIPPER as REPRESENTATION,
+    DELTA_MASK,
+    Normalizer,
+    model_action_statistics,
+    to_absolute,
+    to_delta,
+)
 
-#: True where the model predicts a delta from the current state (the 7 arm joints).
-DELTA_MASK = np.array([True] * robot.NUM_ARM_JOINTS + [False])
-REPRESENTATION = "delta_arm_absolute_gripper"
+__all__ = ["DELTA_MASK", "REPRESENTATION", "ActionSpace", "chunk", "model_action_statistics", "pad",
+           "to_absolute", "to_delta"]
 
 
 def pad(x: np.ndarray, width: int) -> np.ndarray:
@@ -36,36 +40,10 @@ def pad(x: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def to_delta(actions: np.ndarray, state: np.ndarray, mask: np.ndarray = DELTA_MASK) -> np.ndarray:
-    """Absolute targets (..., H, 8) and state (..., 8) -> model-space actions (unnormalised)."""
-    actions = np.asarray(actions, np.float64)
-    state = np.asarray(state, np.float64)
-    return actions - np.where(mask, state, 0.0)[..., None, :]
-
-
-def to_absolute(actions: np.ndarray, state: np.ndarray, mask: np.ndarray = DELTA_MASK) -> np.ndarray:
-    actions = np.asarray(actions, np.float64)
-    state = np.asarray(state, np.float64)
-    return actions + np.where(mask, state, 0.0)[..., None, :]
-
-
 def chunk(actions: np.ndarray, start: int, horizon: int) -> np.ndarray:
     """actions[start : start + horizon], padded by repeating the episode's last action."""
     idx = np.minimum(np.arange(start, start + horizon), len(actions) - 1)
     return actions[idx]
-
-
-def model_action_statistics(episodes, horizon: int, mask: np.ndarray = DELTA_MASK) -> dict:
-    """Statistics of model-space actions (before normalisation) over every chunk of every episode."""
-    values = []
-    for ep in episodes:
-        T = len(ep.proprio)
-        idx = np.minimum(np.arange(T)[:, None] + np.arange(horizon)[None, :], T - 1)  # (T, H)
-        chunks = np.asarray(ep.action, np.float64)[idx]  # (T, H, 8)
-        values.append(to_delta(chunks, ep.proprio, mask).reshape(-1, chunks.shape[-1]))
-    if not values:
-        raise ValueError("cannot compute action statistics of zero episodes")
-    return summarize(np.concatenate(values))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crane_x7_vla.backends.openvla.prompt import openvla_prompt
+from crane_x7_vla.backends.openvla.prompt import openvla_prompt, state_prompt_parts
 
 IGNORE = -100
 
@@ -267,10 +267,16 @@ def pixel_values(vla: VLA, images: dict[str, np.ndarray], cameras: list[str], de
     return torch.cat(parts, dim=1).to(vla.dtype)
 
 
-def prompt_ids(vla: VLA, instruction: str) -> list[int]:
-    """Token ids of everything before the action tokens."""
+def prompt_ids(vla: VLA, instruction: str, state_ids=None) -> list[int]:
+    """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
+    discretised joint state) go into the prompt when given."""
     tok = vla.tokenizer
-    text = tok(openvla_prompt(instruction), add_special_tokens=False)["input_ids"]
+    if state_ids is None:
+        text = tok(openvla_prompt(instruction), add_special_tokens=False)["input_ids"]
+    else:
+        head, tail = state_prompt_parts(instruction)
+        text = (tok(head, add_special_tokens=False)["input_ids"] + [int(t) for t in state_ids]
+                + tok(tail, add_special_tokens=False)["input_ids"])
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     if vla.family == "openvla":
         space = tok.convert_tokens_to_ids("\u2581")  # OpenVLA expects the prompt to end with '▁'
@@ -285,11 +291,13 @@ def prompt_ids(vla: VLA, instruction: str) -> list[int]:
     return bos + images + text
 
 
-def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device) -> dict:
-    """Right-padded input_ids / attention_mask, and labels on the action tokens only."""
+def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
+                state_ids: np.ndarray | None = None) -> dict:
+    """Right-padded input_ids / attention_mask, and labels on the action tokens only.
+    `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state)."""
     rows, n_prompt = [], []
     for i, instr in enumerate(instructions):
-        ids = prompt_ids(vla, instr)
+        ids = prompt_ids(vla, instr, None if state_ids is None else state_ids[i])
         n_prompt.append(len(ids))
         if action_ids is not None:
             ids = ids + [int(t) for t in action_ids[i]]

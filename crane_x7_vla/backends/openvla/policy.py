@@ -1,8 +1,10 @@
 """A trained OpenVLA checkpoint as a policy: observation -> (1, 8) absolute joint targets.
 
 Uses the training code's own pieces: `preprocess.prepare_image(train=False)` (centre crop),
-the prompt, the action tokenizer with the checkpoint's statistics, and greedy decoding of
-exactly 8 tokens restricted to the action tokens.
+the prompt (with the state tokens when the checkpoint was trained with them), the
+`ActionCodec` built from the checkpoint's action space and statistics (deltas are turned
+back into absolute targets with the observed state), and greedy decoding of exactly 8
+tokens restricted to the action tokens.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import torch
 
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
-from crane_x7_vla.backends.openvla.action_tokenizer import ActionTokenizer
+from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.model import build_batch, load_vla, pixel_values
-from crane_x7_vla.preprocess import ImageSpec, Normalizer, prepare_image
+from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
 from crane_x7_vla.training.checkpoint import CheckpointError
 
 
@@ -55,7 +57,11 @@ class OpenVLAPolicy:
                 f"{d}: trained with a vocabulary of {info['vocab_size']} tokens, the loaded tokenizer has "
                 f"{self.vla.vocab_size}; the base model '{source}' is not the one it was trained on"
             )
-        self.tokens = ActionTokenizer(self.vla.vocab_size, Normalizer.from_stats(config["dataset_statistics"], "action"))
+        try:
+            self.codec = ActionCodec.from_policy_config(self.vla.vocab_size, config, where=str(d / "policy_config.json"))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        self.needs_state = self.codec.state_in_prompt or self.codec.representation != ABSOLUTE
 
     @property
     def metadata(self) -> dict:
@@ -67,6 +73,8 @@ class OpenVLAPolicy:
             "image_size": [self.spec.width, self.spec.height],
             "action_dim": robot.ACTION_DIM,
             "action_horizon": 1,
+            "action_representation": self.codec.representation,
+            "state_in_prompt": self.codec.state_in_prompt,
             "joint_names": list(c["joint_names"]),
             "control_rate_hz": c.get("control_rate_hz"),
             "default_instruction": c.get("default_instruction"),
@@ -83,13 +91,29 @@ class OpenVLAPolicy:
         prepared = {c: prepare_image(np.asarray(images[c]), self.spec, train=False)[None] for c in self.cameras}
         instruction = observation.get("instruction") or self.config.get("default_instruction") or ""
         pix = pixel_values(self.vla, prepared, self.cameras, self.device)
-        batch = build_batch(self.vla, [instruction], None, self.device)
+        state = self._state(observation)
+        batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state))
         batch.pop("labels")
-        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, robot.ACTION_DIM, self.tokens.first_id)
-        action = self.tokens.decode(ids.cpu().numpy())  # (1, 8)
+        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, robot.ACTION_DIM, self.codec.first_id)
+        action = self.codec.decode(ids.cpu().numpy(), state)  # (1, 8) absolute targets
         if not np.all(np.isfinite(action)):
             raise RuntimeError(f"the policy produced a non-finite action {action}")
         return np.stack([robot.clamp_to_limits(a) for a in action]).astype(np.float64)
+
+
+    def _state(self, observation: dict) -> np.ndarray:
+        """The observed joint state as (1, 8); required when the checkpoint uses it."""
+        state = observation.get("state")
+        if state is None:
+            if self.needs_state:
+                raise KeyError("observation lacks 'state' (8 joint positions); this policy needs it "
+                               f"(actions {self.codec.representation}, state in prompt: {self.codec.state_in_prompt})")
+            return np.zeros((1, robot.ACTION_DIM))
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        if state.shape != (robot.ACTION_DIM,) or not np.all(np.isfinite(state)):
+            raise ValueError(f"observation 'state' must be {robot.ACTION_DIM} finite joint positions "
+                             f"({', '.join(robot.JOINT_NAMES)}), got {state.tolist()}")
+        return state[None]
 
 
 def load(checkpoint_dir, config: dict, device=None) -> OpenVLAPolicy:

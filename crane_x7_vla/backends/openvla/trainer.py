@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 from crane_x7_vla.backends.openvla import decode
-from crane_x7_vla.backends.openvla.action_tokenizer import ActionTokenizer
+from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.model import VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values, save_processor
-from crane_x7_vla.preprocess import Normalizer
+from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 from crane_x7_vla.training.data import BatchStream, DataPosition, eval_batches
@@ -180,7 +180,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, atok: ActionTokenizer, device) -> dict:
+def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: ActionCodec, device) -> dict:
     """Teacher-forced loss/accuracy and the L1 error of greedily decoded actions (robot units)."""
     if not episodes:
         return {}
@@ -188,24 +188,26 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, atok: ActionT
     model.eval()
     losses, correct, total, l1 = [], 0, 0, []
     for batch in eval_batches(episodes, cameras, cfg.image_spec, 1, cfg.batch_size, cfg.eval_samples):
-        actions = batch["actions"][:, 0]
+        actions, state = batch["actions"][:, 0], batch["state"]
+        state_ids = codec.state_ids(state)
         pix = pixel_values(vla, batch["images"], cameras, device)
-        inputs = build_batch(vla, batch["instruction"], atok.encode(actions), device)
+        inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device, state_ids)
         out = decode.forward(model, vla, inputs, pix)
-        loss, pred, target, _ = decode.action_loss(out.logits, inputs, atok.first_id)
+        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id)
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
         # greedy decoding as at deployment, grouped by prompt length (no padding)
-        prompts = build_batch(vla, batch["instruction"], None, device)
+        prompts = build_batch(vla, batch["instruction"], None, device, state_ids)
         lengths = prompts["attention_mask"].sum(1)
         for length in lengths.unique().tolist():
             rows = (lengths == length).nonzero().flatten()
             sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
             sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-            ids = decode.generate_action_ids(model, vla, sub, sub_pix, 8, atok.first_id)
-            predicted = atok.decode(ids.cpu().numpy())
-            l1.append(np.abs(predicted - actions[rows.cpu().numpy()]).mean(axis=1))
+            ids = decode.generate_action_ids(model, vla, sub, sub_pix, 8, codec.first_id)
+            r = rows.cpu().numpy()
+            predicted = codec.decode(ids.cpu().numpy(), state[r])
+            l1.append(np.abs(predicted - actions[r]).mean(axis=1))
     model.train(was_training)
     n = sum(len(x) for x in l1)
     return {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
@@ -214,18 +216,38 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, atok: ActionT
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
-def _policy_config(cfg, data, cameras, vla, step) -> dict:
-    return ckpt.build_policy_config(
+def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
+    config = ckpt.build_policy_config(
         backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras, horizon=1,
         statistics=data.statistics, default_instruction=data.default_instruction, control_rate_hz=data.fps,
-        step=step, train_config=cfg.to_dict(),
+        step=step, train_config=cfg.to_dict(), representation=codec.representation,
         extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8,
-                           "vocab_size": vla.vocab_size, "n_bins": 256,
+                           "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
                            "weights": "adapter" if cfg.use_lora else "model"}},
     )
+    config["action_space"].update(codec.action_space())
+    return config
 
 
-def save_checkpoint(step, final, *, cfg, data, cameras, vla, optimizer, scheduler, position, total_steps,
+def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | None) -> ActionCodec:
+    """The action representation and prompt state of this run. Delta statistics come from the
+    training episodes (or, when resuming, from the checkpoint, so they never change mid-run)."""
+    if resume_config is not None:
+        space = resume_config.get("action_space") or {}
+        found = (space.get("representation", ABSOLUTE), bool((resume_config.get("openvla") or {}).get("state_in_prompt")))
+        if found != (cfg.action_representation, bool(cfg.state_in_prompt)):
+            raise ConfigError(
+                f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
+                f"{found[0]} and {'--state-in-prompt' if found[1] else '--no-state-in-prompt'}; resume with the same")
+        return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
+    model_statistics = None
+    if cfg.action_representation != ABSOLUTE:
+        model_statistics = model_action_statistics(data.train, 1, delta_mask(cfg.action_representation))
+    return ActionCodec(vocab_size, data.statistics, representation=cfg.action_representation,
+                       model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt))
+
+
+def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, scheduler, position, total_steps,
                     base_dir, dist_: Dist, device) -> Path:
     rng_states = dist_.gather(_rng_state(device))
     if dist_.main:
@@ -243,7 +265,7 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, optimizer, schedule
             torch.save(rng_states, d / "rng_state.pt")
             ckpt.write_trainer_state(d, {"step": step, "total_steps": total_steps, "data_position": position.to_dict(),
                                          "world_size": dist_.world, "backend": BACKEND})
-            ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, step))
+            ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step))
     dist_.barrier()
     return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
 
@@ -295,7 +317,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     vla = build_model(cfg, source, device, pre.resume_dir if cfg.use_lora else None)
     cameras = _cameras(cfg, data.cameras, vla.family)
     vla.num_cameras = len(cameras)
-    atok = ActionTokenizer(vla.vocab_size, Normalizer.from_stats(data.statistics, "action"))
+    codec = make_codec(cfg, data, vla.vocab_size, pre.resume_config)
     model = vla.model
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -307,7 +329,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=1, batch_size=cfg.batch_size, seed=cfg.seed,
-                     rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches)
+                     rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches,
+                     noop_threshold=cfg.noop_threshold)
     start_step, position = 0, DataPosition()
     if pre.resume_state is not None:
         start_step = int(pre.resume_state["step"])
@@ -333,7 +356,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     if dist_.main:
         print(f"openvla: base {cfg.model} ({vla.family}, {n_total / 1e6:.2f}M params, {n_trainable / 1e6:.2f}M trained"
               f"{', LoRA r=%d' % cfg.lora_rank if cfg.use_lora else ', full weights'}), {len(data.train)} train / "
-              f"{len(data.val)} val episodes, cameras {cameras}, {dist_.world} process(es) on {device}, "
+              f"{len(data.val)} val episodes, cameras {cameras}, actions {codec.representation}"
+              f"{' with the state in the prompt' if codec.state_in_prompt else ''}, {dist_.world} process(es) on {device}, "
               f"steps {start_step}->{total_steps}", file=sys.stderr)
 
     from tqdm import tqdm
@@ -349,19 +373,20 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             sums = {"loss": 0.0, "correct": 0, "count": 0, "l1": 0.0, "samples": 0}
             for micro in range(cfg.grad_accumulation_steps):
                 _, batch = next(stream)
-                actions = batch["actions"][:, 0]
+                actions, state = batch["actions"][:, 0], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
-                inputs = build_batch(vla, batch["instruction"], atok.encode(actions), device)
+                inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device,
+                                     codec.state_ids(state))
                 sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
                     out = decode.forward(ddp_model, vla, inputs, pix)
-                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, atok.first_id)
+                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id)
                     (loss / cfg.grad_accumulation_steps).backward()
                 sums["loss"] += loss.item() / cfg.grad_accumulation_steps
                 sums["correct"] += int((pred == target).sum())
                 sums["count"] += int(target.numel())
-                decoded = atok.decode(pred.view(-1, 8).cpu().numpy())
+                decoded = codec.decode(pred.view(-1, 8).cpu().numpy(), state)
                 sums["l1"] += float(np.abs(decoded - actions).mean()) / cfg.grad_accumulation_steps
                 sums["samples"] += len(actions)
             grad_norm = None
@@ -387,14 +412,14 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 logger.log(step, {k: float(np.mean(v)) for k, v in window.items()})
                 window = {}
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
-                _log_eval(step, vla, model, data, cameras, cfg, atok, device, logger, dist_)
+                _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
             if step % cfg.save_steps == 0 and step < total_steps:
-                save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, optimizer=optimizer,
+                save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
                                 scheduler=scheduler, position=stream.position, total_steps=total_steps,
                                 base_dir=base_dir, dist_=dist_, device=device)
         bar.close()
-        _log_eval(step, vla, model, data, cameras, cfg, atok, device, logger, dist_)
-        final = save_checkpoint(step, True, cfg=cfg, data=data, cameras=cameras, vla=vla, optimizer=optimizer,
+        _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
+        final = save_checkpoint(step, True, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
                                 scheduler=scheduler, position=stream.position, total_steps=total_steps,
                                 base_dir=base_dir, dist_=dist_, device=device)
         if cfg.merge_lora and dist_.main:
@@ -406,11 +431,11 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     return final
 
 
-def _log_eval(step, vla, model, data, cameras, cfg, atok, device, logger, dist_):
+def _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_):
     if dist_.main:
         values = {}
         for split, episodes in (("val", data.val), ("train_eval", data.train)):
-            for k, v in evaluate(vla, model, episodes, cameras, cfg, atok, device).items():
+            for k, v in evaluate(vla, model, episodes, cameras, cfg, codec, device).items():
                 values[f"{split}/{k}"] = v
         if values:
             logger.log(step, values)
