@@ -42,7 +42,9 @@ def plot_training_curves(rows: list[dict], out: Path) -> Path | None:
     if not rows:
         return None
     keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    keys = [k for k in keys if k.split("/")[0] in ("train", "val", "train_eval")] or keys
+    # losses and accuracies, not timings or the learning rate
+    keys = [k for k in keys if k.split("/")[0] in ("train", "val", "train_eval")] or [
+        k for k in keys if k.split("/")[-1] in ("loss", "grad_norm", "action_accuracy", "l1")] or keys
     families: dict[str, list[str]] = {}
     for k in keys:
         base = k.split("/")[-1]
