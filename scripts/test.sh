@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The test suite. TensorFlow and MuJoCo's renderer cannot share one process (it
-# segfaults), so the tests that run TensorFlow in-process (RLDS export) get their own
-# pytest process. Extra arguments go to both pytest runs.
+# The test suite, in separate pytest processes:
+#   - TensorFlow and MuJoCo's renderer cannot share one process (it segfaults), so the tests
+#     that run TensorFlow in-process (RLDS export) get their own;
+#   - the real-DDS tests (tests/ros, tests/ros_deploy) play the robot in the test process at
+#     30-100 Hz, so each group starts fresh, without the threads and memory that the model
+#     tests leave in a long-lived process.
+# Extra arguments go to every pytest run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-TF_TESTS=(tests/datasets)
+OWN_PROCESS=(tests/datasets tests/ros tests/ros_deploy)
 ignore=()
-for t in "${TF_TESTS[@]}"; do ignore+=("--ignore=$t"); done
+for t in "${OWN_PROCESS[@]}"; do ignore+=("--ignore=$t"); done
+failed=()
 echo "[test] main suite"
-"$PY" -m pytest -q "$@" tests "${ignore[@]}"
-main=$?
-echo "[test] TensorFlow suite (own process)"
-"$PY" -m pytest -q "$@" "${TF_TESTS[@]}"
-tf=$?
-if [ "$main" -ne 0 ] || [ "$tf" -ne 0 ]; then
-  echo "[test] FAILED (main suite exit $main, TensorFlow suite exit $tf)"
+"$PY" -m pytest -q "$@" tests "${ignore[@]}" || failed+=("main")
+for t in "${OWN_PROCESS[@]}"; do
+  echo "[test] $t (own process)"
+  "$PY" -m pytest -q "$@" "$t" || failed+=("$t")
+done
+if [ "${#failed[@]}" -ne 0 ]; then
+  echo "[test] FAILED: ${failed[*]}"
   exit 1
 fi
 echo "[test] all suites passed"
