@@ -65,21 +65,16 @@ class CollectionSummary:
 
 
 class _Client:
-    """The driver's own rclpy node, spun in a background thread."""
+    """The driver's own rclpy node (a BackgroundNode) with the simulator's topics."""
 
     def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from rclpy.signals import SignalHandlerOptions
         from std_msgs.msg import Bool, String
 
         from crane_x7_vla.ros import msgs
+        from crane_x7_vla.ros.background_node import BackgroundNode
 
-        self._rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = Node("crane_x7_collect", context=self.context)
+        self._bg = BackgroundNode("crane_x7_collect", domain_id)
+        self.node = self._bg.node
         self.success = False
         self.success_since: float | None = None
         self.expert = ""
@@ -87,16 +82,6 @@ class _Client:
         self.node.create_subscription(Bool, f"{SIM}/success", self._on_success, 10)
         self.node.create_subscription(String, f"{SIM}/expert_status", self._on_expert, msgs.LATCHED_QOS)
         self.node.create_subscription(String, "/instruction", self._on_instruction, msgs.LATCHED_QOS)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
 
     def _on_success(self, msg) -> None:
         if msg.data and not self.success:
@@ -110,22 +95,7 @@ class _Client:
         self.instruction = msg.data
 
     def call(self, srv_type, name: str, request, timeout: float, nodes: NodeGroup):
-        client = self.node.create_client(srv_type, name)
-        try:
-            deadline = time.monotonic() + timeout
-            while not client.wait_for_service(timeout_sec=0.2):
-                nodes.check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"service {name} did not appear within {timeout:g} s")
-            future = client.call_async(request)
-            while not future.done():
-                nodes.check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"service {name} did not answer within {timeout:g} s")
-                time.sleep(0.01)
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        return self._bg.call(srv_type, name, request, timeout, check=nodes.check_alive)
 
     def trigger(self, name: str, nodes: NodeGroup, timeout: float = 60.0):
         from std_srvs.srv import Trigger
@@ -143,9 +113,7 @@ class _Client:
             raise RuntimeError(f"could not set {values} on {node_name}: {bad}")
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
+        self._bg.close()
 
 
 def _raise_interrupt(signum, frame):

@@ -4,17 +4,13 @@ uses its own ROS_DOMAIN_ID so parallel runs never hear each other."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 rclpy = pytest.importorskip("rclpy")  # noqa: E402  (the ROS wheels are in requirements/ros.txt)
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
-
+from crane_x7_vla.ros.background_node import BackgroundNode  # noqa: E402
 from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env  # noqa: E402
 
 
@@ -25,48 +21,16 @@ def _require_control_msgs() -> None:
         pytest.fail("control_msgs is not built: run scripts/setup.d/control_msgs.sh (scripts/setup.sh runs it)")
 
 
-class RosClient:
+class RosClient(BackgroundNode):
     """An rclpy node of the test, spun in a background thread, in the test's domain."""
 
     def __init__(self, domain_id: int) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = Node("test_client", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
-
-    def call(self, srv_type, name: str, request=None, timeout: float = 30.0):
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise TimeoutError(f"service {name} did not appear within {timeout} s")
-            future = client.call_async(request if request is not None else srv_type.Request())
-            deadline = time.monotonic() + timeout
-            while not future.done():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"service {name} did not answer within {timeout} s")
-                time.sleep(0.01)
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        super().__init__("test_client", domain_id)
 
     def trigger(self, name: str, timeout: float = 30.0):
         from std_srvs.srv import Trigger
 
         return self.call(Trigger, name, timeout=timeout)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
 
 
 def _wait_for(predicate, timeout: float, what: str, nodes: NodeGroup | None = None, poll: float = 0.02):
