@@ -1,7 +1,7 @@
 """`crane-x7-vla collect` and `crane-x7-vla logger-keys`.
 
     crane-x7-vla collect --sim --task reach --episodes 20 --out DIR [--seed 0 --rate 10
-                         --cameras wrist,primary --camera-size 320x240 --timeout 40]
+                         --cameras wrist,primary --camera-size 320x240 --timeout 40 --speed 1]
 
 starts the simulated CRANE-X7 with its scripted expert, the teleop relay and the episode
 logger as ROS 2 processes (own ROS_DOMAIN_ID), records the episodes, prints a summary
@@ -37,6 +37,10 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cameras", default="wrist,primary",
                    help="cameras to record, comma-separated: wrist (hand), primary (scene) (default both)")
     p.add_argument("--camera-size", type=_camera_size, default=(320, 240), help="image size WxH (default 320x240)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="simulated seconds per wall-clock second; above 1 the simulator publishes /clock and the "
+                        "relay and logger run on it (use_sim_time), so episodes are recorded faster than real "
+                        "time with the same content (default 1)")
     p.add_argument("--timeout", type=float, default=40.0, help="seconds before an unsolved episode is stopped (default 40)")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the run (default: a random free-looking one)")
     p.add_argument("--log-dir", default=None, help="node logs (default OUT/collect_logs)")
@@ -55,7 +59,7 @@ def run_collect(args) -> int:
     try:
         summary = collect_sim(
             args.out, task=args.task, episodes=args.episodes, seed=args.seed, rate=args.rate, cameras=cameras,
-            camera_size=args.camera_size, timeout=args.timeout, domain_id=args.domain_id, log_dir=args.log_dir,
+            camera_size=args.camera_size, timeout=args.timeout, speed=args.speed, domain_id=args.domain_id, log_dir=args.log_dir,
             echo=lambda line: print(line, flush=True),
         )
     except ValueError as exc:

@@ -131,6 +131,7 @@ def collect_sim(
     camera_size: tuple[int, int] = (320, 240),
     timeout: float = 40.0,
     settle: float = 0.5,
+    speed: float = 1.0,
     domain_id: int | None = None,
     log_dir: str | Path | None = None,
     echo=print,
@@ -142,6 +143,10 @@ def collect_sim(
         raise ValueError(f"cameras must be chosen from {sorted(CAMERA_TOPICS)}, got {list(cameras)}")
     if episodes < 1 or rate <= 0 or timeout <= 0:
         raise ValueError("episodes must be >= 1, rate and timeout positive")
+    if not 0 < speed <= 10:
+        raise ValueError(f"--speed must be in (0, 10] (simulated seconds per wall-clock second), got {speed}")
+    # Faster than real time: the simulator publishes /clock and every node runs on it (use_sim_time).
+    sim_clock = {"use_sim_time": True} if speed != 1.0 else {}
     domain = domain_id if domain_id is not None else pick_domain_id()
     log_dir = Path(log_dir) if log_dir else out / "collect_logs"
     summary = CollectionSummary(out=str(out), task=task, requested=episodes, domain_id=domain, log_dir=str(log_dir))
@@ -155,15 +160,16 @@ def collect_sim(
             "task": task, "seed": seed, "cameras": list(cameras), "camera_topics": topics,
             "camera_frames": [f"{c}_camera_optical_frame" for c in cameras],
             "camera_width": camera_size[0], "camera_height": camera_size[1],
+            "real_time_factor": float(speed), "publish_clock": speed != 1.0,
         }, name="crane_x7_sim")
-        nodes.start("teleop_relay", {})
-        nodes.start("data_logger", {
+        nodes.start("teleop_relay", dict(sim_clock))
+        nodes.start("data_logger", {**sim_clock,
             "output_dir": str(out), "rate": float(rate), "camera_names": list(cameras), "camera_topics": topics,
             "success_topic": f"{SIM}/success", "task": task, "keyboard": False,
         })
         client = _Client(domain)
         for i in range(episodes):
-            summary.episodes.append(_episode(client, nodes, i, seed + i, task, timeout, settle, echo))
+            summary.episodes.append(_episode(client, nodes, i, seed + i, task, timeout, settle / speed, echo))
         from crane_x7_vla.episode.validate import validate_dataset
 
         summary.checked, summary.problems = validate_dataset(out)

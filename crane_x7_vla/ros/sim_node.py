@@ -20,8 +20,11 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
                               {task, seed, instruction}
 
 Physics runs in its own thread paced to wall time (`control_hz` steps of 1/control_hz s,
-catching up when late); every header stamp comes from the node clock (wall time, or
-/clock with use_sim_time) so the logger pairs all streams on one time base.
+catching up when late), `real_time_factor` times faster than real time if asked; camera,
+success and leader rates count simulated seconds. Every header stamp comes from the node
+clock (wall time) so the logger pairs all streams on one time base; with
+`publish_clock:=true` the node instead publishes the simulated time on /clock (like
+Gazebo) and stamps with it, and the other nodes run with `use_sim_time:=true`.
 
 With `expert:=true` the node also runs the scripted expert (crane_x7_vla.sim.ScriptedExpert)
 and publishes its LEADER joint states on `leader_joint_states_topic`. The expert reads the
@@ -93,6 +96,10 @@ class SimNode(Node):
                                    "longer than the relay's leader_timeout, so the relay has stopped following "
                                    "when the follower is put back home (a real arm never jumps like that)"))
         self.expert_max_speed = float(p("expert_max_speed", 1.6, "Fastest joint speed of the expert (rad/s)"))
+        self.real_time_factor = float(p("real_time_factor", 1.0,
+                                        "Simulated seconds per wall-clock second (above 1 needs publish_clock and "
+                                        "use_sim_time on the other nodes)"))
+        self.publish_clock = bool(p("publish_clock", False, "Publish the simulated time on /clock and stamp with it"))
         self._check_config(width, height)
 
         self._lock = threading.RLock()
@@ -113,6 +120,13 @@ class SimNode(Node):
         self._info_pubs = [self.create_publisher(CameraInfo, _info_topic(t), msgs.SENSOR_QOS) for t in self.camera_topics]
         self._instr_pub = self.create_publisher(String, self.instruction_topic, msgs.LATCHED_QOS)
         self._success_pub = self.create_publisher(Bool, "~/success", 10)
+        self._clock_pub = None
+        if self.publish_clock:
+            from rosgraph_msgs.msg import Clock
+
+            self._clock_msg = Clock
+            self._clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self._sim_ns = time.time_ns()  # the simulated clock: starts at the wall time, advances per physics step
         self._leader_pub = self.create_publisher(JointState, self.leader_topic, msgs.STATE_QOS) if self.expert_enabled else None
         self._expert_pub = self.create_publisher(String, "~/expert_status", msgs.LATCHED_QOS) if self.expert_enabled else None
         self.create_subscription(JointTrajectory, self.trajectory_topic, self._on_trajectory, msgs.STATE_QOS,
@@ -138,7 +152,7 @@ class SimNode(Node):
 
         if self.task not in TASKS:
             raise ConfigError(f"parameter 'task' is {self.task!r}; the simulator knows {sorted(TASKS)}")
-        for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed"):
+        for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed", "real_time_factor"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"parameter '{name}' must be positive, got {getattr(self, name)}")
         if not (len(self.camera_names) == len(self.camera_topics) <= len(self.camera_frames)):
@@ -151,6 +165,9 @@ class SimNode(Node):
             raise ConfigError(f"parameter 'cameras' names {unknown}; the simulator has 'primary' and 'wrist'")
         if not (16 <= width <= 1280 and 16 <= height <= 960):
             raise ConfigError(f"camera size {width}x{height} is outside 16..1280 x 16..960")
+        if self.real_time_factor != 1.0 and not self.publish_clock:
+            raise ConfigError(f"real_time_factor {self.real_time_factor:g} needs publish_clock:=true (and "
+                              "use_sim_time:=true on the other nodes): wall-clock stamps would not match the motion")
 
     def _make_gripper_server(self, group):
         try:
@@ -178,7 +195,7 @@ class SimNode(Node):
             with self._lock:
                 self._expert = None  # the leader goes silent
                 self._set_expert_state("resetting")
-            time.sleep(self.reset_quiet)
+            time.sleep(self.reset_quiet / self.real_time_factor)
         self._reset_done.clear()
         with self._lock:
             self._reset_request = (task, seed)
@@ -318,10 +335,18 @@ class SimNode(Node):
             if self._env is not None:
                 self._env.close()  # renderers belong to this thread's GL context
 
+    def _stamp(self):
+        if self._clock_pub is None:
+            return self.get_clock().now().to_msg()
+        return msgs.ns_to_stamp(self._sim_ns)
+
     def _run_loop(self) -> None:
         period = 1.0 / self.control_hz
+        period_ns = int(round(period * 1e9))
+        wall_period = period / self.real_time_factor
         next_tick = time.monotonic()
-        next_frame = next_success = next_leader = 0.0
+        next_frame = next_success = next_leader = 0.0  # simulated seconds since the node started
+        sim_s = 0.0
         while self._running:
             with self._lock:
                 request, self._reset_request = self._reset_request, None
@@ -339,31 +364,34 @@ class SimNode(Node):
                 continue
             with self._lock:
                 env.step(period)
+                sim_s += period
+                self._sim_ns += period_ns
                 q, v = env.joint_positions(), env.joint_velocities()
                 leader = None
-                now = time.monotonic()
-                if self._expert is not None and env.time >= self._expert_start and now >= next_leader:
+                if self._expert is not None and env.time >= self._expert_start and sim_s >= next_leader:
                     leader = self._expert.target()
                     state = "failed" if self._expert.failed else "done" if self._expert.done else "running"
                     self._set_expert_state(state)
-                    next_leader = now + 1.0 / self.expert_rate
-                success = env.success() if now >= next_success else None
+                    next_leader = sim_s + 1.0 / self.expert_rate - 1e-9
+                success = env.success() if sim_s >= next_success else None
             self.stats["control_steps"] += 1
-            stamp = self.get_clock().now().to_msg()
+            stamp = self._stamp()
+            if self._clock_pub is not None:
+                self._clock_pub.publish(self._clock_msg(clock=stamp))
             self._js_pub.publish(msgs.make_joint_state(q, velocities8=v, stamp=stamp))
             if leader is not None:
                 self._leader_pub.publish(msgs.make_joint_state(leader, stamp=stamp))
             if success is not None:
                 self._success_pub.publish(Bool(data=bool(success)))
-                next_success = now + 1.0 / self.success_rate
-            if now >= next_frame:
+                next_success = sim_s + 1.0 / self.success_rate - 1e-9
+            if sim_s >= next_frame:
                 self._publish_frames(env)
-                next_frame = max(next_frame + 1.0 / self.camera_rate, now)
-            next_tick += period
+                next_frame = max(next_frame + 1.0 / self.camera_rate, sim_s)
+            next_tick += wall_period
             delay = next_tick - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            elif delay < -5 * period:
+            elif delay < -5 * wall_period:
                 next_tick = time.monotonic()  # too far behind: slow down instead of bursting
 
     def _publish_frames(self, env) -> None:
@@ -371,7 +399,7 @@ class SimNode(Node):
             with self._lock:
                 rgb = env.render(cam)
                 fovy = float(env.model.cam_fovy[env.model.camera(cam).id])
-            stamp = self.get_clock().now().to_msg()
+            stamp = self._stamp()
             frame = self.camera_frames[i]
             self._img_pubs[i].publish(msgs.rgb_to_image(rgb, stamp=stamp, frame_id=frame))
             self._info_pubs[i].publish(

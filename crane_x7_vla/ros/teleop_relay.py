@@ -72,6 +72,7 @@ class TeleopRelay(Node):
         self.gripper_max_effort = float(p("gripper_max_effort", 5.0, "max_effort of gripper goals"))
         self._check_config()
 
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self._leader_q: np.ndarray | None = None
         self._leader_rx = 0.0
         self._follower_q: np.ndarray | None = None
@@ -123,7 +124,7 @@ class TeleopRelay(Node):
             )
             return
         self._leader_q = q
-        self._leader_rx = time.monotonic()
+        self._leader_rx = self._now()
 
     def _on_follower(self, msg: JointState) -> None:
         try:
@@ -132,8 +133,14 @@ class TeleopRelay(Node):
             self.get_logger().warning(f"ignored a follower joint state: {exc}", throttle_duration_sec=5.0)
 
     # -- output ---------------------------------------------------------------------------
+    def _now(self) -> float:
+        """Seconds on the node's clock: simulated time with use_sim_time, else monotonic wall time."""
+        if self._sim_time:
+            return self.get_clock().now().nanoseconds * 1e-9
+        return time.monotonic()
+
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self._now()
         if self._leader_q is None or now - self._leader_rx > self.leader_timeout:
             if self._last_cmd is not None:
                 silent = now - self._leader_rx

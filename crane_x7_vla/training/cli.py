@@ -48,6 +48,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="leave out of training the no-op steps, whose action moves no joint by more than RAD "
                         "from the current state (waiting at the start, pauses, holding at the goal); "
                         "0 keeps every step (default: 0; 0.002 for the openvla 'tiny' preset)")
+    g.add_argument("--action-label-sigma", type=float, metavar="BINS", default=S,
+                   help="openvla: train each action token against a Gaussian of this width (in bins) over the "
+                        "neighbouring bins instead of the one bin, so a near miss costs less than a far one; "
+                        "0 = one-hot, as OpenVLA (default: 0; 2 for the 'tiny' preset)")
     g.add_argument("--num-workers", type=int, default=S,
                    help=f"threads preparing batches ahead of the trainer (default: {_D.num_workers})")
     g = p.add_argument_group("optimisation")

@@ -23,15 +23,25 @@ def next_token_logits(logits: torch.Tensor, input_len: int) -> torch.Tensor:
     return logits[:, offset : offset + input_len - 1]
 
 
-def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int):
+def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_sigma: float = 0.0):
     """Cross-entropy on the action tokens only; also returns argmax predictions (restricted
-    to the action range) and the label mask, for accuracy and L1."""
+    to the action range) and the label mask, for accuracy and L1.
+
+    With `label_sigma` > 0 (in bins) each action token is trained against a Gaussian over
+    the neighbouring bins (adjacent ids are adjacent bins) instead of its one bin, so the
+    loss knows that bin 101 is a better answer than bin 3 when 100 was demonstrated."""
     labels = batch["labels"][:, 1:]
     pred_logits = next_token_logits(logits, batch["input_ids"].shape[1])
     mask = labels != IGNORE
     chosen = pred_logits[mask].float()
     target = labels[mask]
-    loss = F.cross_entropy(chosen, target)
+    if label_sigma > 0:
+        log_p = F.log_softmax(chosen, dim=-1)[:, first_action_id:]
+        offsets = torch.arange(log_p.shape[1], device=chosen.device) - (target - first_action_id)[:, None]
+        soft = torch.softmax(-0.5 * (offsets.float() / label_sigma) ** 2, dim=-1)
+        loss = -(soft * log_p).sum(-1).mean()
+    else:
+        loss = F.cross_entropy(chosen, target)
     restricted = chosen[:, first_action_id:].argmax(-1) + first_action_id
     return loss, restricted, target, mask
 

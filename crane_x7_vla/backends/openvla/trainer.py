@@ -193,7 +193,7 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         pix = pixel_values(vla, batch["images"], cameras, device)
         inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device, state_ids)
         out = decode.forward(model, vla, inputs, pix)
-        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id)
+        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, cfg.action_label_sigma)
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
@@ -381,7 +381,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
                     out = decode.forward(ddp_model, vla, inputs, pix)
-                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id)
+                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, cfg.action_label_sigma)
                     (loss / cfg.grad_accumulation_steps).backward()
                 sums["loss"] += loss.item() / cfg.grad_accumulation_steps
                 sums["correct"] += int((pred == target).sum())
