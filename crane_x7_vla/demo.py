@@ -37,6 +37,11 @@ DEFAULTS = {
 }
 
 
+# Simulated seconds per wall-clock second while collecting: the recorded episodes are the
+# same as in real time (every node runs on the simulator's /clock) and two cores keep up.
+DEFAULT_COLLECT_SPEED = 4.0
+
+
 def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "crane_x7_vla.cli", *map(str, args)]
 
@@ -111,7 +116,8 @@ def _run(args) -> int:
     timings = {}
     timings["collect_s"] = _stage(
         "1/5 collect demonstrations in simulation (ROS 2 nodes: sim + expert + relay + logger)",
-        _cli("collect", "--sim", "--task", args.task, "--episodes", args.episodes, "--out", data, "--seed", args.seed),
+        _cli("collect", "--sim", "--task", args.task, "--episodes", args.episodes, "--out", data, "--seed", args.seed,
+             "--cameras", args.cameras, "--speed", args.collect_speed),
         logs / "collect.log",
     )
     _stage("2/5 validate and compute statistics", _cli("dataset", "validate", data), logs / "validate.log")
@@ -175,6 +181,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=sorted(DEFAULTS), default="openvla", help="policy family (default openvla)")
     p.add_argument("--task", default="reach", help="simulated task: reach or pick_place (default reach)")
     p.add_argument("--episodes", type=int, default=40, help="demonstrations to collect (default 40)")
+    p.add_argument("--cameras", default="primary",
+                   help="cameras to record, comma-separated: primary (scene), wrist (hand); the tiny presets "
+                        "see the scene camera (default primary)")
+    p.add_argument("--collect-speed", type=float, default=DEFAULT_COLLECT_SPEED,
+                   help="simulated seconds per wall-clock second while collecting (the nodes run on the "
+                        f"simulator's /clock; default {DEFAULT_COLLECT_SPEED:g})")
     p.add_argument("--train-steps", type=int, default=None, help="training steps (default per backend)")
     p.add_argument("--eval-episodes", type=int, default=20, help="held-out seeds to evaluate (default 20)")
     p.add_argument("--eval-timeout", type=float, default=15.0, help="seconds per evaluation episode (default 15)")

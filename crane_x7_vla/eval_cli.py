@@ -42,7 +42,11 @@ def run_closed_loop(
     max_joint_velocity: float = 1.5,
     frames: bool = True,
 ) -> list[EpisodeOutcome]:
-    """Start sim + inference node + runner, run the episodes, stop everything."""
+    """Start sim + inference node + runner, run the episodes, stop everything.
+
+    The node calls the policy at the rate its demonstrations were recorded at (the
+    checkpoint's control_rate_hz): a one-step policy called less often would move in
+    bursts with holds between them."""
     from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env
 
     config = _read_config(checkpoint)
@@ -61,6 +65,7 @@ def run_closed_loop(
                 "model_path": str(Path(checkpoint).resolve()),
                 "device": "cpu",
                 "control_rate": control_rate,
+                "inference_rate": float(config.get("control_rate_hz") or 10.0),
                 "max_joint_velocity": max_joint_velocity,
                 "image_topic": SIM_CAMERA_TOPICS[cameras[0]],
                 "camera_names": cameras,
@@ -109,12 +114,19 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
     results["policy"] = summarize_episodes(outcomes)
     log(f"  policy: {format_rate(results['policy'])}")
     if baselines:
+        from concurrent.futures import ThreadPoolExecutor
+
         root = Path(data_root or config.get("train_config", {}).get("data_root", ""))
-        for name, ckpt in make_baselines(config, root, out_dir).items():
-            res = run_closed_loop(ckpt, task=task, episodes=episodes, first_seed=first_seed, timeout=timeout,
-                                  out_dir=out_dir / ckpt.name, frames=False)
-            results[name] = summarize_episodes(res)
-            log(f"  {name}: {format_rate(results[name])}")
+        made = make_baselines(config, root, out_dir)
+        # The baselines need no model, so both run at once, each with its own simulator and
+        # node in its own ROS domain (the policy ran alone: its timing is the one that matters).
+        with ThreadPoolExecutor(len(made)) as pool:
+            runs = {name: pool.submit(run_closed_loop, ckpt, task=task, episodes=episodes, first_seed=first_seed,
+                                      timeout=timeout, out_dir=out_dir / ckpt.name, frames=False)
+                    for name, ckpt in made.items()}
+            for name, future in runs.items():
+                results[name] = summarize_episodes(future.result())
+                log(f"  {name}: {format_rate(results[name])}")
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -50,10 +50,12 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.85, 0.05),
 }
 
-# The fixed scene camera: in front of and to the side of the arm, looking at the workspace.
-PRIMARY_CAMERA_POS = (0.66, -0.36, 0.46)
-PRIMARY_CAMERA_LOOKAT = (0.2, 0.0, 0.14)
-PRIMARY_CAMERA_FOVY = 50.0
+# The fixed scene camera: above the front edge of the table, looking down at the workspace
+# so that the cubes' region fills the picture (a 3 cm cube is ~5 pixels wide at 64x64; from
+# the earlier side view, framing the whole arm, it was 2).
+PRIMARY_CAMERA_POS = (0.56, -0.10, 0.42)
+PRIMARY_CAMERA_LOOKAT = (0.27, 0.0, 0.02)
+PRIMARY_CAMERA_FOVY = 39.0
 WRIST_CAMERA_FOVY = 58.0  # RealSense D435 colour, 4:3 crop
 
 

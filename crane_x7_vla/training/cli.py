@@ -86,8 +86,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--merge-lora", action="store_true", default=S,
                    help="also write LoRA-merged full weights to checkpoint-final/merged (default: off)")
     g.add_argument("--action-horizon", type=int, default=S,
-                   help="actions predicted per step (openpi only; default: "
-                        f"{BACKEND_DEFAULTS['openpi']['action_horizon']}; openvla predicts 1)")
+                   help="actions predicted per call, a chunk of future steps (default: "
+                        f"{BACKEND_DEFAULTS['openpi']['action_horizon']} for openpi; 1 for openvla as OpenVLA-7B, "
+                        "which then writes 8 tokens per step of the chunk)")
     g.add_argument("--action-representation", choices=REPRESENTATIONS, default=S,
                    help="what the model predicts: absolute joint targets, or the arm joints as deltas from the "
                         "current state with the gripper absolute (delta statistics are computed when training "
@@ -138,8 +139,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         clash = [k for k in _LORA_KEYS if k in settings and not (k == "merge_lora" and not settings[k])]
         if clash:
             raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in clash)} contradicts --no-use-lora")
-    if args.backend == "openvla" and settings.get("action_horizon") not in (None, 1):
-        raise ConfigError("--action-horizon is for the openpi backend; openvla predicts one action per step")
     return TrainConfig.from_dict(settings, where="settings").resolved()
 
 

@@ -239,8 +239,8 @@ def test_checker_rejects_wrong_commands(tmp_path):
     with pytest.raises(AssertionError, match="rejected"):
         check_line("python -m crane_x7_vla.training.cli train --backend openvla --batch-size many", "x", tmp_path)
     with pytest.raises(AssertionError, match="settings check"):
-        check_line("torchrun --nproc_per_node=2 -m crane_x7_vla.training.cli train --backend openvla "
-                   "--action-horizon 8", "x", tmp_path)
+        check_line("torchrun --nproc_per_node=2 -m crane_x7_vla.training.cli train --backend openpi "
+                   "--action-label-sigma 2", "x", tmp_path)
     with pytest.raises(AssertionError, match="settings check"):
         check_line("crane-x7-vla train --backend openpi --no-use-lora --lora-rank 8", "x", tmp_path)
     with pytest.raises(AssertionError, match="not an argument"):

@@ -102,6 +102,8 @@ def test_codec_delta_decodes_to_state_plus_bin_centre(dataset_dir):
     ids = codec.encode(ep.action, ep.proprio)
     assert ids.shape == (len(ep), 8) and ids.min() >= codec.first_id and ids.max() < 1000
     back = codec.decode(ids, ep.proprio)
+    assert back.shape == (len(ep), 1, 8)  # a chunk of one step
+    back = back[:, 0]
     # error at most half a bin of the delta range (arm) / of the action range (gripper)
     half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 256 / 2 + 1e-9
     inside = np.all((preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] >= model_stats["q01"])
@@ -110,7 +112,7 @@ def test_codec_delta_decodes_to_state_plus_bin_centre(dataset_dir):
     assert np.all(np.abs(back - ep.action)[inside] <= half_bin)
     # the same token decodes to a different absolute target when the state differs (arm only)
     shifted = ep.proprio + 0.1
-    moved = codec.decode(ids, shifted) - back
+    moved = codec.decode(ids, shifted)[:, 0] - back
     np.testing.assert_allclose(moved[:, :7], 0.1, atol=1e-6)
     np.testing.assert_allclose(moved[:, 7], 0.0, atol=1e-6)
     # state tokens: the proprio normaliser with the action bins
@@ -118,6 +120,29 @@ def test_codec_delta_decodes_to_state_plus_bin_centre(dataset_dir):
     expected = 1000 - 1 - codec.tokens.bins(preprocess.Normalizer.from_stats(stats, "proprio").normalize(ep.proprio))
     np.testing.assert_array_equal(state_ids, expected)
     assert ActionCodec(1000, stats).state_ids(ep.proprio) is None
+
+
+def test_codec_chunks_are_step_after_step_relative_to_the_current_state(dataset_dir):
+    """--action-horizon H for openvla: 8 tokens per chunk step, each step a delta from the
+    SAME observed state, decoded back to (B, H, 8) absolute targets."""
+    stats = _stats(dataset_dir)
+    episodes = [load_episode(r.path, images=False) for r in list_episodes(dataset_dir)]
+    model_stats = preprocess.model_action_statistics(episodes, 4)
+    codec = ActionCodec(1000, stats, representation=DELTA, model_statistics=model_stats)
+    ep = episodes[0]
+    idx = np.minimum(np.arange(len(ep))[:, None] + np.arange(4)[None], len(ep) - 1)
+    chunks = ep.action[idx]  # (T, 4, 8)
+    ids = codec.encode(chunks, ep.proprio)
+    assert ids.shape == (len(ep), 32)
+    # step k of the chunk is tokens 8k..8k+7, the same tokens a one-step chunk of that action gives
+    np.testing.assert_array_equal(ids[:, 16:24], codec.encode(chunks[:, 2], ep.proprio))
+    back = codec.decode(ids, ep.proprio)
+    assert back.shape == (len(ep), 4, 8)
+    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 256 / 2 + 1e-9
+    delta = preprocess.to_delta(chunks, ep.proprio)
+    inside = np.all((delta >= model_stats["q01"]) & (delta <= model_stats["q99"]), axis=2)
+    assert inside.any()
+    assert np.all(np.abs(back - chunks)[inside] <= half_bin)
 
 
 def test_noop_steps_are_left_out(dataset_dir):

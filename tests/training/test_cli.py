@@ -102,7 +102,7 @@ def test_shipped_default_config_loads(repo_root):
 @pytest.mark.parametrize("argv, message", [
     (["--no-use-lora", "--lora-rank", "8"], "--lora-rank contradicts --no-use-lora"),
     (["--no-use-lora", "--merge-lora"], "--merge-lora contradicts --no-use-lora"),
-    (["--action-horizon", "4"], "openpi backend"),
+    (["--action-horizon", "0"], "--action-horizon"),
     (["--warmup-ratio", "1.2"], "--warmup-ratio"),
     (["--image-size", "big"], "--image-size"),
     (["--batch-size", "0"], "--batch-size"),

@@ -14,7 +14,8 @@ COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "6
           "--batch-size", "4", "--val-ratio", "0.2", "--learning-rate", "3e-3", "--warmup-ratio", "0.25",
           "--logging-steps", "1", "--eval-samples", "8", "--num-workers", "2", "--seed", "5",
           # OpenVLA-7B's own format (the tiny preset's defaults are tested in test_action_representation)
-          "--action-representation", "absolute", "--no-state-in-prompt", "--noop-threshold", "0"]
+          "--action-representation", "absolute", "--no-state-in-prompt", "--noop-threshold", "0",
+          "--action-label-sigma", "0"]
 LORA = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05"]
 
 

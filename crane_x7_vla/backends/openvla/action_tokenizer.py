@@ -80,12 +80,17 @@ class ActionCodec:
         return self.tokens.first_id
 
     def encode(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
-        """Absolute targets (B, 8) + state (B, 8) -> action token ids (B, 8)."""
-        return self.tokens.encode(to_delta(np.asarray(actions)[:, None], state, self.mask)[:, 0])
+        """Absolute targets (B, 8) or a chunk (B, H, 8) + state (B, 8) -> action token ids
+        (B, 8 * H), step after step (every chunk step relative to the same current state)."""
+        actions = np.asarray(actions)
+        chunk = actions[:, None] if actions.ndim == 2 else actions
+        return self.tokens.encode(to_delta(chunk, state, self.mask)).reshape(len(chunk), -1)
 
     def decode(self, token_ids: np.ndarray, state: np.ndarray) -> np.ndarray:
-        """Action token ids (B, 8) + state (B, 8) -> absolute targets (B, 8) float64."""
-        return to_absolute(self.tokens.decode(token_ids)[:, None], state, self.mask)[:, 0]
+        """Action token ids (B, 8 * H) + state (B, 8) -> absolute targets (B, H, 8) float64."""
+        ids = np.asarray(token_ids)
+        values = self.tokens.decode(ids.reshape(len(ids), -1, len(self.mask)))
+        return to_absolute(values, state, self.mask)
 
     def state_ids(self, state: np.ndarray) -> np.ndarray | None:
         """State (B, 8) -> prompt token ids (B, 8), or None when the prompt carries no state."""

@@ -1,9 +1,10 @@
-"""A trained OpenVLA checkpoint as a policy: observation -> (1, 8) absolute joint targets.
+"""A trained OpenVLA checkpoint as a policy: observation -> (H, 8) absolute joint targets
+(H = 1 as OpenVLA; a chunk of H steps when trained with --action-horizon H).
 
 Uses the training code's own pieces: `preprocess.prepare_image(train=False)` (centre crop),
 the prompt (with the state tokens when the checkpoint was trained with them), the
 `ActionCodec` built from the checkpoint's action space and statistics (deltas are turned
-back into absolute targets with the observed state), and greedy decoding of exactly 8
+back into absolute targets with the observed state), and greedy decoding of exactly 8 * H
 tokens restricted to the action tokens.
 """
 
@@ -31,9 +32,9 @@ class OpenVLAPolicy:
         self.device = torch.device(device)
         self.spec = ImageSpec.from_dict(config["image_spec"])
         self.cameras = list(config["cameras"])
-        horizon = int(config["action_space"].get("horizon", 1))
-        if horizon != 1:
-            raise CheckpointError(f"{checkpoint_dir}: openvla checkpoints predict one action (horizon {horizon} found)")
+        self.horizon = int(config["action_space"].get("horizon", 1))
+        if self.horizon < 1:
+            raise CheckpointError(f"{checkpoint_dir}: action_space.horizon must be >= 1 (found {self.horizon})")
         info = config.get("openvla", {})
         d = self.checkpoint_dir
         if (d / "model").exists():
@@ -72,7 +73,7 @@ class OpenVLAPolicy:
             "cameras": self.cameras,
             "image_size": [self.spec.width, self.spec.height],
             "action_dim": robot.ACTION_DIM,
-            "action_horizon": 1,
+            "action_horizon": self.horizon,
             "action_representation": self.codec.representation,
             "state_in_prompt": self.codec.state_in_prompt,
             "joint_names": list(c["joint_names"]),
@@ -94,8 +95,9 @@ class OpenVLAPolicy:
         state = self._state(observation)
         batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state))
         batch.pop("labels")
-        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, robot.ACTION_DIM, self.codec.first_id)
-        action = self.codec.decode(ids.cpu().numpy(), state)  # (1, 8) absolute targets
+        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, robot.ACTION_DIM * self.horizon,
+                                         self.codec.first_id)
+        action = self.codec.decode(ids.cpu().numpy(), state)[0]  # (H, 8) absolute targets
         if not np.all(np.isfinite(action)):
             raise RuntimeError(f"the policy produced a non-finite action {action}")
         return np.stack([robot.clamp_to_limits(a) for a in action]).astype(np.float64)

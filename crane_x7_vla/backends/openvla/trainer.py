@@ -187,8 +187,9 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
     was_training = model.training
     model.eval()
     losses, correct, total, l1 = [], 0, 0, []
-    for batch in eval_batches(episodes, cameras, cfg.image_spec, 1, cfg.batch_size, cfg.eval_samples):
-        actions, state = batch["actions"][:, 0], batch["state"]
+    horizon = cfg.action_horizon
+    for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples):
+        actions, state = batch["actions"], batch["state"]
         state_ids = codec.state_ids(state)
         pix = pixel_values(vla, batch["images"], cameras, device)
         inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device, state_ids)
@@ -204,10 +205,10 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
             rows = (lengths == length).nonzero().flatten()
             sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
             sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-            ids = decode.generate_action_ids(model, vla, sub, sub_pix, 8, codec.first_id)
+            ids = decode.generate_action_ids(model, vla, sub, sub_pix, 8 * horizon, codec.first_id)
             r = rows.cpu().numpy()
             predicted = codec.decode(ids.cpu().numpy(), state[r])
-            l1.append(np.abs(predicted - actions[r]).mean(axis=1))
+            l1.append(np.abs(predicted - actions[r]).mean(axis=(1, 2)))
     model.train(was_training)
     n = sum(len(x) for x in l1)
     return {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
@@ -218,10 +219,10 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
 
 def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
     config = ckpt.build_policy_config(
-        backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras, horizon=1,
-        statistics=data.statistics, default_instruction=data.default_instruction, control_rate_hz=data.fps,
+        backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras,
+        horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction, control_rate_hz=data.fps,
         step=step, train_config=cfg.to_dict(), representation=codec.representation,
-        extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8,
+        extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8 * cfg.action_horizon,
                            "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
                            "weights": "adapter" if cfg.use_lora else "model"}},
     )
@@ -242,7 +243,7 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
         return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
     model_statistics = None
     if cfg.action_representation != ABSOLUTE:
-        model_statistics = model_action_statistics(data.train, 1, delta_mask(cfg.action_representation))
+        model_statistics = model_action_statistics(data.train, cfg.action_horizon, delta_mask(cfg.action_representation))
     return ActionCodec(vocab_size, data.statistics, representation=cfg.action_representation,
                        model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt))
 
@@ -328,7 +329,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
 
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=1, batch_size=cfg.batch_size, seed=cfg.seed,
+    stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=cfg.action_horizon, batch_size=cfg.batch_size, seed=cfg.seed,
                      rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches,
                      noop_threshold=cfg.noop_threshold)
     start_step, position = 0, DataPosition()
@@ -373,7 +374,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             sums = {"loss": 0.0, "correct": 0, "count": 0, "l1": 0.0, "samples": 0}
             for micro in range(cfg.grad_accumulation_steps):
                 _, batch = next(stream)
-                actions, state = batch["actions"][:, 0], batch["state"]
+                actions, state = batch["actions"], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
                 inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device,
                                      codec.state_ids(state))
@@ -386,7 +387,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 sums["loss"] += loss.item() / cfg.grad_accumulation_steps
                 sums["correct"] += int((pred == target).sum())
                 sums["count"] += int(target.numel())
-                decoded = codec.decode(pred.view(-1, 8).cpu().numpy(), state)
+                decoded = codec.decode(pred.view(len(actions), -1).cpu().numpy(), state)
                 sums["l1"] += float(np.abs(decoded - actions).mean()) / cfg.grad_accumulation_steps
                 sums["samples"] += len(actions)
             grad_norm = None
