@@ -27,19 +27,21 @@ import numpy as np
 from crane_x7_vla.evaluation import format_rate
 
 # Per-backend training settings of the demo. The tiny OpenVLA preset starts from random
-# weights, so it trains all of them (LoRA adapters on a random model barely learn), and
-# sees the scene camera uncropped (the whole table, where the named cube is).
+# weights, so it trains all of them (LoRA adapters on a random model barely learn), sees the
+# scene camera uncropped (the whole table, where the named cube is) and predicts chunks of
+# 5 steps (0.5 s): a chunk commits to a direction, where one-step targets wavered
+# (closed-loop reach on 20 held-out seeds, 800 demonstrations: 15 % one step, 25 % chunks).
 DEFAULTS = {
-    "openvla": {"steps": 1500, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
-                "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0"]},
-    "openpi": {"steps": 1500, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64",
-               "extra_args": ["--cameras", "primary"]},
+    "openvla": {"steps": 6000, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
+                "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0",
+                               "--action-horizon", "5"]},
+    "openpi": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64",
+               "extra_args": ["--no-use-lora", "--cameras", "primary"]},
 }
-
 
 # Simulated seconds per wall-clock second while collecting: the recorded episodes are the
 # same as in real time (every node runs on the simulator's /clock) and two cores keep up.
-DEFAULT_COLLECT_SPEED = 4.0
+DEFAULT_COLLECT_SPEED = 5.0
 
 
 def _cli(*args) -> list[str]:
@@ -180,7 +182,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=sorted(DEFAULTS), default="openvla", help="policy family (default openvla)")
     p.add_argument("--task", default="reach", help="simulated task: reach or pick_place (default reach)")
-    p.add_argument("--episodes", type=int, default=40, help="demonstrations to collect (default 40)")
+    p.add_argument("--episodes", type=int, default=400, help="demonstrations to collect (default 400)")
     p.add_argument("--cameras", default="primary",
                    help="cameras to record, comma-separated: primary (scene), wrist (hand); the tiny presets "
                         "see the scene camera (default primary)")
@@ -189,7 +191,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         f"simulator's /clock; default {DEFAULT_COLLECT_SPEED:g})")
     p.add_argument("--train-steps", type=int, default=None, help="training steps (default per backend)")
     p.add_argument("--eval-episodes", type=int, default=20, help="held-out seeds to evaluate (default 20)")
-    p.add_argument("--eval-timeout", type=float, default=15.0, help="seconds per evaluation episode (default 15)")
+    p.add_argument("--eval-timeout", type=float, default=10.0,
+                   help="seconds per evaluation episode (default 10; the demonstrations take 3-4 s)")
     p.add_argument("--seed", type=int, default=0, help="first collection seed and training seed")
     p.add_argument("--out", default="runs", help="folder for the run (default ./runs)")
     p.set_defaults(func=_run)

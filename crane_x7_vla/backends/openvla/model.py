@@ -36,8 +36,6 @@ PRESETS = {
     # ~1.3M parameters; 64x64 image -> 16 visual tokens. For tests, CPU runs and the demo.
     "tiny": dict(vision_hidden=96, vision_layers=3, vision_heads=4, patch=16,
                  text_hidden=128, text_layers=3, text_heads=4, text_ffn=384, bpe_vocab=768),
-    "tiny_pg": dict(vision_hidden=96, vision_layers=3, vision_heads=4, patch=16,
-                    text_hidden=128, text_layers=3, text_heads=4, text_ffn=384, bpe_vocab=768, family="paligemma"),
 }
 
 _CORPUS = """In: What action should the robot take to reach the red cube?
@@ -97,31 +95,13 @@ def materialize_preset(name: str, dest, *, image_size: tuple[int, int], seed: in
                        num_key_value_heads=p["text_heads"], vocab_size=tokenizer.vocab_size,
                        max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if p.get("family") == "paligemma":
-        from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration
-
-        text = GemmaConfig(hidden_size=p["text_hidden"], intermediate_size=p["text_ffn"],
-                           num_hidden_layers=p["text_layers"], num_attention_heads=p["text_heads"],
-                           num_key_value_heads=p["text_heads"], head_dim=p["text_hidden"] // p["text_heads"],
-                           vocab_size=tokenizer.vocab_size, max_position_embeddings=1024,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id)
-        config = PaliGemmaConfig(vision_config=vision, text_config=text,
-                                 image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                                 vocab_size=tokenizer.vocab_size, projection_dim=p["text_hidden"],
-                                 hidden_size=p["text_hidden"])
-        config.vision_config.projection_dim = p["text_hidden"]
-        config.text_config.num_image_tokens = n_patches
-        model_cls = PaliGemmaForConditionalGeneration
-    else:
-        config = LlavaConfig(vision_config=vision, text_config=text,
-                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                             image_seq_length=n_patches, vision_feature_select_strategy="full",
-                             vision_feature_layer=-1)
-        model_cls = LlavaForConditionalGeneration
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         image_seq_length=n_patches, vision_feature_select_strategy="full",
+                         vision_feature_layer=-1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_cls(config)
+        model = LlavaForConditionalGeneration(config)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
