@@ -37,6 +37,7 @@ BENCHMARKS = {
                                                    "--steps", "1", "--infer-actions", "3"]),
     "inference_latency": ("inference_latency.py", ["--seconds", "20"], ["--seconds", "8"]),
     "control_jitter": ("control_jitter.py", ["--seconds", "20"], ["--seconds", "8"]),
+    "vision_probe": ("vision_probe.py", [], ["--scenes", "100", "--steps", "50", "--held-out", "50"]),
 }
 
 

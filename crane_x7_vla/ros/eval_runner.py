@@ -174,6 +174,7 @@ def main(argv=None) -> int:
         code = 1
     finally:
         executor.shutdown()
+        spinner.join(timeout=5.0)  # a spin thread still inside rcl at exit aborts the process
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -118,7 +118,7 @@ def test_ctrl_c_stops_every_node_and_keeps_saved_episodes_valid(tmp_path):
         time.sleep(1.5)  # well into the next episode
         assert processes_in_domain(domain), "the nodes should be running"
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        output, _ = proc.communicate(timeout=120)  # each node gets SIGINT, then SIGKILL after 10 s
     finally:
         if proc.poll() is None:
             proc.kill()
