@@ -151,7 +151,10 @@ def collect_sim(
     log_dir = Path(log_dir) if log_dir else out / "collect_logs"
     summary = CollectionSummary(out=str(out), task=task, requested=episodes, domain_id=domain, log_dir=str(log_dir))
     topics = [CAMERA_TOPICS[c] for c in cameras]
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    # Ctrl-C and SIGTERM end the run the same way (KeyboardInterrupt in the main thread),
+    # whatever handler a library may have installed for SIGINT before.
+    main = threading.current_thread() is threading.main_thread()
+    old_handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     nodes = NodeGroup(ros_env(domain), log_dir)
     client = None
     try:
@@ -185,8 +188,8 @@ def collect_sim(
         if client is not None:
             client.close()
         codes = nodes.stop_all()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         unclean = {n: c for n, c in codes.items() if c not in (0, None)}
         if unclean:
             echo(f"note: nodes exited with codes {unclean} (logs in {log_dir})")
