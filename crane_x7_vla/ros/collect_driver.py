@@ -146,7 +146,8 @@ def collect_sim(
     if not 0 < speed <= 10:
         raise ValueError(f"--speed must be in (0, 10] (simulated seconds per wall-clock second), got {speed}")
     # Faster than real time: the simulator publishes /clock and every node runs on it (use_sim_time).
-    sim_clock = {"use_sim_time": True} if speed != 1.0 else {}
+    on_sim_clock = speed != 1.0
+    sim_clock = {"use_sim_time": True} if on_sim_clock else {}
     domain = domain_id if domain_id is not None else pick_domain_id()
     log_dir = Path(log_dir) if log_dir else out / "collect_logs"
     summary = CollectionSummary(out=str(out), task=task, requested=episodes, domain_id=domain, log_dir=str(log_dir))
@@ -154,7 +155,8 @@ def collect_sim(
     # Ctrl-C and SIGTERM end the run the same way (KeyboardInterrupt in the main thread),
     # whatever handler a library may have installed for SIGINT before.
     main = threading.current_thread() is threading.main_thread()
-    old_handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    old_handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)
+                    if main}
     nodes = NodeGroup(ros_env(domain), log_dir)
     client = None
     try:
@@ -163,7 +165,7 @@ def collect_sim(
             "task": task, "seed": seed, "cameras": list(cameras), "camera_topics": topics,
             "camera_frames": [f"{c}_camera_optical_frame" for c in cameras],
             "camera_width": camera_size[0], "camera_height": camera_size[1],
-            "real_time_factor": float(speed), "publish_clock": speed != 1.0,
+            "real_time_factor": float(speed), "publish_clock": on_sim_clock,
         }, name="crane_x7_sim")
         nodes.start("teleop_relay", dict(sim_clock))
         nodes.start("data_logger", {**sim_clock,

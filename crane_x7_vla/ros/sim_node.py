@@ -152,8 +152,8 @@ class SimNode(Node):
     def _pin_to_one_core(self) -> None:
         """Faster than real time the physics thread and the executor thread hand the GIL to
         each other hundreds of times a second; on two cores every hand-off is a cross-core
-        wake-up and the pair slowed to a fifth of real time (measured: 20-30 s per reach
-        episode at real_time_factor 5, 1.0 s when the process keeps to one core)."""
+        wake-up and the simulation fell to about 1/7 of real time (measured: 20-30 s per
+        3.3 s reach episode at real_time_factor 5; 0.6 s when the process keeps to one core)."""
         if not hasattr(os, "sched_setaffinity"):
             return
         cpus = sorted(os.sched_getaffinity(0))
@@ -166,7 +166,8 @@ class SimNode(Node):
 
         if self.task not in TASKS:
             raise ConfigError(f"parameter 'task' is {self.task!r}; the simulator knows {sorted(TASKS)}")
-        for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed", "real_time_factor"):
+        for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed",
+                     "real_time_factor"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"parameter '{name}' must be positive, got {getattr(self, name)}")
         if not (len(self.camera_names) == len(self.camera_topics) <= len(self.camera_frames)):
@@ -359,8 +360,8 @@ class SimNode(Node):
         period_ns = int(round(period * 1e9))
         wall_period = period / self.real_time_factor
         next_tick = time.monotonic()
-        next_frame = next_success = next_leader = 0.0  # simulated seconds since the node started
-        sim_s = 0.0
+        next_frame = next_success = next_leader = 0.0  # simulated seconds since the loop started
+        start_ns = self._sim_ns
         while self._running:
             with self._lock:
                 request, self._reset_request = self._reset_request, None
@@ -378,8 +379,8 @@ class SimNode(Node):
                 continue
             with self._lock:
                 env.step(period)
-                sim_s += period
                 self._sim_ns += period_ns
+                sim_s = (self._sim_ns - start_ns) * 1e-9
                 q, v = env.joint_positions(), env.joint_velocities()
                 leader = None
                 if self._expert is not None and env.time >= self._expert_start and sim_s >= next_leader:

@@ -220,7 +220,8 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
 def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
     config = ckpt.build_policy_config(
         backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras,
-        horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction, control_rate_hz=data.fps,
+        horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction,
+        control_rate_hz=data.fps,
         step=step, train_config=cfg.to_dict(), representation=codec.representation,
         extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8 * cfg.action_horizon,
                            "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
@@ -329,8 +330,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
 
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=cfg.action_horizon, batch_size=cfg.batch_size, seed=cfg.seed,
-                     rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches,
+    stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=cfg.action_horizon, batch_size=cfg.batch_size,
+                     seed=cfg.seed, rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches,
                      noop_threshold=cfg.noop_threshold)
     start_step, position = 0, DataPosition()
     if pre.resume_state is not None:
