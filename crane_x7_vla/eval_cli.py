@@ -47,7 +47,7 @@ def run_closed_loop(
     The node calls the policy at the rate its demonstrations were recorded at (the
     checkpoint's control_rate_hz): a one-step policy called less often would move in
     bursts with holds between them."""
-    from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env
+    from crane_x7_vla.ros.processes import NodeGroup, domain_lease, ros_env
 
     config = _read_config(checkpoint)
     cameras = list(config.get("cameras") or ["wrist"])
@@ -56,8 +56,7 @@ def run_closed_loop(
         raise ValueError(f"{checkpoint}: camera(s) {unknown} do not exist in the simulator ({sorted(SIM_CAMERA_TOPICS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "episodes.json"
-    env = ros_env(pick_domain_id())
-    with NodeGroup(env, out_dir / "logs") as group:
+    with domain_lease() as domain, NodeGroup(ros_env(domain), out_dir / "logs") as group:
         group.start("crane_x7_sim", {"task": task, "seed": first_seed, "expert": False})
         group.start(
             "vla_inference_node",
@@ -94,6 +93,10 @@ def run_closed_loop(
             # Every episode is written (the file is rewritten after each one): keep them.
             print(f"note: the evaluation runner exited with code {runner.proc.returncode} after writing all "
                   f"{episodes} episodes; see {out_dir / 'logs'}", flush=True)
+    seeds = [row["seed"] for row in rows]
+    if seeds and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise RuntimeError(f"the simulator's seeds were not consecutive ({seeds}): another simulator in the same "
+                           f"ROS domain answered the resets; see {out_dir / 'logs'}")
     return [EpisodeOutcome(**row) for row in rows]
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env
+from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, release_domain_id, ros_env
 
 SIM = "/crane_x7_sim"
 LOGGER = "/data_logger"
@@ -190,6 +190,8 @@ def collect_sim(
         if client is not None:
             client.close()
         codes = nodes.stop_all()
+        if domain_id is None:
+            release_domain_id(domain)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         unclean = {n: c for n, c in codes.items() if c not in (0, None)}

@@ -7,12 +7,15 @@ whatever is left. No rclpy import here: collect, tests and benchmarks share it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,9 +41,54 @@ def _die_with_parent() -> None:
         pass
 
 
+_DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "crane_x7_vla_ros_domains"
+_held_domains: dict[int, int] = {}  # domain id -> open lock file descriptor
+_domains_lock = threading.Lock()
+
+
 def pick_domain_id() -> int:
-    """A ROS_DOMAIN_ID unlikely to be used by another run on this machine (1..200)."""
-    return random.Random(os.getpid() * 7919 + time.time_ns()).randint(1, 200)
+    """A ROS_DOMAIN_ID (1..200) no other run on this machine holds, held until
+    release_domain_id() or the end of this process.
+
+    Every id is an flock'ed file: two runs started at the same moment (the evaluation's two
+    baselines, parallel tests, another user's collection) can never share a domain, where
+    their service calls would reach each other's nodes."""
+    import fcntl
+
+    _DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    candidates = list(range(1, 201))
+    random.Random(os.getpid() * 7919 + time.time_ns()).shuffle(candidates)
+    with _domains_lock:
+        for domain in candidates:
+            if domain in _held_domains:
+                continue
+            fd = os.open(_DOMAIN_LOCK_DIR / f"{domain}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _held_domains[domain] = fd
+            return domain
+    raise RuntimeError(f"all ROS domain ids 1..200 are in use by runs on this machine (locks in {_DOMAIN_LOCK_DIR})")
+
+
+@contextlib.contextmanager
+def domain_lease():
+    """`with domain_lease() as domain_id:` a free ROS_DOMAIN_ID for the block."""
+    domain = pick_domain_id()
+    try:
+        yield domain
+    finally:
+        release_domain_id(domain)
+
+
+def release_domain_id(domain: int) -> None:
+    """Give back an id from pick_domain_id() (no-op for ids this process does not hold)."""
+    with _domains_lock:
+        fd = _held_domains.pop(int(domain), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
 
 
 #: Fast DDS profile with a shared-memory segment large enough for camera images

@@ -11,7 +11,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")  # noqa: E402  (the ROS wheels are in requirements/ros.txt)
 
 from crane_x7_vla.ros.background_node import BackgroundNode  # noqa: E402
-from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, ros_env  # noqa: E402
+from crane_x7_vla.ros.processes import NodeGroup, domain_lease, ros_env  # noqa: E402
 
 
 def _require_control_msgs() -> None:
@@ -56,9 +56,10 @@ def wait_for():
 
 
 @pytest.fixture(scope="module")
-def domain_id() -> int:
+def domain_id():
     _require_control_msgs()
-    return pick_domain_id()
+    with domain_lease() as domain:
+        yield domain
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ watches what the node publishes. Each test gets its own ROS domain, so tests run
 same time on this machine never hear each other."""
 
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from crane_x7_vla import robot
 from crane_x7_vla.episode.synthetic import write_synthetic_dataset
 from crane_x7_vla.policy.baselines import MeanTrajectoryPolicy
 from crane_x7_vla.ros import msgs
+from crane_x7_vla.ros.processes import pick_domain_id, release_domain_id
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -119,7 +119,7 @@ def wait_for(pred, timeout, what):
 
 @pytest.fixture
 def ros_env(monkeypatch):
-    domain = random.randint(100, 200)
+    domain = pick_domain_id()
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     rclpy.init(domain_id=domain)
     procs = []
@@ -163,3 +163,4 @@ def ros_env(monkeypatch):
     for node in nodes:
         node.destroy_node()
     rclpy.shutdown()
+    release_domain_id(domain)
