@@ -3,6 +3,7 @@
     crane-x7-vla demo          the loop on the embedded default
     crane-x7-vla collect ...   record demonstrations (simulated CRANE-X7: sim, expert, relay, logger)
     crane-x7-vla dataset ...   inspect, validate, compute statistics, convert episodes
+    crane-x7-vla pretrain ...  pretrain a tiny preset's vision on simulated scenes
     crane-x7-vla train ...     fine-tune a policy (same as python -m crane_x7_vla.training.cli train)
     crane-x7-vla serve CKPT    serve a checkpoint over openpi's websocket protocol
 """
@@ -20,6 +21,7 @@ COMMAND_MODULES = (
     "crane_x7_vla.demo",
     "crane_x7_vla.collect",
     "crane_x7_vla.dataset_cli",
+    "crane_x7_vla.pretrain_cli",
     "crane_x7_vla.training.cli",
     "crane_x7_vla.policy.serve_cli",
     "crane_x7_vla.eval_cli",

@@ -147,6 +147,11 @@ def write_report(run_dir: Path, summary: dict, pictures: dict[str, Path | None])
     for key in ("episodes_collected", "demo_success_rate", "train_steps", "train_seconds", "final_train_loss", "checkpoint"):
         if key in summary:
             lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
+    pre = summary.get("pretraining")
+    if pre:
+        lines.append(f"- vision stage: {pre['steps']} steps on {pre['scenes']} rendered scenes, held-out pointing "
+                     f"error {pre['held_out_error_pixels']:.1f} pixels of the {pre['image_size'][0]}x"
+                     f"{pre['image_size'][1]} picture")
     lines.append("")
     for label, pic in pictures.items():
         if pic is not None:

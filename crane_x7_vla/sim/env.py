@@ -283,6 +283,17 @@ class SimEnv:
                 "or import crane_x7_vla.sim before mujoco.")
         return self._mj.Renderer(self.model, height=size[1], width=size[0])
 
+    def pose_arm(self, q7) -> None:
+        """Put the arm at joint positions q7 (clamped to the limits), at rest, holding there
+        (for rendering scenes with the arm in view)."""
+        q = robot.clamp_to_limits(np.concatenate([_check_vector("arm pose", q7, _N_ARM), [self._grip_ref]]))
+        self.data.qpos[self._qadr[:_N_ARM]] = q[:_N_ARM]
+        self.data.qvel[self._dadr[:_N_ARM]] = 0.0
+        self._arm_ref = q[:_N_ARM].copy()
+        self._arm_vel_ref = np.zeros(_N_ARM)
+        self._traj = None
+        self._mj.mj_forward(self.model, self.data)
+
     def project(self, camera: str, point, width: int | None = None, height: int | None = None) -> np.ndarray:
         """Pixel (column, row) where a world point appears in `camera`'s image (pinhole model)."""
         w = int(width or self.camera_size[0])

@@ -8,6 +8,7 @@ so a run can be reproduced or resumed from it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,21 @@ PRESET_DEFAULTS: dict[tuple[str, str], dict] = {
         "action_label_sigma": 2.0,
     },
 }
+
+
+def preset_of(model: str | None) -> str | None:
+    """The preset a base model was built from: its name, or for a local model directory
+    written by `crane-x7-vla pretrain` the preset named in its pretraining.json (it keeps
+    that preset's defaults)."""
+    if model is None:
+        return None
+    marker = Path(model).expanduser() / "pretraining.json"
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text()).get("preset")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{marker}: not readable JSON ({exc})") from None
+    return model
 
 
 class ConfigError(ValueError):
@@ -137,7 +153,8 @@ class TrainConfig:
         cfg = dataclasses.replace(self, extra=dict(self.extra), cameras=None if self.cameras is None else list(self.cameras))
         if cfg.model is None:
             cfg.model = BACKEND_DEFAULTS[cfg.backend]["model"]
-        defaults = {**BACKEND_DEFAULTS[cfg.backend], **PRESET_DEFAULTS.get((cfg.backend, cfg.model), {})}
+        preset = preset_of(cfg.model)
+        defaults = {**BACKEND_DEFAULTS[cfg.backend], **PRESET_DEFAULTS.get((cfg.backend, preset), {})}
         for key, value in defaults.items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)

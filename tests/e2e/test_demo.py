@@ -21,6 +21,8 @@ KEYS = ("success_rate", "baseline_success_rate", "episodes_collected", "train_st
 def test_shortened_demo_produces_every_stage(tmp_path, backend):
     cmd = [sys.executable, "-m", "crane_x7_vla.cli", "demo", "--backend", backend, "--episodes", "3",
            "--train-steps", "8", "--eval-episodes", "2", "--eval-timeout", "4", "--out", str(tmp_path)]
+    if backend == "openvla":
+        cmd += ["--pretrain-steps", "4", "--pretrain-scenes", "8"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     runs = list(tmp_path.glob(f"demo_{backend}_reach_*"))
@@ -31,9 +33,14 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     # collect: three valid episodes recorded through the ROS 2 nodes, statistics beside them
     assert validate_dataset(run / "data") == (3, [])
     assert (run / "data" / "dataset_statistics.json").exists()
+    # pretrain (openvla): the base model that training started from
+    if backend == "openvla":
+        pretraining = json.loads((run / "base_model" / "pretraining.json").read_text())
+        assert pretraining["scenes"] == 8 and pretraining["steps"] == 4
     # train: the final checkpoint with its self-describing config
     config = json.loads((run / "train" / "checkpoint-final" / "policy_config.json").read_text())
     assert config["backend"] == backend and config["step"] == 8
+    assert config["base_model"] == (str(run / "base_model") if backend == "openvla" else "tiny")
     assert (run / "train" / "metrics.jsonl").read_text().strip()
     # deploy/evaluate: the policy and both baselines ran the same held-out seeds
     evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
@@ -47,6 +54,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
         assert key in report, key
     assert report["backend"] == backend and report["episodes_collected"] == 3 and report["train_steps"] == 8
     assert report["success_rate"] == evaluation["policy"]["success_rate"]
+    assert (report["pretraining"] is None) == (backend == "openpi")
     for png in ("training_curves.png", "success_per_seed.png", "frames.png", "predicted_vs_demonstrated.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG", png
     md = (run / "report.md").read_text()

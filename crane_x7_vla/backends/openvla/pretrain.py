@@ -1,0 +1,180 @@
+"""The vision-language stage of a tiny preset: learn to see the table before learning to act.
+
+OpenVLA starts from a vision-language model whose encoder has seen millions of pictures
+and which can say where things are; a preset built from a config starts from random
+weights. Trained only on a few hundred demonstrations, its vision tower memorises the few
+hundred table layouts and never learns to find the named cube in a new one (measured with
+bench/vision_probe.py: held-out error at chance level after 400 scenes, 0.6 cm after 3000).
+
+This stage gives the preset that pretraining in miniature, as a VLM would get it: it
+renders scenes of the simulated task (seeds far from the demonstrations and from the
+evaluation), asks "point to the {colour} {object}" through the same prompt that actions
+use, and trains the whole model to answer with two location tokens: the object's column
+and row in the picture, cut into the 256 bins that actions use. Half of the scenes show
+the arm in a random pose so that it hides parts of the table, as during a demonstration.
+The result is a local model directory that `train --model DIR` fine-tunes like any other
+base model; nothing about actions or this robot's joints is learned here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crane_x7_vla.backends.openvla.model import load_vla, materialize_preset, pixel_values
+from crane_x7_vla.episode import jpeg
+from crane_x7_vla.preprocess import ImageSpec, prepare_image
+
+#: Rendered scenes start at this seed: far from the demonstrations (0..) and from the
+#: held-out evaluation seeds (100000..).
+PRETRAIN_FIRST_SEED = 500_000
+CAMERA = "primary"
+
+
+def question(colour: str, kind: str) -> str:
+    """The instruction of a pointing question (it goes into the prompt that actions use)."""
+    return f"point to the {colour} {kind}"
+
+
+@dataclass
+class Scenes:
+    """Rendered pictures at the model's size and one pointing question per visible object."""
+
+    images: np.ndarray  # uint8 (N, H, W, 3), JPEG round trip like the logger's
+    scene: np.ndarray  # (Q,) picture of each question
+    text: list[str]  # (Q,) question
+    where: np.ndarray  # (Q, 2) object centre (column, row) in [-1, 1] of the picture
+
+
+def render_scenes(task: str, n_scenes: int, first_seed: int, spec: ImageSpec, rng: np.random.Generator,
+                  camera_size=(320, 240), arm_pose_noise: float = 0.6, jpeg_quality: int = 90) -> Scenes:
+    """n scenes of `task` from the scene camera: the cubes and plates of each become questions
+    (objects outside the picture are skipped)."""
+    from crane_x7_vla import robot
+    from crane_x7_vla.sim import SimEnv
+
+    env = SimEnv(task=task, seed=first_seed, camera_size=camera_size, cameras=(CAMERA,))
+    w, h = camera_size
+    images, scene, text, where = [], [], [], []
+    try:
+        for k in range(n_scenes):
+            env.reset(first_seed + k)
+            if rng.random() < 0.5:
+                q = env.joint_positions()[: robot.NUM_ARM_JOINTS]
+                env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
+            picture = jpeg.encode(env.render(CAMERA), quality=jpeg_quality)
+            images.append(prepare_image(picture, spec, train=True, rng=rng))
+            lay = env.layout
+            objects = [(c, "cube", env.cube_position(i)) for i, c in enumerate(lay.cube_colours)]
+            objects += [(c, "plate", (*xy, 0.0)) for c, xy in zip(lay.plate_colours, lay.plate_xy)]
+            for colour, kind, point in objects:
+                u, v = env.project(CAMERA, point)
+                if 0 <= u < w and 0 <= v < h:
+                    scene.append(k)
+                    text.append(question(colour, kind))
+                    where.append((2 * u / w - 1, 2 * v / h - 1))
+    finally:
+        env.close()
+    return Scenes(np.stack(images), np.array(scene), text, np.array(where, dtype=np.float32))
+
+
+class PointingHead(torch.nn.Module):
+    """Read-out used only in this stage: a learned query per question attends over the
+    vision tower's patch features (the ones the projector passes on) and regresses where
+    the object is. Dropped afterwards; what stays is a tower whose features say where each
+    coloured thing is."""
+
+    def __init__(self, questions: list[str], width: int, heads: int) -> None:
+        super().__init__()
+        self.questions = list(questions)
+        self.query = torch.nn.Embedding(len(questions), width)
+        self.attend = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        self.out = torch.nn.Sequential(torch.nn.Linear(width, 128), torch.nn.GELU(), torch.nn.Linear(128, 2))
+
+    def forward(self, features: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
+        read, _ = self.attend(self.query(question_ids)[:, None], features, features)
+        return self.out(read[:, 0])
+
+
+def tower_features(tower, pixels: torch.Tensor, layer: int) -> torch.Tensor:
+    """The patch features a Llava model hands to its projector (hidden state `layer`)."""
+    return tower(pixel_values=pixels, output_hidden_states=True).hidden_states[layer]
+
+
+def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str = "reach", scenes: int = 3000,
+                  steps: int = 2000, batch_size: int = 32, learning_rate: float = 3e-4, seed: int = 0,
+                  held_out: int = 200, log=print) -> dict:
+    """Build `preset`, pretrain its vision tower on rendered scenes of `task`, save the
+    model to `dest`; returns figures (held-out pointing error in pixels of the model's
+    picture, and the time taken)."""
+    from tqdm import tqdm
+
+    if scenes < 1 or steps < 1 or batch_size < 1 or held_out < 1:
+        raise ValueError("scenes, steps, batch_size and held_out must be >= 1")
+    dest = Path(dest)
+    t0 = time.monotonic()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    materialize_preset(preset, dest, image_size=image_size, seed=seed)
+    vla = load_vla(str(dest), image_size=image_size, dtype=torch.float32, device=torch.device("cpu"))
+    tower = vla.model.model.vision_tower
+    layer = int(vla.model.config.vision_feature_layer)
+    first = PRETRAIN_FIRST_SEED + seed * 1_000_000
+    data = render_scenes(task, scenes, first, ImageSpec(image_size[0], image_size[1], 1.0, 0.1), rng)
+    test = render_scenes(task, held_out, first + scenes, ImageSpec(image_size[0], image_size[1], 1.0, 0.0), rng)
+    log(f"rendered {scenes} + {held_out} held-out scenes of '{task}' ({len(data.text)} questions) "
+        f"in {time.monotonic() - t0:.0f} s")
+    names = sorted(set(data.text) | set(test.text))
+    config = tower.config
+    head = PointingHead(names, config.hidden_size, config.num_attention_heads)
+
+    def batch(part: Scenes, rows: np.ndarray):
+        pix = pixel_values(vla, {CAMERA: part.images[part.scene[rows]]}, [CAMERA], torch.device("cpu"))
+        ids = torch.tensor([names.index(part.text[i]) for i in rows])
+        return pix, ids, torch.from_numpy(part.where[rows])
+
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+    tower.train()
+    bar = tqdm(range(steps), desc="pretrain vision", unit="step", mininterval=2.0)
+    for _ in bar:
+        pix, ids, where = batch(data, rng.integers(len(data.text), size=batch_size))
+        loss = torch.nn.functional.mse_loss(head(tower_features(tower, pix, layer), ids), where)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    error = pointing_error(tower, head, layer, batch, test, vla.image_size)
+    vla.model.save_pretrained(dest)
+    figures = {"preset": preset, "task": task, "scenes": scenes, "questions": len(data.text), "steps": steps,
+               "held_out_questions": len(test.text), "held_out_error_pixels": round(error, 3),
+               "image_size": list(image_size), "seconds": round(time.monotonic() - t0, 1)}
+    # the marker that training reads (training/config.py: preset_of): built from `preset`
+    (dest / "pretraining.json").write_text(json.dumps(figures, indent=2))
+    log(f"held-out pointing error {error:.2f} pixels of the {image_size[0]}x{image_size[1]} picture "
+        f"({len(test.text)} questions); model saved in {dest}")
+    return figures
+
+
+@torch.no_grad()
+def pointing_error(tower, head, layer, batch, part: Scenes, image_size, chunk: int = 128) -> float:
+    """Mean distance (pixels of the model's picture) between pointed and true object centres."""
+    tower.eval()
+    scale = torch.tensor(image_size, dtype=torch.float32) / 2.0
+    errors = []
+    for i in range(0, len(part.text), chunk):
+        pix, ids, where = batch(part, np.arange(i, min(i + chunk, len(part.text))))
+        errors.append(((head(tower_features(tower, pix, layer), ids) - where) * scale).norm(dim=1))
+    tower.train()
+    return float(torch.cat(errors).mean())

@@ -1,0 +1,50 @@
+"""`crane-x7-vla pretrain`: the vision stage of a tiny preset (see backends/openvla/pretrain.py).
+
+    crane-x7-vla pretrain --out runs/tiny_base [--task reach --scenes 3000 --steps 1500]
+    python -m crane_x7_vla.training.cli train --backend openvla --model runs/tiny_base ...
+
+Renders scenes of the simulated task, trains the preset's vision tower to point at each
+named object, prints the held-out pointing error and writes a local model directory that
+training loads like any base model (with pretraining.json beside the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run(args) -> int:
+    from crane_x7_vla.backends.openvla.model import is_preset
+    from crane_x7_vla.preprocess import parse_image_size
+    from crane_x7_vla.sim.tasks import TASKS
+    from crane_x7_vla.training.config import ConfigError
+
+    if not is_preset(args.preset):
+        raise ConfigError(f"--preset {args.preset!r} is not a preset; this stage builds one from its config")
+    if args.task not in TASKS:
+        raise ConfigError(f"--task {args.task!r} is not a simulated task (tasks: {', '.join(sorted(TASKS))})")
+    for flag in ("scenes", "steps", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    from crane_x7_vla.backends.openvla.pretrain import pretrain_tiny
+
+    pretrain_tiny(args.out, preset=args.preset, image_size=parse_image_size(args.image_size), task=args.task,
+                  scenes=args.scenes, steps=args.steps, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate, seed=args.seed)
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("pretrain", help="pretrain a tiny preset's vision on simulated scenes (base model)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--preset", default="tiny", help="preset to build (default tiny)")
+    p.add_argument("--image-size", default="64x64", help="model picture size WxH (default 64x64)")
+    p.add_argument("--task", default="reach", help="simulated task whose scenes are rendered (default reach)")
+    p.add_argument("--scenes", type=int, default=3000, help="rendered training scenes (default 3000)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    p.add_argument("--batch-size", type=int, default=32, help="questions per step (default 32)")
+    p.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model and the scene draw (default 0)")
+    p.set_defaults(func=_run)
+    return p
