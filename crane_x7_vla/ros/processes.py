@@ -56,13 +56,21 @@ def pick_domain_id() -> int:
     import fcntl
 
     _DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # shared by every user of the machine (DDS discovery is)
+        os.chmod(_DOMAIN_LOCK_DIR, 0o1777)
     candidates = list(range(1, 201))
     random.Random(os.getpid() * 7919 + time.time_ns()).shuffle(candidates)
     with _domains_lock:
         for domain in candidates:
             if domain in _held_domains:
                 continue
-            fd = os.open(_DOMAIN_LOCK_DIR / f"{domain}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+            path = _DOMAIN_LOCK_DIR / f"{domain}.lock"
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, 0o666)
+            except PermissionError:  # another user's lock file: locking needs only read access
+                fd = os.open(path, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
