@@ -26,10 +26,12 @@ def _run(args) -> int:
     for flag in ("scenes", "steps", "batch_size"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    if args.answer_steps < 0:
+        raise ConfigError(f"--answer-steps must be >= 0 (got {args.answer_steps})")
     from crane_x7_vla.backends.openvla.pretrain import pretrain_tiny
 
     pretrain_tiny(args.out, preset=args.preset, image_size=parse_image_size(args.image_size), task=args.task,
-                  scenes=args.scenes, steps=args.steps, batch_size=args.batch_size,
+                  scenes=args.scenes, steps=args.steps, answer_steps=args.answer_steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, seed=args.seed)
     return 0
 
@@ -43,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", default="reach", help="simulated task whose scenes are rendered (default reach)")
     p.add_argument("--scenes", type=int, default=3000, help="rendered training scenes (default 3000)")
     p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    p.add_argument("--answer-steps", type=int, default=0,
+                   help="then steps of the whole model answering the pointing questions with two location "
+                        "tokens through the action prompt (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="questions per step (default 32)")
     p.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the scene draw (default 0)")

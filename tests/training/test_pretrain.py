@@ -80,3 +80,16 @@ def test_a_broken_marker_is_named(tmp_path):
     (tmp_path / "pretraining.json").write_text("{not json")
     with pytest.raises(ConfigError, match="pretraining.json"):
         TrainConfig(model=str(tmp_path), output_dir=str(tmp_path / "o")).resolved()
+
+
+def test_the_answer_stage_trains_the_whole_model(tmp_path):
+    base = tmp_path / "base"
+    assert cli_main(["pretrain", "--out", str(base), "--scenes", "8", "--steps", "2", "--answer-steps", "3",
+                     "--batch-size", "4", "--seed", "1"]) == 0
+    figures = json.loads((base / "pretraining.json").read_text())
+    assert figures["answer_steps"] == 3 and 0 <= figures["held_out_answer_error_pixels"] < 64 * 1.5
+    fresh = materialize_preset("tiny", tmp_path / "fresh", image_size=(64, 64), seed=1)
+    before = load_vla(str(fresh), image_size=(64, 64)).model.state_dict()
+    after = load_vla(str(base), image_size=(64, 64)).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("language_model" in k for k in changed) and any("multi_modal_projector" in k for k in changed)
