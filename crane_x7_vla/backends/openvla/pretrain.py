@@ -4,7 +4,8 @@ OpenVLA starts from a vision-language model whose encoder has seen millions of p
 and which can say where things are; a preset built from a config starts from random
 weights. Trained only on a few hundred demonstrations, its vision tower memorises the few
 hundred table layouts and never learns to find the named cube in a new one (measured with
-bench/vision_probe.py: held-out error at chance level after 400 scenes, 0.6 cm after 3000).
+bench/vision_probe.py with 8-pixel patches: held-out error at chance level after 400 scenes,
+0.6 cm after 3000).
 
 This stage gives the preset that pretraining in miniature, on scenes of the simulated task
 rendered from seeds far from the demonstrations and from the evaluation (half of them with
