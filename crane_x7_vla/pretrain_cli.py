@@ -14,21 +14,9 @@ import argparse
 
 
 def _run(args) -> int:
-    from crane_x7_vla.backends.openvla.model import is_preset
-    from crane_x7_vla.preprocess import parse_image_size
-    from crane_x7_vla.sim.tasks import TASKS
-    from crane_x7_vla.training.config import ConfigError
-
-    if not is_preset(args.preset):
-        raise ConfigError(f"--preset {args.preset!r} is not a preset; this stage builds one from its config")
-    if args.task not in TASKS:
-        raise ConfigError(f"--task {args.task!r} is not a simulated task (tasks: {', '.join(sorted(TASKS))})")
-    for flag in ("scenes", "steps", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
-    if args.answer_steps < 0:
-        raise ConfigError(f"--answer-steps must be >= 0 (got {args.answer_steps})")
+    """pretrain_tiny checks the flags (and materialize_preset the preset) before writing anything."""
     from crane_x7_vla.backends.openvla.pretrain import pretrain_tiny
+    from crane_x7_vla.preprocess import parse_image_size
 
     pretrain_tiny(args.out, preset=args.preset, image_size=parse_image_size(args.image_size), task=args.task,
                   scenes=args.scenes, steps=args.steps, answer_steps=args.answer_steps, batch_size=args.batch_size,

@@ -65,12 +65,13 @@ def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, datas
     assert config["train_config"]["state_in_prompt"] is True and config["train_config"]["action_label_sigma"] == 2.0
 
 
-def test_bad_flags_name_the_flag(tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        cli_main(["pretrain", "--out", str(tmp_path / "m"), "--task", "stack"])
-    assert exc.value.code == 2
-    with pytest.raises(SystemExit):
-        cli_main(["pretrain", "--out", str(tmp_path / "m"), "--steps", "0"])
+def test_bad_flags_name_the_flag(tmp_path, capsys):
+    for flags, words in ((["--task", "stack"], "--task 'stack'"), (["--steps", "0"], "--steps must be >= 1"),
+                         (["--answer-steps", "-1"], "--answer-steps must be >= 0"),
+                         (["--preset", "huge"], "unknown preset 'huge'")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["pretrain", "--out", str(tmp_path / "m"), *flags])
+        assert exc.value.code == 2 and words in capsys.readouterr().err, flags
     assert not (tmp_path / "m").exists()
 
 

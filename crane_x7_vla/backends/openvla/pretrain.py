@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from crane_x7_vla.backends.openvla import decode
-from crane_x7_vla.backends.openvla.action_tokenizer import N_BINS
+from crane_x7_vla.backends.openvla.action_tokenizer import N_BINS, ActionTokenizer
 from crane_x7_vla.backends.openvla.model import build_batch, load_vla, materialize_preset, pixel_values, prompt_ids
 from crane_x7_vla.episode import jpeg
-from crane_x7_vla.preprocess import ImageSpec, prepare_image
+from crane_x7_vla.preprocess import ImageSpec, Normalizer, prepare_image
+from crane_x7_vla.training.config import ConfigError
 
 #: Rendered scenes start at this seed: far from the demonstrations (0..) and from the
 #: held-out evaluation seeds (100000..).
@@ -103,7 +104,6 @@ class PointingHead(torch.nn.Module):
 
     def __init__(self, questions: list[str], width: int, heads: int) -> None:
         super().__init__()
-        self.questions = list(questions)
         self.query = torch.nn.Embedding(len(questions), width)
         self.attend = torch.nn.MultiheadAttention(width, heads, batch_first=True)
         self.out = torch.nn.Sequential(torch.nn.Linear(width, 128), torch.nn.GELU(), torch.nn.Linear(128, 2))
@@ -125,8 +125,14 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
     whole model to answer pointing questions, on rendered scenes of `task`; save the model
     to `dest`. Returns figures (held-out pointing errors in pixels of the model's picture,
     time taken), also written to dest/pretraining.json."""
-    if scenes < 1 or steps < 1 or answer_steps < 0 or batch_size < 1 or held_out < 1:
-        raise ValueError("scenes, steps, batch_size and held_out must be >= 1, answer_steps >= 0")
+    from crane_x7_vla.sim.tasks import TASKS
+
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} is not a simulated task (tasks: {', '.join(sorted(TASKS))})")
+    for name, value, least in (("scenes", scenes, 1), ("steps", steps, 1), ("answer-steps", answer_steps, 0),
+                               ("batch-size", batch_size, 1), ("held-out", held_out, 1)):
+        if value < least:
+            raise ConfigError(f"--{name} must be >= {least} (got {value})")
     dest = Path(dest)
     t0 = time.monotonic()
     torch.manual_seed(seed)
@@ -210,15 +216,19 @@ def _cosine(opt, steps: int):
         opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
 
 
+def _location_tokenizer(vocab_size: int) -> ActionTokenizer:
+    """Picture positions are already in [-1, 1]: the action tokenizer with identity bounds."""
+    return ActionTokenizer(vocab_size, Normalizer(np.full(2, -1.0), np.full(2, 1.0)))
+
+
 def location_ids(uv: np.ndarray, vocab_size: int) -> np.ndarray:
-    """(..., 2) positions in [-1, 1] -> ids of the 256 action-bin tokens (bin 0 = last id)."""
-    bins = np.clip(np.floor((np.clip(uv, -1, 1) + 1.0) * 0.5 * N_BINS), 0, N_BINS - 1).astype(np.int64)
-    return vocab_size - 1 - bins
+    """(..., 2) positions in [-1, 1] -> ids of the 256 action-bin tokens."""
+    return _location_tokenizer(vocab_size).encode(uv)
 
 
 def location_of(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Inverse of location_ids: token ids -> bin centres in [-1, 1]."""
-    return ((vocab_size - 1 - ids).float() + 0.5) / N_BINS * 2.0 - 1.0
+    return torch.from_numpy(_location_tokenizer(vocab_size).decode(ids.cpu().numpy())).float()
 
 
 def answer_stage(vla, data: Scenes, test: Scenes, *, steps: int, batch_size: int, learning_rate: float,
