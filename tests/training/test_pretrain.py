@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from crane_x7_vla.backends.openvla.model import load_vla, materialize_preset
+from crane_x7_vla.backends.openvla.model import load_vla, materialize_preset, prompt_ids
 from crane_x7_vla.backends.openvla.pretrain import render_scenes
 from crane_x7_vla.cli import main as cli_main
 from crane_x7_vla.preprocess import ImageSpec
@@ -83,14 +83,28 @@ def test_a_broken_marker_is_named(tmp_path):
         TrainConfig(model=str(tmp_path), output_dir=str(tmp_path / "o")).resolved()
 
 
-def test_the_answer_stage_trains_the_whole_model(tmp_path):
+def test_the_answer_stage_leads_in_then_trains_the_language_model(tmp_path):
     base = tmp_path / "base"
-    assert cli_main(["pretrain", "--out", str(base), "--scenes", "8", "--steps", "2", "--answer-steps", "3",
+    assert cli_main(["pretrain", "--out", str(base), "--scenes", "8", "--steps", "2", "--answer-steps", "4",
                      "--batch-size", "4", "--seed", "1"]) == 0
     figures = json.loads((base / "pretraining.json").read_text())
-    assert figures["answer_steps"] == 3 and 0 <= figures["held_out_answer_error_pixels"] < 64 * 1.5
+    assert figures["answer_steps"] == 4
+    for key in ("held_out_lead_in_error_pixels", "held_out_answer_error_pixels"):
+        assert 0 <= figures[key] < 64 * 1.5, key
     fresh = materialize_preset("tiny", tmp_path / "fresh", image_size=(64, 64), seed=1)
     before = load_vla(str(fresh), image_size=(64, 64)).model.state_dict()
     after = load_vla(str(base), image_size=(64, 64)).model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any("language_model" in k for k in changed) and any("multi_modal_projector" in k for k in changed)
+
+
+def test_lead_in_questions_end_with_the_colour_and_skip_the_template(tmp_path):
+    spec = ImageSpec(width=64, height=64, crop_scale=1.0, color_jitter=0.0)
+    scenes = render_scenes("reach", 2, 500_000, spec, np.random.default_rng(0), arm_pose_noise=0.0)
+    vla = load_vla(str(materialize_preset("tiny", tmp_path / "m", image_size=(64, 64))), image_size=(64, 64))
+    for text, lead in zip(scenes.text, scenes.lead_in):
+        colour, kind = text.removeprefix("point to the ").split()
+        assert lead == f"point to the {kind} {colour}"
+        bare = prompt_ids(vla, lead, bare=True)
+        assert vla.tokenizer.decode(bare[-1:]).strip() == colour  # the answer follows the colour
+        assert len(prompt_ids(vla, text)) > len(bare)  # the action prompt wraps it in the template

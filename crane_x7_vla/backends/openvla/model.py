@@ -267,11 +267,14 @@ def pixel_values(vla: VLA, images: dict[str, np.ndarray], cameras: list[str], de
     return torch.cat(parts, dim=1).to(vla.dtype)
 
 
-def prompt_ids(vla: VLA, instruction: str, state_ids=None) -> list[int]:
+def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False) -> list[int]:
     """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
-    discretised joint state) go into the prompt when given."""
+    discretised joint state) go into the prompt when given. `bare`: the instruction is the
+    whole text, without the OpenVLA template (a pretraining lead-in only)."""
     tok = vla.tokenizer
-    if state_ids is None:
+    if bare:
+        text = tok(instruction, add_special_tokens=False)["input_ids"]
+    elif state_ids is None:
         text = tok(openvla_prompt(instruction), add_special_tokens=False)["input_ids"]
     else:
         head, tail = state_prompt_parts(instruction)
@@ -292,12 +295,13 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None) -> list[int]:
 
 
 def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
-                state_ids: np.ndarray | None = None) -> dict:
+                state_ids: np.ndarray | None = None, *, bare: bool = False) -> dict:
     """Right-padded input_ids / attention_mask, and labels on the action tokens only.
-    `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state)."""
+    `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state);
+    `bare`: see prompt_ids."""
     rows, n_prompt = [], []
     for i, instr in enumerate(instructions):
-        ids = prompt_ids(vla, instr, None if state_ids is None else state_ids[i])
+        ids = prompt_ids(vla, instr, None if state_ids is None else state_ids[i], bare=bare)
         n_prompt.append(len(ids))
         if action_ids is not None:
             ids = ids + [int(t) for t in action_ids[i]]
