@@ -143,9 +143,14 @@ class ScriptedExpert:
         """Arm joints putting the pad midpoint (at finger angle `opening`) at pos, pointing down."""
         rest = self._ready.copy()
         rest[0] = math.atan2(pos[1], pos[0])
-        res = self.ik.solve(pos, yaw, self._last_q, opening, rest)
-        if not res.ok:  # a second try from the rest posture
-            alt = self.ik.solve(pos, yaw, rest, opening, rest)
+        # Start from the ready posture turned towards the target, not from the current pose:
+        # from the current pose the solver lands in whichever of the redundant arm's
+        # configurations is nearest, and neighbouring targets got entirely different ones
+        # (base turned by 2 rad the other way round, elbow flipped; 3 of 12 reach layouts).
+        # Demonstrations must map similar scenes to similar joint motions to be learnable.
+        res = self.ik.solve(pos, yaw, rest, opening, rest)
+        if not res.ok:  # a second try from the current pose
+            alt = self.ik.solve(pos, yaw, self._last_q, opening, rest)
             if alt.position_error < res.position_error:
                 res = alt
         return res.q
