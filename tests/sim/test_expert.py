@@ -1,5 +1,7 @@
 """The scripted expert solves the tasks in simulation with varied, limit-respecting motions."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -44,8 +46,6 @@ def test_similar_scenes_get_similar_arm_configurations():
     """The redundant arm reaches every cube in the same configuration family: the base turns
     towards the cube and the upper-arm roll stays near zero (neighbouring layouts used to
     end in configurations 2 rad apart, which no policy can learn from a picture)."""
-    import math
-
     env = SimEnv("reach", seed=0)
     bearings, finals = [], []
     for seed in range(12):

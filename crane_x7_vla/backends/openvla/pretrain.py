@@ -75,6 +75,10 @@ class Scenes:
     lead_in: list[str]  # (Q,) the same question ending with the colour (lead_in_question)
     where: np.ndarray  # (Q, 2) object centre (column, row) in [-1, 1] of the picture
 
+    def questions(self, lead_in: bool) -> list[str]:
+        """The questions in the form the answer stage asks them."""
+        return self.lead_in if lead_in else self.text
+
 
 def render_scenes(task: str, n_scenes: int, first_seed: int, spec: ImageSpec, rng: np.random.Generator,
                   camera_size=(320, 240), arm_pose_noise: float = 0.6, jpeg_quality: int = 90) -> Scenes:
@@ -135,7 +139,7 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
                   steps: int = 1500, answer_steps: int = 0, batch_size: int = 32, learning_rate: float = 3e-4,
                   answer_learning_rate: float = 1e-3, seed: int = 0, held_out: int = 200, log=print) -> dict:
     """Build `preset`, pretrain its vision tower (`steps`) and then, with `answer_steps`, the
-    whole model to answer pointing questions, on rendered scenes of `task`; save the model
+    language model to answer pointing questions, on rendered scenes of `task`; save the model
     to `dest`. Returns figures (held-out pointing errors in pixels of the model's picture,
     time taken), also written to dest/pretraining.json."""
     from crane_x7_vla.sim.tasks import TASKS
@@ -269,7 +273,7 @@ def answer_stage(vla, data: Scenes, test: Scenes, *, steps: int, batch_size: int
     def batch(part: Scenes, rows: np.ndarray):
         answer = location_ids(part.where[rows], vla.vocab_size)
         pix = pixel_values(vla, {CAMERA: part.images[part.scene[rows]]}, [CAMERA], cpu)
-        texts = part.lead_in if lead_in else part.text
+        texts = part.questions(lead_in)
         return build_batch(vla, [texts[i] for i in rows], answer, cpu, bare=lead_in), pix
 
     model = vla.model
@@ -295,8 +299,7 @@ def answer_stage(vla, data: Scenes, test: Scenes, *, steps: int, batch_size: int
     model.eval()
     scale = torch.tensor(vla.image_size, dtype=torch.float32) / 2.0
     errors = []
-    texts = test.lead_in if lead_in else test.text
-    lengths = np.array([len(prompt_ids(vla, t, bare=lead_in)) for t in texts])
+    lengths = np.array([len(prompt_ids(vla, t, bare=lead_in)) for t in test.questions(lead_in)])
     with torch.no_grad():
         for n in sorted(set(lengths)):  # one prompt length per pass: no padding
             same = np.nonzero(lengths == n)[0]
