@@ -40,6 +40,7 @@ from crane_x7_vla.evaluation import format_rate
 # table layouts (bench/vision_probe.py). Off by default until it is shown to raise the
 # closed-loop success (one in-process try: 15 %, as without it).
 DEFAULT_PRETRAIN_SCENES = 3000
+DEFAULT_PRETRAIN_ANSWER_STEPS = 0
 DEFAULTS = {
     "openvla": {"steps": 6000, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
                 "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0",
@@ -122,6 +123,8 @@ def _run(args) -> int:
     if pretrain_steps < 0 or (pretrain_steps > 0 and args.backend != "openvla"):
         raise SystemExit("error: --pretrain-steps must be >= 0, and the vision stage exists for the openvla "
                          "backend only (use --pretrain-steps 0 with --backend openpi)")
+    if args.pretrain_answer_steps < 0:
+        raise SystemExit("error: --pretrain-answer-steps must be >= 0")
     run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
     data, train_out, eval_out = run / "data", run / "train", run / "eval"
     run.mkdir(parents=True)
@@ -146,6 +149,7 @@ def _run(args) -> int:
         timings["pretrain_s"] = _stage(
             f"3/5 pretrain the tiny preset's vision: point at named objects in {scenes} rendered scenes",
             _cli("pretrain", "--out", base, "--task", args.task, "--scenes", scenes, "--steps", pretrain_steps,
+                 "--answer-steps", args.pretrain_answer_steps,
                  "--image-size", preset["image_size"], "--seed", args.seed),
             logs / "pretrain.log")
         pretraining = json.loads((base / "pretraining.json").read_text())
@@ -216,6 +220,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="steps of the vision stage before training (openvla only, e.g. 1500); "
                         "0 = train from the random preset (default 0)")
+    p.add_argument("--pretrain-answer-steps", type=int, default=DEFAULT_PRETRAIN_ANSWER_STEPS,
+                   help="then steps of the language model answering where each named object is (with "
+                        f"--pretrain-steps; default {DEFAULT_PRETRAIN_ANSWER_STEPS})")
     p.add_argument("--pretrain-scenes", type=int, default=DEFAULT_PRETRAIN_SCENES,
                    help=f"rendered scenes of the vision stage (default {DEFAULT_PRETRAIN_SCENES})")
     p.add_argument("--train-steps", type=int, default=None, help="training steps (default per backend)")

@@ -35,8 +35,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     p.add_argument("--answer-steps", type=int, default=0,
                    help="then steps of the language model answering the pointing questions with two "
-                        "location tokens: the first half with the colour as the prompt's last word, the "
-                        "second through the action prompt (default 0; e.g. 4000)")
+                        "location tokens through the action prompt, the picture where the preset's prompt "
+                        "puts it (a preset with the picture first leads in for the first half with the "
+                        "colour as the prompt's last word) (default 0; e.g. 2000)")
     p.add_argument("--batch-size", type=int, default=32, help="questions per step (default 32)")
     p.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the scene draw (default 0)")

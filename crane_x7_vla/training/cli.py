@@ -98,6 +98,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="openvla: put the current joint state into the prompt as 8 tokens, discretised like the "
                         "actions ('In: What action should the robot take to ...?\\nState: <8 tokens>\\nOut:') "
                         "(default: off, as OpenVLA-7B was trained; on for the 'tiny' preset)")
+    g.add_argument("--image-position", choices=("first", "after_instruction"), default=S,
+                   help="openvla, Llava-family models: where the image tokens go in the prompt, before the text "
+                        "(as Llava models are trained) or after the instruction's question, so that the picture "
+                        "is read knowing what the instruction names (default: first; after_instruction for the "
+                        "'tiny' preset)")
     g.add_argument("--attn-implementation", metavar="NAME", default=S,
                    help="attention kernel, e.g. flash_attention_2, sdpa, eager (default: the model's)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=S,

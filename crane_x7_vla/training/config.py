@@ -29,6 +29,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "state_in_prompt": False,
         "noop_threshold": 0.0,
         "action_label_sigma": 0.0,  # one-hot bin targets, as OpenVLA
+        "image_position": "first",  # as Llava-family models are trained
     },
     "openpi": {
         "batch_size": 32,
@@ -56,6 +57,9 @@ PRESET_DEFAULTS: dict[tuple[str, str], dict] = {
         # Trained from scratch, 256 one-hot classes per joint learn slowly; a Gaussian over
         # neighbouring bins tells the model that bins are ordered (closed-loop reach 15 -> 20 %).
         "action_label_sigma": 2.0,
+        # The picture after the instruction: a language model trained from scratch learns to
+        # find the named cube this way and not with the picture first (see backends/openvla/prompt.py).
+        "image_position": "after_instruction",
     },
 }
 
@@ -110,6 +114,7 @@ class TrainConfig:
     # absolute | delta_arm_absolute_gripper (arm joints relative to the current state, gripper absolute)
     action_representation: str | None = None
     state_in_prompt: bool | None = None  # openvla: the current joint state as 8 tokens in the prompt
+    image_position: str | None = None  # openvla, Llava family: first | after_instruction (the image tokens)
     experiment_name: str | None = None  # crane_x7_{backend}
     output_dir: str | None = None  # /workspace/outputs/{experiment_name}
     save_steps: int = 500
@@ -210,6 +215,10 @@ class TrainConfig:
             raise ConfigError("--action-label-sigma is for the openvla backend (action bins); openpi actions are continuous")
         if self.backend == "openpi" and self.state_in_prompt:
             raise ConfigError("--state-in-prompt is for the openvla backend; openpi feeds the state to the model itself")
+        if self.image_position is not None and self.image_position not in ("first", "after_instruction"):
+            raise ConfigError(f"--image-position must be first or after_instruction (got '{self.image_position}')")
+        if self.backend == "openpi" and self.image_position not in (None, "first"):
+            raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
         if self.cameras is not None and not self.cameras:
             raise ConfigError("--cameras needs at least one camera name")
         if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():

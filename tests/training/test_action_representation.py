@@ -41,12 +41,16 @@ def test_defaults_keep_openvla_7b_format_and_tiny_preset_uses_state_and_deltas()
     assert (tiny.action_representation, tiny.state_in_prompt, tiny.noop_threshold) == (DELTA, True, 0.002)
     pi = parse("--backend", "openpi")
     assert (pi.action_representation, pi.state_in_prompt, pi.noop_threshold) == (DELTA, False, 0.0)
+    # the picture: first for pretrained models, after the instruction for the preset trained from scratch
+    assert (big.image_position, tiny.image_position, pi.image_position) == ("first", "after_instruction", None)
+    assert parse("--backend", "openvla", "--model", "tiny", "--image-position", "first").image_position == "first"
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--backend", "openpi", "--action-representation", "absolute"], "openpi backend predicts"),
     (["--backend", "openpi", "--state-in-prompt"], "--state-in-prompt is for the openvla backend"),
     (["--backend", "openvla", "--noop-threshold", "-1"], "--noop-threshold"),
+    (["--backend", "openpi", "--image-position", "after_instruction"], "--image-position is for the openvla"),
 ])
 def test_contradictions(argv, message):
     with pytest.raises(ConfigError, match=message):
@@ -61,7 +65,8 @@ def test_help_lists_the_new_flags():
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(out.getvalue().split())
-    for flag in ("--action-representation", "--state-in-prompt", "--no-state-in-prompt", "--noop-threshold"):
+    for flag in ("--action-representation", "--state-in-prompt", "--no-state-in-prompt", "--noop-threshold",
+                 "--image-position"):
         assert flag in text
 
 
@@ -183,6 +188,7 @@ def test_checkpoint_records_representation_and_statistics(delta_run, dataset_dir
     space = cfg["action_space"]
     assert space["representation"] == DELTA and space["delta_mask"] == [True] * 7 + [False]
     assert cfg["openvla"]["state_in_prompt"] is True
+    assert cfg["openvla"]["image_position"] == "after_instruction"
     assert cfg["train_config"]["noop_threshold"] == 0.001 and cfg["train_config"]["action_representation"] == DELTA
     data = load_training_data(dataset_dir, val_ratio=0.2, seed=5)
     assert space["model_statistics"] == preprocess.model_action_statistics(data.train, 1)
@@ -194,6 +200,7 @@ def test_policy_prompt_and_actions_match_training(delta_run, dataset_dir):
 
     from crane_x7_vla.backends.openvla import policy as vla_policy
     from crane_x7_vla.backends.openvla.model import build_batch
+    from crane_x7_vla.backends.openvla.prompt import split_at_question
     from crane_x7_vla.backends.openvla.trainer import make_codec
     from crane_x7_vla.episode import jpeg
     from crane_x7_vla.training.config import TrainConfig
@@ -230,6 +237,11 @@ def test_policy_prompt_and_actions_match_training(delta_run, dataset_dir):
     prompt = seen[0][0].tolist()
     at = next(i for i in range(len(prompt)) if prompt[i:i + 8] == state_ids)
     assert pol.vla.tokenizer.decode(prompt[:at]).endswith("State:")
+    # the picture follows the instruction's question, so it is read knowing what is named
+    image = pol.vla.image_token_id
+    first_image = prompt.index(image)
+    assert pol.vla.tokenizer.decode(prompt[:first_image]).endswith(split_at_question(ep.instruction, True)[0])
+    assert prompt.count(image) == pol.vla.num_image_tokens and first_image + pol.vla.num_image_tokens < at
     # the arm's prediction is the observed state plus a delta bin centre; the gripper is absolute
     delta = action[0] - np.where(preprocess.DELTA_MASK, ep.proprio[t], 0.0)
     norm = preprocess.Normalizer.from_stats({"action": config["action_space"]["model_statistics"]}, "action")

@@ -63,6 +63,8 @@ def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, datas
     # built from the tiny preset, it keeps the preset's training defaults
     assert config["action_space"]["representation"] == "delta_arm_absolute_gripper"
     assert config["train_config"]["state_in_prompt"] is True and config["train_config"]["action_label_sigma"] == 2.0
+    # and prompts the picture where the pretraining asked its questions
+    assert figures["image_position"] == config["openvla"]["image_position"] == "after_instruction"
 
 
 def test_bad_flags_name_the_flag(tmp_path, capsys):
@@ -83,14 +85,15 @@ def test_a_broken_marker_is_named(tmp_path):
         TrainConfig(model=str(tmp_path), output_dir=str(tmp_path / "o")).resolved()
 
 
-def test_the_answer_stage_leads_in_then_trains_the_language_model(tmp_path):
+def test_the_answer_stage_trains_the_language_model_through_the_action_prompt(tmp_path):
     base = tmp_path / "base"
     assert cli_main(["pretrain", "--out", str(base), "--scenes", "8", "--steps", "2", "--answer-steps", "4",
                      "--batch-size", "4", "--seed", "1"]) == 0
     figures = json.loads((base / "pretraining.json").read_text())
-    assert figures["answer_steps"] == 4
-    for key in ("held_out_lead_in_error_pixels", "held_out_answer_error_pixels"):
-        assert 0 <= figures[key] < 64 * 1.5, key
+    assert figures["answer_steps"] == 4 and figures["image_position"] == "after_instruction"
+    assert 0 <= figures["held_out_answer_error_pixels"] < 64 * 1.5
+    # the picture follows the instruction, so no lead-in with the colour last is needed
+    assert "held_out_lead_in_error_pixels" not in figures
     fresh = materialize_preset("tiny", tmp_path / "fresh", image_size=(64, 64), seed=1)
     before = load_vla(str(fresh), image_size=(64, 64)).model.state_dict()
     after = load_vla(str(base), image_size=(64, 64)).model.state_dict()

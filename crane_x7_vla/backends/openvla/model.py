@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crane_x7_vla.backends.openvla.prompt import openvla_prompt, state_prompt_parts
+from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST, IMAGE_POSITIONS, openvla_prompt, split_at_question, state_prompt_parts
 
 IGNORE = -100
 
@@ -126,6 +126,7 @@ class VLA:
     cache_kw: str  # forward keyword of the KV cache ("cache" or "past_key_values")
     dtype: torch.dtype
     num_cameras: int = 1  # images per sample (several only for Llava-family models)
+    image_position: str = IMAGE_FIRST  # prompt.IMAGE_POSITIONS; set from the run's config
 
     @property
     def vocab_size(self) -> int:
@@ -267,11 +268,32 @@ def pixel_values(vla: VLA, images: dict[str, np.ndarray], cameras: list[str], de
     return torch.cat(parts, dim=1).to(vla.dtype)
 
 
+def set_image_position(vla: VLA, position: str) -> None:
+    """Where this model's prompts put the picture (prompt.IMAGE_POSITIONS); only Llava-family
+    models take it anywhere but first."""
+    if position not in IMAGE_POSITIONS:
+        raise ModelError(f"image position '{position}' is unknown (known: {', '.join(IMAGE_POSITIONS)})")
+    if position != IMAGE_FIRST and vla.family != "llava":
+        raise ModelError(f"--image-position {position} needs a Llava-family model ('{vla.source}' is "
+                         f"{vla.family}, whose picture goes first); use --image-position {IMAGE_FIRST}")
+    vla.image_position = position
+
+
 def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False) -> list[int]:
     """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
-    discretised joint state) go into the prompt when given. `bare`: the instruction is the
-    whole text, without the OpenVLA template (a pretraining lead-in only)."""
+    discretised joint state) go into the prompt when given; the image placeholders go where
+    `vla.image_position` says (Llava family). `bare`: the instruction is the whole text,
+    without the OpenVLA template, picture first (a pretraining lead-in only)."""
     tok = vla.tokenizer
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    if vla.image_position != IMAGE_FIRST and not bare:
+        question, rest = split_at_question(instruction, state_ids is not None)
+        ids = bos + tok(question, add_special_tokens=False)["input_ids"]
+        ids += [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)
+        ids += tok(rest, add_special_tokens=False)["input_ids"]
+        if state_ids is not None:
+            ids += [int(t) for t in state_ids] + tok(state_prompt_parts(instruction)[1], add_special_tokens=False)["input_ids"]
+        return ids
     if bare:
         text = tok(instruction, add_special_tokens=False)["input_ids"]
     elif state_ids is None:
@@ -280,7 +302,6 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False
         head, tail = state_prompt_parts(instruction)
         text = (tok(head, add_special_tokens=False)["input_ids"] + [int(t) for t in state_ids]
                 + tok(tail, add_special_tokens=False)["input_ids"])
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     if vla.family == "openvla":
         space = tok.convert_tokens_to_ids("\u2581")  # OpenVLA expects the prompt to end with '▁'
         ids = bos + text

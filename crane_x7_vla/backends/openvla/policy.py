@@ -18,7 +18,8 @@ import torch
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import build_batch, load_vla, pixel_values
+from crane_x7_vla.backends.openvla.model import build_batch, load_vla, pixel_values, set_image_position
+from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
 from crane_x7_vla.training.checkpoint import CheckpointError
 
@@ -53,6 +54,10 @@ class OpenVLAPolicy:
             raise CheckpointError(f"{d}: the LoRA adapter directory 'adapter/' is missing")
         self.vla.model.eval()
         self.vla.num_cameras = len(self.cameras)
+        try:
+            set_image_position(self.vla, info.get("image_position", IMAGE_FIRST))
+        except ValueError as exc:
+            raise CheckpointError(f"{d / 'policy_config.json'}: openvla.image_position: {exc}") from None
         if info.get("vocab_size") not in (None, self.vla.vocab_size):
             raise CheckpointError(
                 f"{d}: trained with a vocabulary of {info['vocab_size']} tokens, the loaded tokenizer has "

@@ -43,10 +43,12 @@ import torch
 
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import N_BINS, ActionTokenizer
-from crane_x7_vla.backends.openvla.model import build_batch, load_vla, materialize_preset, pixel_values, prompt_ids
+from crane_x7_vla.backends.openvla.model import (build_batch, load_vla, materialize_preset, pixel_values, prompt_ids,
+                                                 set_image_position)
+from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.episode import jpeg
 from crane_x7_vla.preprocess import ImageSpec, Normalizer, prepare_image
-from crane_x7_vla.training.config import ConfigError
+from crane_x7_vla.training.config import PRESET_DEFAULTS, ConfigError
 
 #: Rendered scenes start at this seed: far from the demonstrations (0..) and from the
 #: held-out evaluation seeds (100000..).
@@ -156,25 +158,29 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
     rng = np.random.default_rng(seed)
     materialize_preset(preset, dest, image_size=image_size, seed=seed)
     vla = load_vla(str(dest), image_size=image_size, dtype=torch.float32, device=torch.device("cpu"))
+    # the answers are asked the way fine-tuning will prompt this preset
+    set_image_position(vla, PRESET_DEFAULTS[("openvla", preset)]["image_position"])
     first = PRETRAIN_FIRST_SEED + seed * 1_000_000
     data = render_scenes(task, scenes, first, ImageSpec(image_size[0], image_size[1], 1.0, 0.1), rng)
     test = render_scenes(task, held_out, first + scenes, ImageSpec(image_size[0], image_size[1], 1.0, 0.0), rng)
     log(f"rendered {scenes} + {held_out} held-out scenes of '{task}' ({len(data.text)} questions) "
         f"in {time.monotonic() - t0:.0f} s")
     figures = {"preset": preset, "task": task, "scenes": scenes, "questions": len(data.text), "steps": steps,
-               "held_out_questions": len(test.text), "image_size": list(image_size)}
+               "held_out_questions": len(test.text), "image_size": list(image_size),
+               "image_position": vla.image_position}
     error = tower_stage(vla, data, test, steps=steps, batch_size=batch_size, learning_rate=learning_rate, rng=rng)
     figures["held_out_error_pixels"] = round(error, 3)
     log(f"vision tower: held-out pointing error {error:.2f} pixels of the {image_size[0]}x{image_size[1]} picture "
         f"({len(test.text)} questions)")
     figures["answer_steps"] = answer_steps
     if answer_steps:
-        # First half: the colour is the prompt's last word; second half: the action prompt.
-        # Asked only through the action prompt the tiny language model never learns which
-        # object the colour names (it must fetch the colour from earlier in the prompt and
-        # then look it up among the image tokens, and neither step pays off alone); with
-        # the lead-in it learns the look-up first and the fetch after it.
-        lead = answer_steps // 2
+        # With the picture first, asked only through the action prompt the tiny language
+        # model never learns which object the colour names (it must fetch the colour from
+        # earlier in the prompt and then look it up among the image tokens, and neither step
+        # pays off alone): the first half leads in with the colour as the prompt's last word.
+        # With the picture after the instruction the action prompt alone is enough
+        # (backends/openvla/prompt.py).
+        lead = answer_steps // 2 if vla.image_position == IMAGE_FIRST else 0
         if lead:
             err = answer_stage(vla, data, test, steps=lead, batch_size=batch_size,
                                learning_rate=answer_learning_rate, rng=rng, lead_in=True)

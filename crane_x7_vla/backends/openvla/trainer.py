@@ -21,7 +21,9 @@ import torch.distributed as dist
 
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values, save_processor
+from crane_x7_vla.backends.openvla.model import (VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values,
+                                                 save_processor, set_image_position)
+from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
@@ -225,6 +227,7 @@ def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
         step=step, train_config=cfg.to_dict(), representation=codec.representation,
         extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8 * cfg.action_horizon,
                            "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
+                           "image_position": cfg.image_position,
                            "weights": "adapter" if cfg.use_lora else "model"}},
     )
     config["action_space"].update(codec.action_space())
@@ -236,11 +239,14 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
     training episodes (or, when resuming, from the checkpoint, so they never change mid-run)."""
     if resume_config is not None:
         space = resume_config.get("action_space") or {}
-        found = (space.get("representation", ABSOLUTE), bool((resume_config.get("openvla") or {}).get("state_in_prompt")))
-        if found != (cfg.action_representation, bool(cfg.state_in_prompt)):
+        info = resume_config.get("openvla") or {}
+        found = (space.get("representation", ABSOLUTE), bool(info.get("state_in_prompt")),
+                 info.get("image_position", IMAGE_FIRST))
+        if found != (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position):
             raise ConfigError(
                 f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
-                f"{found[0]} and {'--state-in-prompt' if found[1] else '--no-state-in-prompt'}; resume with the same")
+                f"{found[0]}, {'--state-in-prompt' if found[1] else '--no-state-in-prompt'} and --image-position "
+                f"{found[2]}; resume with the same")
         return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
     model_statistics = None
     if cfg.action_representation != ABSOLUTE:
@@ -319,6 +325,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     vla = build_model(cfg, source, device, pre.resume_dir if cfg.use_lora else None)
     cameras = _cameras(cfg, data.cameras, vla.family)
     vla.num_cameras = len(cameras)
+    set_image_position(vla, cfg.image_position)
     codec = make_codec(cfg, data, vla.vocab_size, pre.resume_config)
     model = vla.model
     model.train()
