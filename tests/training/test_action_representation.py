@@ -260,3 +260,21 @@ def test_resume_refuses_another_representation(delta_run, dataset_dir, tmp_path,
                        "--action-representation", "absolute",
                        "--resume-from-checkpoint", str(delta_run / "checkpoint-3")])
     assert "resume with the same" in capsys.readouterr().err
+
+
+def test_only_llava_family_models_take_the_picture_after_the_instruction():
+    import torch
+
+    from crane_x7_vla.backends.openvla.model import VLA, ModelError, set_image_position
+
+    vla = VLA(model=torch.nn.Linear(1, 1), tokenizer=None, family="paligemma", source="google/paligemma-3b-pt-224",
+              image_size=(224, 224), image_token_id=257152, num_image_tokens=256, pixel_stats=[],
+              cache_kw="past_key_values", dtype=torch.float32)
+    with pytest.raises(ModelError, match="needs a Llava-family model.*paligemma"):
+        set_image_position(vla, "after_instruction")
+    assert vla.image_position == "first"
+    with pytest.raises(ModelError, match="unknown"):
+        set_image_position(vla, "last")
+    vla.family = "llava"
+    set_image_position(vla, "after_instruction")
+    assert vla.image_position == "after_instruction"

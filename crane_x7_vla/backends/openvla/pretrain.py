@@ -159,7 +159,7 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
     materialize_preset(preset, dest, image_size=image_size, seed=seed)
     vla = load_vla(str(dest), image_size=image_size, dtype=torch.float32, device=torch.device("cpu"))
     # the answers are asked the way fine-tuning will prompt this preset
-    set_image_position(vla, PRESET_DEFAULTS[("openvla", preset)]["image_position"])
+    set_image_position(vla, PRESET_DEFAULTS.get(("openvla", preset), {}).get("image_position", IMAGE_FIRST))
     first = PRETRAIN_FIRST_SEED + seed * 1_000_000
     data = render_scenes(task, scenes, first, ImageSpec(image_size[0], image_size[1], 1.0, 0.1), rng)
     test = render_scenes(task, held_out, first + scenes, ImageSpec(image_size[0], image_size[1], 1.0, 0.0), rng)
