@@ -102,12 +102,14 @@ class _Client:
 
         return self.call(Trigger, name, Trigger.Request(), timeout, nodes)
 
-    def set_params(self, node_name: str, values: dict, nodes: NodeGroup) -> None:
+    def set_params(self, node_name: str, values: dict, nodes: NodeGroup, timeout: float = 60.0) -> None:
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
 
+        # The first call reaches a node that is still starting up; on a loaded machine its
+        # executor answered only after 30 s once (the demo's collect stage failed on it).
         req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        res = self.call(SetParameters, f"{node_name}/set_parameters", req, 30.0, nodes)
+        res = self.call(SetParameters, f"{node_name}/set_parameters", req, timeout, nodes)
         bad = [r.reason for r in res.results if not r.successful]
         if bad:
             raise RuntimeError(f"could not set {values} on {node_name}: {bad}")
