@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from crane_x7_vla.backends.openvla.prompt import IMAGE_POSITIONS
 from crane_x7_vla.preprocess import DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS
 from crane_x7_vla.training.config import BACKEND_DEFAULTS, BACKENDS, ConfigError, TrainConfig, load_yaml
 
@@ -98,7 +99,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="openvla: put the current joint state into the prompt as 8 tokens, discretised like the "
                         "actions ('In: What action should the robot take to ...?\\nState: <8 tokens>\\nOut:') "
                         "(default: off, as OpenVLA-7B was trained; on for the 'tiny' preset)")
-    g.add_argument("--image-position", choices=("first", "after_instruction"), default=S,
+    g.add_argument("--image-position", choices=IMAGE_POSITIONS, default=S,
                    help="openvla, Llava-family models: where the image tokens go in the prompt, before the text "
                         "(as Llava models are trained) or after the instruction's question, so that the picture "
                         "is read knowing what the instruction names (default: first; after_instruction for the "

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crane_x7_vla.backends.openvla.prompt import IMAGE_AFTER_INSTRUCTION, IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.preprocess import ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS, ImageSpec, parse_image_size
 
 BACKENDS = ("openvla", "openpi")
@@ -29,7 +30,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "state_in_prompt": False,
         "noop_threshold": 0.0,
         "action_label_sigma": 0.0,  # one-hot bin targets, as OpenVLA
-        "image_position": "first",  # as Llava-family models are trained
+        "image_position": IMAGE_FIRST,  # as Llava-family models are trained
     },
     "openpi": {
         "batch_size": 32,
@@ -59,7 +60,7 @@ PRESET_DEFAULTS: dict[tuple[str, str], dict] = {
         "action_label_sigma": 2.0,
         # The picture after the instruction: a language model trained from scratch learns to
         # find the named cube this way and not with the picture first (see backends/openvla/prompt.py).
-        "image_position": "after_instruction",
+        "image_position": IMAGE_AFTER_INSTRUCTION,
     },
 }
 
@@ -215,9 +216,10 @@ class TrainConfig:
             raise ConfigError("--action-label-sigma is for the openvla backend (action bins); openpi actions are continuous")
         if self.backend == "openpi" and self.state_in_prompt:
             raise ConfigError("--state-in-prompt is for the openvla backend; openpi feeds the state to the model itself")
-        if self.image_position is not None and self.image_position not in ("first", "after_instruction"):
-            raise ConfigError(f"--image-position must be first or after_instruction (got '{self.image_position}')")
-        if self.backend == "openpi" and self.image_position not in (None, "first"):
+        if self.image_position is not None and self.image_position not in IMAGE_POSITIONS:
+            raise ConfigError(f"--image-position must be one of {', '.join(IMAGE_POSITIONS)} "
+                              f"(got '{self.image_position}')")
+        if self.backend == "openpi" and self.image_position not in (None, IMAGE_FIRST):
             raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
         if self.cameras is not None and not self.cameras:
             raise ConfigError("--cameras needs at least one camera name")

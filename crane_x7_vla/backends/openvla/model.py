@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST, IMAGE_POSITIONS, openvla_prompt, split_at_question, state_prompt_parts
+from crane_x7_vla.backends.openvla.prompt import (IMAGE_FIRST, IMAGE_POSITIONS, STATE_TEMPLATE, openvla_prompt,
+                                                  split_at_question, state_prompt_parts)
 
 IGNORE = -100
 
@@ -292,7 +293,7 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False
         ids += [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)
         ids += tok(rest, add_special_tokens=False)["input_ids"]
         if state_ids is not None:
-            ids += [int(t) for t in state_ids] + tok(state_prompt_parts(instruction)[1], add_special_tokens=False)["input_ids"]
+            ids += [int(t) for t in state_ids] + tok(STATE_TEMPLATE[1], add_special_tokens=False)["input_ids"]
         return ids
     if bare:
         text = tok(instruction, add_special_tokens=False)["input_ids"]
