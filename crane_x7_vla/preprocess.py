@@ -192,3 +192,43 @@ def model_action_statistics(episodes, horizon: int, mask: np.ndarray = DELTA_MAS
     if not values:
         raise ValueError("cannot compute action statistics of zero episodes")
     return summarize(np.concatenate(values))
+
+
+# ---- goal points --------------------------------------------------------------------------
+#
+# A goal point is where the tool centre point will be at the end of the current movement:
+# at the next step where the gripper starts to close or open (a grasp, a release), or at
+# the episode's last step. It is computed from the recorded joint states by forward
+# kinematics, so every episode, recorded on the robot or in simulation, carries it. A model
+# that first says where it is going, then how to move, can be taught the first part from
+# pictures without demonstrations too (a policy needs the goal's picture-to-place look-up,
+# which a few hundred demonstrations are too few to learn).
+
+#: The box (m, arm base frame) goal points are cut into bins over: the arm's reach.
+GOAL_BOUNDS = np.array([[-0.2, -0.45, -0.1], [0.6, 0.45, 0.6]])
+#: A gripper target moving by more than this (rad) from one step to the next is a grasp or release.
+GRIPPER_EVENT = 0.02
+
+
+def keyframes(action: np.ndarray) -> np.ndarray:
+    """Steps where the gripper target starts to move, and the last step (ascending)."""
+    g = np.asarray(action, np.float64)[:, -1]
+    moving = np.abs(np.diff(g)) > GRIPPER_EVENT  # between step t and t + 1
+    starts = np.flatnonzero(moving & ~np.concatenate([[False], moving[:-1]]))
+    return np.unique(np.concatenate([starts, [len(g) - 1]])).astype(np.int64)
+
+
+def goal_point(proprio: np.ndarray, action: np.ndarray, t: int) -> np.ndarray:
+    """(3,) the tool centre point at step t's next keyframe."""
+    keys = keyframes(action)
+    return robot.tool_centre_point(np.asarray(proprio, np.float64)[keys[np.searchsorted(keys, t)]])
+
+
+def goal_points(proprio: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """(T, 3) the tool centre point at each step's next keyframe (its own step included)."""
+    proprio = np.asarray(proprio, np.float64)
+    if len(proprio) == 0:
+        return np.zeros((0, 3))
+    keys = keyframes(action)
+    nxt = keys[np.searchsorted(keys, np.arange(len(proprio)))]
+    return robot.tool_centre_point(proprio[nxt])

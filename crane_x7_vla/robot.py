@@ -85,6 +85,35 @@ KINEMATIC_CHAIN: tuple[ChainLink, ...] = (
 FINGER_A = ChainLink(GRIPPER_JOINT, (-0.012, 0, 0.024), (0, -1, 0), 0.0158)
 FINGER_B = ChainLink(GRIPPER_MIMIC_JOINT, (0.012, 0, 0.024), (0, 1, 0), 0.0139)
 
+#: Tool centre point (between the finger pads) on the hand's axis, from the last arm joint (m).
+TCP_OFFSET = FINGER_A.xyz[2] + 0.046
+
+
+def _axis_rotations(axis, angles: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) rotations by `angles` (N,) about the unit `axis` (Rodrigues)."""
+    x, y, z = axis
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    s, c = np.sin(angles)[:, None, None], np.cos(angles)[:, None, None]
+    return np.eye(3) + s * k + (1.0 - c) * (k @ k)
+
+
+def tool_centre_point(q: np.ndarray) -> np.ndarray:
+    """Forward kinematics of KINEMATIC_CHAIN: arm joints (..., >=7) -> the tool centre
+    point (..., 3) in the arm's base frame (m)."""
+    q = np.asarray(q, dtype=np.float64)
+    flat = q.reshape(-1, q.shape[-1])[:, :NUM_ARM_JOINTS]
+    pos = np.zeros((len(flat), 3))
+    rot = np.broadcast_to(np.eye(3), (len(flat), 3, 3))
+    i = 0
+    for link in KINEMATIC_CHAIN:
+        pos = pos + rot @ np.asarray(link.xyz, dtype=np.float64)
+        if link.axis is not None:
+            rot = rot @ _axis_rotations(link.axis, flat[:, i])
+            i += 1
+    pos = pos + rot @ np.array([0.0, 0.0, TCP_OFFSET])
+    return pos.reshape(*q.shape[:-1], 3)
+
+
 # Hand camera (RealSense D435) on the gripper base link.
 HAND_CAMERA_XYZ = (0.0, 0.032, 0.0191)
 HAND_CAMERA_RPY_DEG = (-90.0, -90.0, 0.0)

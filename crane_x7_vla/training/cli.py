@@ -104,6 +104,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(as Llava models are trained) or after the instruction's question, so that the picture "
                         "is read knowing what the instruction names (default: first; after_instruction for the "
                         "'tiny' preset)")
+    g.add_argument("--freeze-vision", action="store_true", default=S,
+                   help="keep the image encoder as the base model has it (a pretrained one, e.g. from "
+                        "`crane-x7-vla pretrain`); only the projector and language model learn (default: off)")
+    g.add_argument("--goal-tokens", action=argparse.BooleanOptionalAction, default=S,
+                   help="openvla: before its actions the model writes the goal point, where the hand will be "
+                        "at the next grasp, release or the episode's end (x, y, z in the arm's base frame, 3 "
+                        "tokens); computed from the recorded joint states (default: off, as OpenVLA-7B was "
+                        "trained)")
+    g.add_argument("--goal-scenes", type=int, metavar="N", default=S,
+                   help="openvla with goal tokens: also train the goal tokens on N simulated pictures of "
+                        "--goal-scenes-task (no demonstration; the label is the named cube's place), a small "
+                        f"stand-in for a pretrained model's knowledge of where things are (default: {_D.goal_scenes})")
+    g.add_argument("--goal-scenes-task", metavar="TASK", default=S,
+                   help=f"the simulated task the --goal-scenes pictures show (default: {_D.goal_scenes_task})")
     g.add_argument("--attn-implementation", metavar="NAME", default=S,
                    help="attention kernel, e.g. flash_attention_2, sdpa, eager (default: the model's)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=S,

@@ -31,6 +31,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "noop_threshold": 0.0,
         "action_label_sigma": 0.0,  # one-hot bin targets, as OpenVLA
         "image_position": IMAGE_FIRST,  # as Llava-family models are trained
+        "goal_tokens": False,  # as OpenVLA-7B was trained: actions only
     },
     "openpi": {
         "batch_size": 32,
@@ -41,6 +42,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "state_in_prompt": False,  # the state is a model input of its own
         "noop_threshold": 0.0,
         "action_label_sigma": 0.0,  # continuous actions: no bins
+        "goal_tokens": False,
     },
 }
 
@@ -116,6 +118,10 @@ class TrainConfig:
     action_representation: str | None = None
     state_in_prompt: bool | None = None  # openvla: the current joint state as 8 tokens in the prompt
     image_position: str | None = None  # openvla, Llava family: first | after_instruction (the image tokens)
+    freeze_vision: bool = False  # keep the image encoder's weights as the base model has them
+    goal_tokens: bool | None = None  # openvla: write the goal point (3 tokens) before the actions
+    goal_scenes: int = 0  # openvla with goal_tokens: simulated pictures of goal_scenes_task labelled with the goal
+    goal_scenes_task: str = "reach"  # the simulated task those pictures show
     experiment_name: str | None = None  # crane_x7_{backend}
     output_dir: str | None = None  # /workspace/outputs/{experiment_name}
     save_steps: int = 500
@@ -221,6 +227,12 @@ class TrainConfig:
                               f"(got '{self.image_position}')")
         if self.backend == "openpi" and self.image_position not in (None, IMAGE_FIRST):
             raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
+        if self.goal_scenes < 0:
+            raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
+        if self.backend == "openpi" and (self.goal_tokens or self.goal_scenes):
+            raise ConfigError("--goal-tokens and --goal-scenes are for the openvla backend")
+        if self.goal_scenes and self.goal_tokens is False:
+            raise ConfigError("--goal-scenes teaches the goal tokens; it needs --goal-tokens")
         if self.cameras is not None and not self.cameras:
             raise ConfigError("--cameras needs at least one camera name")
         if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():

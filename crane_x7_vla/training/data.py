@@ -16,7 +16,9 @@
 
 Batches are plain numpy: images {camera: uint8 (B, H, W, 3)}, state float32 (B, 8),
 actions float32 (B, horizon, 8) absolute joint targets (the chunk is padded by repeating
-the episode's last action), instruction list[str].
+the episode's last action), instruction list[str], goal float32 (B, 3) (the goal point:
+where the hand is at the end of the current movement, `preprocess.goal_points`) and
+goal_only bool (B,) (a picture without a demonstration, whose actions are not to be learned).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 from crane_x7_vla.episode import reader, schema, stats as stats_mod
 from crane_x7_vla.episode.reader import DatasetError, EpisodeData
 from crane_x7_vla.episode.tfrecord import RecordError
-from crane_x7_vla.preprocess import ImageSpec, prepare_image
+from crane_x7_vla.preprocess import ImageSpec, goal_point, prepare_image
 
 
 @dataclass
@@ -152,6 +154,8 @@ def make_sample(ep: EpisodeData, t: int, cameras, spec: ImageSpec, horizon: int,
         "state": ep.proprio[t].astype(np.float32),
         "actions": ep.action[idx].astype(np.float32),
         "instruction": ep.instruction,
+        "goal": (ep.goal if ep.goal is not None else goal_point(ep.proprio, ep.action, t)).astype(np.float32),
+        "goal_only": ep.goal is not None,
     }
 
 
@@ -162,6 +166,8 @@ def collate(samples: list[dict]) -> dict:
         "state": np.stack([s["state"] for s in samples]),
         "actions": np.stack([s["actions"] for s in samples]),
         "instruction": [s["instruction"] for s in samples],
+        "goal": np.stack([s["goal"] for s in samples]),
+        "goal_only": np.array([s["goal_only"] for s in samples], dtype=bool),
     }
 
 
@@ -183,7 +189,7 @@ class DataPosition:
 def moving_steps(ep: EpisodeData, noop_threshold: float) -> np.ndarray:
     """Indices of the steps whose action moves some joint by more than `noop_threshold`
     (rad) from the state; every step when the threshold is 0."""
-    if noop_threshold <= 0:
+    if noop_threshold <= 0 or ep.goal is not None:  # a goal scene has no motion to filter
         return np.arange(len(ep))
     motion = np.abs(np.asarray(ep.action, np.float64) - np.asarray(ep.proprio, np.float64)).max(axis=1)
     return np.flatnonzero(motion > noop_threshold)

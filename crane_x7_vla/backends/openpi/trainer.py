@@ -225,7 +225,8 @@ class _Run:
         total = int(cfg.max_steps) if cfg.max_steps else int(cfg.num_epochs) * max(1, per_epoch // accum)
 
         # model + optimizer
-        freeze = dict(freeze_vision=bool(self.settings["freeze_vision"]), freeze_prefix=bool(self.settings["freeze_prefix"]))
+        freeze = dict(freeze_vision=bool(self.settings["freeze_vision"] or cfg.freeze_vision),
+                      freeze_prefix=bool(self.settings["freeze_prefix"]))
         init = None
         if self.weights_dir is not None and self.pre.resume_dir is None:
             from crane_x7_vla.backends.openpi.openpi_import import import_params, read_checkpoint

@@ -6,14 +6,17 @@ and bin i is written as token id `vocab_size - 1 - i` (OpenVLA's order: the high
 takes the lowest id of the range). Decoding maps a token back to its bin centre.
 
 `ActionCodec` adds the checkpoint's action representation (absolute, or arm deltas from
-the current state) and the optional state tokens of the prompt.
+the current state), the optional state tokens of the prompt and the optional goal tokens
+written before the actions (`preprocess.goal_points`: where the hand will be at the end of
+the current movement, x/y/z cut into the same 256 bins over `preprocess.GOAL_BOUNDS`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from crane_x7_vla.preprocess import ABSOLUTE, REPRESENTATIONS, Normalizer, delta_mask, to_absolute, to_delta
+from crane_x7_vla.preprocess import (ABSOLUTE, GOAL_BOUNDS, REPRESENTATIONS, Normalizer, delta_mask, to_absolute,
+                                      to_delta)
 
 N_BINS = 256
 
@@ -56,10 +59,11 @@ class ActionCodec:
     the trainer and the policy: the action representation (absolute targets, or arm deltas
     from the current state with the gripper absolute) and, with `state_in_prompt`, the
     joint state as 8 prompt tokens (normalised with the dataset's proprio q01/q99 and cut
-    into the same 256 bins as the actions)."""
+    into the same 256 bins as the actions) and, with `goal_tokens`, 3 goal tokens before the
+    actions (x, y, z of the goal point over GOAL_BOUNDS)."""
 
     def __init__(self, vocab_size: int, statistics: dict, *, representation: str = ABSOLUTE,
-                 model_statistics: dict | None = None, state_in_prompt: bool = False):
+                 model_statistics: dict | None = None, state_in_prompt: bool = False, goal_tokens: bool = False):
         self.representation = representation
         self.mask = delta_mask(representation)
         if representation == ABSOLUTE:
@@ -74,23 +78,49 @@ class ActionCodec:
         self.state_in_prompt = bool(state_in_prompt)
         self.state_tokens = ActionTokenizer(vocab_size, Normalizer.from_stats(statistics, "proprio")) \
             if self.state_in_prompt else None
+        self.goal_tokens = ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1])) \
+            if goal_tokens else None
+        self.n_goal = 0 if self.goal_tokens is None else len(GOAL_BOUNDS[0])
+
+    def n_tokens(self, horizon: int) -> int:
+        """How many tokens the model writes per prediction: the goal's, then 8 per chunk step."""
+        return self.n_goal + len(self.mask) * int(horizon)
 
     @property
     def first_id(self) -> int:
         return self.tokens.first_id
 
-    def encode(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
-        """Absolute targets (B, 8) or a chunk (B, H, 8) + state (B, 8) -> action token ids
-        (B, 8 * H), step after step (every chunk step relative to the same current state)."""
+    def encode(self, actions: np.ndarray, state: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
+        """Absolute targets (B, 8) or a chunk (B, H, 8) + state (B, 8) -> token ids
+        (B, n_goal + 8 * H): the goal point's (B, 3) first when the codec has goal tokens,
+        then the chunk step after step (every step relative to the same current state)."""
         actions = np.asarray(actions)
         chunk = actions[:, None] if actions.ndim == 2 else actions
-        return self.tokens.encode(to_delta(chunk, state, self.mask)).reshape(len(chunk), -1)
+        ids = self.tokens.encode(to_delta(chunk, state, self.mask)).reshape(len(chunk), -1)
+        if self.goal_tokens is None:
+            return ids
+        return np.concatenate([self.goal_ids(goal), ids], axis=1)
+
+    def goal_ids(self, goal: np.ndarray | None) -> np.ndarray:
+        """Goal points (B, 3) in metres -> their (B, 3) token ids."""
+        if self.goal_tokens is None:
+            raise ValueError("this codec has no goal tokens")
+        if goal is None:
+            raise ValueError("a codec with goal tokens needs the goal point of every sample")
+        return self.goal_tokens.encode(np.asarray(goal, np.float64).reshape(-1, self.n_goal))
 
     def decode(self, token_ids: np.ndarray, state: np.ndarray) -> np.ndarray:
-        """Action token ids (B, 8 * H) + state (B, 8) -> absolute targets (B, H, 8) float64."""
-        ids = np.asarray(token_ids)
+        """Token ids (B, n_goal + 8 * H) + state (B, 8) -> absolute targets (B, H, 8) float64
+        (the goal tokens, when the codec has them, are skipped; see `decode_goal`)."""
+        ids = np.asarray(token_ids)[:, self.n_goal:]
         values = self.tokens.decode(ids.reshape(len(ids), -1, len(self.mask)))
         return to_absolute(values, state, self.mask)
+
+    def decode_goal(self, token_ids: np.ndarray) -> np.ndarray | None:
+        """The goal point (B, 3) in metres written before the actions, or None without goal tokens."""
+        if self.goal_tokens is None:
+            return None
+        return self.goal_tokens.decode(np.asarray(token_ids)[:, : self.n_goal])
 
     def state_ids(self, state: np.ndarray) -> np.ndarray | None:
         """State (B, 8) -> prompt token ids (B, 8), or None when the prompt carries no state."""
@@ -114,4 +144,5 @@ class ActionCodec:
             raise ValueError(f"{where}: action_space.model_statistics is missing ({representation} actions need it)")
         return cls(vocab_size, config["dataset_statistics"], representation=representation,
                    model_statistics=space.get("model_statistics"),
-                   state_in_prompt=bool((config.get("openvla") or {}).get("state_in_prompt", False)))
+                   state_in_prompt=bool((config.get("openvla") or {}).get("state_in_prompt", False)),
+                   goal_tokens=bool((config.get("openvla") or {}).get("goal_tokens", False)))

@@ -68,6 +68,7 @@ class OpenVLAPolicy:
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
         self.needs_state = self.codec.state_in_prompt or self.codec.representation != ABSOLUTE
+        self.last_goal: np.ndarray | None = None
 
     @property
     def metadata(self) -> dict:
@@ -81,6 +82,7 @@ class OpenVLAPolicy:
             "action_horizon": self.horizon,
             "action_representation": self.codec.representation,
             "state_in_prompt": self.codec.state_in_prompt,
+            "goal_tokens": self.codec.n_goal > 0,
             "joint_names": list(c["joint_names"]),
             "control_rate_hz": c.get("control_rate_hz"),
             "default_instruction": c.get("default_instruction"),
@@ -100,9 +102,11 @@ class OpenVLAPolicy:
         state = self._state(observation)
         batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state))
         batch.pop("labels")
-        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, robot.ACTION_DIM * self.horizon,
-                                         self.codec.first_id)
-        action = self.codec.decode(ids.cpu().numpy(), state)[0]  # (H, 8) absolute targets
+        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, self.codec.n_tokens(self.horizon),
+                                         self.codec.first_id).cpu().numpy()
+        goal = self.codec.decode_goal(ids)
+        self.last_goal = None if goal is None else goal[0]  # where the model says the hand is going (m)
+        action = self.codec.decode(ids, state)[0]  # (H, 8) absolute targets
         if not np.all(np.isfinite(action)):
             raise RuntimeError(f"the policy produced a non-finite action {action}")
         return np.stack([robot.clamp_to_limits(a) for a in action]).astype(np.float64)

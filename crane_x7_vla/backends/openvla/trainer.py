@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values,
+from crane_x7_vla.backends.openvla.model import (IGNORE, VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values,
                                                  save_processor, set_image_position)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
@@ -143,8 +143,24 @@ def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir:
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+    if cfg.freeze_vision:
+        vision_module(model).requires_grad_(False)
     vla.model = model
     return vla
+
+
+def vision_module(model) -> torch.nn.Module:
+    """The image encoder of a Llava/PaliGemma (vision_tower) or OpenVLA (vision_backbone) model."""
+    for owner in (model, getattr(model, "model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        for name in ("vision_tower", "vision_backbone"):
+            found = getattr(owner, name, None) if owner is not None else None
+            if isinstance(found, torch.nn.Module):
+                return found
+        inner = getattr(owner, "model", None) if owner is not None else None
+        found = getattr(inner, "vision_tower", None)
+        if isinstance(found, torch.nn.Module):
+            return found
+    raise ConfigError("--freeze-vision: this model has no vision_tower or vision_backbone to freeze")
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
@@ -183,18 +199,19 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 @torch.no_grad()
 def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: ActionCodec, device) -> dict:
-    """Teacher-forced loss/accuracy and the L1 error of greedily decoded actions (robot units)."""
+    """Teacher-forced loss/accuracy, the L1 error of greedily decoded actions (robot units) and,
+    with goal tokens, the distance (m) of the decoded goal point from the demonstrated one."""
     if not episodes:
         return {}
     was_training = model.training
     model.eval()
-    losses, correct, total, l1 = [], 0, 0, []
+    losses, correct, total, l1, goal_error = [], 0, 0, [], []
     horizon = cfg.action_horizon
     for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples):
         actions, state = batch["actions"], batch["state"]
         state_ids = codec.state_ids(state)
         pix = pixel_values(vla, batch["images"], cameras, device)
-        inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device, state_ids)
+        inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, state_ids)
         out = decode.forward(model, vla, inputs, pix)
         loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, cfg.action_label_sigma)
         losses.append(loss.item() * len(batch["instruction"]))
@@ -207,13 +224,56 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
             rows = (lengths == length).nonzero().flatten()
             sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
             sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-            ids = decode.generate_action_ids(model, vla, sub, sub_pix, 8 * horizon, codec.first_id)
+            ids = decode.generate_action_ids(model, vla, sub, sub_pix, codec.n_tokens(horizon), codec.first_id)
             r = rows.cpu().numpy()
             predicted = codec.decode(ids.cpu().numpy(), state[r])
             l1.append(np.abs(predicted - actions[r]).mean(axis=(1, 2)))
+            if codec.n_goal:
+                goal_error.append(np.linalg.norm(codec.decode_goal(ids.cpu().numpy()) - batch["goal"][r], axis=1))
     model.train(was_training)
     n = sum(len(x) for x in l1)
-    return {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
+    result = {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
+    if goal_error:
+        result["goal_error_m"] = float(np.concatenate(goal_error).mean())
+    return result
+
+
+def label_ids(codec: ActionCodec, batch: dict) -> list[np.ndarray]:
+    """The tokens each sample is trained to write: goal (with goal tokens) and actions, or the
+    goal alone for a picture without a demonstration (batch['goal_only'])."""
+    ids = codec.encode(batch["actions"], batch["state"], batch["goal"] if codec.n_goal else None)
+    only = batch.get("goal_only")
+    return [row[: codec.n_goal] if only is not None and only[i] else row for i, row in enumerate(ids)]
+
+
+def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> list:
+    """--goal-scenes: simulated pictures of the task that teach the goal tokens only."""
+    if not cfg.goal_scenes:
+        return []
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.sim.goal_scenes import goal_scenes
+
+    t0 = time.perf_counter()
+    size = jpeg.size_of(data.train[0].images[cameras[0]][0])
+    try:
+        scenes = goal_scenes(cfg.goal_scenes_task, cfg.goal_scenes, cameras, camera_size=size, seed=cfg.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if dist_.main:
+        print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return scenes
+
+
+def _train_l1(codec: ActionCodec, pred: torch.Tensor, inputs: dict, actions, state, goal_only) -> float:
+    """L1 (robot units) of the teacher-forced predictions of the samples that have actions."""
+    counts = (inputs["labels"][:, 1:] != IGNORE).sum(1).tolist()
+    rows = [r for i, r in enumerate(torch.split(pred, counts)) if not goal_only[i]]
+    if not rows:
+        return 0.0
+    keep = ~np.asarray(goal_only)
+    decoded = codec.decode(torch.stack(rows).cpu().numpy(), state[keep])
+    return float(np.abs(decoded - actions[keep]).mean())
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -225,9 +285,9 @@ def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
         horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction,
         control_rate_hz=data.fps,
         step=step, train_config=cfg.to_dict(), representation=codec.representation,
-        extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": 8 * cfg.action_horizon,
+        extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": codec.n_tokens(cfg.action_horizon),
                            "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
-                           "image_position": cfg.image_position,
+                           "image_position": cfg.image_position, "goal_tokens": codec.n_goal > 0,
                            "weights": "adapter" if cfg.use_lora else "model"}},
     )
     config["action_space"].update(codec.action_space())
@@ -241,18 +301,19 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
         space = resume_config.get("action_space") or {}
         info = resume_config.get("openvla") or {}
         found = (space.get("representation", ABSOLUTE), bool(info.get("state_in_prompt")),
-                 info.get("image_position", IMAGE_FIRST))
-        if found != (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position):
+                 info.get("image_position", IMAGE_FIRST), bool(info.get("goal_tokens")))
+        if found != (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position, bool(cfg.goal_tokens)):
             raise ConfigError(
                 f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
-                f"{found[0]}, {'--state-in-prompt' if found[1] else '--no-state-in-prompt'} and --image-position "
-                f"{found[2]}; resume with the same")
+                f"{found[0]}, {'--state-in-prompt' if found[1] else '--no-state-in-prompt'}, --image-position "
+                f"{found[2]} and {'--goal-tokens' if found[3] else '--no-goal-tokens'}; resume with the same")
         return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
     model_statistics = None
     if cfg.action_representation != ABSOLUTE:
         model_statistics = model_action_statistics(data.train, cfg.action_horizon, delta_mask(cfg.action_representation))
     return ActionCodec(vocab_size, data.statistics, representation=cfg.action_representation,
-                       model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt))
+                       model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt),
+                       goal_tokens=bool(cfg.goal_tokens))
 
 
 def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, scheduler, position, total_steps,
@@ -347,7 +408,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         if pre.resume_state.get("world_size", 1) != dist_.world and dist_.main:
             print(f"note: resuming a {pre.resume_state.get('world_size')}-process run with {dist_.world} processes: "
                   "the batches will not be the same as in an uninterrupted run", file=sys.stderr)
-    stream = BatchStream(data.train, start=position, **stream_kw)
+    stream = BatchStream(data.train + _goal_scenes(cfg, data, cameras, dist_), start=position, **stream_kw)
     steps_per_epoch = math.ceil(stream.batches_per_epoch / cfg.grad_accumulation_steps)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
     scheduler = make_scheduler(optimizer, cfg, total_steps)
@@ -384,8 +445,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 _, batch = next(stream)
                 actions, state = batch["actions"], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
-                inputs = build_batch(vla, batch["instruction"], codec.encode(actions, state), device,
-                                     codec.state_ids(state))
+                inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, codec.state_ids(state))
                 sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
@@ -395,8 +455,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 sums["loss"] += loss.item() / cfg.grad_accumulation_steps
                 sums["correct"] += int((pred == target).sum())
                 sums["count"] += int(target.numel())
-                decoded = codec.decode(pred.view(len(actions), -1).cpu().numpy(), state)
-                sums["l1"] += float(np.abs(decoded - actions).mean()) / cfg.grad_accumulation_steps
+                sums["l1"] += _train_l1(codec, pred, inputs, actions, state, batch["goal_only"]) / cfg.grad_accumulation_steps
                 sums["samples"] += len(actions)
             grad_norm = None
             if cfg.max_grad_norm > 0:

@@ -1,0 +1,55 @@
+"""Pictures of the simulated task labelled with where the hand has to go: training data for a
+policy's goal tokens that needs no demonstration (`train --goal-scenes N`).
+
+A pretrained OpenVLA has seen millions of pictures and can say where a named object is; a
+preset built from a config cannot, and a few hundred demonstrations show it too few table
+layouts to learn it. Rendering a layout costs a few milliseconds, so training can mix in
+thousands of extra layouts whose only label is the goal point: the named cube's centre,
+where a demonstration's first movement ends (`preprocess.goal_points`). Half of the pictures
+show the arm in a random pose, hiding parts of the table as during a demonstration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from crane_x7_vla import robot
+from crane_x7_vla.episode import jpeg
+from crane_x7_vla.episode.reader import EpisodeData
+
+#: Goal scenes start at this seed: far from the demonstrations (0..), the held-out
+#: evaluation (100000..) and the pretraining scenes (500000..).
+GOAL_SCENES_FIRST_SEED = 700_000
+
+
+def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int, int] = (320, 240),
+                seed: int = 0, arm_pose_noise: float = 0.6, jpeg_quality: int = 90) -> list[EpisodeData]:
+    """n one-step episodes of `task` with a picture per camera, the task's instruction, the
+    arm's joint state and `goal` = the named cube's centre (m, arm base frame)."""
+    from crane_x7_vla.sim import SimEnv
+    from crane_x7_vla.sim.env import CAMERAS
+
+    unknown = [c for c in cameras if c not in CAMERAS]
+    if unknown:
+        raise ValueError(f"--goal-scenes renders the simulator's cameras {list(CAMERAS)}; the training "
+                         f"cameras {unknown} are not among them")
+    rng = np.random.default_rng([seed, GOAL_SCENES_FIRST_SEED])
+    env = SimEnv(task=task, seed=GOAL_SCENES_FIRST_SEED, camera_size=camera_size, cameras=tuple(cameras))
+    scenes = []
+    try:
+        for k in range(n):
+            env.reset(GOAL_SCENES_FIRST_SEED + k)
+            if rng.random() < 0.5:
+                q = env.joint_positions()[: robot.NUM_ARM_JOINTS]
+                env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
+            state = env.joint_positions().astype(np.float32)[None]
+            scenes.append(EpisodeData(
+                path=Path(f"goal_scene_{GOAL_SCENES_FIRST_SEED + k}"), proprio=state, action=state.copy(),
+                timestep=np.zeros(1, np.int64), timestamp_ns=None, instruction=env.instruction,
+                images={c: [jpeg.encode(env.render(c), quality=jpeg_quality)] for c in cameras},
+                goal=np.asarray(env.cube_position(env.layout.target_cube), np.float64)))
+    finally:
+        env.close()
+    return scenes

@@ -1,0 +1,193 @@
+"""Goal tokens: the goal point (where the hand is at the end of the current movement) from the
+recorded joints, its 3 tokens before the actions, goal-only pictures from the simulator, and
+the same codec in training and in the deployed policy."""
+
+import json
+
+import numpy as np
+import pytest
+
+from crane_x7_vla import preprocess, robot
+from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
+from crane_x7_vla.episode.reader import list_episodes, load_episode
+from crane_x7_vla.training import checkpoint as ck
+from crane_x7_vla.training.cli import build_parser, config_from_args, main
+from crane_x7_vla.training.config import ConfigError
+from crane_x7_vla.training.metrics import read_metrics
+
+DELTA = preprocess.DELTA_ARM_ABSOLUTE_GRIPPER
+COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
+          "--batch-size", "4", "--val-ratio", "0.2", "--learning-rate", "3e-3", "--logging-steps", "1",
+          "--eval-samples", "8", "--num-workers", "1", "--seed", "5", "--no-use-lora"]
+
+
+def parse(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_tool_centre_point_is_the_simulated_arms():
+    from crane_x7_vla.sim import SimEnv
+
+    env = SimEnv(task="reach", seed=0, cameras=("primary",))
+    rng = np.random.default_rng(0)
+    try:
+        poses, sim_tcp = [], []
+        for _ in range(5):
+            env.pose_arm(robot.HOME_POSE + rng.uniform(-0.6, 0.6, 7))
+            poses.append(env.joint_positions())
+            sim_tcp.append(env.data.site("tcp").xpos.copy())
+    finally:
+        env.close()
+    np.testing.assert_allclose(robot.tool_centre_point(np.array(poses)), np.array(sim_tcp), atol=1e-9)
+    assert robot.tool_centre_point(poses[0]).shape == (3,)
+
+
+def test_goal_point_is_the_next_grasp_release_or_the_end():
+    T = 30
+    proprio = np.tile(robot.home_state(), (T, 1))
+    proprio[:, 0] = np.linspace(-0.5, 0.5, T)  # the base turns, so every step's hand is elsewhere
+    action = np.vstack([proprio[1:], proprio[-1:]])
+    np.testing.assert_array_equal(preprocess.keyframes(action), [T - 1])  # reach: the end only
+    action[8:12, 7] = np.linspace(robot.GRIPPER_OPEN, robot.GRIPPER_CLOSED, 5)[1:]  # close: starts between 7 and 8
+    action[12:20, 7] = robot.GRIPPER_CLOSED
+    action[20:, 7] = robot.GRIPPER_OPEN  # release: between 19 and 20
+    np.testing.assert_array_equal(preprocess.keyframes(action), [7, 19, T - 1])
+    goals = preprocess.goal_points(proprio, action)
+    tcp = robot.tool_centre_point(proprio)
+    np.testing.assert_allclose(goals[:8], np.tile(tcp[7], (8, 1)))
+    np.testing.assert_allclose(goals[8:20], np.tile(tcp[19], (12, 1)))
+    np.testing.assert_allclose(goals[20:], np.tile(tcp[-1], (T - 20, 1)))
+    for t in (0, 7, 8, 25):
+        np.testing.assert_allclose(preprocess.goal_point(proprio, action, t), goals[t])
+
+
+def test_codec_writes_the_goal_first_and_decodes_actions_as_without_it(dataset_dir):
+    stats = json.loads((dataset_dir / "dataset_statistics.json").read_text())["crane_x7"]
+    episodes = [load_episode(r.path, images=False) for r in list_episodes(dataset_dir)]
+    model_stats = preprocess.model_action_statistics(episodes, 2)
+    plain = ActionCodec(1000, stats, representation=DELTA, model_statistics=model_stats)
+    with_goal = ActionCodec(1000, stats, representation=DELTA, model_statistics=model_stats, goal_tokens=True)
+    ep = episodes[0]
+    chunks = ep.action[np.minimum(np.arange(len(ep))[:, None] + np.arange(2), len(ep) - 1)]
+    goals = preprocess.goal_points(ep.proprio, ep.action)
+    ids = with_goal.encode(chunks, ep.proprio, goals)
+    assert ids.shape == (len(ep), 3 + 16) and with_goal.n_tokens(2) == 19 and plain.n_tokens(2) == 16
+    np.testing.assert_array_equal(ids[:, 3:], plain.encode(chunks, ep.proprio))
+    np.testing.assert_allclose(with_goal.decode(ids, ep.proprio), plain.decode(ids[:, 3:], ep.proprio))
+    half_bin = (preprocess.GOAL_BOUNDS[1] - preprocess.GOAL_BOUNDS[0]) / 256 / 2 + 1e-9
+    assert np.all(np.abs(with_goal.decode_goal(ids) - goals) <= half_bin)
+    assert plain.decode_goal(ids) is None
+    with pytest.raises(ValueError, match="goal point"):
+        with_goal.encode(chunks, ep.proprio)
+
+
+def test_goal_only_samples_train_the_goal_tokens_only(dataset_dir):
+    from crane_x7_vla.backends.openvla.trainer import label_ids
+
+    stats = json.loads((dataset_dir / "dataset_statistics.json").read_text())["crane_x7"]
+    codec = ActionCodec(1000, stats, goal_tokens=True)
+    ep = load_episode(list_episodes(dataset_dir)[0].path, images=False)
+    batch = {"actions": ep.action[:3, None], "state": ep.proprio[:3], "goal": np.zeros((3, 3)) + 0.1,
+             "goal_only": np.array([False, True, False])}
+    rows = label_ids(codec, batch)
+    assert [len(r) for r in rows] == [11, 3, 11]
+    np.testing.assert_array_equal(rows[1], rows[0][:3])
+
+
+def test_goal_scenes_show_the_task_and_label_the_named_cube():
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.sim import SimEnv
+    from crane_x7_vla.sim.goal_scenes import GOAL_SCENES_FIRST_SEED, goal_scenes
+
+    scenes = goal_scenes("reach", 4, ["primary"], camera_size=(80, 60))
+    env = SimEnv(task="reach", seed=GOAL_SCENES_FIRST_SEED, cameras=("primary",))
+    try:
+        for k, scene in enumerate(scenes):
+            env.reset(GOAL_SCENES_FIRST_SEED + k)
+            assert scene.instruction == env.instruction
+            np.testing.assert_allclose(scene.goal, env.cube_position(env.layout.target_cube))
+            assert jpeg.size_of(scene.images["primary"][0]) == (80, 60) and len(scene) == 1
+    finally:
+        env.close()
+    moved = [not np.allclose(s.proprio[0, :7], robot.HOME_POSE, atol=0.05) for s in scenes]
+    assert any(moved)  # some pictures show the arm elsewhere, as during a demonstration
+    with pytest.raises(ValueError, match="the simulator's cameras"):
+        goal_scenes("reach", 1, ["side"])
+
+
+def test_flags_defaults_and_contradictions():
+    assert parse("--backend", "openvla").goal_tokens is False  # OpenVLA-7B's format
+    assert parse("--backend", "openvla", "--model", "tiny").goal_tokens is False  # no gain without a pretrained tower
+    cfg = parse("--backend", "openvla", "--model", "tiny", "--goal-tokens", "--goal-scenes", "50",
+                "--goal-scenes-task", "pick_place")
+    assert (cfg.goal_tokens, cfg.goal_scenes, cfg.goal_scenes_task) == (True, 50, "pick_place")
+    for argv, message in ((["--backend", "openpi", "--goal-tokens"], "openvla backend"),
+                          (["--backend", "openvla", "--model", "tiny", "--goal-scenes", "5"], "needs --goal-tokens"),
+                          (["--backend", "openvla", "--goal-scenes", "-1"], "--goal-scenes")):
+        with pytest.raises(ConfigError, match=message):
+            parse(*argv)
+
+
+@pytest.fixture(scope="module")
+def goal_run(dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("goal_run")
+    rc = main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "6",
+                        "--save-steps", "3", "--goal-tokens", "--goal-scenes", "12"])
+    assert rc == 0
+    return out
+
+
+def test_checkpoint_and_policy_carry_the_goal(goal_run, dataset_dir):
+    from crane_x7_vla.backends.openvla import policy as vla_policy
+    from crane_x7_vla.backends.openvla.trainer import make_codec
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.training.config import TrainConfig
+    from crane_x7_vla.training.data import load_training_data
+
+    d = goal_run / "checkpoint-final"
+    config = ck.read_policy_config(d)
+    assert config["openvla"]["goal_tokens"] is True and config["openvla"]["action_token_count"] == 3 + 8
+    assert config["train_config"]["goal_scenes"] == 12
+    final_eval = [r for r in read_metrics(goal_run) if "val/goal_error_m" in r]
+    assert final_eval and np.isfinite(final_eval[-1]["val/goal_error_m"])
+    pol = vla_policy.load(d, config, "cpu")
+    assert pol.metadata["goal_tokens"] is True and pol.last_goal is None
+    ep = load_episode(list_episodes(dataset_dir)[0].path)
+    # the codec rebuilt from the checkpoint is the one training used
+    trained = make_codec(TrainConfig.from_dict(config["train_config"]),
+                         load_training_data(dataset_dir, val_ratio=0.2, seed=5), pol.vla.vocab_size, None)
+    goals = preprocess.goal_points(ep.proprio, ep.action)
+    ids = trained.encode(ep.action, ep.proprio, goals)
+    np.testing.assert_array_equal(ids, pol.codec.encode(ep.action, ep.proprio, goals))
+    np.testing.assert_allclose(trained.decode_goal(ids), pol.codec.decode_goal(ids))
+    action = pol.predict({"images": {"primary": jpeg.decode(ep.images["primary"][0])}, "state": ep.proprio[0],
+                          "instruction": ep.instruction})
+    assert action.shape == (1, 8) and np.all(np.isfinite(action))
+    lo, hi = preprocess.GOAL_BOUNDS
+    assert pol.last_goal.shape == (3,) and np.all((pol.last_goal >= lo) & (pol.last_goal <= hi))
+
+
+def test_resume_refuses_another_goal_setting(goal_run, dataset_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "o"), "--max-steps", "6",
+                       "--resume-from-checkpoint", str(goal_run / "checkpoint-3")])
+    assert "--goal-tokens" in capsys.readouterr().err
+
+
+def test_freeze_vision_trains_everything_but_the_image_encoder(tmp_path):
+    import torch
+
+    from crane_x7_vla.backends.openvla.model import materialize_preset
+    from crane_x7_vla.backends.openvla.trainer import build_model
+
+    src = materialize_preset("tiny", tmp_path / "base", image_size=(64, 64))
+    for freeze in (True, False):
+        cfg = parse("--backend", "openvla", "--model", str(src), "--image-size", "64x64", "--no-use-lora",
+                    *(["--freeze-vision"] if freeze else [])).resolved()
+        vla = build_model(cfg, str(src), torch.device("cpu"), None)
+        frozen = [n for n, p in vla.model.named_parameters() if not p.requires_grad]
+        if freeze:
+            assert frozen and all("vision_tower" in n for n in frozen)
+            assert any(p.requires_grad for n, p in vla.model.named_parameters() if "language_model" in n)
+        else:
+            assert frozen == []
