@@ -24,6 +24,15 @@ from crane_x7_vla.episode.reader import EpisodeData
 GOAL_SCENES_FIRST_SEED = 700_000
 
 
+def reset_scene(env, seed: int, rng: np.random.Generator, arm_pose_noise: float = 0.6) -> None:
+    """Draw scene `seed`; half of the time move the arm away from its start pose by up to
+    `arm_pose_noise` rad per joint, so that it hides parts of the table as during a demonstration."""
+    env.reset(seed)
+    if rng.random() < 0.5:
+        q = env.joint_positions()[: robot.NUM_ARM_JOINTS]
+        env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
+
+
 def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int, int] = (320, 240),
                 seed: int = 0, arm_pose_noise: float = 0.6, jpeg_quality: int = 90) -> list[EpisodeData]:
     """n one-step episodes of `task` with a picture per camera, the task's instruction, the
@@ -40,10 +49,7 @@ def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int
     scenes = []
     try:
         for k in range(n):
-            env.reset(GOAL_SCENES_FIRST_SEED + k)
-            if rng.random() < 0.5:
-                q = env.joint_positions()[: robot.NUM_ARM_JOINTS]
-                env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
+            reset_scene(env, GOAL_SCENES_FIRST_SEED + k, rng, arm_pose_noise)
             state = env.joint_positions().astype(np.float32)[None]
             scenes.append(EpisodeData(
                 path=Path(f"goal_scene_{GOAL_SCENES_FIRST_SEED + k}"), proprio=state, action=state.copy(),

@@ -22,7 +22,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     cmd = [sys.executable, "-m", "crane_x7_vla.cli", "demo", "--backend", backend, "--episodes", "3",
            "--train-steps", "8", "--eval-episodes", "2", "--eval-timeout", "4", "--out", str(tmp_path)]
     if backend == "openvla":
-        cmd += ["--pretrain-steps", "4", "--pretrain-scenes", "8"]
+        cmd += ["--pretrain-steps", "4", "--pretrain-scenes", "8", "--goal-scenes", "8"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     runs = list(tmp_path.glob(f"demo_{backend}_reach_*"))
@@ -41,6 +41,11 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     config = json.loads((run / "train" / "checkpoint-final" / "policy_config.json").read_text())
     assert config["backend"] == backend and config["step"] == 8
     assert config["base_model"] == (str(run / "base_model") if backend == "openvla" else "tiny")
+    # openvla: the goal point before the actions, the pretrained tower kept, goal scenes mixed in
+    openvla = backend == "openvla"
+    train_config = config["train_config"]
+    assert (train_config["goal_tokens"], train_config["freeze_vision"]) == (openvla, openvla)
+    assert train_config["goal_scenes"] == (8 if openvla else 0)
     assert (run / "train" / "metrics.jsonl").read_text().strip()
     # deploy/evaluate: the policy and both baselines ran the same held-out seeds
     evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
@@ -55,6 +60,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert report["backend"] == backend and report["episodes_collected"] == 3 and report["train_steps"] == 8
     assert report["success_rate"] == evaluation["policy"]["success_rate"]
     assert (report["pretraining"] is None) == (backend == "openpi")
+    assert report["goal_scenes"] == (8 if backend == "openvla" else 0)
     for png in ("training_curves.png", "success_per_seed.png", "frames.png", "predicted_vs_demonstrated.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG", png
     md = (run / "report.md").read_text()

@@ -34,8 +34,10 @@ class ModelError(ConfigError):
 # ---- the tiny preset ---------------------------------------------------------------------
 
 PRESETS = {
-    # ~1.3M parameters; 64x64 image -> 16 visual tokens. For tests, CPU runs and the demo.
-    "tiny": dict(vision_hidden=96, vision_layers=3, vision_heads=4, patch=16,
+    # ~1.1M parameters; 64x64 image -> 64 visual tokens (8-pixel patches: with 16-pixel ones,
+    # 16 tokens, a patch can hold two cubes and the preset never learned which cube a colour
+    # names). For tests, CPU runs and the demo.
+    "tiny": dict(vision_hidden=96, vision_layers=3, vision_heads=4, patch=8,
                  text_hidden=128, text_layers=3, text_heads=4, text_ffn=384, bpe_vocab=768),
 }
 

@@ -86,18 +86,15 @@ def render_scenes(task: str, n_scenes: int, first_seed: int, spec: ImageSpec, rn
                   camera_size=(320, 240), arm_pose_noise: float = 0.6, jpeg_quality: int = 90) -> Scenes:
     """n scenes of `task` from the scene camera: the cubes and plates of each become questions
     (objects outside the picture are skipped)."""
-    from crane_x7_vla import robot
     from crane_x7_vla.sim import SimEnv
+    from crane_x7_vla.sim.goal_scenes import reset_scene
 
     env = SimEnv(task=task, seed=first_seed, camera_size=camera_size, cameras=(CAMERA,))
     w, h = camera_size
     images, scene, text, lead_in, where = [], [], [], [], []
     try:
         for k in range(n_scenes):
-            env.reset(first_seed + k)
-            if rng.random() < 0.5:
-                q = env.joint_positions()[: robot.NUM_ARM_JOINTS]
-                env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
+            reset_scene(env, first_seed + k, rng, arm_pose_noise)
             picture = jpeg.encode(env.render(CAMERA), quality=jpeg_quality)
             images.append(prepare_image(picture, spec, train=True, rng=rng))
             lay = env.layout
