@@ -218,10 +218,15 @@ def keyframes(action: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([starts, [len(g) - 1]])).astype(np.int64)
 
 
+def _next_keyframe(action: np.ndarray, steps) -> np.ndarray:
+    """The keyframe at or after each of `steps`."""
+    keys = keyframes(action)
+    return keys[np.searchsorted(keys, steps)]
+
+
 def goal_point(proprio: np.ndarray, action: np.ndarray, t: int) -> np.ndarray:
     """(3,) the tool centre point at step t's next keyframe."""
-    keys = keyframes(action)
-    return robot.tool_centre_point(np.asarray(proprio, np.float64)[keys[np.searchsorted(keys, t)]])
+    return robot.tool_centre_point(np.asarray(proprio, np.float64)[_next_keyframe(action, t)])
 
 
 def goal_points(proprio: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -229,6 +234,4 @@ def goal_points(proprio: np.ndarray, action: np.ndarray) -> np.ndarray:
     proprio = np.asarray(proprio, np.float64)
     if len(proprio) == 0:
         return np.zeros((0, 3))
-    keys = keyframes(action)
-    nxt = keys[np.searchsorted(keys, np.arange(len(proprio)))]
-    return robot.tool_centre_point(proprio[nxt])
+    return robot.tool_centre_point(proprio[_next_keyframe(action, np.arange(len(proprio)))])

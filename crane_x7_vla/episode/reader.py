@@ -101,7 +101,7 @@ class EpisodeData:
     images: dict[str, list[bytes]] = field(default_factory=dict)
     meta: EpisodeMeta | None = None
     # A picture with where the named object is (3,), m, and no demonstration: it teaches a
-    # policy's goal tokens only (training/goal_scenes.py); None for recorded episodes.
+    # policy's goal tokens only (sim/goal_scenes.py); None for recorded episodes.
     goal: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -150,16 +150,11 @@ def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir:
 
 
 def vision_module(model) -> torch.nn.Module:
-    """The image encoder of a Llava/PaliGemma (vision_tower) or OpenVLA (vision_backbone) model."""
-    for owner in (model, getattr(model, "model", None), getattr(getattr(model, "base_model", None), "model", None)):
-        for name in ("vision_tower", "vision_backbone"):
-            found = getattr(owner, name, None) if owner is not None else None
-            if isinstance(found, torch.nn.Module):
-                return found
-        inner = getattr(owner, "model", None) if owner is not None else None
-        found = getattr(inner, "vision_tower", None)
-        if isinstance(found, torch.nn.Module):
-            return found
+    """The image encoder of a Llava/PaliGemma (vision_tower) or OpenVLA (vision_backbone) model,
+    wrapped by PEFT or not."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in ("vision_tower", "vision_backbone"):
+            return module
     raise ConfigError("--freeze-vision: this model has no vision_tower or vision_backbone to freeze")
 
 
