@@ -4,7 +4,8 @@ Processes (each in its own process group, own ROS_DOMAIN_ID per run):
     scripted_expert (crane_x7_sim with the expert)  ->  teleop_relay  ->  data_logger
 
 Per episode: set the simulator's `seed` parameter and call /crane_x7_sim/reset; wait for
-the new instruction; set the logger's task/seed parameters; /data_logger/start; wait
+the new instruction; set the logger's task/seed parameters; /data_logger/start;
+/crane_x7_sim/start_expert (the recording begins with the arm at rest); wait
 until the task's success check has held for `settle` seconds, the expert gives up, or
 `timeout`; read /crane_x7_sim/check_success; /data_logger/stop (the logger stores the
 success flag it received from /crane_x7_sim/success). On any exit path (also Ctrl-C or
@@ -167,7 +168,7 @@ def collect_sim(
             "task": task, "seed": seed, "cameras": list(cameras), "camera_topics": topics,
             "camera_frames": [f"{c}_camera_optical_frame" for c in cameras],
             "camera_width": camera_size[0], "camera_height": camera_size[1],
-            "real_time_factor": float(speed), "publish_clock": on_sim_clock,
+            "real_time_factor": float(speed), "publish_clock": on_sim_clock, "expert_waits_for_start": True,
         }, name="crane_x7_sim")
         nodes.start("teleop_relay", dict(sim_clock))
         nodes.start("data_logger", {**sim_clock,
@@ -223,6 +224,11 @@ def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str
         if time.monotonic() - started > 15.0:
             raise RuntimeError(f"the logger did not start: {res.message}")
         time.sleep(0.2)
+    # The expert moves only once the logger records: every episode begins at rest, the
+    # picture the policy sees first when deployed (a human starts recording, then moves).
+    res = client.trigger(f"{SIM}/start_expert", nodes)
+    if not res.success:
+        raise RuntimeError(f"the expert did not start: {res.message}")
     t0 = time.monotonic()
     client.success, client.success_since = False, None
     end = "timeout"

@@ -18,6 +18,8 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
     ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
                               switching to the `task` parameter's task; message = JSON
                               {task, seed, instruction}
+    ~/start_expert            std_srvs/Trigger: with `expert_waits_for_start`, the expert moves
+                              `expert_start_delay` s after this call instead of after the reset
 
 Physics runs in its own thread paced to wall time (`control_hz` steps of 1/control_hz s,
 catching up when late), `real_time_factor` times faster than real time if asked; camera,
@@ -36,6 +38,7 @@ joint states into follower commands exactly as for the real leader arm.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -91,6 +94,10 @@ class SimNode(Node):
                               "Where the expert publishes leader joint states")
         self.expert_rate = float(p("expert_rate", 50.0, "Leader joint state rate of the expert (Hz)"))
         self.expert_start_delay = float(p("expert_start_delay", 0.5, "Seconds after a reset before the expert moves"))
+        self.expert_waits_for_start = bool(p(
+            "expert_waits_for_start", False,
+            "With the expert on: after a reset, hold still until ~/start_expert is called (data collection calls "
+            "it once the logger records, so every episode begins with the arm at rest, as the policy will see it)"))
         self.reset_quiet = float(p("reset_quiet", 0.8,
                                    "With the expert on: seconds the leader is silent BEFORE the scene resets, "
                                    "longer than the relay's leader_timeout, so the relay has stopped following "
@@ -133,6 +140,7 @@ class SimNode(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
         self.create_service(Trigger, "~/check_success", self._on_check, callback_group=group)
+        self.create_service(Trigger, "~/start_expert", self._on_start_expert, callback_group=group)
         self._action_server = self._make_gripper_server(group)
 
         if self.real_time_factor > 1.0:
@@ -233,7 +241,7 @@ class SimNode(Node):
         env = self._env
         if self.expert_enabled:
             self._expert = ScriptedExpert(env, rng=np.random.default_rng([seed, 7]), max_speed=self.expert_max_speed)
-            self._expert_start = env.time + self.expert_start_delay
+            self._expert_start = math.inf if self.expert_waits_for_start else env.time + self.expert_start_delay
             self._set_expert_state("waiting")
         self._instr_pub.publish(String(data=env.instruction))
         result = {"task": env.task, "seed": env.seed, "instruction": env.instruction}
@@ -252,6 +260,18 @@ class SimNode(Node):
         except Exception as exc:
             response.success, response.message = False, f"reset failed: {exc}"
             self.get_logger().error(response.message)
+        return response
+
+    def _on_start_expert(self, request, response):
+        with self._lock:
+            if self._expert is None:
+                response.success = False
+                response.message = ("no expert to start: run the simulator with expert:=true and reset it first"
+                                    if not self.expert_enabled else "no episode yet: call ~/reset first")
+                return response
+            self._expert_start = min(self._expert_start, self._env.time + self.expert_start_delay)
+            response.success = True
+            response.message = f"the expert moves in {self.expert_start_delay:g} simulated s"
         return response
 
     def _on_check(self, request, response):

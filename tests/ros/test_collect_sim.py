@@ -64,6 +64,9 @@ def test_collect_records_valid_episodes_with_the_task_check(tmp_path):
         assert set(meta.cameras) == {"wrist", "primary"}
         assert meta.dropped_steps == result["dropped_steps"]  # counted, whatever the machine's load
         assert ep.proprio.shape[0] >= 10
+        # The expert waits for the recording: the episode begins with the arm at rest (the
+        # picture a deployed policy sees first), then moves.
+        assert np.abs(ep.proprio[1:3, :7] - ep.proprio[0, :7]).max() < 0.005
         # The arm moved: the follower followed the expert through the relay.
         assert abs(ep.proprio[-1, :7] - ep.proprio[0, :7]).max() > 0.1
         # The scene camera shows a scene, not a blank frame.

@@ -116,3 +116,5 @@ def test_reset_uses_the_seed_parameter_and_success_service(sim, client):
     check = client.trigger("/crane_x7_sim/check_success")
     assert check.success is False  # the arm is at home, far from the cube
     assert json.loads(check.message)["seed"] == 40
+    started = client.trigger("/crane_x7_sim/start_expert")  # this simulator runs without the expert
+    assert started.success is False and "expert:=true" in started.message
