@@ -333,18 +333,20 @@ class BatchStream:
         self.close()
 
 
-def eval_items(episodes: list[EpisodeData], max_samples: int) -> list[tuple[int, int]]:
-    """A fixed, evenly spread set of (episode, step) for validation metrics."""
-    pairs = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep))]
+def eval_items(episodes: list[EpisodeData], max_samples: int, first_steps: bool = False) -> list[tuple[int, int]]:
+    """A fixed, evenly spread set of (episode, step) for validation metrics (`first_steps`: only
+    each episode's first step)."""
+    pairs = [(e, t) for e, ep in enumerate(episodes) for t in range(min(1, len(ep)) if first_steps else len(ep))]
     if len(pairs) <= max_samples:
         return pairs
     pick = np.linspace(0, len(pairs) - 1, max_samples).round().astype(int)
     return [pairs[i] for i in pick]
 
 
-def eval_batches(episodes, cameras, spec: ImageSpec, horizon: int, batch_size: int, max_samples: int):
+def eval_batches(episodes, cameras, spec: ImageSpec, horizon: int, batch_size: int, max_samples: int,
+                 first_steps: bool = False):
     """Batches without augmentation (centre crop, as at deployment)."""
-    items = eval_items(episodes, max_samples)
+    items = eval_items(episodes, max_samples, first_steps)
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
         yield collate([make_sample(episodes[e], t, cameras, spec, horizon, train=False) for e, t in chunk])

@@ -9,7 +9,7 @@ import pytest
 
 from crane_x7_vla import preprocess, robot
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.episode.reader import list_episodes, load_episode
+from crane_x7_vla.episode.reader import EpisodeData, list_episodes, load_episode
 from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.cli import build_parser, config_from_args, main
 from crane_x7_vla.training.config import ConfigError
@@ -150,6 +150,7 @@ def test_checkpoint_and_policy_carry_the_goal(goal_run, dataset_dir):
     assert config["train_config"]["goal_scenes"] == 12
     final_eval = [r for r in read_metrics(goal_run) if "val/goal_error_m" in r]
     assert final_eval and np.isfinite(final_eval[-1]["val/goal_error_m"])
+    assert 0 <= final_eval[-1]["val/first_goal_error_m"] < 2.0  # the goal box is 0.8 x 0.9 x 0.7 m
     pol = vla_policy.load(d, config, "cpu")
     assert pol.metadata["goal_tokens"] is True and pol.last_goal is None
     ep = load_episode(list_episodes(dataset_dir)[0].path)
@@ -191,3 +192,14 @@ def test_freeze_vision_trains_everything_but_the_image_encoder(tmp_path):
             assert any(p.requires_grad for n, p in vla.model.named_parameters() if "language_model" in n)
         else:
             assert frozen == []
+
+
+def test_first_goal_error_is_taken_on_each_episodes_first_picture():
+    from crane_x7_vla.training.data import eval_items
+
+    eps = [EpisodeData(path=None, proprio=np.zeros((n, 8), np.float32), action=np.zeros((n, 8), np.float32),
+                       timestep=np.arange(n), timestamp_ns=None, instruction="reach the red cube", images={})
+           for n in (4, 0, 6, 3)]
+    assert eval_items(eps, 100, first_steps=True) == [(0, 0), (2, 0), (3, 0)]
+    assert eval_items(eps, 2, first_steps=True) == [(0, 0), (3, 0)]
+    assert len(eval_items(eps, 100)) == 13

@@ -192,10 +192,23 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # ---- evaluation -----------------------------------------------------------------------------
 
 
+def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, codec: ActionCodec, device):
+    """Greedy decoding as at deployment, grouped by prompt length (no padding): yields (rows, ids)."""
+    prompts = build_batch(vla, batch["instruction"], None, device, state_ids)
+    lengths = prompts["attention_mask"].sum(1)
+    for length in lengths.unique().tolist():
+        rows = (lengths == length).nonzero().flatten()
+        sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
+        sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
+        yield rows.cpu().numpy(), decode.generate_action_ids(model, vla, sub, sub_pix, n_tokens, codec.first_id).cpu().numpy()
+
+
 @torch.no_grad()
 def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: ActionCodec, device) -> dict:
     """Teacher-forced loss/accuracy, the L1 error of greedily decoded actions (robot units) and,
-    with goal tokens, the distance (m) of the decoded goal point from the demonstrated one."""
+    with goal tokens, the distance (m) of the decoded goal point from the demonstrated one, over
+    all steps (`goal_error_m`) and on each episode's first picture (`first_goal_error_m`: the
+    arm still at rest, so only the picture and the instruction say where the hand must go)."""
     if not episodes:
         return {}
     was_training = model.training
@@ -212,24 +225,24 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
-        # greedy decoding as at deployment, grouped by prompt length (no padding)
-        prompts = build_batch(vla, batch["instruction"], None, device, state_ids)
-        lengths = prompts["attention_mask"].sum(1)
-        for length in lengths.unique().tolist():
-            rows = (lengths == length).nonzero().flatten()
-            sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
-            sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-            ids = decode.generate_action_ids(model, vla, sub, sub_pix, codec.n_tokens(horizon), codec.first_id)
-            r = rows.cpu().numpy()
-            predicted = codec.decode(ids.cpu().numpy(), state[r])
-            l1.append(np.abs(predicted - actions[r]).mean(axis=(1, 2)))
+        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec, device):
+            l1.append(np.abs(codec.decode(ids, state[r]) - actions[r]).mean(axis=(1, 2)))
             if codec.n_goal:
-                goal_error.append(np.linalg.norm(codec.decode_goal(ids.cpu().numpy()) - batch["goal"][r], axis=1))
+                goal_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
+    first_error = []
+    if codec.n_goal:
+        for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples,
+                                  first_steps=True):
+            pix = pixel_values(vla, batch["images"], cameras, device)
+            for r, ids in _greedy_ids(vla, model, batch, pix, codec.state_ids(batch["state"]), codec.n_goal, codec,
+                                      device):
+                first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     model.train(was_training)
     n = sum(len(x) for x in l1)
     result = {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
     if goal_error:
         result["goal_error_m"] = float(np.concatenate(goal_error).mean())
+        result["first_goal_error_m"] = float(np.concatenate(first_error).mean())
     return result
 
 
