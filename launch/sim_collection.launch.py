@@ -9,7 +9,10 @@ teleop_relay commands the simulated follower, data_logger records the follower's
 (primary, /scene_camera/color/image_raw), the instruction (/instruction) and the task's
 success flag (/crane_x7_sim/success). Drive episodes through the services
 (/crane_x7_sim/reset, /data_logger/start|stop|discard), with `crane-x7-vla logger-keys`,
-or let `crane-x7-vla collect --sim` do all of it.
+or let `crane-x7-vla collect --sim` do all of it. Here the expert moves `expert_start_delay`
+(0.5 s) after each reset, so start the logger right after the reset; `collect --sim` holds the
+expert instead (`expert_waits_for_start`) and calls /crane_x7_sim/start_expert once the logger
+records, so that every episode begins with the arm at rest, as a deployed policy first sees it.
 """
 
 from launch import LaunchDescription
