@@ -192,7 +192,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # ---- evaluation -----------------------------------------------------------------------------
 
 
-def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, codec: ActionCodec, device):
+def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, first_id: int, device):
     """Greedy decoding as at deployment, grouped by prompt length (no padding): yields (rows, ids)."""
     prompts = build_batch(vla, batch["instruction"], None, device, state_ids)
     lengths = prompts["attention_mask"].sum(1)
@@ -200,7 +200,7 @@ def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, cod
         rows = (lengths == length).nonzero().flatten()
         sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
         sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-        yield rows.cpu().numpy(), decode.generate_action_ids(model, vla, sub, sub_pix, n_tokens, codec.first_id).cpu().numpy()
+        yield rows.cpu().numpy(), decode.generate_action_ids(model, vla, sub, sub_pix, n_tokens, first_id).cpu().numpy()
 
 
 @torch.no_grad()
@@ -225,7 +225,7 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
-        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec, device):
+        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec.first_id, device):
             l1.append(np.abs(codec.decode(ids, state[r]) - actions[r]).mean(axis=(1, 2)))
             if codec.n_goal:
                 goal_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
@@ -234,8 +234,8 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples,
                                   first_steps=True):
             pix = pixel_values(vla, batch["images"], cameras, device)
-            for r, ids in _greedy_ids(vla, model, batch, pix, codec.state_ids(batch["state"]), codec.n_goal, codec,
-                                      device):
+            state_ids = codec.state_ids(batch["state"])
+            for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec.first_id, device):
                 first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     model.train(was_training)
     n = sum(len(x) for x in l1)
