@@ -4,7 +4,8 @@ Processes (each in its own process group, own ROS_DOMAIN_ID per run):
     scripted_expert (crane_x7_sim with the expert)  ->  teleop_relay  ->  data_logger
 
 Per episode: set the simulator's `seed` parameter and call /crane_x7_sim/reset; wait for
-the new instruction; set the logger's task/seed parameters; /data_logger/start;
+the new instruction and for the follower to rest at the episode's start pose (as it will
+at deployment); set the logger's task/seed parameters; /data_logger/start;
 /crane_x7_sim/start_expert (the recording begins with the arm at rest); wait
 until the task's success check has held for `settle` seconds, the expert gives up, or
 `timeout`; read /crane_x7_sim/check_success; /data_logger/stop (the logger stores the
@@ -21,6 +22,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from crane_x7_vla import robot
 from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, release_domain_id, ros_env
 
 SIM = "/crane_x7_sim"
@@ -69,6 +73,7 @@ class _Client:
     """The driver's own rclpy node (a BackgroundNode) with the simulator's topics."""
 
     def __init__(self, domain_id: int) -> None:
+        from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool, String
 
         from crane_x7_vla.ros import msgs
@@ -80,7 +85,9 @@ class _Client:
         self.success_since: float | None = None
         self.expert = ""
         self.instruction = ""
+        self.joints = None  # (positions, velocities) of the follower's newest /joint_states
         self.node.create_subscription(Bool, f"{SIM}/success", self._on_success, 10)
+        self.node.create_subscription(JointState, robot.JOINT_STATES_TOPIC, self._on_joints, msgs.STATE_QOS)
         self.node.create_subscription(String, f"{SIM}/expert_status", self._on_expert, msgs.LATCHED_QOS)
         self.node.create_subscription(String, "/instruction", self._on_instruction, msgs.LATCHED_QOS)
 
@@ -88,6 +95,34 @@ class _Client:
         if msg.data and not self.success:
             self.success_since = time.monotonic()
         self.success = bool(msg.data)
+
+    def _on_joints(self, msg) -> None:
+        from crane_x7_vla.ros import msgs
+
+        try:
+            self.joints = (msgs.joint_state_vector(msg), np.array(msg.velocity[: len(msg.position)], dtype=float))
+        except (KeyError, ValueError):
+            pass
+
+    def wait_at_rest(self, start, nodes: NodeGroup, timeout: float = 20.0, tolerance: float = 0.01) -> None:
+        """Wait until the follower's arm is within `tolerance` rad of `start` and still."""
+        start = np.asarray(start, dtype=float)[: robot.NUM_ARM_JOINTS]
+        deadline, settled = time.monotonic() + timeout, 0
+        while settled < 3:
+            nodes.check_alive()
+            joints = self.joints
+            if joints is not None:
+                q, v = joints
+                near = np.abs(q[: robot.NUM_ARM_JOINTS] - start).max() < tolerance
+                still = v.size == 0 or np.abs(v[: robot.NUM_ARM_JOINTS]).max() < 0.05
+                settled = settled + 1 if near and still else 0
+            if time.monotonic() > deadline:
+                off = "no joint states" if joints is None else \
+                    f"max joint error {np.abs(joints[0][: robot.NUM_ARM_JOINTS] - start).max():.3f} rad"
+                raise RuntimeError(f"after the reset the follower did not come to rest at the episode's start pose "
+                                   f"within {timeout:.0f} s ({off}); is something else commanding "
+                                   f"{robot.ARM_TRAJECTORY_TOPIC}?")
+            time.sleep(0.02)
 
     def _on_expert(self, msg) -> None:
         self.expert = msg.data
@@ -215,6 +250,9 @@ def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str
             raise RuntimeError(f"the new instruction {scene['instruction']!r} did not arrive on /instruction")
         time.sleep(0.02)
     time.sleep(0.2)  # the logger receives the same latched message
+    # The reset put the follower back; the relay only knows the leader, which rests at the start
+    # pose until the expert moves. Record from there, as the policy will start at deployment.
+    client.wait_at_rest(scene["start_state"], nodes)
     client.set_params(LOGGER, {"task": task, "seed": seed}, nodes)
     started = time.monotonic()
     while True:  # the first frames after a reset take a moment

@@ -17,7 +17,7 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
     ~/check_success           std_srvs/Trigger: success = the check now, message = JSON state
     ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
                               switching to the `task` parameter's task; message = JSON
-                              {task, seed, instruction}
+                              {task, seed, instruction, start_state (the 8 joint positions)}
     ~/start_expert            std_srvs/Trigger: with `expert_waits_for_start`, the expert moves
                               `expert_start_delay` s after this call instead of after the reset
 
@@ -32,7 +32,11 @@ With `expert:=true` the node also runs the scripted expert (crane_x7_vla.sim.Scr
 and publishes its LEADER joint states on `leader_joint_states_topic`. The expert reads the
 scene (object poses) the way the human demonstrator looks at it, which only this process
 knows, so it lives here; it commands nothing itself: the teleop relay turns its leader
-joint states into follower commands exactly as for the real leader arm.
+joint states into follower commands exactly as for the real leader arm. Until the expert
+moves, its leader rests at the episode's start pose (a person holding the leader arm where
+the follower starts): the relay then keeps the follower there, instead of following the
+last leader state of the previous episode (the follower is put back by the reset; the
+relay knows nothing of it).
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class SimNode(Node):
         self._env = None
         self._expert = None
         self._expert_start = 0.0
+        self._start_state = None
         self._expert_state = "idle"
         self._camera_size = (width, height)
         self._gripper_seq = 0
@@ -244,7 +249,9 @@ class SimNode(Node):
             self._expert_start = math.inf if self.expert_waits_for_start else env.time + self.expert_start_delay
             self._set_expert_state("waiting")
         self._instr_pub.publish(String(data=env.instruction))
-        result = {"task": env.task, "seed": env.seed, "instruction": env.instruction}
+        self._start_state = env.joint_positions().copy()
+        result = {"task": env.task, "seed": env.seed, "instruction": env.instruction,
+                  "start_state": [round(float(v), 6) for v in self._start_state]}
         self.get_logger().info(f"reset: {json.dumps(result)}")
         return result
 
@@ -403,10 +410,13 @@ class SimNode(Node):
                 sim_s = (self._sim_ns - start_ns) * 1e-9
                 q, v = env.joint_positions(), env.joint_velocities()
                 leader = None
-                if self._expert is not None and env.time >= self._expert_start and sim_s >= next_leader:
-                    leader = self._expert.target()
-                    state = "failed" if self._expert.failed else "done" if self._expert.done else "running"
-                    self._set_expert_state(state)
+                if self._expert is not None and sim_s >= next_leader:
+                    if env.time >= self._expert_start:
+                        leader = self._expert.target()
+                        state = "failed" if self._expert.failed else "done" if self._expert.done else "running"
+                        self._set_expert_state(state)
+                    else:  # waiting: the leader rests at the start pose
+                        leader = self._start_state
                     next_leader = sim_s + 1.0 / self.expert_rate - 1e-9
                 success = env.success() if sim_s >= next_success else None
             self.stats["control_steps"] += 1
