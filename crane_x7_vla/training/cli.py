@@ -112,6 +112,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "at the next grasp, release or the episode's end (x, y, z in the arm's base frame, 3 "
                         "tokens); computed from the recorded joint states (default: off, as OpenVLA-7B was "
                         "trained)")
+    g.add_argument("--goal-before-state", action=argparse.BooleanOptionalAction, default=S,
+                   help="openvla with goal tokens and the state in the prompt: write the goal point before "
+                        "the state tokens are read, so it comes from the picture and the instruction only "
+                        "(every demonstration starts from its own jittered pose, and a goal read off the state "
+                        "is memorised per episode) (default: on)")
     g.add_argument("--goal-scenes", type=int, metavar="N", default=S,
                    help="openvla with goal tokens: also train the goal tokens on N simulated pictures of "
                         "--goal-scenes-task (no demonstration; the label is the named cube's place), a small "

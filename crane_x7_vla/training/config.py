@@ -32,6 +32,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "action_label_sigma": 0.0,  # one-hot bin targets, as OpenVLA
         "image_position": IMAGE_FIRST,  # as Llava-family models are trained
         "goal_tokens": False,  # as OpenVLA-7B was trained: actions only
+        "goal_before_state": True,  # with goal tokens and the state in the prompt (prompt.GOAL_FIRST_TEMPLATE)
     },
     "openpi": {
         "batch_size": 32,
@@ -43,6 +44,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "noop_threshold": 0.0,
         "action_label_sigma": 0.0,  # continuous actions: no bins
         "goal_tokens": False,
+        "goal_before_state": False,
     },
 }
 
@@ -120,6 +122,7 @@ class TrainConfig:
     image_position: str | None = None  # openvla, Llava family: first | after_instruction (the image tokens)
     freeze_vision: bool = False  # keep the image encoder's weights as the base model has them
     goal_tokens: bool | None = None  # openvla: write the goal point (3 tokens) before the actions
+    goal_before_state: bool | None = None  # openvla, goal tokens + state in prompt: the goal comes before the state
     goal_scenes: int = 0  # openvla with goal_tokens: simulated pictures of goal_scenes_task labelled with the goal
     goal_scenes_task: str = "reach"  # the simulated task those pictures show
     experiment_name: str | None = None  # crane_x7_{backend}

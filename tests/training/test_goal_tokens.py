@@ -168,6 +168,66 @@ def test_checkpoint_and_policy_carry_the_goal(goal_run, dataset_dir):
     assert pol.last_goal.shape == (3,) and np.all((pol.last_goal >= lo) & (pol.last_goal <= hi))
 
 
+def test_goal_is_written_before_the_state_is_read(goal_run, dataset_dir):
+    import torch
+
+    from crane_x7_vla.backends.openvla import decode
+    from crane_x7_vla.backends.openvla import policy as vla_policy
+    from crane_x7_vla.backends.openvla.model import build_batch, pixel_values
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.preprocess import prepare_image
+
+    d = goal_run / "checkpoint-final"
+    config = ck.read_policy_config(d)
+    assert config["openvla"]["goal_before_state"] is True  # the tiny preset's default with goal tokens
+    pol = vla_policy.load(d, config, "cpu")
+    assert pol.codec.goal_first == 3 and pol.metadata["goal_before_state"] is True
+    ep = load_episode(list_episodes(dataset_dir)[0].path)
+    t = 4
+    image = jpeg.decode(ep.images["primary"][t])
+    state = ep.proprio[t:t + 1]
+    state_ids = pol.codec.state_ids(state)[0].tolist()
+    calls = []
+    hook = pol.vla.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        action = pol.predict({"images": {"primary": image}, "state": ep.proprio[t], "instruction": ep.instruction})
+    finally:
+        hook.remove()
+    tok = pol.vla.tokenizer
+    # the prompt ends asking for the goal and holds no state; the state is fed after the third goal token
+    assert tok.decode(calls[0]).rstrip().endswith("Goal:")
+    assert not any(calls[0][i:i + 8] == state_ids for i in range(len(calls[0])))
+    fed = [c for c in calls[1:] if len(c) > 1]
+    assert len(fed) == 1 and fed[0][-8 - len(tok("\nOut:", add_special_tokens=False)["input_ids"]):][:8] == state_ids
+    assert calls.index(fed[0]) == 3  # prompt, goal token 1, goal token 2, then goal token 3 + the state
+    # decoding follows the training layout: teacher-forced on what was written, every written
+    # token is the greedy choice there
+    pix = pixel_values(pol.vla, {"primary": prepare_image(image, pol.spec, train=False)[None]}, ["primary"], "cpu")
+    prompt = build_batch(pol.vla, [ep.instruction], None, "cpu", pol.codec.state_ids(state), goal_first=3)
+    written = decode.generate_action_ids(pol.vla.model, pol.vla, prompt, pix, pol.codec.n_tokens(1), pol.codec.first_id,
+                                         middle_after=3).numpy()
+    np.testing.assert_allclose([robot.clamp_to_limits(a) for a in pol.codec.decode(written, state)[0]], action)
+    inputs = build_batch(pol.vla, [ep.instruction], written, "cpu", pol.codec.state_ids(state), goal_first=3)
+    with torch.no_grad():
+        logits = decode.forward(pol.vla.model, pol.vla, inputs, pix).logits
+    labelled = inputs["labels"][0, 1:] != -100
+    pred = decode.next_token_logits(logits, inputs["input_ids"].shape[1])[0][labelled]
+    first = pol.codec.first_id
+    np.testing.assert_array_equal(pred[:, first:].argmax(-1).numpy() + first, written[0])
+    # the goal's logits do not depend on the state; the actions' do
+    other = build_batch(pol.vla, [ep.instruction], written, "cpu", pol.codec.state_ids(state + 0.3), goal_first=3)
+    with torch.no_grad():
+        pred2 = decode.next_token_logits(decode.forward(pol.vla.model, pol.vla, other, pix).logits,
+                                         other["input_ids"].shape[1])[0][labelled]
+    torch.testing.assert_close(pred2[:3], pred[:3])
+    assert not torch.allclose(pred2[3:], pred[3:])
+    # a checkpoint written before this layout existed keeps the state first
+    old = json.loads(json.dumps(config))
+    del old["openvla"]["goal_before_state"]
+    assert ActionCodec.from_policy_config(pol.vla.vocab_size, old).goal_first == 0
+
+
 def test_resume_refuses_another_goal_setting(goal_run, dataset_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "o"), "--max-steps", "6",

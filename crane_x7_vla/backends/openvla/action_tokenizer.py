@@ -60,10 +60,13 @@ class ActionCodec:
     from the current state with the gripper absolute) and, with `state_in_prompt`, the
     joint state as 8 prompt tokens (normalised with the dataset's proprio q01/q99 and cut
     into the same 256 bins as the actions) and, with `goal_tokens`, 3 goal tokens before the
-    actions (x, y, z of the goal point over GOAL_BOUNDS)."""
+    actions (x, y, z of the goal point over GOAL_BOUNDS); with `goal_before_state` as well
+    (and the state in the prompt) the goal tokens come before the state tokens (see
+    `prompt.GOAL_FIRST_TEMPLATE`)."""
 
     def __init__(self, vocab_size: int, statistics: dict, *, representation: str = ABSOLUTE,
-                 model_statistics: dict | None = None, state_in_prompt: bool = False, goal_tokens: bool = False):
+                 model_statistics: dict | None = None, state_in_prompt: bool = False, goal_tokens: bool = False,
+                 goal_before_state: bool = False):
         self.representation = representation
         self.mask = delta_mask(representation)
         if representation == ABSOLUTE:
@@ -81,6 +84,12 @@ class ActionCodec:
         self.goal_tokens = ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1])) \
             if goal_tokens else None
         self.n_goal = 0 if self.goal_tokens is None else len(GOAL_BOUNDS[0])
+        self.goal_before_state = bool(goal_before_state and self.n_goal and self.state_in_prompt)
+
+    @property
+    def goal_first(self) -> int:
+        """How many of the written tokens come before the state tokens (`model.build_batch`)."""
+        return self.n_goal if self.goal_before_state else 0
 
     def n_tokens(self, horizon: int) -> int:
         """How many tokens the model writes per prediction: the goal's, then 8 per chunk step."""
@@ -145,4 +154,5 @@ class ActionCodec:
         return cls(vocab_size, config["dataset_statistics"], representation=representation,
                    model_statistics=space.get("model_statistics"),
                    state_in_prompt=bool((config.get("openvla") or {}).get("state_in_prompt", False)),
-                   goal_tokens=bool((config.get("openvla") or {}).get("goal_tokens", False)))
+                   goal_tokens=bool((config.get("openvla") or {}).get("goal_tokens", False)),
+                   goal_before_state=bool((config.get("openvla") or {}).get("goal_before_state", False)))

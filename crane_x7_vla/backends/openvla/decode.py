@@ -47,12 +47,17 @@ def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_s
 
 
 @torch.no_grad()
-def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_tokens: int, first_id: int) -> torch.Tensor:
+def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_tokens: int, first_id: int,
+                        middle_after: int = 0) -> torch.Tensor:
     """Greedy decoding of `n_tokens` tokens, each restricted to ids [first_id, vocab_size).
 
-    `batch` holds prompts of equal length (no padding). Uses the KV cache when the model
+    `batch` holds prompts of equal length (no padding). With `middle_after` > 0 and
+    `batch['middle_ids']` (B, M) (the goal written before the state, see
+    `model.build_batch`), those tokens are fed after the first `middle_after` tokens are
+    written; they are inputs, not part of the result. Uses the KV cache when the model
     returns one, otherwise re-runs the whole sequence."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    middle = batch.get("middle_ids") if middle_after else None
     extra = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=True, **extra)
     chosen = []
@@ -62,15 +67,17 @@ def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_to
         chosen.append(tok)
         if k == n_tokens - 1:
             break
+        step = tok[:, None]
+        if middle is not None and k == middle_after - 1:
+            step = torch.cat([step, middle.to(step.device)], dim=1)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        mask = torch.cat([mask, torch.ones_like(step)], dim=1)
         if cache is not None:
-            step_extra = {"token_type_ids": torch.ones_like(tok[:, None])} if extra else {}
-            out = model(input_ids=tok[:, None], attention_mask=mask, use_cache=True,
-                        **{vla.cache_kw: cache}, **step_extra)
+            step_extra = {"token_type_ids": torch.ones_like(step)} if extra else {}
+            out = model(input_ids=step, attention_mask=mask, use_cache=True, **{vla.cache_kw: cache}, **step_extra)
         else:
-            ids = torch.cat([ids, tok[:, None]], dim=1)
+            ids = torch.cat([ids, step], dim=1)
             if extra:
-                extra["token_type_ids"] = torch.cat([extra["token_type_ids"], torch.ones_like(tok[:, None])], 1)
+                extra["token_type_ids"] = torch.cat([extra["token_type_ids"], torch.ones_like(step)], 1)
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, **extra)
     return torch.stack(chosen, dim=1)

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crane_x7_vla.backends.openvla.prompt import (IMAGE_FIRST, IMAGE_POSITIONS, STATE_TEMPLATE, openvla_prompt,
-                                                  split_at_question, state_prompt_parts)
+from crane_x7_vla.backends.openvla.prompt import (GOAL_FIRST_TEMPLATE, IMAGE_FIRST, IMAGE_POSITIONS, STATE_TEMPLATE,
+                                                  goal_first_prompt, openvla_prompt, split_at_question,
+                                                  state_prompt_parts)
 
 IGNORE = -100
 
@@ -282,23 +283,27 @@ def set_image_position(vla: VLA, position: str) -> None:
     vla.image_position = position
 
 
-def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False) -> list[int]:
+def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False, goal_first: bool = False) -> list[int]:
     """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
     discretised joint state) go into the prompt when given; the image placeholders go where
     `vla.image_position` says (Llava family). `bare`: the instruction is the whole text,
-    without the OpenVLA template, picture first (a pretraining lead-in only)."""
+    without the OpenVLA template, picture first (a pretraining lead-in only). `goal_first`:
+    everything before the goal tokens, which come before the state (`state_ids` unused; they
+    go into `middle_ids`)."""
     tok = vla.tokenizer
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     if vla.image_position != IMAGE_FIRST and not bare:
-        question, rest = split_at_question(instruction, state_ids is not None)
+        question, rest = split_at_question(instruction, state_ids is not None, goal_first)
         ids = bos + tok(question, add_special_tokens=False)["input_ids"]
         ids += [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)
         ids += tok(rest, add_special_tokens=False)["input_ids"]
-        if state_ids is not None:
+        if state_ids is not None and not goal_first:
             ids += [int(t) for t in state_ids] + tok(STATE_TEMPLATE[1], add_special_tokens=False)["input_ids"]
         return ids
     if bare:
         text = tok(instruction, add_special_tokens=False)["input_ids"]
+    elif goal_first:
+        text = tok(goal_first_prompt(instruction), add_special_tokens=False)["input_ids"]
     elif state_ids is None:
         text = tok(openvla_prompt(instruction), add_special_tokens=False)["input_ids"]
     else:
@@ -318,18 +323,39 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False
     return bos + images + text
 
 
+def middle_ids(vla: VLA, state_ids) -> list[int]:
+    """With the goal before the state: the tokens between the goal and the actions,
+    '\nState:' <8 state tokens> '\nOut:'."""
+    tok = vla.tokenizer
+    _, state_text, out_text = GOAL_FIRST_TEMPLATE
+    return (tok(state_text, add_special_tokens=False)["input_ids"] + [int(t) for t in state_ids]
+            + tok(out_text, add_special_tokens=False)["input_ids"])
+
+
 def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
-                state_ids: np.ndarray | None = None, *, bare: bool = False) -> dict:
+                state_ids: np.ndarray | None = None, *, bare: bool = False, goal_first: int = 0) -> dict:
     """Right-padded input_ids / attention_mask, and labels on the action tokens only.
     `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state);
-    `bare`: see prompt_ids."""
-    rows, n_prompt = [], []
+    `bare`: see prompt_ids. `goal_first` (with `state_ids`): the first this many tokens of
+    every row of `action_ids` (the goal) come before the state: prompt, goal, `middle_ids`,
+    actions, with labels on the goal and the actions. Without `action_ids` the batch holds
+    the prompts up to the goal, and `middle_ids` (B, M) to feed once the goal is written."""
+    goal_first = goal_first if state_ids is not None else 0
+    rows, labelled = [], []
     for i, instr in enumerate(instructions):
-        ids = prompt_ids(vla, instr, None if state_ids is None else state_ids[i], bare=bare)
-        n_prompt.append(len(ids))
+        state = None if state_ids is None else state_ids[i]
+        ids = prompt_ids(vla, instr, state, bare=bare, goal_first=bool(goal_first))
+        mask_row = [False] * len(ids)
         if action_ids is not None:
-            ids = ids + [int(t) for t in action_ids[i]]
+            targets = [int(t) for t in action_ids[i]]
+            ids, mask_row = ids + targets[:goal_first], mask_row + [True] * len(targets[:goal_first])
+            rest = targets[goal_first:] if goal_first else targets
+            if goal_first and rest:  # a goal-only row (a picture without a demonstration) stops at the goal
+                middle = middle_ids(vla, state)
+                ids, mask_row = ids + middle, mask_row + [False] * len(middle)
+            ids, mask_row = ids + rest, mask_row + [True] * len(rest)
         rows.append(ids)
+        labelled.append(mask_row)
     width = max(len(r) for r in rows)
     pad = vla.tokenizer.pad_token_id
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -338,9 +364,11 @@ def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None
     for i, r in enumerate(rows):
         input_ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
-        if action_ids is not None:
-            labels[i, n_prompt[i] : len(r)] = input_ids[i, n_prompt[i] : len(r)]
+        keep = torch.tensor(labelled[i], dtype=torch.bool)
+        labels[i, : len(r)][keep] = input_ids[i, : len(r)][keep]
     batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-    if vla.family == "paligemma":
-        batch["token_type_ids"] = (labels != IGNORE).long().to(device)
+    if goal_first and action_ids is None:
+        batch["middle_ids"] = torch.tensor([middle_ids(vla, s) for s in state_ids], dtype=torch.long).to(device)
+    if vla.family == "paligemma":  # the suffix: from the first labelled token on (a middle part included)
+        batch["token_type_ids"] = ((labels != IGNORE).long().cummax(1).values * mask).to(device)
     return batch

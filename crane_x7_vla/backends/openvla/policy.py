@@ -83,6 +83,7 @@ class OpenVLAPolicy:
             "action_representation": self.codec.representation,
             "state_in_prompt": self.codec.state_in_prompt,
             "goal_tokens": self.codec.n_goal > 0,
+            "goal_before_state": self.codec.goal_before_state,
             "joint_names": list(c["joint_names"]),
             "control_rate_hz": c.get("control_rate_hz"),
             "default_instruction": c.get("default_instruction"),
@@ -100,10 +101,11 @@ class OpenVLAPolicy:
         instruction = observation.get("instruction") or self.config.get("default_instruction") or ""
         pix = pixel_values(self.vla, prepared, self.cameras, self.device)
         state = self._state(observation)
-        batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state))
+        batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state),
+                            goal_first=self.codec.goal_first)
         batch.pop("labels")
         ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, self.codec.n_tokens(self.horizon),
-                                         self.codec.first_id).cpu().numpy()
+                                         self.codec.first_id, middle_after=self.codec.goal_first).cpu().numpy()
         goal = self.codec.decode_goal(ids)
         self.last_goal = None if goal is None else goal[0]  # where the model says the hand is going (m)
         action = self.codec.decode(ids, state)[0]  # (H, 8) absolute targets

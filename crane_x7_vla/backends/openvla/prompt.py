@@ -15,6 +15,14 @@ from __future__ import annotations
 TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 # With --state-in-prompt the 8 state tokens go between these two parts.
 STATE_TEMPLATE = ("In: What action should the robot take to {instruction}?\nState:", "\nOut:")
+# With goal tokens written before the state (ActionCodec.goal_before_state) the goal point
+# comes right after the picture, and the state tokens only after it, between these parts:
+#   ... to {instruction}?\nGoal: <3 goal tokens> \nState: <8 state tokens> \nOut: <actions>
+# A causal model then cannot read the goal off the joint state: every demonstration starts
+# from its own jittered pose, so the state names the episode and with it the goal (the
+# model memorised the training layouts' goals that way, and missed held-out ones by 10 cm).
+# The goal has to come from the picture and the instruction, as at deployment.
+GOAL_FIRST_TEMPLATE = ("In: What action should the robot take to {instruction}?\nGoal:", "\nState:", "\nOut:")
 
 
 # --image-position: where the image tokens go in a Llava-family prompt
@@ -43,9 +51,18 @@ def state_prompt_parts(instruction: str) -> tuple[str, str]:
     return head.format(instruction=_clean(instruction)), tail
 
 
-def split_at_question(instruction: str, with_state: bool) -> tuple[str, str]:
+def goal_first_prompt(instruction: str) -> str:
+    """'In: What action should the robot take to {instruction}?\nGoal:' (then the goal tokens,
+    GOAL_FIRST_TEMPLATE[1], the state tokens, GOAL_FIRST_TEMPLATE[2] and the actions)."""
+    return GOAL_FIRST_TEMPLATE[0].format(instruction=_clean(instruction))
+
+
+def split_at_question(instruction: str, with_state: bool, goal_first: bool = False) -> tuple[str, str]:
     """The prompt cut after its question mark, where IMAGE_AFTER_INSTRUCTION puts the picture:
-    ('In: What action should the robot take to {instruction}?', '\nState:' or '\nOut:')."""
-    text = state_prompt_parts(instruction)[0] if with_state else openvla_prompt(instruction)
+    ('In: What action should the robot take to {instruction}?', '\nGoal:', '\nState:' or '\nOut:')."""
+    if goal_first:
+        text = goal_first_prompt(instruction)
+    else:
+        text = state_prompt_parts(instruction)[0] if with_state else openvla_prompt(instruction)
     question, rest = text.rsplit("?\n", 1)
     return question + "?", "\n" + rest

@@ -192,15 +192,16 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # ---- evaluation -----------------------------------------------------------------------------
 
 
-def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, first_id: int, device):
+def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, codec: ActionCodec, device):
     """Greedy decoding as at deployment, grouped by prompt length (no padding): yields (rows, ids)."""
-    prompts = build_batch(vla, batch["instruction"], None, device, state_ids)
+    prompts = build_batch(vla, batch["instruction"], None, device, state_ids, goal_first=codec.goal_first)
     lengths = prompts["attention_mask"].sum(1)
     for length in lengths.unique().tolist():
         rows = (lengths == length).nonzero().flatten()
-        sub = {k: v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
+        sub = {k: v[rows] if k == "middle_ids" else v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
         sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-        yield rows.cpu().numpy(), decode.generate_action_ids(model, vla, sub, sub_pix, n_tokens, first_id).cpu().numpy()
+        ids = decode.generate_action_ids(model, vla, sub, sub_pix, n_tokens, codec.first_id, middle_after=codec.goal_first)
+        yield rows.cpu().numpy(), ids.cpu().numpy()
 
 
 @torch.no_grad()
@@ -219,13 +220,14 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         actions, state = batch["actions"], batch["state"]
         state_ids = codec.state_ids(state)
         pix = pixel_values(vla, batch["images"], cameras, device)
-        inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, state_ids)
+        inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, state_ids,
+                             goal_first=codec.goal_first)
         out = decode.forward(model, vla, inputs, pix)
         loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, cfg.action_label_sigma)
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
-        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec.first_id, device):
+        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec, device):
             l1.append(np.abs(codec.decode(ids, state[r]) - actions[r]).mean(axis=(1, 2)))
             if codec.n_goal:
                 goal_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
@@ -235,7 +237,7 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
                                   first_steps=True):
             pix = pixel_values(vla, batch["images"], cameras, device)
             state_ids = codec.state_ids(batch["state"])
-            for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec.first_id, device):
+            for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec, device):
                 first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     model.train(was_training)
     n = sum(len(x) for x in l1)
@@ -296,6 +298,7 @@ def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
         extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": codec.n_tokens(cfg.action_horizon),
                            "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
                            "image_position": cfg.image_position, "goal_tokens": codec.n_goal > 0,
+                           "goal_before_state": codec.goal_before_state,
                            "weights": "adapter" if cfg.use_lora else "model"}},
     )
     config["action_space"].update(codec.action_space())
@@ -309,19 +312,23 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
         space = resume_config.get("action_space") or {}
         info = resume_config.get("openvla") or {}
         found = (space.get("representation", ABSOLUTE), bool(info.get("state_in_prompt")),
-                 info.get("image_position", IMAGE_FIRST), bool(info.get("goal_tokens")))
-        if found != (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position, bool(cfg.goal_tokens)):
+                 info.get("image_position", IMAGE_FIRST), bool(info.get("goal_tokens")),
+                 bool(info.get("goal_before_state")))
+        wanted = (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position, bool(cfg.goal_tokens),
+                  bool(cfg.goal_before_state and cfg.goal_tokens and cfg.state_in_prompt))
+        if found != wanted:
             raise ConfigError(
                 f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
                 f"{found[0]}, {'--state-in-prompt' if found[1] else '--no-state-in-prompt'}, --image-position "
-                f"{found[2]} and {'--goal-tokens' if found[3] else '--no-goal-tokens'}; resume with the same")
+                f"{found[2]}, {'--goal-tokens' if found[3] else '--no-goal-tokens'} and "
+                f"{'--goal-before-state' if found[4] else '--no-goal-before-state'}; resume with the same")
         return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
     model_statistics = None
     if cfg.action_representation != ABSOLUTE:
         model_statistics = model_action_statistics(data.train, cfg.action_horizon, delta_mask(cfg.action_representation))
     return ActionCodec(vocab_size, data.statistics, representation=cfg.action_representation,
                        model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt),
-                       goal_tokens=bool(cfg.goal_tokens))
+                       goal_tokens=bool(cfg.goal_tokens), goal_before_state=bool(cfg.goal_before_state))
 
 
 def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, scheduler, position, total_steps,
@@ -453,7 +460,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 _, batch = next(stream)
                 actions, state = batch["actions"], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
-                inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, codec.state_ids(state))
+                inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, codec.state_ids(state),
+                                     goal_first=codec.goal_first)
                 sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
