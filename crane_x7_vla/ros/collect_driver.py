@@ -3,9 +3,9 @@
 Processes (each in its own process group, own ROS_DOMAIN_ID per run):
     scripted_expert (crane_x7_sim with the expert)  ->  teleop_relay  ->  data_logger
 
-Per episode: set the simulator's `seed` parameter and call /crane_x7_sim/reset; wait for
-the new instruction and for the follower to rest at the episode's start pose (as it will
-at deployment); set the logger's task/seed parameters; /data_logger/start;
+Per episode: set the simulator's `seed` parameter; /teleop_relay/hold (the clutch);
+/crane_x7_sim/reset; wait for the new instruction; release the clutch and wait for the
+follower to rest at the episode's start pose (as it will at deployment); set the logger's task/seed parameters; /data_logger/start;
 /crane_x7_sim/start_expert (the recording begins with the arm at rest); wait
 until the task's success check has held for `settle` seconds, the expert gives up, or
 `timeout`; read /crane_x7_sim/check_success; /data_logger/stop (the logger stores the
@@ -29,6 +29,7 @@ from crane_x7_vla.ros.processes import NodeGroup, pick_domain_id, release_domain
 
 SIM = "/crane_x7_sim"
 LOGGER = "/data_logger"
+RELAY = "/teleop_relay"
 CAMERA_TOPICS = {"wrist": "/camera/color/image_raw", "primary": "/scene_camera/color/image_raw"}
 
 
@@ -138,6 +139,13 @@ class _Client:
 
         return self.call(Trigger, name, Trigger.Request(), timeout, nodes)
 
+    def hold_relay(self, hold: bool, nodes: NodeGroup, timeout: float = 60.0) -> None:
+        from std_srvs.srv import SetBool
+
+        res = self.call(SetBool, f"{RELAY}/hold", SetBool.Request(data=hold), timeout, nodes)
+        if not res.success:
+            raise RuntimeError(f"{RELAY}/hold {hold}: {res.message}")
+
     def set_params(self, node_name: str, values: dict, nodes: NodeGroup, timeout: float = 60.0) -> None:
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
@@ -240,6 +248,7 @@ def collect_sim(
 def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str, timeout: float, settle: float,
              echo) -> EpisodeResult:
     client.set_params(SIM, {"seed": seed, "task": task}, nodes)
+    client.hold_relay(True, nodes)  # the follower is put back by the reset, not by the relay
     res = client.trigger(f"{SIM}/reset", nodes)
     if not res.success:
         raise RuntimeError(f"simulator reset failed: {res.message}")
@@ -250,8 +259,9 @@ def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str
             raise RuntimeError(f"the new instruction {scene['instruction']!r} did not arrive on /instruction")
         time.sleep(0.02)
     time.sleep(0.2)  # the logger receives the same latched message
-    # The reset put the follower back; the relay only knows the leader, which rests at the start
-    # pose until the expert moves. Record from there, as the policy will start at deployment.
+    # The leader rests at the start pose until the expert moves; the relay follows it again from
+    # where the reset put the follower. Record from there, as the policy will start at deployment.
+    client.hold_relay(False, nodes)
     client.wait_at_rest(scene["start_state"], nodes)
     client.set_params(LOGGER, {"task": task, "seed": seed}, nodes)
     started = time.monotonic()

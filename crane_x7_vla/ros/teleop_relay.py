@@ -14,6 +14,11 @@ Safety rules, each one joint at a time:
   follower holds its last target); following resumes from the follower's measured
   position, so it never jumps.
 
+`~/hold` (std_srvs/SetBool) is a clutch: `data: true` stops commanding at once and the
+follower holds where it is while the leader is moved freely (to put it back at a start
+pose, or while the simulator resets the follower); `data: false` follows again, starting
+from the follower's first joint state measured after the call, so it never jumps.
+
 The leader and follower are told apart by topic namespace only (both arms use the same
 joint names): the relay refuses to start when the leader topic is the follower's, and
 rejects (and counts) any leader message whose joint names are not exactly CRANE-X7
@@ -82,6 +87,9 @@ class TeleopRelay(Node):
         self._last_goal_time = 0.0
         self.rejected = 0
         self.clamped = 0
+        self._held = False
+        self._follower_seq = 0  # follower joint states received
+        self._resume_after = -1  # follow only from a follower state newer than this count
 
         self.create_subscription(JointState, self.leader_topic, self._on_leader, msgs.STATE_QOS)
         self.create_subscription(JointState, self.follower_topic, self._on_follower, msgs.STATE_QOS)
@@ -92,6 +100,9 @@ class TeleopRelay(Node):
 
             self._gripper_type = _load_gripper_action()
             self._gripper = ActionClient(self, self._gripper_type, self.gripper_action_name)
+        from std_srvs.srv import SetBool
+
+        self.create_service(SetBool, "~/hold", self._on_hold)
         self.create_timer(1.0 / self.rate, self._tick)
         self.get_logger().info(
             f"relaying {self.resolve_topic_name(self.leader_topic)} -> {self.resolve_topic_name(self.trajectory_topic)}"
@@ -129,8 +140,19 @@ class TeleopRelay(Node):
     def _on_follower(self, msg: JointState) -> None:
         try:
             self._follower_q = msgs.joint_state_vector(msg)
+            self._follower_seq += 1
         except (KeyError, ValueError) as exc:
             self.get_logger().warning(f"ignored a follower joint state: {exc}", throttle_duration_sec=5.0)
+
+    def _on_hold(self, request, response):
+        self._held = bool(request.data)
+        self._last_cmd = None
+        self._resume_after = self._follower_seq
+        response.success = True
+        response.message = ("holding: the follower stays where it is" if self._held
+                            else "following from the follower's next measured position")
+        self.get_logger().info(response.message)
+        return response
 
     # -- output ---------------------------------------------------------------------------
     def _now(self) -> float:
@@ -141,6 +163,8 @@ class TeleopRelay(Node):
 
     def _tick(self) -> None:
         now = self._now()
+        if self._held:
+            return
         if self._leader_q is None or now - self._leader_rx > self.leader_timeout:
             if self._last_cmd is not None:
                 silent = now - self._leader_rx
@@ -151,7 +175,7 @@ class TeleopRelay(Node):
             self._last_cmd = None
             return
         if self._last_cmd is None:
-            if self._follower_q is None:
+            if self._follower_q is None or self._follower_seq <= self._resume_after:
                 self.get_logger().warning(
                     f"waiting for follower joint states on {self.follower_topic}", throttle_duration_sec=2.0
                 )

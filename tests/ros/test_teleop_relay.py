@@ -1,5 +1,6 @@
 """teleop_relay as a process: clamping joint by joint, velocity limit, leader timeout,
-rejection of foreign joint states, and refusal to mix leader and follower topics."""
+rejection of foreign joint states, the hold (clutch) service, and refusal to mix leader and
+follower topics."""
 
 from __future__ import annotations
 
@@ -115,6 +116,48 @@ def test_relay_clamps_joint_by_joint_limits_velocity_and_stops_on_silence(client
         assert "clamped joint by joint" in relay_log and robot.ARM_JOINTS[1] in relay_log
         assert "rejected a leader message" in relay_log and "other_arm_joint0" in relay_log
         assert "leader silent" in relay_log
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(2.0)
+        node.destroy_publisher(follower_pub)
+        node.destroy_publisher(leader_pub)
+
+
+def test_hold_is_a_clutch_and_following_resumes_from_the_follower(client, nodes, wait_for):
+    from std_srvs.srv import SetBool
+
+    node = client.node
+    follower_pub = node.create_publisher(JointState, robot.JOINT_STATES_TOPIC, msgs.STATE_QOS)
+    leader_pub = node.create_publisher(JointState, "/leader/joint_states", msgs.STATE_QOS)
+    commands = Commands(client)
+    pose = {"follower": robot.home_state().copy(), "leader": robot.home_state().copy()}
+    pose["leader"][0] = 0.5
+    stop = threading.Event()
+    threads = [threading.Thread(target=_publish_loop, args=(stop, pub, (lambda k=k: msgs.make_joint_state(
+        pose[k], stamp=node.get_clock().now().to_msg()))), daemon=True)
+        for pub, k in ((follower_pub, "follower"), (leader_pub, "leader"))]
+    for t in threads:
+        t.start()
+    try:
+        nodes.start("teleop_relay", {"rate": RATE, "max_velocity": MAX_VEL, "leader_timeout": TIMEOUT,
+                                     "use_gripper": False})
+        wait_for(lambda: (c := commands.snapshot()) and abs(c[-1][1][0] - 0.5) < 1e-9, 20.0, "following", nodes)
+        res = client.call(SetBool, "/teleop_relay/hold", SetBool.Request(data=True))
+        assert res.success and "holding" in res.message
+        time.sleep(0.2)  # a command already on its way
+        n_held = len(commands.snapshot())
+        pose["leader"][0] = -0.5  # the leader moves freely ...
+        pose["follower"][0] = 1.0  # ... and the follower is put elsewhere (a simulator reset)
+        time.sleep(0.6)
+        assert len(commands.snapshot()) == n_held, "the relay commanded the follower while held"
+        res = client.call(SetBool, "/teleop_relay/hold", SetBool.Request(data=False))
+        assert res.success
+        wait_for(lambda: len(commands.snapshot()) > n_held, 10.0, "following to resume after the hold", nodes)
+        first = commands.snapshot()[n_held][1]
+        # from where the follower is now, not from the last command before the hold (0.5)
+        assert abs(first[0] - 1.0) <= MAX_VEL * 2.0 / RATE + 1e-9, first[0]
+        wait_for(lambda: abs(commands.snapshot()[-1][1][0] + 0.5) < 1e-9, 20.0, "the leader's new pose", nodes)
     finally:
         stop.set()
         for t in threads:
