@@ -20,6 +20,7 @@ from crane_x7_vla.evaluation import EpisodeOutcome, format_rate, summarize_episo
 
 # Where the simulated CRANE-X7 (crane_x7_sim's defaults) publishes each camera.
 SIM_CAMERA_TOPICS = {"wrist": robot.DEFAULT_IMAGE_TOPIC, "primary": "/scene_camera/color/image_raw"}
+SIM_CAMERA_FRAMES = {"wrist": "camera_color_optical_frame", "primary": "scene_camera_optical_frame"}
 HELD_OUT_FIRST_SEED = 100_000  # collection uses small seeds; evaluation never overlaps them
 
 
@@ -57,7 +58,12 @@ def run_closed_loop(
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "episodes.json"
     with domain_lease() as domain, NodeGroup(ros_env(domain), out_dir / "logs") as group:
-        group.start("crane_x7_sim", {"task": task, "seed": first_seed, "expert": False})
+        # Only the cameras the policy (and the runner's frames, the scene camera) look at: on a
+        # small machine every rendered picture takes CPU from the model.
+        rendered = sorted(set(cameras) | {"primary"})
+        group.start("crane_x7_sim", {"task": task, "seed": first_seed, "expert": False, "cameras": rendered,
+                                     "camera_topics": [SIM_CAMERA_TOPICS[c] for c in rendered],
+                                     "camera_frames": [SIM_CAMERA_FRAMES[c] for c in rendered]})
         group.start(
             "vla_inference_node",
             {

@@ -23,6 +23,8 @@ class EpisodeOutcome:
     duration: float
     interventions: dict = field(default_factory=dict)  # safety-filter counts by kind
     instruction: str = ""
+    inferences: int = 0  # policy calls during the episode
+    latency_ms: dict = field(default_factory=dict)  # the inference node's latency percentiles by stage
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -124,6 +124,7 @@ class EvalRunner(Node):
                 self._success = False
             self._frame("first", index)
             before = self._interventions()
+            inferences_before = int(self._diag.get("counts", {}).get("inferences", 0))
             start = self.call("start")
             if not start.success:
                 raise RuntimeError(f"inference node refused to start: {start.message}")
@@ -147,6 +148,9 @@ class EvalRunner(Node):
                 "time_to_success": solved_at,
                 "duration": duration,
                 "interventions": {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after},
+                # policy calls in the episode and the node's latency percentiles (its recent window)
+                "inferences": int(self._diag.get("counts", {}).get("inferences", 0)) - inferences_before,
+                "latency_ms": self._diag.get("latency_ms", {}),
             }
             outcomes.append(outcome)
             self.get_logger().info(

@@ -618,7 +618,7 @@ def _load_gripper_action():
 
 def main(argv=None) -> int:
     sys.setswitchinterval(0.001)  # threads waiting for the interpreter lock get it within ~1 ms
-    return run(InferenceNode, argv, threads=4)
+    return run(InferenceNode, argv, threads=1)
 
 
 if __name__ == "__main__":
