@@ -44,6 +44,14 @@ def _publish_loop(stop, pub, get_msg, rate=100.0):
         time.sleep(1.0 / rate)
 
 
+def _stop_publishing(stop, threads, node, *publishers) -> None:
+    stop.set()
+    for t in threads:
+        t.join(2.0)
+    for pub in publishers:
+        node.destroy_publisher(pub)
+
+
 def test_relay_clamps_joint_by_joint_limits_velocity_and_stops_on_silence(client, nodes, wait_for):
     node = client.node
     follower_pub = node.create_publisher(JointState, robot.JOINT_STATES_TOPIC, msgs.STATE_QOS)
@@ -117,11 +125,7 @@ def test_relay_clamps_joint_by_joint_limits_velocity_and_stops_on_silence(client
         assert "rejected a leader message" in relay_log and "other_arm_joint0" in relay_log
         assert "leader silent" in relay_log
     finally:
-        stop.set()
-        for t in threads:
-            t.join(2.0)
-        node.destroy_publisher(follower_pub)
-        node.destroy_publisher(leader_pub)
+        _stop_publishing(stop, threads, node, follower_pub, leader_pub)
 
 
 def test_hold_is_a_clutch_and_following_resumes_from_the_follower(client, nodes, wait_for):
@@ -159,11 +163,7 @@ def test_hold_is_a_clutch_and_following_resumes_from_the_follower(client, nodes,
         assert abs(first[0] - 1.0) <= MAX_VEL * 2.0 / RATE + 1e-9, first[0]
         wait_for(lambda: abs(commands.snapshot()[-1][1][0] + 0.5) < 1e-9, 20.0, "the leader's new pose", nodes)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(2.0)
-        node.destroy_publisher(follower_pub)
-        node.destroy_publisher(leader_pub)
+        _stop_publishing(stop, threads, node, follower_pub, leader_pub)
 
 
 def test_relay_refuses_leader_topic_equal_to_follower_topic(nodes):
