@@ -87,6 +87,7 @@ class _Client:
         self.expert = ""
         self.instruction = ""
         self.joints = None  # (positions, velocities) of the follower's newest /joint_states
+        self._joint_state_vector = msgs.joint_state_vector
         self.node.create_subscription(Bool, f"{SIM}/success", self._on_success, 10)
         self.node.create_subscription(JointState, robot.JOINT_STATES_TOPIC, self._on_joints, msgs.STATE_QOS)
         self.node.create_subscription(String, f"{SIM}/expert_status", self._on_expert, msgs.LATCHED_QOS)
@@ -98,12 +99,14 @@ class _Client:
         self.success = bool(msg.data)
 
     def _on_joints(self, msg) -> None:
-        from crane_x7_vla.ros import msgs
-
         try:
-            self.joints = (msgs.joint_state_vector(msg), np.array(msg.velocity[: len(msg.position)], dtype=float))
+            q = self._joint_state_vector(msg)
         except (KeyError, ValueError):
-            pass
+            return
+        # velocities in robot.JOINT_NAMES order too (the message may list the joints in any order)
+        names = list(msg.name)
+        v = robot.order_joints(names, list(msg.velocity)) if len(msg.velocity) == len(names) else np.zeros(0)
+        self.joints = (q, np.asarray(v, dtype=float))
 
     def wait_at_rest(self, start, nodes: NodeGroup, timeout: float = 20.0, tolerance: float = 0.01) -> None:
         """Wait until the follower's arm is within `tolerance` rad of `start` and still."""
