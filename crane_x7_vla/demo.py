@@ -51,11 +51,11 @@ DEFAULT_PRETRAIN_SCENES = 3000
 DEFAULT_PRETRAIN_ANSWER_STEPS = 0
 DEFAULTS = {
     "openvla": {"steps": 5000, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
-                "pretrain_steps": 4000, "goal_scenes": 6000,
+                "pretrain_steps": 4000, "goal_scenes": 6000, "goal_scenes_alone": 0.33,
                 "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0",
                                "--action-horizon", "5", "--goal-tokens"]},
     "openpi": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64",
-               "pretrain_steps": 0, "goal_scenes": 0,
+               "pretrain_steps": 0, "goal_scenes": 0, "goal_scenes_alone": 0.0,
                "extra_args": ["--no-use-lora", "--cameras", "primary"]},
 }
 
@@ -131,12 +131,15 @@ def _run(args) -> int:
     steps = args.train_steps or preset["steps"]
     pretrain_steps = preset["pretrain_steps"] if args.pretrain_steps is None else args.pretrain_steps
     goal_scenes = preset["goal_scenes"] if args.goal_scenes is None else args.goal_scenes
+    alone = preset["goal_scenes_alone"] if args.goal_scenes_alone is None else args.goal_scenes_alone
     if pretrain_steps < 0 or (pretrain_steps > 0 and args.backend != "openvla"):
         raise SystemExit("error: --pretrain-steps must be >= 0, and the vision stage exists for the openvla "
                          "backend only (use --pretrain-steps 0 with --backend openpi)")
     if goal_scenes < 0 or (goal_scenes > 0 and args.backend != "openvla"):
         raise SystemExit("error: --goal-scenes must be >= 0, and goal tokens exist for the openvla backend only "
                          "(use --goal-scenes 0 with --backend openpi)")
+    if not 0.0 <= alone <= 1.0:
+        raise SystemExit(f"error: --goal-scenes-alone is a share of the goal scenes, 0..1 (got {alone})")
     if args.pretrain_answer_steps < 0:
         raise SystemExit("error: --pretrain-answer-steps must be >= 0")
     run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
@@ -176,6 +179,8 @@ def _run(args) -> int:
         train_cmd.append("--freeze-vision")
     if goal_scenes > 0:
         train_cmd += ["--goal-scenes", str(goal_scenes), "--goal-scenes-task", args.task]
+        if alone > 0:
+            train_cmd += ["--goal-scenes-alone", f"{alone:g}"]
     timings["train_s"] = _stage(f"3/5 train the tiny {args.backend} preset on the CPU ({steps} steps)", train_cmd,
                                 logs / "train.log")
     checkpoint = train_out / "checkpoint-final"
@@ -208,6 +213,7 @@ def _run(args) -> int:
         "demo_success_rate": info["success"].get("True", 0) / max(info["episodes"], 1),
         "pretraining": pretraining,
         "goal_scenes": goal_scenes,
+        "goal_scenes_alone": alone if goal_scenes else 0.0,
         "train_steps": steps,
         "final_train_loss": losses[-1] if losses else None,
         "eval_episodes": results["policy"]["episodes"],
@@ -248,6 +254,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--goal-scenes", type=int, default=None,
                    help="simulated pictures, without demonstrations, that also teach the goal tokens "
                         f"(default {DEFAULTS['openvla']['goal_scenes']} for openvla, 0 for openpi)")
+    p.add_argument("--goal-scenes-alone", type=float, default=None,
+                   help="share of the goal scenes that show the named cube alone (default "
+                        f"{DEFAULTS['openvla']['goal_scenes_alone']:g} for openvla)")
     p.add_argument("--train-steps", type=int, default=None, help="training steps (default per backend)")
     p.add_argument("--eval-episodes", type=int, default=20, help="held-out seeds to evaluate (default 20)")
     p.add_argument("--eval-timeout", type=float, default=10.0,

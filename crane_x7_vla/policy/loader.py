@@ -189,3 +189,28 @@ def RemotePolicy(url: str, token: str | None = None, **kwargs):  # noqa: N802 (a
     from crane_x7_vla.policy.client import RemotePolicy as _Remote
 
     return _Remote(url, token=token, **kwargs)
+
+
+def warm_up(policy) -> float:
+    """One prediction on a blank picture at the home pose, so the first real call is not also
+    the one that compiles the model (openpi's JAX program takes seconds to build) or fills the
+    caches; returns its seconds. Policies with a `reset` are reset after it."""
+    import time
+
+    import numpy as np
+
+    meta = getattr(policy, "metadata", None) or {}
+    width, height = meta.get("image_size") or (224, 224)
+    cameras = meta.get("cameras") or list(policy.config.get("cameras") or [])
+    observation = {
+        "images": {cam: np.zeros((int(height), int(width), 3), np.uint8) for cam in cameras},
+        "state": robot.home_state(),
+        "instruction": policy.config.get("default_instruction") or "warm up",
+        "episode_time": 0.0,
+    }
+    t0 = time.perf_counter()
+    policy.predict(observation)
+    seconds = time.perf_counter() - t0
+    if hasattr(policy, "reset"):
+        policy.reset()
+    return seconds

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from crane_x7_vla.policy.loader import PolicyLoadError, fingerprint_of, load_policy
+    from crane_x7_vla.policy.loader import PolicyLoadError, fingerprint_of, load_policy, warm_up
     from crane_x7_vla.policy.server import PolicyServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -36,6 +36,10 @@ def run(args) -> int:
     except PolicyLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        logging.info("warm-up prediction: %.2f s", warm_up(policy))
+    except Exception as exc:  # noqa: BLE001 - the clients' own requests get their own errors
+        logging.warning("the warm-up prediction failed (%s); serving anyway", exc)
     server = PolicyServer(policy, host=args.host, port=args.port, token=args.token,
                           max_message_bytes=int(args.max_message_mb * 1024 * 1024))
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:

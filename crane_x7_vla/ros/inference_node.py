@@ -362,6 +362,8 @@ class InferenceNode(Node):
                 continue
             if self.policy_config is None or self.policy_server:
                 self._configure(policy.config)
+            if self.model_path:  # the first real call should not also be the one that compiles the model
+                self._warm_up(policy)
             self.policy = policy
             self.status, self.status_detail = "ready", ""
             self.get_logger().info(f"policy ready ({policy.config.get('backend')}, cameras "
@@ -382,6 +384,15 @@ class InferenceNode(Node):
             except Exception as exc:  # noqa: BLE001 - a failed call must not end inference
                 self.counts["inference_errors"] += 1
                 self.get_logger().error(f"inference failed: {exc}", throttle_duration_sec=2.0)
+
+    def _warm_up(self, policy) -> None:
+        from crane_x7_vla.policy.loader import warm_up
+
+        self.status, self.status_detail = "loading", "warm-up prediction"
+        try:
+            self.get_logger().info(f"warm-up prediction: {warm_up(policy):.2f} s")
+        except Exception as exc:  # noqa: BLE001 - real observations get their own errors
+            self.get_logger().warning(f"the warm-up prediction failed ({exc}); going on")
 
     def _autostart_wait(self) -> None:
         while not self._stop.is_set():

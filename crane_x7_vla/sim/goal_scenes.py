@@ -7,6 +7,14 @@ layouts to learn it. Rendering a layout costs a few milliseconds, so training ca
 thousands of extra layouts whose only label is the goal point: the named cube's centre,
 where a demonstration's first movement ends (`preprocess.goal_points`). Half of the pictures
 show the arm in a random pose, hiding parts of the table as during a demonstration.
+
+With `alone` > 0 that share of the pictures shows the named cube alone (the others are put
+out of sight, below the floor). Finding *the named* cube among several is a two-step look-up
+for a language model trained from scratch (fetch the colour from the instruction, then find
+that colour among the picture's tokens), and neither step pays off without the other: some
+runs learned it and others stayed at chance. With the cube alone, reading where *a* cube is
+pays off at once; once the model reads cube positions, choosing among several by colour
+is a small step.
 """
 
 from __future__ import annotations
@@ -33,10 +41,18 @@ def reset_scene(env, seed: int, rng: np.random.Generator, arm_pose_noise: float 
         env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
 
 
+#: Where `alone` scenes put the other cubes: under the floor, out of every camera's sight.
+OUT_OF_SIGHT = (0.28, 0.0, -1.5)
+
+
 def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int, int] = (320, 240),
-                seed: int = 0, arm_pose_noise: float = 0.6, jpeg_quality: int = 90) -> list[EpisodeData]:
+                seed: int = 0, arm_pose_noise: float = 0.6, jpeg_quality: int = 90,
+                alone: float = 0.0) -> list[EpisodeData]:
     """n one-step episodes of `task` with a picture per camera, the task's instruction, the
-    arm's joint state and `goal` = the named cube's centre (m, arm base frame)."""
+    arm's joint state and `goal` = the named cube's centre (m, arm base frame); in a share
+    `alone` of them (every k-th scene) the named cube is the only one in sight."""
+    if not 0.0 <= alone <= 1.0:
+        raise ValueError(f"the share of goal scenes with the named cube alone must be 0..1 (got {alone})")
     from crane_x7_vla.sim import SimEnv
     from crane_x7_vla.sim.env import CAMERAS
 
@@ -50,6 +66,10 @@ def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int
     try:
         for k in range(n):
             reset_scene(env, GOAL_SCENES_FIRST_SEED + k, rng, arm_pose_noise)
+            if int((k + 1) * alone) > int(k * alone):  # spread evenly through the scenes
+                for i in range(len(env.layout.cube_colours)):
+                    if i != env.layout.target_cube:
+                        env.place_cube(i, OUT_OF_SIGHT)
             state = env.joint_positions().astype(np.float32)[None]
             scenes.append(EpisodeData(
                 path=Path(f"goal_scene_{GOAL_SCENES_FIRST_SEED + k}"), proprio=state, action=state.copy(),

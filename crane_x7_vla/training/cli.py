@@ -123,6 +123,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         f"stand-in for a pretrained model's knowledge of where things are (default: {_D.goal_scenes})")
     g.add_argument("--goal-scenes-task", metavar="TASK", default=S,
                    help=f"the simulated task the --goal-scenes pictures show (default: {_D.goal_scenes_task})")
+    g.add_argument("--goal-scenes-alone", type=float, metavar="SHARE", default=S,
+                   help="share of the --goal-scenes pictures that show the named cube alone (the others out "
+                        "of sight): reading where a cube is pays off before choosing among several by colour "
+                        f"does (default: {_D.goal_scenes_alone})")
+    g.add_argument("--goal-warmup-steps", type=int, metavar="N", default=S,
+                   help="openvla: the first N steps train on the --goal-scenes pictures only (where the named "
+                        "cube is), before the demonstrations join in (default: 0)")
     g.add_argument("--attn-implementation", metavar="NAME", default=S,
                    help="attention kernel, e.g. flash_attention_2, sdpa, eager (default: the model's)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=S,

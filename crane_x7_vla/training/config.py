@@ -125,6 +125,8 @@ class TrainConfig:
     goal_before_state: bool | None = None  # openvla, goal tokens + state in prompt: the goal comes before the state
     goal_scenes: int = 0  # openvla with goal_tokens: simulated pictures of goal_scenes_task labelled with the goal
     goal_scenes_task: str = "reach"  # the simulated task those pictures show
+    goal_scenes_alone: float = 0.0  # share of the goal scenes that show the named cube alone
+    goal_warmup_steps: int = 0  # the first N steps train on the goal scenes only
     experiment_name: str | None = None  # crane_x7_{backend}
     output_dir: str | None = None  # /workspace/outputs/{experiment_name}
     save_steps: int = 500
@@ -232,6 +234,15 @@ class TrainConfig:
             raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
         if self.goal_scenes < 0:
             raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
+        if self.goal_warmup_steps < 0:
+            raise ConfigError(f"--goal-warmup-steps must be 0 or more (got {self.goal_warmup_steps})")
+        if self.goal_warmup_steps and not self.goal_scenes:
+            raise ConfigError("--goal-warmup-steps trains on the goal scenes first: it needs --goal-scenes N")
+        if self.goal_warmup_steps and self.max_steps and self.goal_warmup_steps >= self.max_steps:
+            raise ConfigError(f"--goal-warmup-steps ({self.goal_warmup_steps}) must be fewer than --max-steps "
+                              f"({self.max_steps}): the actions are learned after it")
+        if not 0.0 <= self.goal_scenes_alone <= 1.0:
+            raise ConfigError(f"--goal-scenes-alone is a share of the goal scenes, 0..1 (got {self.goal_scenes_alone})")
         if self.backend == "openpi" and (self.goal_tokens or self.goal_scenes):
             raise ConfigError("--goal-tokens and --goal-scenes are for the openvla backend")
         if self.goal_scenes and self.goal_tokens is False:

@@ -64,7 +64,7 @@ def test_resume_continues_exactly(full_run, episodes_dir, tmp_path):
 
 
 def test_policy_from_checkpoint_final(full_run):
-    from crane_x7_vla.policy.loader import load_policy
+    from crane_x7_vla.policy.loader import load_policy, warm_up
 
     _, final = full_run
     policy = load_policy(final, device="cpu")
@@ -78,6 +78,10 @@ def test_policy_from_checkpoint_final(full_run):
     assert policy.metadata["action_horizon"] == 4 and policy.metadata["cameras"] == ["primary"]
     with pytest.raises(ValueError, match="primary"):
         policy.predict({"images": {}, "state": state, "instruction": "x"})
+    # the warm-up call (at load, in the node and the server) compiles the model and leaves no trace
+    warmed = load_policy(final, device="cpu")
+    assert warm_up(warmed) > 0
+    np.testing.assert_array_equal(warmed.predict(obs), load_policy(final, device="cpu").predict(obs))
     # LoRA folded into the weights: the merged export predicts the same chunk
     merged = load_policy(final / "merged", device="cpu")
     np.testing.assert_allclose(merged.predict(obs), load_policy(final, device="cpu").predict(obs), atol=1e-4)

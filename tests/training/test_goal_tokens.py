@@ -115,15 +115,54 @@ def test_goal_scenes_show_the_task_and_label_the_named_cube():
         goal_scenes("reach", 1, ["side"])
 
 
+def test_goal_scenes_alone_hide_the_other_cubes():
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.sim import SimEnv
+    from crane_x7_vla.sim.goal_scenes import GOAL_SCENES_FIRST_SEED, goal_scenes
+
+    size = (160, 120)
+    full = goal_scenes("reach", 4, ["primary"], camera_size=size)
+    half = goal_scenes("reach", 4, ["primary"], camera_size=size, alone=0.5)
+    env = SimEnv(task="reach", seed=GOAL_SCENES_FIRST_SEED, cameras=("primary",))
+
+    def patch(img, uv):  # mean colour of a 5x5 patch around a pixel
+        c, r = np.round(uv).astype(int)
+        return img[r - 2:r + 3, c - 2:c + 3].reshape(-1, 3).astype(float).mean(0)
+
+    try:
+        for k, (a, b) in enumerate(zip(full, half)):
+            assert (a.instruction, a.goal.tolist()) == (b.instruction, b.goal.tolist())  # same scene, same label
+            np.testing.assert_array_equal(a.proprio, b.proprio)
+            img_a, img_b = (jpeg.decode(x.images["primary"][0]).astype(float) for x in (a, b))
+            if k % 2 == 0:  # every second scene (a share of 0.5) shows the named cube alone
+                np.testing.assert_array_equal(img_a, img_b)
+                continue
+            env.reset(GOAL_SCENES_FIRST_SEED + k)
+            for i in range(len(env.layout.cube_colours)):
+                uv = env.project("primary", env.cube_position(i), *size)
+                change = np.abs(patch(img_a, uv) - patch(img_b, uv)).max()
+                if i == env.layout.target_cube:
+                    assert change < 20, (k, i, change)  # the named cube is still there
+                else:
+                    assert change > 40, (k, i, change)  # the others are gone
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="0..1"):
+        goal_scenes("reach", 1, ["primary"], alone=1.5)
+
+
 def test_flags_defaults_and_contradictions():
     assert parse("--backend", "openvla").goal_tokens is False  # OpenVLA-7B's format
     assert parse("--backend", "openvla", "--model", "tiny").goal_tokens is False  # no gain without a pretrained tower
     cfg = parse("--backend", "openvla", "--model", "tiny", "--goal-tokens", "--goal-scenes", "50",
-                "--goal-scenes-task", "pick_place")
+                "--goal-scenes-task", "pick_place", "--goal-scenes-alone", "0.25")
     assert (cfg.goal_tokens, cfg.goal_scenes, cfg.goal_scenes_task) == (True, 50, "pick_place")
+    assert cfg.goal_scenes_alone == 0.25
     for argv, message in ((["--backend", "openpi", "--goal-tokens"], "openvla backend"),
                           (["--backend", "openvla", "--model", "tiny", "--goal-scenes", "5"], "needs --goal-tokens"),
-                          (["--backend", "openvla", "--goal-scenes", "-1"], "--goal-scenes")):
+                          (["--backend", "openvla", "--goal-scenes", "-1"], "--goal-scenes"),
+                          (["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-alone", "2"],
+                           "--goal-scenes-alone")):
         with pytest.raises(ConfigError, match=message):
             parse(*argv)
 
@@ -132,7 +171,7 @@ def test_flags_defaults_and_contradictions():
 def goal_run(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("goal_run")
     rc = main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "6",
-                        "--save-steps", "3", "--goal-tokens", "--goal-scenes", "12"])
+                        "--save-steps", "3", "--goal-tokens", "--goal-scenes", "12", "--goal-scenes-alone", "0.5"])
     assert rc == 0
     return out
 
@@ -147,7 +186,7 @@ def test_checkpoint_and_policy_carry_the_goal(goal_run, dataset_dir):
     d = goal_run / "checkpoint-final"
     config = ck.read_policy_config(d)
     assert config["openvla"]["goal_tokens"] is True and config["openvla"]["action_token_count"] == 3 + 8
-    assert config["train_config"]["goal_scenes"] == 12
+    assert config["train_config"]["goal_scenes"] == 12 and config["train_config"]["goal_scenes_alone"] == 0.5
     final_eval = [r for r in read_metrics(goal_run) if "val/goal_error_m" in r]
     assert final_eval and np.isfinite(final_eval[-1]["val/goal_error_m"])
     assert 0 <= final_eval[-1]["val/first_goal_error_m"] < 2.0  # the goal box is 0.8 x 0.9 x 0.7 m
@@ -263,3 +302,28 @@ def test_first_goal_error_is_taken_on_each_episodes_first_picture():
     assert eval_items(eps, 100, first_steps=True) == [(0, 0), (2, 0), (3, 0)]
     assert eval_items(eps, 2, first_steps=True) == [(0, 0), (3, 0)]
     assert len(eval_items(eps, 100)) == 13
+
+
+def test_goal_warmup_trains_on_the_goal_scenes_first_and_resumes_exactly(dataset_dir, tmp_path):
+    args = COMMON + ["--data-root", str(dataset_dir), "--max-steps", "6", "--save-steps", "2", "--goal-tokens",
+                     "--goal-scenes", "12", "--goal-warmup-steps", "3"]
+    straight = tmp_path / "straight"
+    assert main(args + ["--output-dir", str(straight)]) == 0
+    rows = {r["step"]: r for r in read_metrics(straight) if "train/loss" in r}
+    assert sorted(rows) == list(range(1, 7))
+    # warm-up: goal scenes only, so no sample has actions (the L1 of the actions is over none)
+    assert all(rows[s]["train/l1"] == 0.0 for s in (1, 2, 3))
+    assert all(rows[s]["train/l1"] > 0.0 for s in (4, 5, 6))
+    state = json.loads((straight / "checkpoint-2" / "trainer_state.json").read_text())
+    assert "goal_warmup_position" in state
+    # resumed inside the warm-up, the run continues as the uninterrupted one did
+    resumed = tmp_path / "resumed"
+    assert main(args + ["--output-dir", str(resumed), "--resume-from-checkpoint", str(straight / "checkpoint-2")]) == 0
+    again = {r["step"]: r["train/loss"] for r in read_metrics(resumed) if "train/loss" in r}
+    assert sorted(again) == list(range(3, 7))
+    np.testing.assert_allclose([again[s] for s in again], [rows[s]["train/loss"] for s in again], rtol=1e-6)
+    with pytest.raises(ConfigError, match="fewer than --max-steps"):
+        parse("--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-warmup-steps", "6",
+              "--max-steps", "6")
+    with pytest.raises(ConfigError, match="needs --goal-scenes"):
+        parse("--backend", "openvla", "--goal-tokens", "--goal-warmup-steps", "2")

@@ -75,6 +75,11 @@ class OpenPIPolicy:
             "step": self.config.get("step"),
         }
 
+    def reset(self) -> None:
+        """Start the noise draws again (at each episode's start): the same observations give
+        the same chunks in every episode, and a warm-up call leaves no trace."""
+        self._calls = 0
+
     def predict(self, observation: dict) -> np.ndarray:
         import jax
 

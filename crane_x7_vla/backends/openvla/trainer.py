@@ -266,11 +266,13 @@ def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> lis
     t0 = time.perf_counter()
     size = jpeg.size_of(data.train[0].images[cameras[0]][0])
     try:
-        scenes = goal_scenes(cfg.goal_scenes_task, cfg.goal_scenes, cameras, camera_size=size, seed=cfg.seed)
+        scenes = goal_scenes(cfg.goal_scenes_task, cfg.goal_scenes, cameras, camera_size=size, seed=cfg.seed,
+                             alone=cfg.goal_scenes_alone)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if dist_.main:
-        print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures in "
+        alone = f", {cfg.goal_scenes_alone:.0%} with the named cube alone" if cfg.goal_scenes_alone else ""
+        print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{alone} in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return scenes
 
@@ -332,7 +334,7 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
 
 
 def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, scheduler, position, total_steps,
-                    base_dir, dist_: Dist, device) -> Path:
+                    base_dir, dist_: Dist, device, warmup_position=None) -> Path:
     rng_states = dist_.gather(_rng_state(device))
     if dist_.main:
         with ckpt.CheckpointWriter(cfg.output_dir, None if final else step) as d:
@@ -347,8 +349,11 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, s
             save_processor(vla, d / "processor")
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / "optimizer.pt")
             torch.save(rng_states, d / "rng_state.pt")
-            ckpt.write_trainer_state(d, {"step": step, "total_steps": total_steps, "data_position": position.to_dict(),
-                                         "world_size": dist_.world, "backend": BACKEND})
+            state = {"step": step, "total_steps": total_steps, "data_position": position.to_dict(),
+                     "world_size": dist_.world, "backend": BACKEND}
+            if warmup_position is not None:
+                state["goal_warmup_position"] = warmup_position.to_dict()
+            ckpt.write_trainer_state(d, state)
             ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step))
     dist_.barrier()
     return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
@@ -416,14 +421,20 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=cfg.action_horizon, batch_size=cfg.batch_size,
                      seed=cfg.seed, rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches,
                      noop_threshold=cfg.noop_threshold)
-    start_step, position = 0, DataPosition()
+    start_step, position, warm_position = 0, DataPosition(), DataPosition()
     if pre.resume_state is not None:
         start_step = int(pre.resume_state["step"])
         position = DataPosition.from_dict(pre.resume_state["data_position"])
+        if "goal_warmup_position" in pre.resume_state:
+            warm_position = DataPosition.from_dict(pre.resume_state["goal_warmup_position"])
         if pre.resume_state.get("world_size", 1) != dist_.world and dist_.main:
             print(f"note: resuming a {pre.resume_state.get('world_size')}-process run with {dist_.world} processes: "
                   "the batches will not be the same as in an uninterrupted run", file=sys.stderr)
-    stream = BatchStream(data.train + _goal_scenes(cfg, data, cameras, dist_), start=position, **stream_kw)
+    scenes = _goal_scenes(cfg, data, cameras, dist_)
+    stream = BatchStream(data.train + scenes, start=position, **stream_kw)
+    # --goal-warmup-steps: the first steps learn where the named cube is from the goal scenes
+    # alone, before the demonstrations' actions (and their few, memorisable layouts) join in.
+    warm = BatchStream(scenes, start=warm_position, **stream_kw) if start_step < cfg.goal_warmup_steps else None
     steps_per_epoch = math.ceil(stream.batches_per_epoch / cfg.grad_accumulation_steps)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
     scheduler = make_scheduler(optimizer, cfg, total_steps)
@@ -457,7 +468,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             wait0 = stream.wait_seconds
             sums = {"loss": 0.0, "correct": 0, "count": 0, "l1": 0.0, "samples": 0}
             for micro in range(cfg.grad_accumulation_steps):
-                _, batch = next(stream)
+                _, batch = next(warm if warm is not None else stream)
                 actions, state = batch["actions"], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
                 inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, codec.state_ids(state),
@@ -482,6 +493,9 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             step_time = time.perf_counter() - t_step
+            if warm is not None and step >= cfg.goal_warmup_steps:
+                warm.close()
+                warm = None
             wait = stream.wait_seconds - wait0
             values = dist_.mean({"train/loss": sums["loss"], "train/action_accuracy": sums["correct"] / sums["count"],
                                  "train/l1": sums["l1"], "train/grad_norm": grad_norm or 0.0})
@@ -500,7 +514,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             if step % cfg.save_steps == 0 and step < total_steps:
                 save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
                                 scheduler=scheduler, position=stream.position, total_steps=total_steps,
-                                base_dir=base_dir, dist_=dist_, device=device)
+                                base_dir=base_dir, dist_=dist_, device=device,
+                                warmup_position=warm.position if warm is not None else None)
         bar.close()
         _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
         final = save_checkpoint(step, True, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
@@ -511,6 +526,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         dist_.barrier()
     finally:
         stream.close()
+        if warm is not None:
+            warm.close()
         logger.close()
     return final
 
