@@ -127,9 +127,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the --goal-scenes pictures that show the named cube alone (the others out "
                         "of sight): reading where a cube is pays off before choosing among several by colour "
                         f"does (default: {_D.goal_scenes_alone})")
+    g.add_argument("--goal-label-sigma", type=float, metavar="BINS", default=S,
+                   help="openvla: the --action-label-sigma of the goal tokens (their bins are 3 mm apart; a "
+                        "wider Gaussian gives a goal point 2 cm off partial credit) (default: as "
+                        "--action-label-sigma)")
     g.add_argument("--goal-warmup-steps", type=int, metavar="N", default=S,
                    help="openvla: the first N steps train on the --goal-scenes pictures only (where the named "
                         "cube is), before the demonstrations join in (default: 0)")
+    g.add_argument("--goal-warmup-lr", type=float, metavar="LR", default=S,
+                   help="constant learning rate of the --goal-warmup-steps; the schedule of --learning-rate "
+                        "(with its own warm-up) starts after them (default: --learning-rate)")
     g.add_argument("--attn-implementation", metavar="NAME", default=S,
                    help="attention kernel, e.g. flash_attention_2, sdpa, eager (default: the model's)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=S,

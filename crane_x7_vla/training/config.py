@@ -127,6 +127,7 @@ class TrainConfig:
     goal_scenes_task: str = "reach"  # the simulated task those pictures show
     goal_scenes_alone: float = 0.0  # share of the goal scenes that show the named cube alone
     goal_warmup_steps: int = 0  # the first N steps train on the goal scenes only
+    goal_warmup_lr: float | None = None  # their constant learning rate (None: learning_rate)
     experiment_name: str | None = None  # crane_x7_{backend}
     output_dir: str | None = None  # /workspace/outputs/{experiment_name}
     save_steps: int = 500
@@ -141,6 +142,7 @@ class TrainConfig:
     val_ratio: float = 0.1  # share of EPISODES held out for validation
     noop_threshold: float | None = None  # rad; train only on steps whose action moves a joint more than this
     action_label_sigma: float | None = None  # bins; Gaussian soft targets over neighbouring action bins (0: one-hot)
+    goal_label_sigma: float | None = None  # bins, on the goal tokens (None: as action_label_sigma)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 2  # threads preparing samples in the background
     prefetch_batches: int = 4
@@ -199,6 +201,8 @@ class TrainConfig:
         for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm", "noop_threshold",
                      "action_label_sigma"):
             positive(name, allow_zero=True)
+        if self.goal_label_sigma is not None:
+            positive("goal_label_sigma", allow_zero=True)
         if self.max_steps is not None:
             positive("max_steps")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -234,6 +238,8 @@ class TrainConfig:
             raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
         if self.goal_scenes < 0:
             raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
+        if self.goal_warmup_lr is not None and self.goal_warmup_lr <= 0:
+            raise ConfigError(f"--goal-warmup-lr must be > 0 (got {self.goal_warmup_lr})")
         if self.goal_warmup_steps < 0:
             raise ConfigError(f"--goal-warmup-steps must be 0 or more (got {self.goal_warmup_steps})")
         if self.goal_warmup_steps and not self.goal_scenes:

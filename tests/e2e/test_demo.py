@@ -48,6 +48,9 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert (train_config["goal_tokens"], train_config["freeze_vision"]) == (openvla, openvla)
     assert train_config["goal_scenes"] == (8 if openvla else 0)
     assert train_config["goal_scenes_alone"] == (DEFAULTS["openvla"]["goal_scenes_alone"] if openvla else 0.0)
+    # the goal warm-up keeps its share of the 8 steps (1500 of 6500 -> 2) and its own rate
+    assert train_config["goal_warmup_steps"] == (2 if openvla else 0)
+    assert train_config["goal_warmup_lr"] == (DEFAULTS["openvla"]["goal_warmup_lr"] if openvla else None)
     assert (run / "train" / "metrics.jsonl").read_text().strip()
     # deploy/evaluate: the policy and both baselines ran the same held-out seeds
     evaluation = json.loads((run / "eval" / "evaluation.json").read_text())
@@ -74,3 +77,15 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
         assert (run / png).read_bytes()[:4] == b"\x89PNG", png
     md = (run / "report.md").read_text()
     assert "success_per_seed.png" in md and "hold still" in md
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--goal-warmup-steps", "8", "--train-steps", "8"], "--goal-warmup-steps"),
+    (["--goal-warmup-steps", "2", "--goal-scenes", "0"], "--goal-warmup-steps"),
+    (["--goal-scenes-alone", "1.5"], "--goal-scenes-alone"),
+])
+def test_demo_refuses_contradicting_flags_before_any_work(tmp_path, flags, message):
+    result = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli", "demo", "--out", str(tmp_path), *flags],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+    assert not any(tmp_path.iterdir())  # no run folder, nothing collected

@@ -60,3 +60,33 @@ def test_soft_targets_match_cross_entropy_as_sigma_shrinks():
 def test_tiny_preset_trains_with_soft_labels():
     assert parse("--backend", "openvla", "--model", "tiny").action_label_sigma == 2.0
     assert parse("--backend", "openvla", "--model", "tiny", "--action-label-sigma", "0").action_label_sigma == 0.0
+
+
+def test_goal_tokens_get_their_own_width():
+    assert parse("--backend", "openvla", "--goal-label-sigma", "8").goal_label_sigma == 8.0
+    assert parse("--backend", "openvla").goal_label_sigma is None  # as --action-label-sigma
+    with pytest.raises(ConfigError, match="--goal-label-sigma must be >= 0"):
+        parse("--backend", "openvla", "--goal-label-sigma", "-1")
+    # rows of 3 goal tokens then actions, labelled at different offsets (prompts of other lengths)
+    labels = torch.full((2, 9), decode.IGNORE)
+    labels[0, 2:8] = torch.arange(FIRST, FIRST + 6)
+    labels[1, 4:9] = torch.arange(FIRST, FIRST + 5)
+    batch = {"input_ids": torch.zeros((2, 9), dtype=torch.long), "labels": labels}
+    sig = decode.label_sigmas(batch, 3, 8.0, 2.0)
+    assert sig[0, 2:5].tolist() == [8.0] * 3 and sig[0, 5:8].tolist() == [2.0] * 3
+    assert sig[1, 4:7].tolist() == [8.0] * 3 and sig[1, 7:9].tolist() == [2.0] * 2
+    assert decode.label_sigmas(batch, 3, 2.0, 2.0) == 2.0 and decode.label_sigmas(batch, 0, 8.0, 2.0) == 2.0
+    # the per-token widths reach the loss: equal widths give the float's loss, a wider goal
+    # width forgives a goal token's near miss more
+    torch.manual_seed(0)
+    logits = torch.randn(2, 9, VOCAB)
+    same = decode.action_loss(logits, batch, FIRST, decode.label_sigmas(batch, 3, 2.0, 2.0))[0]
+    as_tensor = decode.action_loss(logits, batch, FIRST, torch.full((2, 9), 2.0))[0]
+    assert float(as_tensor) == pytest.approx(float(same), rel=1e-6)
+    near = torch.full((1, 3, VOCAB), -10.0)
+    near[0, 1, FIRST + 105] = 10.0  # 5 bins from the goal token's label
+    one = {"input_ids": torch.zeros((1, 3), dtype=torch.long),
+           "labels": torch.tensor([[decode.IGNORE, decode.IGNORE, FIRST + 100]])}
+    narrow = decode.action_loss(near, one, FIRST, decode.label_sigmas(one, 3, 2.0, 2.0))[0]
+    wide = decode.action_loss(near, one, FIRST, decode.label_sigmas(one, 3, 8.0, 2.0))[0]
+    assert float(wide) < float(narrow)

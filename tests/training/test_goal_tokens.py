@@ -306,7 +306,7 @@ def test_first_goal_error_is_taken_on_each_episodes_first_picture():
 
 def test_goal_warmup_trains_on_the_goal_scenes_first_and_resumes_exactly(dataset_dir, tmp_path):
     args = COMMON + ["--data-root", str(dataset_dir), "--max-steps", "6", "--save-steps", "2", "--goal-tokens",
-                     "--goal-scenes", "12", "--goal-warmup-steps", "3"]
+                     "--goal-scenes", "12", "--goal-warmup-steps", "3", "--goal-warmup-lr", "1e-3"]
     straight = tmp_path / "straight"
     assert main(args + ["--output-dir", str(straight)]) == 0
     rows = {r["step"]: r for r in read_metrics(straight) if "train/loss" in r}
@@ -314,6 +314,9 @@ def test_goal_warmup_trains_on_the_goal_scenes_first_and_resumes_exactly(dataset
     # warm-up: goal scenes only, so no sample has actions (the L1 of the actions is over none)
     assert all(rows[s]["train/l1"] == 0.0 for s in (1, 2, 3))
     assert all(rows[s]["train/l1"] > 0.0 for s in (4, 5, 6))
+    # at its own constant rate; then the schedule of --learning-rate 3e-3 starts
+    assert [rows[s]["lr"] for s in (1, 2, 3)] == [1e-3] * 3
+    assert rows[4]["lr"] == pytest.approx(3e-3) and rows[6]["lr"] < rows[4]["lr"]
     state = json.loads((straight / "checkpoint-2" / "trainer_state.json").read_text())
     assert "goal_warmup_position" in state
     # resumed inside the warm-up, the run continues as the uninterrupted one did

@@ -23,22 +23,24 @@ def next_token_logits(logits: torch.Tensor, input_len: int) -> torch.Tensor:
     return logits[:, offset : offset + input_len - 1]
 
 
-def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_sigma: float = 0.0):
+def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_sigma: float | torch.Tensor = 0.0):
     """Cross-entropy on the action tokens only; also returns argmax predictions (restricted
     to the action range) and the label mask, for accuracy and L1.
 
     With `label_sigma` > 0 (in bins) each action token is trained against a Gaussian over
     the neighbouring bins (adjacent ids are adjacent bins) instead of its one bin, so the
-    loss knows that bin 101 is a better answer than bin 3 when 100 was demonstrated."""
+    loss knows that bin 101 is a better answer than bin 3 when 100 was demonstrated. A
+    tensor shaped like `batch["labels"]` gives each token its own width (label_sigmas)."""
     labels = batch["labels"][:, 1:]
     pred_logits = next_token_logits(logits, batch["input_ids"].shape[1])
     mask = labels != IGNORE
     chosen = pred_logits[mask].float()
     target = labels[mask]
-    if label_sigma > 0:
+    if torch.is_tensor(label_sigma) or label_sigma > 0:
+        sigma = label_sigma[:, 1:][mask].float().clamp_min(1e-3)[:, None] if torch.is_tensor(label_sigma) else label_sigma
         log_p = F.log_softmax(chosen, dim=-1)[:, first_action_id:]
         offsets = torch.arange(log_p.shape[1], device=chosen.device) - (target - first_action_id)[:, None]
-        soft = torch.softmax(-0.5 * (offsets.float() / label_sigma) ** 2, dim=-1)
+        soft = torch.softmax(-0.5 * (offsets.float() / sigma) ** 2, dim=-1)
         loss = -(soft * log_p).sum(-1).mean()
     else:
         loss = F.cross_entropy(chosen, target)
@@ -81,3 +83,14 @@ def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_to
                 extra["token_type_ids"] = torch.cat([extra["token_type_ids"], torch.ones_like(step)], 1)
             out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, **extra)
     return torch.stack(chosen, dim=1)
+
+
+def label_sigmas(batch: dict, n_goal: int, goal_sigma: float, action_sigma: float) -> float | torch.Tensor:
+    """Per-token label widths for action_loss: the first `n_goal` labelled tokens of each row
+    (the goal point) get `goal_sigma`, the rest `action_sigma`; a plain float when equal."""
+    if not n_goal or goal_sigma == action_sigma:
+        return action_sigma
+    labelled = batch["labels"] != IGNORE
+    order = labelled.long().cumsum(1)  # 1 for a row's first labelled token, 2 for its second, ...
+    goal = labelled & (order <= n_goal)
+    return torch.where(goal, torch.tensor(float(goal_sigma)), torch.tensor(float(action_sigma))).to(batch["labels"].device)

@@ -223,7 +223,8 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, state_ids,
                              goal_first=codec.goal_first)
         out = decode.forward(model, vla, inputs, pix)
-        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, cfg.action_label_sigma)
+        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id,
+                                                   _sigmas(cfg, codec, inputs))
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
@@ -254,6 +255,18 @@ def label_ids(codec: ActionCodec, batch: dict) -> list[np.ndarray]:
     ids = codec.encode(batch["actions"], batch["state"], batch["goal"] if codec.n_goal else None)
     only = batch.get("goal_only")
     return [row[: codec.n_goal] if only is not None and only[i] else row for i, row in enumerate(ids)]
+
+
+def _set_lr(optimizer, rates) -> float:
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    return float(rates[0])
+
+
+def _sigmas(cfg: TrainConfig, codec: ActionCodec, inputs: dict):
+    """Label widths: --goal-label-sigma on the goal tokens, --action-label-sigma on the rest."""
+    goal = cfg.action_label_sigma if cfg.goal_label_sigma is None else cfg.goal_label_sigma
+    return decode.label_sigmas(inputs, codec.n_goal, goal, cfg.action_label_sigma)
 
 
 def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> list:
@@ -437,7 +450,10 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     warm = BatchStream(scenes, start=warm_position, **stream_kw) if start_step < cfg.goal_warmup_steps else None
     steps_per_epoch = math.ceil(stream.batches_per_epoch / cfg.grad_accumulation_steps)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    if cfg.goal_warmup_steps >= total_steps:
+        raise ConfigError(f"--goal-warmup-steps ({cfg.goal_warmup_steps}) must be fewer than the {total_steps} "
+                          "training steps: the actions are learned after it")
+    scheduler = make_scheduler(optimizer, cfg, total_steps - cfg.goal_warmup_steps)
     if pre.resume_dir is not None:
         state = torch.load(pre.resume_dir / "optimizer.pt", map_location=device, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
@@ -477,7 +493,8 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
                     out = decode.forward(ddp_model, vla, inputs, pix)
-                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, cfg.action_label_sigma)
+                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id,
+                                                               _sigmas(cfg, codec, inputs))
                     (loss / cfg.grad_accumulation_steps).backward()
                 sums["loss"] += loss.item() / cfg.grad_accumulation_steps
                 sums["correct"] += int((pred == target).sum())
@@ -487,15 +504,20 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             grad_norm = None
             if cfg.max_grad_norm > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
+            if warm is not None:  # the goal warm-up runs at its own constant rate; the schedule waits
+                lr = _set_lr(optimizer, [cfg.goal_warmup_lr or cfg.learning_rate] * len(optimizer.param_groups))
+                optimizer.step()
+            else:
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             step_time = time.perf_counter() - t_step
             if warm is not None and step >= cfg.goal_warmup_steps:
                 warm.close()
                 warm = None
+                _set_lr(optimizer, scheduler.get_last_lr())  # the schedule starts (with its own warm-up)
             wait = stream.wait_seconds - wait0
             values = dist_.mean({"train/loss": sums["loss"], "train/action_accuracy": sums["correct"] / sums["count"],
                                  "train/l1": sums["l1"], "train/grad_norm": grad_norm or 0.0})
