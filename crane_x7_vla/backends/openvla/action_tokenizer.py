@@ -84,7 +84,12 @@ class ActionCodec:
         self.goal_tokens = ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1])) \
             if goal_tokens else None
         self.n_goal = 0 if self.goal_tokens is None else len(GOAL_BOUNDS[0])
-        self.goal_before_state = bool(goal_before_state and self.n_goal and self.state_in_prompt)
+        self.goal_before_state = self.goal_first_in_effect(goal_before_state, self.n_goal > 0, self.state_in_prompt)
+
+    @staticmethod
+    def goal_first_in_effect(goal_before_state: bool, goal_tokens: bool, state_in_prompt: bool) -> bool:
+        """The goal goes before the state only where there are both goal tokens and state tokens."""
+        return bool(goal_before_state and goal_tokens and state_in_prompt)
 
     @property
     def goal_first(self) -> int:

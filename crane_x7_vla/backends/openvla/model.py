@@ -334,7 +334,7 @@ def middle_ids(vla: VLA, state_ids) -> list[int]:
 
 def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
                 state_ids: np.ndarray | None = None, *, bare: bool = False, goal_first: int = 0) -> dict:
-    """Right-padded input_ids / attention_mask, and labels on the action tokens only.
+    """Right-padded input_ids / attention_mask, and labels on the written tokens (goal and actions) only.
     `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state);
     `bare`: see prompt_ids. `goal_first` (with `state_ids`): the first this many tokens of
     every row of `action_ids` (the goal) come before the state: prompt, goal, `middle_ids`,

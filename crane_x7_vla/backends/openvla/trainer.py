@@ -330,7 +330,7 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
                  info.get("image_position", IMAGE_FIRST), bool(info.get("goal_tokens")),
                  bool(info.get("goal_before_state")))
         wanted = (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position, bool(cfg.goal_tokens),
-                  bool(cfg.goal_before_state and cfg.goal_tokens and cfg.state_in_prompt))
+                  ActionCodec.goal_first_in_effect(cfg.goal_before_state, cfg.goal_tokens, cfg.state_in_prompt))
         if found != wanted:
             raise ConfigError(
                 f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
