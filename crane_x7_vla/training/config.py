@@ -201,8 +201,10 @@ class TrainConfig:
         for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm", "noop_threshold",
                      "action_label_sigma"):
             positive(name, allow_zero=True)
-        if self.goal_label_sigma is not None:
-            positive("goal_label_sigma", allow_zero=True)
+        positive("goal_warmup_steps", allow_zero=True)
+        for name in ("goal_label_sigma", "goal_warmup_lr"):  # None: as --action-label-sigma / --learning-rate
+            if getattr(self, name) is not None:
+                positive(name, allow_zero=name == "goal_label_sigma")
         if self.max_steps is not None:
             positive("max_steps")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -238,10 +240,6 @@ class TrainConfig:
             raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
         if self.goal_scenes < 0:
             raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
-        if self.goal_warmup_lr is not None and self.goal_warmup_lr <= 0:
-            raise ConfigError(f"--goal-warmup-lr must be > 0 (got {self.goal_warmup_lr})")
-        if self.goal_warmup_steps < 0:
-            raise ConfigError(f"--goal-warmup-steps must be 0 or more (got {self.goal_warmup_steps})")
         if self.goal_warmup_steps and not self.goal_scenes:
             raise ConfigError("--goal-warmup-steps trains on the goal scenes first: it needs --goal-scenes N")
         if self.goal_warmup_steps and self.max_steps and self.goal_warmup_steps >= self.max_steps:
