@@ -3,6 +3,11 @@
 It plans the task as a chain of segments (move above the cube, descend, close, lift,
 carry, lower, release, retreat), solves each segment's end pose with IK from the
 simulator state when the segment begins, and plays it as a minimum-jerk joint motion.
+A segment may start before the one before it has ended (`overlap`): the two motions
+add up, as a person's do, and the hand passes its via point without stopping. A reach
+is one such flowing motion: with a stop above the cube, the picture of the arm resting
+there was followed by "stay" in some demonstrations and by a slow start in others, and
+a policy that sees one picture at a time learned to creep down from there.
 Each episode draws its own speed, via-point offsets, approach heights and short
 pauses, and a smooth low-amplitude wobble is laid over every motion, so no two
 demonstrations are the same. A segment only ends once the follower has caught up
@@ -32,11 +37,13 @@ class _Segment:
     goal: callable  # () -> (q7, gripper): solved when the segment starts
     wait_arm: bool = True  # wait for the follower arm to arrive before moving on
     pause: float = 0.0  # hold after the segment, seconds
+    overlap: float = 0.0  # share of this segment still to run when the next one starts
     start_q: np.ndarray | None = None
     end_q: np.ndarray | None = None
     start_g: float = 0.0
     end_g: float = 0.0
     t0: float = 0.0
+    prior: "_Segment | None" = None  # the overlapped segment still running underneath
     wobble: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
 
@@ -84,7 +91,7 @@ class ScriptedExpert:
             end_off = np.array([*rng.uniform(-0.008, 0.008, size=2), rng.uniform(0.012, 0.022)])
             self._segments = [
                 _Segment("approach", 1.4, lambda: self._above_cube(via_h, jitter, robot.GRIPPER_OPEN),
-                         wait_arm=False, pause=self._maybe_pause()),
+                         wait_arm=False, overlap=rng.uniform(0.25, 0.45)),
                 _Segment("reach", 0.9, lambda: self._at_cube(end_off, robot.GRIPPER_OPEN, robot.GRIPPER_OPEN)),
             ]
         else:
@@ -182,10 +189,12 @@ class ScriptedExpert:
         return self._solve(target, self._yaw), LEADER_CLOSED
 
     # ----------------------------------------------------------- execution
-    def _start_segment(self, index: int, t: float, pause_first: float = 0.0) -> None:
+    def _start_segment(self, index: int, t: float, pause_first: float = 0.0,
+                       prior: _Segment | None = None) -> None:
         self._index = index
         seg = self._segments[index]
         seg.start_q, seg.start_g = self._last_q.copy(), self._last_g
+        seg.prior = prior
         q, g = seg.goal()
         seg.end_q, seg.end_g = robot.clamp_to_limits(np.asarray(q, dtype=float)), float(g)
         distance = float(np.abs(seg.end_q - seg.start_q).max())
@@ -199,6 +208,16 @@ class ScriptedExpert:
                                self.rng.uniform(0, 2 * math.pi, _N)], axis=1)
 
     def _sample(self, seg: _Segment, t: float) -> tuple[np.ndarray, float]:
+        if seg.prior is not None:  # an overlapped motion: this one's displacement rides on the prior's
+            if t >= seg.prior.t0 + seg.prior.duration:
+                seg.prior = None
+            else:
+                q0, g0 = self._sample(seg.prior, t)
+                seg_q, seg_g = self._sample_own(seg, t)
+                return q0 + seg_q - seg.start_q, g0 + seg_g - seg.start_g
+        return self._sample_own(seg, t)
+
+    def _sample_own(self, seg: _Segment, t: float) -> tuple[np.ndarray, float]:
         s = (t - seg.t0) / seg.duration
         a = _min_jerk(s)
         q = seg.start_q + a * (seg.end_q - seg.start_q)
@@ -216,11 +235,11 @@ class ScriptedExpert:
         self._check_success(t)
         seg = self._segments[self._index]
         q, g = self._sample(seg, t)
-        if t >= seg.t0 + seg.duration + seg.pause and self._arrived(seg, t):
+        if t >= seg.t0 + seg.duration * (1.0 - seg.overlap) + seg.pause and self._arrived(seg, t):
             self._last_q, self._last_g = seg.end_q.copy(), seg.end_g
             nxt = self._next_index(seg)
             if nxt is not None:
-                self._start_segment(nxt, t)
+                self._start_segment(nxt, t, prior=seg if seg.overlap > 0 else None)
                 seg = self._segments[self._index]
                 q, g = self._sample(seg, t)
             elif t > seg.t0 + seg.duration + seg.pause + 2.0 and not self.done:

@@ -83,3 +83,23 @@ def test_missed_grasp_is_retried():
 
     assert rollout(env, expert, on_step=snatch, timeout=40)
     assert snatched and expert.retries == 1 and expert.done
+
+
+def test_reach_flows_past_its_via_point_without_stopping():
+    """Between its fastest moment and 6 cm from the cube the hand never rests: a stop above
+    the cube was followed by "stay" in some demonstrations and a slow start in others, and
+    a policy trained on them crept down from there."""
+    env = SimEnv("reach", seed=0)
+    for seed in range(6):
+        env.reset(seed)
+        cube = env.cube_position(env.layout.target_cube)
+        expert = ScriptedExpert(env, rng=np.random.default_rng(seed))
+        tips = []
+        assert rollout(env, expert, control_hz=50, timeout=25,
+                       on_step=lambda e, q: tips.append(e.fingertip_centre().copy())), seed
+        tips = np.array(tips)
+        speed = np.linalg.norm(np.diff(tips, axis=0), axis=1) * 50
+        near = np.flatnonzero(np.linalg.norm(tips - cube, axis=1) < 0.06)[0]
+        fastest = int(np.argmax(speed))
+        assert fastest < near, seed
+        assert speed[fastest:near].min() > 0.05, (seed, speed[fastest:near].min())
