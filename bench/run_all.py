@@ -36,6 +36,7 @@ BENCHMARKS = {
     "openvla_7b_step": ("openvla_7b_step.py", [], ["--depth-override", "1", "--width-divisor", "64", "--batch-size", "2",
                                                    "--steps", "1", "--infer-actions", "3"]),
     "inference_latency": ("inference_latency.py", ["--seconds", "20"], ["--seconds", "8"]),
+    "inference_threads": ("inference_threads.py", [], ["--calls", "5"]),
     "control_jitter": ("control_jitter.py", ["--seconds", "20"], ["--seconds", "8"]),
     "vision_probe": ("vision_probe.py", [], ["--scenes", "100", "--steps", "50", "--held-out", "50"]),
 }

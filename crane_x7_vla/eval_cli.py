@@ -69,6 +69,9 @@ def run_closed_loop(
             {
                 "model_path": str(Path(checkpoint).resolve()),
                 "device": "cpu",
+                # one model thread: the simulator and the runner share the CPU, and two torch
+                # threads waiting for each other beside them took 2.5x as long (bench/inference_threads.py)
+                "cpu_threads": 1,
                 "control_rate": control_rate,
                 "inference_rate": float(config.get("control_rate_hz") or 10.0),
                 "max_joint_velocity": max_joint_velocity,

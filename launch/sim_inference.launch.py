@@ -19,6 +19,7 @@ ARGUMENTS = {
     "policy_server": ("", "remote policy server, e.g. ws://gpu-host:8000"),
     "instruction": ("", "language instruction (empty: the checkpoint's default)"),
     "device": ("", "device for the model"),
+    "cpu_threads": ("1", "CPU threads of an openvla model on the CPU (the simulator shares the CPU; 0 = one per core)"),
     "image_topic": ("/camera/color/image_raw", "image topic of the checkpoint's first camera"),
     "camera_names": ("['wrist', 'primary']", "camera names as sim_collection.launch.py records them"),
     "camera_topics": ("['/camera/color/image_raw', '/scene_camera/color/image_raw']", "their topics, same order"),
@@ -56,7 +57,7 @@ def generate_launch_description():
         output="screen",
         parameters=[{
             **{name: _value(name) for name in (
-                "model_path", "policy_server", "instruction", "device", "image_topic", "camera_names",
+                "model_path", "policy_server", "instruction", "device", "cpu_threads", "image_topic", "camera_names",
                 "camera_topics", "control_rate", "max_joint_velocity")},
             "autostart": True,
         }],

@@ -25,6 +25,7 @@ ARGUMENTS = {
     "policy_token": ("", "token of the policy server"),
     "instruction": ("", "language instruction (empty: the checkpoint's default)"),
     "device": ("", "device for the model: cpu, cuda, cuda:0 (empty: the backend's choice)"),
+    "cpu_threads": ("0", "CPU threads of an openvla model on the CPU (0 = one per core; 1 beside a simulator)"),
     "image_topic": ("/camera/color/image_raw", "image topic of the checkpoint's first camera"),
     "camera_names": ("['']", "further cameras with their own topic, e.g. ['wrist']"),
     "camera_topics": ("['']", "their topics, same order"),
@@ -40,7 +41,7 @@ ARGUMENTS = {
 }
 
 NODE_PARAMETERS = (
-    "model_path", "policy_server", "policy_token", "instruction", "device", "image_topic", "camera_names",
+    "model_path", "policy_server", "policy_token", "instruction", "device", "cpu_threads", "image_topic", "camera_names",
     "camera_topics", "control_rate", "inference_rate", "max_joint_velocity", "stale_timeout", "dry_run", "autostart",
 )
 

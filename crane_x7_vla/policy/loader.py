@@ -26,6 +26,7 @@ from crane_x7_vla import robot
 CONFIG_FILE = "policy_config.json"
 FORMAT_VERSION = 1
 STAT_KEYS = ("q01", "q99")
+TORCH_BACKENDS = ("openvla",)  # backends whose load() takes cpu_threads
 
 
 class PolicyLoadError(ValueError):
@@ -167,8 +168,14 @@ def fingerprint_of(path: str | os.PathLike) -> str:
 
 
 def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
-                expected_joint_names=robot.JOINT_NAMES, expected_fingerprint: str | None = None):
-    """Load the policy stored in ``checkpoint_dir`` (see the module docstring)."""
+                expected_joint_names=robot.JOINT_NAMES, expected_fingerprint: str | None = None,
+                cpu_threads: int = 0):
+    """Load the policy stored in ``checkpoint_dir`` (see the module docstring).
+
+    ``cpu_threads`` > 0 sets the threads of a PyTorch model running on the CPU (the OpenVLA
+    backend; 0 keeps the library's default, one per core); the other backends choose their own."""
+    if not isinstance(cpu_threads, int) or cpu_threads < 0:
+        raise PolicyLoadError(f"cpu_threads must be a whole number >= 0 (0 = the library's default), got {cpu_threads!r}")
     ckpt = Path(checkpoint_dir)
     config = read_policy_config(ckpt)
     where = ckpt / CONFIG_FILE
@@ -181,6 +188,8 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
         if exc.name and module_name.startswith(exc.name):
             raise PolicyLoadError(f"{where}: unknown backend '{config['backend']}' (no module {module_name})") from None
         raise
+    if cpu_threads and config["backend"] in TORCH_BACKENDS:
+        return module.load(ckpt, config, device, cpu_threads=cpu_threads)
     return module.load(ckpt, config, device)
 
 

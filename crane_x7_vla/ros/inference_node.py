@@ -80,6 +80,9 @@ class InferenceNode(Node):
         self.policy_token = p("policy_token", "", "Token for the policy server (empty: none)")
         self.instruction = p("instruction", "", "Language instruction (empty: the checkpoint's default)")
         self.device = p("device", "", "Device for the model (cpu, cuda, cuda:0; empty: the backend's choice)")
+        self.cpu_threads = int(p("cpu_threads", 0, "CPU threads of a PyTorch (openvla) model on the CPU; 0 = one per "
+                                 "core. 1 where a simulator or other heavy nodes share the CPU (other backends "
+                                 "choose their own)"))
         self.image_topic = p("image_topic", robot.DEFAULT_IMAGE_TOPIC, "Image topic of the policy's first camera")
         self.joint_states_topic = p("joint_states_topic", robot.JOINT_STATES_TOPIC, "Follower arm JointState topic")
         self.trajectory_topic = p("trajectory_topic", robot.ARM_TRAJECTORY_TOPIC, "Arm controller JointTrajectory topic")
@@ -246,7 +249,7 @@ class InferenceNode(Node):
             from crane_x7_vla.policy.loader import load_policy
 
             return load_policy(self.model_path, self.device or None,
-                               expected_fingerprint=self._expected_fingerprint())
+                               expected_fingerprint=self._expected_fingerprint(), cpu_threads=self.cpu_threads)
         from crane_x7_vla.policy.client import RemotePolicy
 
         return RemotePolicy(self.policy_server, token=self.policy_token or None,

@@ -106,6 +106,30 @@ def test_policy_predicts_absolute_targets(lora_run, dataset_dir):
         pol.predict({"images": {"wrist": obs["images"]["primary"]}, "state": ep.proprio[0], "instruction": "x"})
 
 
+def test_cpu_threads_reach_torch_and_change_no_action(lora_run, dataset_dir):
+    import torch
+
+    from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.episode.reader import list_episodes, load_episode
+    from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+
+    d = lora_run / "checkpoint-final"
+    ep = load_episode(list_episodes(dataset_dir)[0].path)
+    obs = {"images": {"primary": jpeg.decode(ep.images["primary"][3])}, "state": ep.proprio[3], "instruction": ep.instruction}
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        default = load_policy(d, "cpu").predict(obs)
+        assert torch.get_num_threads() == 2  # 0: the library's default is left alone
+        one = load_policy(d, "cpu", cpu_threads=1)
+        assert torch.get_num_threads() == 1
+        np.testing.assert_allclose(one.predict(obs), default, atol=1e-9)
+        with pytest.raises(PolicyLoadError, match="cpu_threads"):
+            load_policy(d, "cpu", cpu_threads=-1)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_full_weights_epochs_accumulation_wandb(dataset_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -25,12 +25,16 @@ from crane_x7_vla.training.checkpoint import CheckpointError
 
 
 class OpenVLAPolicy:
-    def __init__(self, checkpoint_dir, config: dict, device=None):
+    def __init__(self, checkpoint_dir, config: dict, device=None, cpu_threads: int = 0):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
         if device is None or device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if cpu_threads > 0:
+            # torch's thread pool is per process: beside a busy simulator one thread answers
+            # faster than two that wait for each other (bench/inference_threads.py)
+            torch.set_num_threads(cpu_threads)
         self.spec = ImageSpec.from_dict(config["image_spec"])
         self.cameras = list(config["cameras"])
         self.horizon = int(config["action_space"].get("horizon", 1))
@@ -129,5 +133,5 @@ class OpenVLAPolicy:
         return state[None]
 
 
-def load(checkpoint_dir, config: dict, device=None) -> OpenVLAPolicy:
-    return OpenVLAPolicy(checkpoint_dir, config, device)
+def load(checkpoint_dir, config: dict, device=None, cpu_threads: int = 0) -> OpenVLAPolicy:
+    return OpenVLAPolicy(checkpoint_dir, config, device, cpu_threads)
