@@ -36,6 +36,10 @@ ARM_KV = (9.0, 9.0, 6.0, 6.0, 3.5, 3.5, 2.5)  # at or above critical damping
 ARM_FORCE = (4.1, 10.6, 4.1, 4.1, 4.1, 4.1, 4.1)  # XM430 (XM540 on the tilt joint)
 ARMATURE = 0.02  # reflected rotor inertia of the geared servos
 FINGER_KP = 4.0
+# The fingers' end stops: as stiff as the 2 ms step allows. MuJoCo's default (0.02 s) let a finger
+# flung open by a fast arm swing pass its 90 degree stop by 0.04 rad, which the episode
+# validator rightly refused (a whole demo collection failed on one such step).
+LIMIT_SOLREF = f"{2 * TIMESTEP:g} 1"
 FINGER_KV = 0.1
 
 # Arm link radii for the capsules between consecutive joints.
@@ -216,7 +220,7 @@ def build_mjcf(n_cubes: int, n_plates: int) -> str:
       <geom contype="2" conaffinity="1" friction="0.8 0.01 0.001"/>
     </default>
     <default class="finger">
-      <joint armature="0.002" damping="0.01" limited="true"/>
+      <joint armature="0.002" damping="0.01" limited="true" solreflimit="{LIMIT_SOLREF}"/>
     </default>
     <default class="pad">
       <geom contype="2" conaffinity="1" condim="4" friction="1.5 0.02 0.001" solref="0.01 1"/>

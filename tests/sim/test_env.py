@@ -136,3 +136,25 @@ def test_step_time_and_state_summary(env):
     assert env.time == pytest.approx(1.01, abs=0.002)
     s = env.state_summary()
     assert s["instruction"] == env.instruction and len(s["cubes"]) == 3 and s["success"] is False
+
+
+
+def test_a_flung_finger_stops_at_its_limit(env):
+    """A fast arm swing can fling the open fingers against their 90 degree stop: the joint state
+    stays within the episode validator's tolerance (MuJoCo's default soft stop let it pass by
+    0.09 rad at 20 rad/s and 0.22 at 40, and one such step failed a whole demo collection)."""
+    from crane_x7_vla.episode.validate import LIMIT_TOLERANCE
+
+    env.reset(0)
+    env.set_gripper(robot.GRIPPER_OPEN)
+    for speed in (20.0, 40.0):
+        for _ in range(100):
+            env.step(0.01)
+        assert env.joint_positions()[-1] == pytest.approx(robot.GRIPPER_OPEN, abs=1e-2)
+        env.data.qvel[env._dadr[7]] = speed  # opening, towards the stop
+        highest = -np.inf
+        for _ in range(200):
+            env.step(0.002)
+            highest = max(highest, env.joint_positions()[-1])
+        assert highest > robot.UPPER_LIMITS[-1] - 0.01, speed  # it did reach the stop
+        assert highest - robot.UPPER_LIMITS[-1] < LIMIT_TOLERANCE, speed
