@@ -278,3 +278,25 @@ def test_only_llava_family_models_take_the_picture_after_the_instruction():
     vla.family = "llava"
     set_image_position(vla, "after_instruction")
     assert vla.image_position == "after_instruction"
+
+
+def test_prompt_tokens_are_remembered_and_stay_the_tokenizers(tmp_path):
+    from crane_x7_vla.backends.openvla import model as m
+
+    vla = m.load_vla(str(m.materialize_preset("tiny", tmp_path / "base", image_size=(64, 64))), image_size=(64, 64))
+    text = "What action should the robot take to reach the red cube?"
+    expected = vla.tokenizer(text, add_special_tokens=False)["input_ids"]
+    first = m.text_ids(vla, text)
+    assert first == expected and text in vla.text_cache
+    first.append(-1)  # a caller extending its list must not change the remembered ids
+    assert m.text_ids(vla, text) == expected
+    state = np.arange(8) + 5
+    batch = m.build_batch(vla, [text, text], np.full((2, 4), 7), "cpu", np.stack([state, state]))
+    fresh = m.build_batch(m.load_vla(vla.source, image_size=(64, 64)), [text, text], np.full((2, 4), 7), "cpu",
+                          np.stack([state, state]))
+    for key in ("input_ids", "attention_mask", "labels"):  # row 0 from the tokenizer, row 1 remembered
+        assert fresh[key][0].tolist() == fresh[key][1].tolist(), key
+        assert batch[key].tolist() == fresh[key].tolist(), key
+    for i in range(m.TEXT_CACHE_SIZE + 1):  # bounded: a stream of new instructions does not grow it without end
+        m.text_ids(vla, f"reach cube {i}")
+    assert len(vla.text_cache) <= m.TEXT_CACHE_SIZE

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,9 @@ class VLA:
     dtype: torch.dtype
     num_cameras: int = 1  # images per sample (several only for Llava-family models)
     image_position: str = IMAGE_FIRST  # prompt.IMAGE_POSITIONS; set from the run's config
+    # text -> token ids: a batch tokenises the same few instructions and templates again and
+    # again (a twelfth of a tiny model's training step on a CPU went to the tokenizer)
+    text_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -283,6 +286,19 @@ def set_image_position(vla: VLA, position: str) -> None:
     vla.image_position = position
 
 
+TEXT_CACHE_SIZE = 4096
+
+
+def text_ids(vla: VLA, text: str) -> list[int]:
+    """The tokenizer's ids of `text` without special tokens, remembered per model (a fresh list)."""
+    ids = vla.text_cache.get(text)
+    if ids is None:
+        if len(vla.text_cache) >= TEXT_CACHE_SIZE:
+            vla.text_cache.clear()
+        ids = vla.text_cache[text] = tuple(vla.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(ids)
+
+
 def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False, goal_first: bool = False) -> list[int]:
     """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
     discretised joint state) go into the prompt when given; the image placeholders go where
@@ -294,22 +310,22 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     if vla.image_position != IMAGE_FIRST and not bare:
         question, rest = split_at_question(instruction, state_ids is not None, goal_first)
-        ids = bos + tok(question, add_special_tokens=False)["input_ids"]
+        ids = bos + text_ids(vla, question)
         ids += [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)
-        ids += tok(rest, add_special_tokens=False)["input_ids"]
+        ids += text_ids(vla, rest)
         if state_ids is not None and not goal_first:
-            ids += [int(t) for t in state_ids] + tok(STATE_TEMPLATE[1], add_special_tokens=False)["input_ids"]
+            ids += [int(t) for t in state_ids] + text_ids(vla, STATE_TEMPLATE[1])
         return ids
     if bare:
-        text = tok(instruction, add_special_tokens=False)["input_ids"]
+        text = text_ids(vla, instruction)
     elif goal_first:
-        text = tok(goal_first_prompt(instruction), add_special_tokens=False)["input_ids"]
+        text = text_ids(vla, goal_first_prompt(instruction))
     elif state_ids is None:
-        text = tok(openvla_prompt(instruction), add_special_tokens=False)["input_ids"]
+        text = text_ids(vla, openvla_prompt(instruction))
     else:
         head, tail = state_prompt_parts(instruction)
-        text = (tok(head, add_special_tokens=False)["input_ids"] + [int(t) for t in state_ids]
-                + tok(tail, add_special_tokens=False)["input_ids"])
+        text = (text_ids(vla, head) + [int(t) for t in state_ids]
+                + text_ids(vla, tail))
     if vla.family == "openvla":
         space = tok.convert_tokens_to_ids("\u2581")  # OpenVLA expects the prompt to end with '▁'
         ids = bos + text
@@ -318,7 +334,7 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False
         return ids
     images = [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)
     if vla.family == "paligemma":
-        newline = tok("\n", add_special_tokens=False)["input_ids"]
+        newline = text_ids(vla, "\n")
         return images + bos + text + newline
     return bos + images + text
 
@@ -328,8 +344,8 @@ def middle_ids(vla: VLA, state_ids) -> list[int]:
     '\nState:' <8 state tokens> '\nOut:'."""
     tok = vla.tokenizer
     _, state_text, out_text = GOAL_FIRST_TEMPLATE
-    return (tok(state_text, add_special_tokens=False)["input_ids"] + [int(t) for t in state_ids]
-            + tok(out_text, add_special_tokens=False)["input_ids"])
+    return (text_ids(vla, state_text) + [int(t) for t in state_ids]
+            + text_ids(vla, out_text))
 
 
 def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
