@@ -48,8 +48,8 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert (train_config["goal_tokens"], train_config["freeze_vision"]) == (openvla, openvla)
     assert train_config["goal_scenes"] == (8 if openvla else 0)
     assert train_config["goal_scenes_alone"] == (DEFAULTS["openvla"]["goal_scenes_alone"] if openvla else 0.0)
-    # the goal warm-up keeps its share of the 8 steps (1500 of 6500 -> 2) and its own rate
-    assert train_config["goal_warmup_steps"] == (2 if openvla else 0)
+    # the goal warm-up keeps its share of the 8 steps (1500 of 4000 -> 3) and its own rate
+    assert train_config["goal_warmup_steps"] == (3 if openvla else 0)
     assert train_config["goal_warmup_lr"] == (DEFAULTS["openvla"]["goal_warmup_lr"] if openvla else None)
     assert (run / "train" / "metrics.jsonl").read_text().strip()
     # deploy/evaluate: the policy and both baselines ran the same held-out seeds
