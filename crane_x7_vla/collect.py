@@ -81,6 +81,13 @@ def run_collect(args) -> int:
               f"{sum(e.dropped_steps for e in eps)} dropped steps")
     if mismatched:
         print(f"warning: stored success flag differs from the final check in episodes {mismatched}")
+    slow = slow_episodes(eps, args.rate)
+    if slow:
+        names = ", ".join(Path(e.path).name if e.path else f"#{e.index}" for e in slow[:10])
+        print(f"warning: {len(slow)} episode(s) recorded below {SLOW_SHARE:.0%} of {args.rate:g} Hz ({names}"
+              f"{', ...' if len(slow) > 10 else ''}): the machine did not keep up (another heavy program, or "
+              f"--speed {args.speed:g} too fast for it); their steps are far apart and jerky to learn from, "
+              "so delete them (crane-x7-vla dataset stats again after) or collect again")
     if summary.problems:
         print(f"validation found {len(summary.problems)} problem(s):")
         for line in summary.problems[:20]:
@@ -90,6 +97,15 @@ def run_collect(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2))
     return 1 if summary.problems else 0
+
+
+SLOW_SHARE = 0.8  # of the requested recording rate
+
+
+def slow_episodes(episodes, rate: float) -> list:
+    """Episodes whose logger recorded below SLOW_SHARE of the requested rate (the ticks are on the
+    simulator's clock, so a busy machine shows up here, not as a slower-looking episode)."""
+    return [e for e in episodes if e.achieved_hz is not None and e.achieved_hz < SLOW_SHARE * rate]
 
 
 def run_logger_keys(args) -> int:
