@@ -36,11 +36,11 @@ ARM_KV = (9.0, 9.0, 6.0, 6.0, 3.5, 3.5, 2.5)  # at or above critical damping
 ARM_FORCE = (4.1, 10.6, 4.1, 4.1, 4.1, 4.1, 4.1)  # XM430 (XM540 on the tilt joint)
 ARMATURE = 0.02  # reflected rotor inertia of the geared servos
 FINGER_KP = 4.0
+FINGER_KV = 0.1
 # The fingers' end stops: as stiff as the 2 ms step allows. MuJoCo's default (0.02 s) let a finger
 # flung open by a fast arm swing pass its 90 degree stop by 0.04 rad, which the episode
 # validator rightly refused (a whole demo collection failed on one such step).
 LIMIT_SOLREF = f"{2 * TIMESTEP:g} 1"
-FINGER_KV = 0.1
 
 # Arm link radii for the capsules between consecutive joints.
 _LINK_RADIUS = (0.032, 0.03, 0.03, 0.028, 0.027, 0.026, 0.024)

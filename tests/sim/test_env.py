@@ -138,7 +138,6 @@ def test_step_time_and_state_summary(env):
     assert s["instruction"] == env.instruction and len(s["cubes"]) == 3 and s["success"] is False
 
 
-
 def test_a_flung_finger_stops_at_its_limit(env):
     """A fast arm swing can fling the open fingers against their 90 degree stop: the joint state
     stays within the episode validator's tolerance (MuJoCo's default soft stop let it pass by
