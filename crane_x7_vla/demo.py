@@ -57,12 +57,13 @@ DEFAULT_PRETRAIN_SCENES = 3000
 DEFAULT_PRETRAIN_ANSWER_STEPS = 0
 DEFAULTS = {
     "openvla": {"steps": 4000, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
-                "pretrain_steps": 2500, "goal_scenes": 6000, "goal_scenes_alone": 0.33,
+                "pretrain_steps": 2500, "goal_scenes": 6000, "goal_scenes_alone": 0.33, "goal_scenes_near": 0.33,
                 "goal_warmup_steps": 1500, "goal_warmup_lr": 3e-4,
                 "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0",
                                "--action-horizon", "5", "--goal-tokens", "--goal-label-sigma", "8"]},
     "openpi": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64",
-               "pretrain_steps": 0, "goal_scenes": 0, "goal_scenes_alone": 0.0, "goal_warmup_steps": 0,
+               "pretrain_steps": 0, "goal_scenes": 0, "goal_scenes_alone": 0.0, "goal_scenes_near": 0.0,
+               "goal_warmup_steps": 0,
                "goal_warmup_lr": None,
                "extra_args": ["--no-use-lora", "--cameras", "primary"]},
 }
@@ -140,6 +141,7 @@ def _run(args) -> int:
     pretrain_steps = preset["pretrain_steps"] if args.pretrain_steps is None else args.pretrain_steps
     goal_scenes = preset["goal_scenes"] if args.goal_scenes is None else args.goal_scenes
     alone = preset["goal_scenes_alone"] if args.goal_scenes_alone is None else args.goal_scenes_alone
+    near = preset["goal_scenes_near"] if args.goal_scenes_near is None else args.goal_scenes_near
     # the goal warm-up keeps its share of the steps when --train-steps scales them
     warmup = (round(steps * preset["goal_warmup_steps"] / preset["steps"]) if args.goal_warmup_steps is None
               else args.goal_warmup_steps)
@@ -152,8 +154,9 @@ def _run(args) -> int:
     if warmup < 0 or (warmup > 0 and (goal_scenes == 0 or warmup >= steps)):
         raise SystemExit(f"error: --goal-warmup-steps ({warmup}) trains on the goal scenes first: it needs "
                          f"--goal-scenes > 0 and must be fewer than the training steps ({steps})")
-    if not 0.0 <= alone <= 1.0:
-        raise SystemExit(f"error: --goal-scenes-alone is a share of the goal scenes, 0..1 (got {alone})")
+    for flag, share in (("alone", alone), ("near", near)):
+        if not 0.0 <= share <= 1.0:
+            raise SystemExit(f"error: --goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
     if args.pretrain_answer_steps < 0:
         raise SystemExit("error: --pretrain-answer-steps must be >= 0")
     run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
@@ -195,6 +198,8 @@ def _run(args) -> int:
         train_cmd += ["--goal-scenes", str(goal_scenes), "--goal-scenes-task", args.task]
         if alone > 0:
             train_cmd += ["--goal-scenes-alone", f"{alone:g}"]
+        if near > 0:
+            train_cmd += ["--goal-scenes-near", f"{near:g}"]
         if warmup > 0:
             train_cmd += ["--goal-warmup-steps", str(warmup), "--goal-warmup-lr", f"{preset['goal_warmup_lr']:g}"]
     timings["train_s"] = _stage(f"3/5 train the tiny {args.backend} preset on the CPU ({steps} steps)", train_cmd,
@@ -230,6 +235,7 @@ def _run(args) -> int:
         "pretraining": pretraining,
         "goal_scenes": goal_scenes,
         "goal_scenes_alone": alone if goal_scenes else 0.0,
+        "goal_scenes_near": near if goal_scenes else 0.0,
         "goal_warmup_steps": warmup,
         "train_steps": steps,
         "final_train_loss": losses[-1] if losses else None,
@@ -274,6 +280,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--goal-scenes-alone", type=float, default=None,
                    help="share of the goal scenes that show the named cube alone (default "
                         f"{DEFAULTS['openvla']['goal_scenes_alone']:g} for openvla)")
+    p.add_argument("--goal-scenes-near", type=float, default=None,
+                   help="share of the goal scenes with the hand a few cm from a cube, the named one or another "
+                        f"(default {DEFAULTS['openvla']['goal_scenes_near']:g} for openvla)")
     p.add_argument("--goal-warmup-steps", type=int, default=None,
                    help="the first training steps learn where the named cube is from the goal scenes only "
                         f"(default {DEFAULTS['openvla']['goal_warmup_steps']} of "

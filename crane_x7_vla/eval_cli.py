@@ -84,6 +84,7 @@ def run_closed_loop(
             "eval_runner",
             {
                 "episodes": episodes,
+                "first_seed": first_seed,
                 "episode_timeout": timeout,
                 "results_path": str(results),
                 "frames_dir": str(out_dir / "frames") if frames else "",

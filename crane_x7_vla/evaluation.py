@@ -25,6 +25,7 @@ class EpisodeOutcome:
     instruction: str = ""
     inferences: int = 0  # policy calls during the episode
     latency_ms: dict = field(default_factory=dict)  # the inference node's latency percentiles by stage
+    final_distance_m: float | None = None  # how far from success the episode ended (the task's distance)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -52,9 +53,16 @@ def summarize_episodes(outcomes: list[EpisodeOutcome]) -> dict:
         "success_rate": len(wins) / n if n else 0.0,
         "success_rate_ci95": [low, high],
         "mean_time_to_success_s": float(np.mean([o.time_to_success for o in wins])) if wins else None,
+        # where the failures ended: just short of the goal, or somewhere else entirely
+        "median_failure_distance_m": _median([o.final_distance_m for o in outcomes if not o.success]),
         "safety_interventions": interventions,
         "per_seed": [asdict(o) for o in outcomes],
     }
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None
 
 
 def format_rate(summary: dict) -> str:

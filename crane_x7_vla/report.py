@@ -135,13 +135,14 @@ def write_report(run_dir: Path, summary: dict, pictures: dict[str, Path | None])
     if policy:
         lines.append(f"**Trained policy success: {format_rate(policy)}** over held-out seeds.")
         lines.append("")
-    lines.append("| policy | success | mean time to success | safety interventions |")
-    lines.append("|---|---|---|---|")
+    lines.append("| policy | success | mean time to success | failures ended from the goal (median) "
+                 "| safety interventions |")
+    lines.append("|---|---|---|---|---|")
     for name, res in summary.get("evaluation", {}).items():
-        tts = res.get("mean_time_to_success_s")
+        tts, miss = res.get("mean_time_to_success_s"), res.get("median_failure_distance_m")
         lines.append(
             f"| {name} | {format_rate(res)} | {'-' if tts is None else f'{tts:.1f} s'} | "
-            f"{sum(res.get('safety_interventions', {}).values())} |"
+            f"{'-' if miss is None else f'{miss * 100:.1f} cm'} | {sum(res.get('safety_interventions', {}).values())} |"
         )
     lines.append("")
     for key in ("episodes_collected", "demo_success_rate", "train_steps", "train_seconds", "final_train_loss", "checkpoint"):

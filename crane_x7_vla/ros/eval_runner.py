@@ -1,14 +1,16 @@
 """eval_runner: closed-loop episodes of the inference node on the simulated CRANE-X7.
 
-For each held-out seed: pause the inference node, reset the simulator (`~/reset` of
-crane_x7_sim, whose `seed` parameter counts up from the first seed), hand the episode's
+For each held-out seed: pause the inference node, set the simulator's `seed` parameter
+(first_seed + episode index) and reset it (`~/reset` of crane_x7_sim), hand the episode's
 instruction to the inference node, start it, and wait for the task's success check or
 the time limit. Writes one JSON with the outcome of every episode (seed, success, time
-to success, safety-filter interventions) and the first/last scene frames as .npy.
+to success, how far from the goal it ended, safety-filter interventions) and the
+first/last scene frames as .npy.
 
 Started by `crane-x7-vla eval`; parameters:
     sim_node, inference_node   node names (default crane_x7_sim, vla_inference_node)
     episodes                   number of episodes
+    first_seed                 seed of the first episode (-1: the simulator's own count)
     episode_timeout            seconds per episode
     results_path               JSON output
     frames_dir                 where first/last frames go ("" = none)
@@ -26,6 +28,8 @@ import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -40,6 +44,8 @@ class EvalRunner(Node):
         self.sim = p("sim_node", "crane_x7_sim", "Name of the simulator node")
         self.inference = p("inference_node", "vla_inference_node", "Name of the inference node")
         self.episodes = int(p("episodes", 20, "Number of episodes"))
+        self.first_seed = int(p("first_seed", -1, "Seed of the first episode, then one more each (-1: the "
+                                "simulator's own count, which its start-up scene has already used)"))
         self.timeout = float(p("episode_timeout", 20.0, "Seconds per episode before it counts as a failure"))
         self.results_path = Path(p("results_path", "eval_results.json", "Where the JSON of outcomes goes"))
         frames = p("frames_dir", "", "Folder for first/last scene frames (.npy); empty = none")
@@ -57,10 +63,12 @@ class EvalRunner(Node):
             name: self.create_client(Trigger, srv)
             for name, srv in (
                 ("reset", f"/{self.sim}/reset"),
+                ("check", f"/{self.sim}/check_success"),
                 ("start", f"/{self.inference}/start"),
                 ("pause", f"/{self.inference}/pause"),
             )
         }
+        self._params_client = self.create_client(SetParameters, f"/{self.sim}/set_parameters")
 
     def _on_success(self, msg: Bool) -> None:
         with self._success_lock:
@@ -76,10 +84,18 @@ class EvalRunner(Node):
             pass
 
     def call(self, name: str, timeout: float = 30.0) -> Trigger.Response:
-        client = self._trigger_clients[name]
+        return self._call(self._trigger_clients[name], Trigger.Request(), timeout)
+
+    def set_seed(self, seed: int) -> None:
+        request = SetParameters.Request(parameters=[Parameter("seed", value=seed).to_parameter_msg()])
+        result = self._call(self._params_client, request, 30.0).results[0]
+        if not result.successful:
+            raise RuntimeError(f"could not set the simulator's seed to {seed}: {result.reason}")
+
+    def _call(self, client, request, timeout: float):
         if not client.wait_for_service(timeout_sec=timeout):
             raise RuntimeError(f"service {client.srv_name} did not appear within {timeout:.0f} s")
-        future = client.call_async(Trigger.Request())
+        future = client.call_async(request)
         deadline = time.monotonic() + timeout
         while not future.done():
             if time.monotonic() > deadline:
@@ -114,6 +130,8 @@ class EvalRunner(Node):
         outcomes = []
         for index in range(self.episodes):
             self.call("pause")
+            if self.first_seed >= 0:
+                self.set_seed(self.first_seed + index)
             reset = self.call("reset")
             if not reset.success:
                 raise RuntimeError(f"simulator reset failed: {reset.message}")
@@ -138,6 +156,7 @@ class EvalRunner(Node):
                 time.sleep(0.02)
             duration = time.monotonic() - t0
             self.call("pause")
+            check = json.loads(self.call("check").message)
             time.sleep(0.3)  # the last diagnostics of the episode
             after = self._interventions()
             self._frame("last", index)
@@ -147,6 +166,7 @@ class EvalRunner(Node):
                 "success": solved_at is not None,
                 "time_to_success": solved_at,
                 "duration": duration,
+                "final_distance_m": check.get("distance_to_goal_m"),
                 "interventions": {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after},
                 # policy calls in the episode and the node's latency percentiles (its recent window)
                 "inferences": int(self._diag.get("counts", {}).get("inferences", 0)) - inferences_before,
@@ -155,7 +175,8 @@ class EvalRunner(Node):
             outcomes.append(outcome)
             self.get_logger().info(
                 f"episode {index + 1}/{self.episodes} seed {outcome['seed']}: "
-                f"{'success in %.1f s' % solved_at if solved_at is not None else 'failed'}"
+                f"{'success in %.1f s' % solved_at if solved_at is not None else 'failed'}, "
+                f"{outcome['final_distance_m']} m from the goal at the end"
             )
             self.results_path.write_text(json.dumps(outcomes, indent=2))
         return outcomes

@@ -14,7 +14,8 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
 
     /instruction              std_msgs/String, transient local: the episode's instruction
     ~/success                 std_msgs/Bool: the task's success check, `success_rate` Hz
-    ~/check_success           std_srvs/Trigger: success = the check now, message = JSON state
+    ~/check_success           std_srvs/Trigger: success = the check now, message = JSON state (with
+                              distance_to_goal_m, how far from success: see TaskSpec.distance)
     ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
                               switching to the `task` parameter's task; message = JSON
                               {task, seed, instruction, start_state (the 8 joint positions)}
@@ -287,7 +288,7 @@ class SimNode(Node):
             response.success = bool(env.success())
             response.message = json.dumps(
                 {"task": env.task, "seed": env.seed, "instruction": env.instruction, "time": env.time,
-                 "expert": self._expert_state}
+                 "expert": self._expert_state, "distance_to_goal_m": round(env.distance_to_goal(), 4)}
             )
         return response
 

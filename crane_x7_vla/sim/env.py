@@ -158,6 +158,10 @@ class SimEnv:
     def success(self) -> bool:
         return self.spec.success(self)
 
+    def distance_to_goal(self) -> float:
+        """The task's distance from success (m), see TaskSpec.distance."""
+        return self.spec.distance(self)
+
     def state_summary(self) -> dict:
         """Plain-Python description of the scene (object poses, target, tool) for experts and reports."""
         lay = self.layout
@@ -175,6 +179,7 @@ class SimEnv:
             "target_cube": lay.target_cube, "target_plate": lay.target_plate,
             "gripper_touches_target": self.gripper_touches_cube(lay.target_cube),
             "success": self.success(),
+            "distance_to_goal_m": round(self.distance_to_goal(), 4),
         }
 
     # --------------------------------------------------------------- commands

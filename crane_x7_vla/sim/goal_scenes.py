@@ -8,6 +8,13 @@ thousands of extra layouts whose only label is the goal point: the named cube's 
 where a demonstration's first movement ends (`preprocess.goal_points`). Half of the pictures
 show the arm in a random pose, hiding parts of the table as during a demonstration.
 
+With `near` > 0 that share of the pictures shows the hand a few centimetres from one of the
+cubes, the named one or another (posed by inverse kinematics). Near the end of every
+demonstration the hand is where the goal is, so without these a model learned to read the
+goal off the hand once the hand came close: a reach that arrived 4 cm beside the named cube
+then "saw" its goal there and stopped (evaluation: the written goal followed the hand, and
+the arm stood still 4-6 cm from the cube until the time ran out).
+
 With `alone` > 0 that share of the pictures shows the named cube alone (the others are put
 out of sight, below the floor). Finding *the named* cube among several is a two-step look-up
 for a language model trained from scratch (fetch the colour from the instruction, then find
@@ -19,6 +26,7 @@ is a small step.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +49,42 @@ def reset_scene(env, seed: int, rng: np.random.Generator, arm_pose_noise: float 
         env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
 
 
+#: `near` scenes: the fingertips this far (m) beside and above a cube's centre.
+NEAR_OFFSET = 0.06
+NEAR_HEIGHT = (0.01, 0.10)
+
+
+def pose_hand_near_cube(env, ik, rng: np.random.Generator) -> None:
+    """Put the fingertips, pointing down, up to NEAR_OFFSET beside and NEAR_HEIGHT above the
+    named cube (half of the time) or another one."""
+    others = [i for i in range(len(env.layout.cube_colours)) if i != env.layout.target_cube]
+    named = not others or rng.random() < 0.5
+    cube = env.cube_position(env.layout.target_cube if named else int(rng.choice(others)))
+    offset = rng.uniform(-NEAR_OFFSET, NEAR_OFFSET, 2)
+    point = np.array([cube[0] + offset[0], cube[1] + offset[1], cube[2] + rng.uniform(*NEAR_HEIGHT)])
+    bearing = math.atan2(point[1], point[0])
+    seed = env.joint_positions()[: robot.NUM_ARM_JOINTS].copy()
+    seed[0] = bearing
+    env.pose_arm(ik.solve(point, bearing + math.pi, seed, robot.GRIPPER_OPEN).q)
+
+
 #: Where `alone` scenes put the other cubes: under the floor, out of every camera's sight.
 OUT_OF_SIGHT = (0.28, 0.0, -1.5)
 
 
 def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int, int] = (320, 240),
                 seed: int = 0, arm_pose_noise: float = 0.6, jpeg_quality: int = 90,
-                alone: float = 0.0) -> list[EpisodeData]:
+                alone: float = 0.0, near: float = 0.0) -> list[EpisodeData]:
     """n one-step episodes of `task` with a picture per camera, the task's instruction, the
     arm's joint state and `goal` = the named cube's centre (m, arm base frame); in a share
-    `alone` of them (every k-th scene) the named cube is the only one in sight."""
-    if not 0.0 <= alone <= 1.0:
-        raise ValueError(f"the share of goal scenes with the named cube alone must be 0..1 (got {alone})")
+    `alone` of them (every k-th scene) the named cube is the only one in sight, in a share
+    `near` (drawn at random) the hand is close to one of the cubes."""
+    for name, share in (("with the named cube alone", alone), ("with the hand near a cube", near)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"the share of goal scenes {name} must be 0..1 (got {share})")
     from crane_x7_vla.sim import SimEnv
     from crane_x7_vla.sim.env import CAMERAS
+    from crane_x7_vla.sim.ik import ArmIK
 
     unknown = [c for c in cameras if c not in CAMERAS]
     if unknown:
@@ -62,10 +92,13 @@ def goal_scenes(task: str, n: int, cameras: list[str], *, camera_size: tuple[int
                          f"cameras {unknown} are not among them")
     rng = np.random.default_rng([seed, GOAL_SCENES_FIRST_SEED])
     env = SimEnv(task=task, seed=GOAL_SCENES_FIRST_SEED, camera_size=camera_size, cameras=tuple(cameras))
+    ik = ArmIK(env.model)
     scenes = []
     try:
         for k in range(n):
             reset_scene(env, GOAL_SCENES_FIRST_SEED + k, rng, arm_pose_noise)
+            if near and rng.random() < near:
+                pose_hand_near_cube(env, ik, rng)
             if int((k + 1) * alone) > int(k * alone):  # spread evenly through the scenes
                 for i in range(len(env.layout.cube_colours)):
                     if i != env.layout.target_cube:

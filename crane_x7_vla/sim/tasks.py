@@ -80,11 +80,20 @@ class TaskSpec:
             arm_offset=rng.uniform(-0.03, 0.03, size=7),
         )
 
+    def distance(self, env) -> float:
+        """How far from success (m): reach, fingertip centre to the named cube's centre (success
+        below REACH_DISTANCE); pick_place, the named cube's centre to the named plate's, in the
+        table plane. Tells whether a failed episode ended near the goal or elsewhere."""
+        cube = env.cube_position(env.layout.target_cube)
+        if self.n_plates == 0:
+            return float(np.linalg.norm(env.fingertip_centre() - cube))
+        return float(np.linalg.norm(cube[:2] - env.layout.plate_xy[env.layout.target_plate]))
+
     def success(self, env) -> bool:
         """The task's success check on the current simulator state."""
         cube = env.cube_position(env.layout.target_cube)
         if self.n_plates == 0:
-            return bool(np.linalg.norm(env.fingertip_centre() - cube) < REACH_DISTANCE)
+            return self.distance(env) < REACH_DISTANCE
         plate = env.layout.plate_xy[env.layout.target_plate]
         resting_z = 2 * PLATE_HALF_HEIGHT + CUBE_HALF
         on_plate = np.linalg.norm(cube[:2] - plate) < PLACE_TOLERANCE

@@ -127,6 +127,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the --goal-scenes pictures that show the named cube alone (the others out "
                         "of sight): reading where a cube is pays off before choosing among several by colour "
                         f"does (default: {_D.goal_scenes_alone})")
+    g.add_argument("--goal-scenes-near", type=float, metavar="SHARE", default=S,
+                   help="share of the --goal-scenes pictures with the hand a few cm from a cube (the named one "
+                        "or another): the goal is the named cube wherever the hand is, and not where the hand "
+                        f"has come to (default: {_D.goal_scenes_near})")
     g.add_argument("--goal-label-sigma", type=float, metavar="BINS", default=S,
                    help="openvla: the --action-label-sigma of the goal tokens (their bins are 3 mm apart; a "
                         "wider Gaussian gives a goal point 2 cm off partial credit) (default: as "

@@ -126,6 +126,7 @@ class TrainConfig:
     goal_scenes: int = 0  # openvla with goal_tokens: simulated pictures of goal_scenes_task labelled with the goal
     goal_scenes_task: str = "reach"  # the simulated task those pictures show
     goal_scenes_alone: float = 0.0  # share of the goal scenes that show the named cube alone
+    goal_scenes_near: float = 0.0  # share of the goal scenes with the hand near a cube
     goal_warmup_steps: int = 0  # the first N steps train on the goal scenes only
     goal_warmup_lr: float | None = None  # their constant learning rate (None: learning_rate)
     experiment_name: str | None = None  # crane_x7_{backend}
@@ -245,8 +246,10 @@ class TrainConfig:
         if self.goal_warmup_steps and self.max_steps and self.goal_warmup_steps >= self.max_steps:
             raise ConfigError(f"--goal-warmup-steps ({self.goal_warmup_steps}) must be fewer than --max-steps "
                               f"({self.max_steps}): the actions are learned after it")
-        if not 0.0 <= self.goal_scenes_alone <= 1.0:
-            raise ConfigError(f"--goal-scenes-alone is a share of the goal scenes, 0..1 (got {self.goal_scenes_alone})")
+        for flag in ("alone", "near"):
+            share = getattr(self, f"goal_scenes_{flag}")
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"--goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
         if self.backend == "openpi" and (self.goal_tokens or self.goal_scenes):
             raise ConfigError("--goal-tokens and --goal-scenes are for the openvla backend")
         if self.goal_scenes and self.goal_tokens is False:

@@ -48,6 +48,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert (train_config["goal_tokens"], train_config["freeze_vision"]) == (openvla, openvla)
     assert train_config["goal_scenes"] == (8 if openvla else 0)
     assert train_config["goal_scenes_alone"] == (DEFAULTS["openvla"]["goal_scenes_alone"] if openvla else 0.0)
+    assert train_config["goal_scenes_near"] == (DEFAULTS["openvla"]["goal_scenes_near"] if openvla else 0.0)
     # the goal warm-up keeps its share of the 8 steps (1500 of 4000 -> 3) and its own rate
     assert train_config["goal_warmup_steps"] == (3 if openvla else 0)
     assert train_config["goal_warmup_lr"] == (DEFAULTS["openvla"]["goal_warmup_lr"] if openvla else None)
@@ -57,7 +58,10 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert set(evaluation) == {"policy", "hold still", "mean trajectory"}
     seeds = {name: [o["seed"] for o in res["per_seed"]] for name, res in evaluation.items()}
     assert seeds["policy"] == seeds["hold still"] == seeds["mean trajectory"] and len(seeds["policy"]) == 2
-    assert all(s >= 100_000 for s in seeds["policy"])  # held out: collection used seeds 0..2
+    assert seeds["policy"] == [100_000, 100_001]  # held out (collection used seeds 0..2), from the first
+    # how far from the goal each episode ended, in metres: the task's own distance, finite
+    for res in evaluation.values():
+        assert all(0.0 <= o["final_distance_m"] < 2.0 for o in res["per_seed"]), res["per_seed"]
     # the policies were called in every episode, the first included (the node's warm-up call at
     # load compiles openpi's model, which on its first real call outlasted a 4 s episode), and
     # the node's model latency is on record
@@ -83,6 +87,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     (["--goal-warmup-steps", "8", "--train-steps", "8"], "--goal-warmup-steps"),
     (["--goal-warmup-steps", "2", "--goal-scenes", "0"], "--goal-warmup-steps"),
     (["--goal-scenes-alone", "1.5"], "--goal-scenes-alone"),
+    (["--goal-scenes-near", "-0.5"], "--goal-scenes-near"),
 ])
 def test_demo_refuses_contradicting_flags_before_any_work(tmp_path, flags, message):
     result = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli", "demo", "--out", str(tmp_path), *flags],

@@ -52,6 +52,26 @@ def test_success_false_at_start():
             assert not e.success(), (task, seed)
 
 
+def test_distance_to_goal_is_what_the_success_check_measures():
+    from crane_x7_vla.sim.tasks import REACH_DISTANCE
+
+    e = SimEnv("reach", seed=4)
+    try:
+        cube = e.cube_position(e.layout.target_cube)
+        assert e.distance_to_goal() == pytest.approx(np.linalg.norm(e.fingertip_centre() - cube))
+        assert e.distance_to_goal() > REACH_DISTANCE and not e.success()
+        assert e.state_summary()["distance_to_goal_m"] == pytest.approx(e.distance_to_goal(), abs=1e-4)
+    finally:
+        e.close()
+    pp = SimEnv("pick_place", seed=4)
+    try:  # pick and place: the named cube to the named plate, in the table plane
+        lay = pp.layout
+        cube = pp.cube_position(lay.target_cube)
+        assert pp.distance_to_goal() == pytest.approx(np.linalg.norm(cube[:2] - lay.plate_xy[lay.target_plate]))
+    finally:
+        pp.close()
+
+
 def test_target_reached_within_velocity_limit(env):
     env.reset(0)
     start = env.joint_positions()[:7]

@@ -151,18 +151,48 @@ def test_goal_scenes_alone_hide_the_other_cubes():
         goal_scenes("reach", 1, ["primary"], alone=1.5)
 
 
+def test_goal_scenes_near_put_the_hand_by_a_cube_and_keep_the_named_cubes_label():
+    from crane_x7_vla.sim import SimEnv
+    from crane_x7_vla.sim.goal_scenes import GOAL_SCENES_FIRST_SEED, NEAR_HEIGHT, NEAR_OFFSET, goal_scenes
+    from crane_x7_vla.sim.ik import ArmIK
+
+    n = 16
+    plain = goal_scenes("reach", n, ["primary"], camera_size=(64, 64))
+    near = goal_scenes("reach", n, ["primary"], camera_size=(64, 64), near=1.0)
+    env = SimEnv(task="reach", seed=GOAL_SCENES_FIRST_SEED, cameras=("primary",))
+    ik = ArmIK(env.model)
+    by_named = 0
+    try:
+        for k, (a, b) in enumerate(zip(plain, near)):
+            assert (a.instruction, a.goal.tolist()) == (b.instruction, b.goal.tolist())  # same scene, same label
+            env.reset(GOAL_SCENES_FIRST_SEED + k)
+            tip, _ = ik.forward(b.proprio[0, :7].astype(float), float(b.proprio[0, 7]))
+            cubes = [env.cube_position(i) for i in range(len(env.layout.cube_colours))]
+            closest = min(range(len(cubes)), key=lambda i: np.linalg.norm(tip[:2] - cubes[i][:2]))
+            beside, above = np.abs(tip[:2] - cubes[closest][:2]).max(), tip[2] - cubes[closest][2]
+            assert beside < NEAR_OFFSET + 0.01 and NEAR_HEIGHT[0] - 0.01 < above < NEAR_HEIGHT[1] + 0.01, (k, tip)
+            by_named += closest == env.layout.target_cube
+    finally:
+        env.close()
+    assert 0 < by_named < n  # by the named cube and by the others
+    with pytest.raises(ValueError, match="0..1"):
+        goal_scenes("reach", 1, ["primary"], near=-0.1)
+
+
 def test_flags_defaults_and_contradictions():
     assert parse("--backend", "openvla").goal_tokens is False  # OpenVLA-7B's format
     assert parse("--backend", "openvla", "--model", "tiny").goal_tokens is False  # no gain without a pretrained tower
     cfg = parse("--backend", "openvla", "--model", "tiny", "--goal-tokens", "--goal-scenes", "50",
-                "--goal-scenes-task", "pick_place", "--goal-scenes-alone", "0.25")
+                "--goal-scenes-task", "pick_place", "--goal-scenes-alone", "0.25", "--goal-scenes-near", "0.5")
     assert (cfg.goal_tokens, cfg.goal_scenes, cfg.goal_scenes_task) == (True, 50, "pick_place")
-    assert cfg.goal_scenes_alone == 0.25
+    assert (cfg.goal_scenes_alone, cfg.goal_scenes_near) == (0.25, 0.5)
     for argv, message in ((["--backend", "openpi", "--goal-tokens"], "openvla backend"),
                           (["--backend", "openvla", "--model", "tiny", "--goal-scenes", "5"], "needs --goal-tokens"),
                           (["--backend", "openvla", "--goal-scenes", "-1"], "--goal-scenes"),
                           (["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-alone", "2"],
-                           "--goal-scenes-alone")):
+                           "--goal-scenes-alone"),
+                          (["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-near", "-1"],
+                           "--goal-scenes-near")):
         with pytest.raises(ConfigError, match=message):
             parse(*argv)
 

@@ -280,11 +280,12 @@ def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> lis
     size = jpeg.size_of(data.train[0].images[cameras[0]][0])
     try:
         scenes = goal_scenes(cfg.goal_scenes_task, cfg.goal_scenes, cameras, camera_size=size, seed=cfg.seed,
-                             alone=cfg.goal_scenes_alone)
+                             alone=cfg.goal_scenes_alone, near=cfg.goal_scenes_near)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if dist_.main:
         alone = f", {cfg.goal_scenes_alone:.0%} with the named cube alone" if cfg.goal_scenes_alone else ""
+        alone += f", {cfg.goal_scenes_near:.0%} with the hand near a cube" if cfg.goal_scenes_near else ""
         print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{alone} in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return scenes
