@@ -49,6 +49,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert train_config["goal_scenes"] == (8 if openvla else 0)
     assert train_config["goal_scenes_alone"] == (DEFAULTS["openvla"]["goal_scenes_alone"] if openvla else 0.0)
     assert train_config["goal_scenes_near"] == (DEFAULTS["openvla"]["goal_scenes_near"] if openvla else 0.0)
+    assert train_config["noop_threshold"] == (0.01 if openvla else 0.0)  # the demo's, over the preset's 0.002
     # the goal warm-up keeps its share of the 8 steps (1500 of 4000 -> 3) and its own rate
     assert train_config["goal_warmup_steps"] == (3 if openvla else 0)
     assert train_config["goal_warmup_lr"] == (DEFAULTS["openvla"]["goal_warmup_lr"] if openvla else None)
