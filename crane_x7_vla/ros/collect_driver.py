@@ -5,7 +5,8 @@ Processes (each in its own process group, own ROS_DOMAIN_ID per run):
 
 Per episode: set the simulator's `seed` parameter; /teleop_relay/hold (the clutch);
 /crane_x7_sim/reset; wait for the new instruction; release the clutch and wait for the
-follower to rest at the episode's start pose (as it will at deployment); set the logger's task/seed parameters; /data_logger/start;
+follower to rest at the episode's start pose (as it will at deployment); set the logger's task/seed parameters; /data_logger/start (again until it
+records with the scene's instruction);
 /crane_x7_sim/start_expert (the recording begins with the arm at rest); wait
 until the task's success check has held for `settle` seconds, the expert gives up, or
 `timeout`; read /crane_x7_sim/check_success; /data_logger/stop (the logger stores the
@@ -261,20 +262,22 @@ def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str
         if time.monotonic() > deadline:
             raise RuntimeError(f"the new instruction {scene['instruction']!r} did not arrive on /instruction")
         time.sleep(0.02)
-    time.sleep(0.2)  # the logger receives the same latched message
     # The leader rests at the start pose until the expert moves; the relay follows it again from
     # where the reset put the follower. Record from there, as the policy will start at deployment.
     client.hold_relay(False, nodes)
     client.wait_at_rest(scene["start_state"], nodes)
     client.set_params(LOGGER, {"task": task, "seed": seed}, nodes)
     started = time.monotonic()
-    while True:  # the first frames after a reset take a moment
+    wanted = f": {scene['instruction']!r}"  # the end of ~/start's answer when it has the new instruction
+    while True:  # the first frames after a reset take a moment; so may the latched instruction
         res = client.trigger(f"{LOGGER}/start", nodes)
-        if res.success:
+        if res.success and res.message.endswith(wanted):
             break
+        if res.success:  # started with the previous scene's instruction: not yet arrived
+            client.trigger(f"{LOGGER}/discard", nodes, timeout=5.0)
         if time.monotonic() - started > 15.0:
-            raise RuntimeError(f"the logger did not start: {res.message}")
-        time.sleep(0.2)
+            raise RuntimeError(f"the logger did not start with {scene['instruction']!r}: {res.message}")
+        time.sleep(0.02 if res.success else 0.2)
     # The expert moves only once the logger records: every episode begins at rest, the
     # picture the policy sees first when deployed (a human starts recording, then moves).
     res = client.trigger(f"{SIM}/start_expert", nodes)

@@ -320,7 +320,7 @@ class DataLogger(Node):
             name = self._worker.submit(self._worker.open, self.output_dir, kwargs).result(_CLOSE_TIMEOUT)
             self._episode = _Episode(name, cameras, time.monotonic())
         self.get_logger().info(f"recording {name}: {instruction!r}")
-        return f"recording {name} into {self.output_dir}"
+        return f"recording {name} into {self.output_dir}: {instruction!r}"
 
     def _finish(self) -> _Episode:
         with self._lock:

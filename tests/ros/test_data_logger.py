@@ -100,7 +100,8 @@ def test_save_and_discard_through_services(client, nodes, fake_robot, tmp_path, 
     out = tmp_path / "episodes"
     start_logger(nodes, out, wait_for, client, task="reach", seed=11)
     res = start_episode(client, wait_for, nodes)
-    assert "episode_0000" in res.message
+    # the answer names the instruction it records with: `collect --sim` retries until it is the scene's
+    assert "episode_0000" in res.message and res.message.endswith(f": {INSTRUCTION!r}")
     time.sleep(1.5)
     res = client.trigger("/data_logger/discard")
     assert res.success, res.message
