@@ -5,9 +5,9 @@ Processes (each in its own process group, own ROS_DOMAIN_ID per run):
 
 Per episode: set the simulator's `seed` parameter; /teleop_relay/hold (the clutch);
 /crane_x7_sim/reset; wait for the new instruction; release the clutch and wait for the
-follower to rest at the episode's start pose (as it will at deployment); set the logger's task/seed parameters; /data_logger/start (again until it
-records with the scene's instruction);
-/crane_x7_sim/start_expert (the recording begins with the arm at rest); wait
+follower to rest at the episode's start pose (as it will at deployment); set the logger's
+task/seed parameters; /data_logger/start (again until it records with the scene's
+instruction); /crane_x7_sim/start_expert (the recording begins with the arm at rest); wait
 until the task's success check has held for `settle` seconds, the expert gives up, or
 `timeout`; read /crane_x7_sim/check_success; /data_logger/stop (the logger stores the
 success flag it received from /crane_x7_sim/success). On any exit path (also Ctrl-C or
