@@ -91,12 +91,11 @@ class TaskSpec:
 
     def success(self, env) -> bool:
         """The task's success check on the current simulator state."""
-        cube = env.cube_position(env.layout.target_cube)
         if self.n_plates == 0:
             return self.distance(env) < REACH_DISTANCE
-        plate = env.layout.plate_xy[env.layout.target_plate]
+        cube = env.cube_position(env.layout.target_cube)
         resting_z = 2 * PLATE_HALF_HEIGHT + CUBE_HALF
-        on_plate = np.linalg.norm(cube[:2] - plate) < PLACE_TOLERANCE
+        on_plate = self.distance(env) < PLACE_TOLERANCE
         resting = abs(cube[2] - resting_z) < 0.006 and env.cube_speed(env.layout.target_cube) < REST_SPEED
         return bool(on_plate and resting and not env.gripper_touches_cube(env.layout.target_cube))
 

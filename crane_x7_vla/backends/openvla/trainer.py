@@ -284,9 +284,9 @@ def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> lis
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if dist_.main:
-        alone = f", {cfg.goal_scenes_alone:.0%} with the named cube alone" if cfg.goal_scenes_alone else ""
-        alone += f", {cfg.goal_scenes_near:.0%} with the hand near a cube" if cfg.goal_scenes_near else ""
-        print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{alone} in "
+        shares = f", {cfg.goal_scenes_alone:.0%} with the named cube alone" if cfg.goal_scenes_alone else ""
+        shares += f", {cfg.goal_scenes_near:.0%} with the hand near a cube" if cfg.goal_scenes_near else ""
+        print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{shares} in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return scenes
 
