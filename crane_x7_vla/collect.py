@@ -42,6 +42,10 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
                         "relay and logger run on it (use_sim_time), so episodes are recorded faster than real "
                         "time with the same content (default 1)")
     p.add_argument("--timeout", type=float, default=40.0, help="seconds before an unsolved episode is stopped (default 40)")
+    p.add_argument("--start-near", type=float, default=0.0, metavar="SHARE",
+                   help="share 0..1 of the episodes that start with the hand a few cm from a cube (the named one or "
+                        "another) instead of at home: recovery demonstrations, the expert going the last "
+                        "centimetres from where a policy may stop short (default 0)")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the run (default: a random free-looking one)")
     p.add_argument("--log-dir", default=None, help="node logs (default OUT/collect_logs)")
     p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
@@ -59,7 +63,8 @@ def run_collect(args) -> int:
     try:
         summary = collect_sim(
             args.out, task=args.task, episodes=args.episodes, seed=args.seed, rate=args.rate, cameras=cameras,
-            camera_size=args.camera_size, timeout=args.timeout, speed=args.speed, domain_id=args.domain_id, log_dir=args.log_dir,
+            camera_size=args.camera_size, timeout=args.timeout, speed=args.speed, start_near=args.start_near,
+            domain_id=args.domain_id, log_dir=args.log_dir,
             echo=lambda line: print(line, flush=True),
         )
     except ValueError as exc:
@@ -74,7 +79,9 @@ def run_collect(args) -> int:
     eps = summary.episodes
     steps = sum(e.steps for e in eps)
     mismatched = [e.index for e in eps if e.success_stored is not None and e.success_stored != e.success_check]
-    print(f"\n{len(eps)} episodes, {summary.successes} successful (task check), {steps} steps, saved in {summary.out}")
+    near = sum(e.start == "near cube" for e in eps)
+    print(f"\n{len(eps)} episodes, {summary.successes} successful (task check), {steps} steps, saved in {summary.out}"
+          + (f"; {near} started near a cube" if near else ""))
     rates = [e.achieved_hz for e in eps if e.achieved_hz]
     if rates:
         print(f"recording rate {min(rates):.2f}..{max(rates):.2f} Hz (requested {args.rate:g}), "

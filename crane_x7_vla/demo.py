@@ -66,13 +66,13 @@ DEFAULT_PRETRAIN_ANSWER_STEPS = 0
 DEFAULTS = {
     "openvla": {"steps": 4000, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
                 "pretrain_steps": 2500, "goal_scenes": 6000, "goal_scenes_alone": 0.33, "goal_scenes_near": 0.33,
-                "goal_warmup_steps": 1500, "goal_warmup_lr": 3e-4,
+                "start_near": 0.25, "goal_warmup_steps": 1500, "goal_warmup_lr": 3e-4,
                 "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0",
                                "--action-horizon", "5", "--goal-tokens", "--goal-label-sigma", "8",
                                "--noop-threshold", "0.01"]},
     "openpi": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64",
                "pretrain_steps": 0, "goal_scenes": 0, "goal_scenes_alone": 0.0, "goal_scenes_near": 0.0,
-               "goal_warmup_steps": 0,
+               "start_near": 0.0, "goal_warmup_steps": 0,
                "goal_warmup_lr": None,
                "extra_args": ["--no-use-lora", "--cameras", "primary"]},
 }
@@ -151,6 +151,7 @@ def _run(args) -> int:
     goal_scenes = preset["goal_scenes"] if args.goal_scenes is None else args.goal_scenes
     alone = preset["goal_scenes_alone"] if args.goal_scenes_alone is None else args.goal_scenes_alone
     near = preset["goal_scenes_near"] if args.goal_scenes_near is None else args.goal_scenes_near
+    start_near = preset["start_near"] if args.start_near is None else args.start_near
     # the goal warm-up keeps its share of the steps when --train-steps scales them
     warmup = (round(steps * preset["goal_warmup_steps"] / preset["steps"]) if args.goal_warmup_steps is None
               else args.goal_warmup_steps)
@@ -163,9 +164,9 @@ def _run(args) -> int:
     if warmup < 0 or (warmup > 0 and (goal_scenes == 0 or warmup >= steps)):
         raise SystemExit(f"error: --goal-warmup-steps ({warmup}) trains on the goal scenes first: it needs "
                          f"--goal-scenes > 0 and must be fewer than the training steps ({steps})")
-    for flag, share in (("alone", alone), ("near", near)):
+    for flag, share in (("goal-scenes-alone", alone), ("goal-scenes-near", near), ("start-near", start_near)):
         if not 0.0 <= share <= 1.0:
-            raise SystemExit(f"error: --goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
+            raise SystemExit(f"error: --{flag} is a share, 0..1 (got {share})")
     if args.pretrain_answer_steps < 0:
         raise SystemExit("error: --pretrain-answer-steps must be >= 0")
     run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
@@ -178,7 +179,7 @@ def _run(args) -> int:
     timings["collect_s"] = _stage(
         "1/5 collect demonstrations in simulation (ROS 2 nodes: sim + expert + relay + logger)",
         _cli("collect", "--sim", "--task", args.task, "--episodes", args.episodes, "--out", data, "--seed", args.seed,
-             "--cameras", args.cameras, "--speed", args.collect_speed),
+             "--cameras", args.cameras, "--speed", args.collect_speed, "--start-near", f"{start_near:g}"),
         logs / "collect.log",
     )
     _stage("2/5 validate and compute statistics", _cli("dataset", "validate", data), logs / "validate.log")
@@ -242,6 +243,7 @@ def _run(args) -> int:
         "steps_collected": info["steps"],
         "demo_success_rate": info["success"].get("True", 0) / max(info["episodes"], 1),
         "pretraining": pretraining,
+        "start_near": start_near,
         "goal_scenes": goal_scenes,
         "goal_scenes_alone": alone if goal_scenes else 0.0,
         "goal_scenes_near": near if goal_scenes else 0.0,
@@ -274,6 +276,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--collect-speed", type=float, default=DEFAULT_COLLECT_SPEED,
                    help="simulated seconds per wall-clock second while collecting (the nodes run on the "
                         f"simulator's /clock; default {DEFAULT_COLLECT_SPEED:g})")
+    p.add_argument("--start-near", type=float, default=None, metavar="SHARE",
+                   help="share of the demonstrations that start with the hand a few cm from a cube (collect "
+                        f"--start-near; default {DEFAULTS['openvla']['start_near']:g} for openvla, 0 for openpi)")
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="steps of the vision stage before training, whose tower training then keeps; 0 = "
                         f"train from the random preset (default {DEFAULTS['openvla']['pretrain_steps']} for "

@@ -48,6 +48,7 @@ class EpisodeResult:
     dropped_steps: int
     stale_frames: dict
     end: str  # "success", "expert failed", "timeout"
+    start: str = "home"  # or "near cube": a recovery start (start_near)
 
 
 @dataclass
@@ -182,6 +183,7 @@ def collect_sim(
     timeout: float = 40.0,
     settle: float = 0.5,
     speed: float = 1.0,
+    start_near: float = 0.0,
     domain_id: int | None = None,
     log_dir: str | Path | None = None,
     echo=print,
@@ -195,6 +197,8 @@ def collect_sim(
         raise ValueError("episodes must be >= 1, rate and timeout positive")
     if not 0 < speed <= 10:
         raise ValueError(f"--speed must be in (0, 10] (simulated seconds per wall-clock second), got {speed}")
+    if not 0.0 <= start_near <= 1.0:
+        raise ValueError(f"--start-near is a share of the episodes, 0..1; got {start_near}")
     # Faster than real time: the simulator publishes /clock and every node runs on it (use_sim_time).
     on_sim_clock = speed != 1.0
     sim_clock = {"use_sim_time": True} if on_sim_clock else {}
@@ -216,6 +220,7 @@ def collect_sim(
             "camera_frames": [f"{c}_camera_optical_frame" for c in cameras],
             "camera_width": camera_size[0], "camera_height": camera_size[1],
             "real_time_factor": float(speed), "publish_clock": on_sim_clock, "expert_waits_for_start": True,
+            "start_near": float(start_near),
         }, name="crane_x7_sim")
         nodes.start("teleop_relay", dict(sim_clock))
         nodes.start("data_logger", {**sim_clock,
@@ -310,10 +315,11 @@ def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str
         index=index, seed=seed, instruction=scene["instruction"], path=saved["path"], steps=saved["steps"],
         success_check=bool(check.success), success_stored=meta.success, seconds=round(time.monotonic() - t0, 2),
         achieved_hz=saved["achieved_hz"], dropped_steps=saved["dropped_steps"], stale_frames=saved["stale_frames"],
-        end=end,
+        end=end, start=scene.get("start", "home"),
     )
     stale = sum(saved["stale_frames"].values())
-    echo(f"episode {index + 1}: seed {seed} {scene['instruction']!r}: {end}, {result.steps} steps in "
+    near = " (start near a cube)" if result.start == "near cube" else ""
+    echo(f"episode {index + 1}: seed {seed} {scene['instruction']!r}{near}: {end}, {result.steps} steps in "
          f"{result.seconds:.1f} s ({result.achieved_hz} Hz), {result.dropped_steps} dropped, {stale} stale frames "
          f"-> {Path(saved['path']).name}")
     return result

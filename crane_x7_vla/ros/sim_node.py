@@ -18,7 +18,8 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
                               distance_to_goal_m, how far from success: see TaskSpec.distance)
     ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
                               switching to the `task` parameter's task; message = JSON
-                              {task, seed, instruction, start_state (the 8 joint positions)}
+                              {task, seed, instruction, start_state (the 8 joint positions),
+                              start ("home", or "near cube" for a recovery start: `start_near`)}
     ~/start_expert            std_srvs/Trigger: with `expert_waits_for_start`, the expert moves
                               `expert_start_delay` s after this call instead of after the reset
 
@@ -108,6 +109,9 @@ class SimNode(Node):
                                    "longer than the relay's leader_timeout, so the relay has stopped following "
                                    "when the follower is put back home (a real arm never jumps like that)"))
         self.expert_max_speed = float(p("expert_max_speed", 1.6, "Fastest joint speed of the expert (rad/s)"))
+        self.start_near = float(p("start_near", 0.0,
+                                  "Share 0..1 of resets that start with the hand a few cm from a cube, drawn from "
+                                  "the seed (recovery demonstrations: collect --sim --start-near); 0 = all at home"))
         self.real_time_factor = float(p("real_time_factor", 1.0,
                                         "Simulated seconds per wall-clock second (above 1 needs publish_clock and "
                                         "use_sim_time on the other nodes)"))
@@ -125,6 +129,7 @@ class SimNode(Node):
         self._reset_request: tuple | None = None
         self._reset_done = threading.Event()
         self._reset_result: dict | Exception | None = None
+        self._ik = None  # ArmIK of the current simulator, for recovery starts
         self.stats = {"control_steps": 0, "frames": 0, "t0": time.monotonic()}
 
         group = ReentrantCallbackGroup()
@@ -184,6 +189,8 @@ class SimNode(Node):
                      "real_time_factor"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"parameter '{name}' must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.start_near <= 1.0:
+            raise ConfigError(f"parameter 'start_near' is a share of the resets, 0..1; got {self.start_near}")
         if not (len(self.camera_names) == len(self.camera_topics) <= len(self.camera_frames)):
             raise ConfigError(
                 f"cameras ({len(self.camera_names)}), camera_topics ({len(self.camera_topics)}) and "
@@ -242,9 +249,19 @@ class SimNode(Node):
             if self._env is not None:
                 self._env.close()
             self._env = SimEnv(task=task, seed=seed, camera_size=self._camera_size, cameras=tuple(self.camera_names))
+            self._ik = None
         else:
             self._env.reset(seed)
         env = self._env
+        start = "home"
+        rng = np.random.default_rng([seed, 11])
+        if self.start_near > 0 and rng.random() < self.start_near:
+            from crane_x7_vla.sim.ik import ArmIK
+            from crane_x7_vla.sim.poses import start_hand_near_cube
+
+            self._ik = self._ik or ArmIK(env.model)
+            if start_hand_near_cube(env, self._ik, rng):
+                start = "near cube"
         if self.expert_enabled:
             self._expert = ScriptedExpert(env, rng=np.random.default_rng([seed, 7]), max_speed=self.expert_max_speed)
             self._expert_start = math.inf if self.expert_waits_for_start else env.time + self.expert_start_delay
@@ -252,7 +269,7 @@ class SimNode(Node):
         self._instr_pub.publish(String(data=env.instruction))
         self._start_state = env.joint_positions().copy()
         result = {"task": env.task, "seed": env.seed, "instruction": env.instruction,
-                  "start_state": [round(float(v), 6) for v in self._start_state]}
+                  "start_state": [round(float(v), 6) for v in self._start_state], "start": start}
         self.get_logger().info(f"reset: {json.dumps(result)}")
         return result
 

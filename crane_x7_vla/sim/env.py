@@ -72,6 +72,8 @@ class SimEnv:
         self._plate_geom = [m.geom(f"plate{i}").id for i in range(self.spec.n_plates)]
         self._finger_geoms = {m.geom(n).id for n in ("finger_a_bar", "finger_a_pad", "finger_b_bar", "finger_b_pad")}
         self._tip_sites = [m.site("finger_a_tip").id, m.site("finger_b_tip").id]
+        scenery = {0, *(m.geom_bodyid[g] for g in self._cube_geom + self._plate_geom)}
+        self._robot_geoms = {g for g in range(m.ngeom) if m.geom_bodyid[g] not in scenery}
         self._renderers: dict[tuple[int, int], object] = {}
         self._episode = 0
         self.seed = int(seed)
@@ -152,6 +154,15 @@ class SimEnv:
         for k in range(d.ncon):
             g1, g2 = d.contact.geom1[k], d.contact.geom2[k]
             if (g1 == cube and g2 in self._finger_geoms) or (g2 == cube and g1 in self._finger_geoms):
+                return True
+        return False
+
+    def arm_touches_scene(self) -> bool:
+        """Whether any part of the arm touches the table, a cube or a plate (after a step or pose_arm)."""
+        d = self.data
+        for k in range(d.ncon):
+            inside = (d.contact.geom1[k] in self._robot_geoms) + (d.contact.geom2[k] in self._robot_geoms)
+            if inside == 1:
                 return True
         return False
 

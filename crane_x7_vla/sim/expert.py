@@ -28,6 +28,7 @@ from crane_x7_vla.sim.model import CUBE_HALF, PAD_TILT, PLATE_HALF_HEIGHT
 GRASP_OPENING = PAD_TILT  # finger angle (rad) at which the pads hold a 3 cm cube
 LEADER_CLOSED = 0.0  # leader gripper fully closed; the cube stops the follower's fingers
 _N = robot.NUM_ARM_JOINTS
+NEAR_START = 0.15  # m, fingertips to the named cube: closer than this at the start is a recovery start
 
 
 @dataclass
@@ -87,10 +88,13 @@ class ScriptedExpert:
         rng = self.rng
         if self.env.task == "reach":
             via_h = rng.uniform(0.07, 0.13)
+            approach = 1.4
+            if self._starts_near_cube():  # a recovery start: a short hop over, not a high arc
+                via_h, approach = rng.uniform(0.04, 0.07), 0.9
             jitter = rng.uniform(-0.015, 0.015, size=2)
             end_off = np.array([*rng.uniform(-0.008, 0.008, size=2), rng.uniform(0.012, 0.022)])
             self._segments = [
-                _Segment("approach", 1.4, lambda: self._above_cube(via_h, jitter, robot.GRIPPER_OPEN),
+                _Segment("approach", approach, lambda: self._above_cube(via_h, jitter, robot.GRIPPER_OPEN),
                          wait_arm=False, overlap=rng.uniform(0.25, 0.45)),
                 _Segment("reach", 0.9, lambda: self._at_cube(end_off, robot.GRIPPER_OPEN, robot.GRIPPER_OPEN)),
             ]
@@ -98,6 +102,11 @@ class ScriptedExpert:
             self._segments = self._pick_segments() + self._place_segments()
         self._first_pause = rng.uniform(0.0, 0.3)
         self._started = False  # the motion starts at the first target() call
+
+    def _starts_near_cube(self) -> bool:
+        """Whether the fingertips start within NEAR_START of the named cube (collect --start-near)."""
+        cube, _ = self._cube_state()
+        return bool(np.linalg.norm(self.env.fingertip_centre() - cube) < NEAR_START)
 
     def _begin(self, t: float) -> None:
         self._last_q = self.env.joint_positions()[:_N]

@@ -26,7 +26,6 @@ is a small step.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from crane_x7_vla import robot
 from crane_x7_vla.episode import jpeg
 from crane_x7_vla.episode.reader import EpisodeData
+from crane_x7_vla.sim.poses import pose_hand_near_cube
 
 #: Goal scenes start at this seed: far from the demonstrations (0..), the held-out
 #: evaluation (100000..) and the pretraining scenes (500000..).
@@ -47,25 +47,6 @@ def reset_scene(env, seed: int, rng: np.random.Generator, arm_pose_noise: float 
     if rng.random() < 0.5:
         q = env.joint_positions()[: robot.NUM_ARM_JOINTS]
         env.pose_arm(q + rng.uniform(-arm_pose_noise, arm_pose_noise, robot.NUM_ARM_JOINTS))
-
-
-#: `near` scenes: the fingertips this far (m) beside and above a cube's centre.
-NEAR_OFFSET = 0.06
-NEAR_HEIGHT = (0.01, 0.10)
-
-
-def pose_hand_near_cube(env, ik, rng: np.random.Generator) -> None:
-    """Put the fingertips, pointing down, up to NEAR_OFFSET beside and NEAR_HEIGHT above the
-    named cube (half of the time) or another one."""
-    others = [i for i in range(len(env.layout.cube_colours)) if i != env.layout.target_cube]
-    named = not others or rng.random() < 0.5
-    cube = env.cube_position(env.layout.target_cube if named else int(rng.choice(others)))
-    offset = rng.uniform(-NEAR_OFFSET, NEAR_OFFSET, 2)
-    point = np.array([cube[0] + offset[0], cube[1] + offset[1], cube[2] + rng.uniform(*NEAR_HEIGHT)])
-    bearing = math.atan2(point[1], point[0])
-    seed = env.joint_positions()[: robot.NUM_ARM_JOINTS].copy()
-    seed[0] = bearing
-    env.pose_arm(ik.solve(point, bearing + math.pi, seed, robot.GRIPPER_OPEN).q)
 
 
 #: Where `alone` scenes put the other cubes: under the floor, out of every camera's sight.

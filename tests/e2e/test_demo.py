@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crane_x7_vla.demo import DEFAULTS
@@ -34,6 +35,14 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     # collect: three valid episodes recorded through the ROS 2 nodes, statistics beside them
     assert validate_dataset(run / "data") == (3, [])
     assert (run / "data" / "dataset_statistics.json").exists()
+    # openvla: a share of them start with the hand near a cube (drawn from each seed by the simulator)
+    share = DEFAULTS[backend]["start_near"]
+    assert share == (0.25 if backend == "openvla" else 0.0)
+    near_seeds = [s for s in range(3) if np.random.default_rng([s, 11]).random() < share]
+    collect_log = (run / "logs" / "collect.log").read_text()
+    assert collect_log.count("(start near a cube)") == len(near_seeds), collect_log
+    assert all(f"seed {s} " in line for s, line in zip(
+        near_seeds, [ln for ln in collect_log.splitlines() if "(start near a cube)" in ln]))
     # pretrain (openvla): the base model that training started from
     if backend == "openvla":
         pretraining = json.loads((run / "base_model" / "pretraining.json").read_text())
@@ -78,6 +87,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert report["success_rate"] == evaluation["policy"]["success_rate"]
     assert (report["pretraining"] is None) == (backend == "openpi")
     assert report["goal_scenes"] == (8 if backend == "openvla" else 0)
+    assert report["start_near"] == share
     for png in ("training_curves.png", "success_per_seed.png", "frames.png", "predicted_vs_demonstrated.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG", png
     md = (run / "report.md").read_text()
@@ -89,6 +99,7 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     (["--goal-warmup-steps", "2", "--goal-scenes", "0"], "--goal-warmup-steps"),
     (["--goal-scenes-alone", "1.5"], "--goal-scenes-alone"),
     (["--goal-scenes-near", "-0.5"], "--goal-scenes-near"),
+    (["--start-near", "2"], "--start-near"),
 ])
 def test_demo_refuses_contradicting_flags_before_any_work(tmp_path, flags, message):
     result = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli", "demo", "--out", str(tmp_path), *flags],

@@ -124,6 +124,51 @@ def test_faster_than_real_time_on_the_simulated_clock(tmp_path):
     assert processes_in_domain(domain) == []
 
 
+def test_recovery_starts_begin_beside_a_cube_and_end_at_the_named_one(tmp_path):
+    """--start-near 1: every episode starts with the hand a few cm from a cube (posed by the
+    simulator's reset, where the recording begins) and the expert reaches the named cube from there."""
+    from crane_x7_vla.sim import SimEnv
+
+    out = tmp_path / "near"
+    domain = pick_domain_id()
+    summary_path = tmp_path / "summary.json"
+    proc = subprocess.run(
+        collect_cmd(out, domain, "--task", "reach", "--episodes", "2", "--seed", "3", "--timeout", "120",
+                    "--cameras", "primary", "--speed", "3", "--start-near", "1", "--json", str(summary_path)),
+        capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 started near a cube" in proc.stdout and "(start near a cube)" in proc.stdout
+    assert validate_dataset(out) == (2, [])
+    summary = json.loads(summary_path.read_text())
+    env = SimEnv(task="reach", seed=3, cameras=("primary",))
+    try:
+        for result, ref in zip(summary["episodes"], list_episodes(out)):
+            assert result["start"] == "near cube" and result["end"] == "success", result
+            ep = load_episode(ref.path)
+            assert ep.meta.success is True
+            assert np.abs(ep.proprio[0, :7] - start_pose(result["seed"])).max() > 0.2  # not the home pose
+            env.reset(result["seed"])
+            cubes = [env.cube_position(i) for i in range(3)]
+            env.pose_arm(ep.proprio[0, :7])
+            tip = env.fingertip_centre()
+            assert min(np.linalg.norm(tip - c) for c in cubes) < 0.13, tip  # by some cube ...
+            assert env.distance_to_goal() > 0.045 and not env.success()  # ... not yet at the named one
+            assert np.abs(ep.proprio[1:3, :7] - ep.proprio[0, :7]).max() < 0.005  # at rest first
+            env.pose_arm(ep.proprio[-1, :7])
+            assert env.distance_to_goal() < 0.04  # recorded until the named cube was reached
+    finally:
+        env.close()
+    assert processes_in_domain(domain) == []
+
+
+def test_start_near_must_be_a_share(tmp_path):
+    proc = subprocess.run(collect_cmd(tmp_path / "x", pick_domain_id(), "--start-near", "1.5"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--start-near" in proc.stderr and "0..1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_ctrl_c_stops_every_node_and_keeps_saved_episodes_valid(tmp_path):
     out = tmp_path / "sim_episodes"
     domain = pick_domain_id()

@@ -153,7 +153,8 @@ def test_goal_scenes_alone_hide_the_other_cubes():
 
 def test_goal_scenes_near_put_the_hand_by_a_cube_and_keep_the_named_cubes_label():
     from crane_x7_vla.sim import SimEnv
-    from crane_x7_vla.sim.goal_scenes import GOAL_SCENES_FIRST_SEED, NEAR_HEIGHT, NEAR_OFFSET, goal_scenes
+    from crane_x7_vla.sim.goal_scenes import GOAL_SCENES_FIRST_SEED, goal_scenes
+    from crane_x7_vla.sim.poses import NEAR_HEIGHT, NEAR_OFFSET
     from crane_x7_vla.sim.ik import ArmIK
 
     n = 16
