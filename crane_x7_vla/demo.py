@@ -61,6 +61,10 @@ from crane_x7_vla.evaluation import format_rate
 # several times as many steps, which with 0.002 still trained "stay" near the cube; on that
 # run's demonstrations, seeds 0 and 1: 17 and 15 of 20 (0.002: 17 and 14), mean time to success
 # 2.3 and 2.1 s instead of 3.6 and 4.7 (no more creeping towards the cube).
+# A quarter of the demonstrations start with the hand a few cm from a cube (collect
+# --start-near): the failures end there, a picture no demonstration from home shows. Same
+# collection seeds and base model, training seeds 0 and 1: 18 and 16 of 20 with them, 17 and
+# 16 without (a whole fresh run with them: 18 of 20 in 25.9 min); no measurable change yet.
 DEFAULT_PRETRAIN_SCENES = 3000
 DEFAULT_PRETRAIN_ANSWER_STEPS = 0
 DEFAULTS = {
