@@ -29,6 +29,8 @@ ARGUMENTS = {
     "camera_height": ("240", "simulated camera height (pixels)"),
     "output_dir": ("~/crane_x7_sim_data", "directory the episodes are written into"),
     "rate": ("10.0", "steps recorded per second (Hz)"),
+    "start_near": ("0.0", "share 0..1 of the resets that start with the hand a few cm from a cube "
+                          "(recovery demonstrations)"),
 }
 
 CAMERAS = ["wrist", "primary"]
@@ -52,6 +54,7 @@ def generate_launch_description():
         parameters=[{
             "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
             "seed": LaunchConfiguration("seed"),
+            "start_near": ParameterValue(LaunchConfiguration("start_near"), value_type=float),
             "camera_width": LaunchConfiguration("camera_width"),
             "camera_height": LaunchConfiguration("camera_height"),
             "cameras": CAMERAS,
