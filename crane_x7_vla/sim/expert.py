@@ -10,8 +10,10 @@ there was followed by "stay" in some demonstrations and by a slow start in other
 a policy that sees one picture at a time learned to creep down from there.
 Each episode draws its own speed, via-point offsets, approach heights and short
 pauses, and a smooth low-amplitude wobble is laid over every motion, so no two
-demonstrations are the same. A segment only ends once the follower has caught up
-(or a short wait ran out), and a grasp that did not lift the cube is retried.
+demonstrations are the same. From a recovery start (the hand already a few cm from the
+named cube: collect --start-near) the approach is a short, low hop. A segment only ends
+once the follower has caught up (or a short wait ran out), and a grasp that did not lift
+the cube is retried.
 """
 
 from __future__ import annotations
