@@ -244,6 +244,7 @@ class SimNode(Node):
 
     def _do_reset(self, task: str, seed: int) -> dict:
         from crane_x7_vla.sim import ScriptedExpert, SimEnv
+        from crane_x7_vla.sim.poses import recovery_start, start_hand_near_cube
 
         if self._env is None or self._env.task != task:
             if self._env is not None:
@@ -254,10 +255,9 @@ class SimNode(Node):
             self._env.reset(seed)
         env = self._env
         start = "home"
-        rng = np.random.default_rng([seed, 11])
-        if self.start_near > 0 and rng.random() < self.start_near:
+        rng = recovery_start(seed, self.start_near)
+        if rng is not None:
             from crane_x7_vla.sim.ik import ArmIK
-            from crane_x7_vla.sim.poses import start_hand_near_cube
 
             self._ik = self._ik or ArmIK(env.model)
             if start_hand_near_cube(env, self._ik, rng):

@@ -41,6 +41,16 @@ def pose_hand_near_cube(env, ik, rng: np.random.Generator) -> int:
     return index
 
 
+def recovery_start(seed: int, share: float) -> np.random.Generator | None:
+    """Whether the reset with this seed starts near a cube, drawn from the seed alone (the same
+    seeds start near in every run with the same share): None at home, else the generator that
+    then poses the hand (start_hand_near_cube)."""
+    if share <= 0:
+        return None
+    rng = np.random.default_rng([seed, 11])
+    return rng if rng.random() < share else None
+
+
 def start_hand_near_cube(env, ik, rng: np.random.Generator, tries: int = 30) -> bool:
     """After env.reset: pose the arm as pose_hand_near_cube does, redrawing until nothing of the
     arm touches the table or a cube and the fingertips are at least START_MIN_DISTANCE from the
