@@ -3,6 +3,7 @@
 `colcon build` (robot PC) and `pip install -e .[...]` (training hosts) both use this file.
 """
 
+import sys
 from glob import glob
 from pathlib import Path
 
@@ -20,6 +21,18 @@ def requirements(name: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("-")]
 
 
+data_files = [
+    ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+    (f"share/{PACKAGE}", ["package.xml"]),
+    (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+    (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+]
+# colcon (`setup.py develop|install`, after reading this file with --dry-run) puts the console
+# scripts in lib/crane_x7_vla for `ros2 run` (setup.cfg); the command-line tool also goes to
+# bin/, which sourcing the workspace puts on PATH. pip installs it as a console script instead.
+if {"develop", "install", "--dry-run"} & set(sys.argv[1:]):
+    data_files.append(("bin", ["resource/bin/crane-x7-vla"]))
+
 extras = {name: requirements(name) for name in ("sim", "ros", "openvla", "openpi", "datasets", "dev")}
 extras["all"] = sorted({r for reqs in extras.values() for r in reqs})
 
@@ -33,12 +46,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     package_data={PACKAGE: ["presets/**/*", "presets/*"]},
-    data_files=[
-        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
-    ],
+    data_files=data_files,
     install_requires=requirements("core"),
     extras_require=extras,
     zip_safe=True,

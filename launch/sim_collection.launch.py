@@ -16,21 +16,22 @@ records, so that every episode begins with the arm at rest, as a deployed policy
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import SetEnvironmentVariable
+from launch.substitutions import PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from crane_x7_vla.ros.launch_args import Arg, declare, essential, params
+
 ARGUMENTS = {
-    "task": ("reach", "simulated task: reach or pick_place"),
-    "seed": ("0", "seed of the first scene (each reset adds one)"),
-    "camera_width": ("320", "simulated camera width (pixels)"),
-    "camera_height": ("240", "simulated camera height (pixels)"),
-    "output_dir": ("~/crane_x7_sim_data", "directory the episodes are written into"),
-    "rate": ("10.0", "steps recorded per second (Hz)"),
-    "start_near": ("0.0", "share 0..1 of the resets that start with the hand a few cm from a cube "
-                          "(recovery demonstrations)"),
+    "task": Arg("reach", "simulated task: reach or pick_place"),
+    "seed": Arg("0", "seed of the first scene (each reset adds one)", int),
+    "camera_width": Arg("320", "simulated camera width (pixels)", int),
+    "camera_height": Arg("240", "simulated camera height (pixels)", int),
+    "output_dir": Arg("~/crane_x7_sim_data", "directory the episodes are written into"),
+    "rate": Arg("10.0", "steps recorded per second (Hz)", float),
+    "start_near": Arg("0.0", "share 0..1 of the resets that start with the hand a few cm from a cube "
+                             "(recovery demonstrations)", float),
 }
 
 CAMERAS = ["wrist", "primary"]
@@ -38,8 +39,6 @@ CAMERA_TOPICS = ["/camera/color/image_raw", "/scene_camera/color/image_raw"]
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
-                for name, (default, text) in ARGUMENTS.items()]
     # Camera images between processes: a shared-memory segment that holds whole frames
     # (with the default one most 640x480 frames are lost; see the file).
     fastdds = SetEnvironmentVariable(
@@ -52,11 +51,7 @@ def generate_launch_description():
         name="crane_x7_sim",
         output="screen",
         parameters=[{
-            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
-            "seed": LaunchConfiguration("seed"),
-            "start_near": ParameterValue(LaunchConfiguration("start_near"), value_type=float),
-            "camera_width": LaunchConfiguration("camera_width"),
-            "camera_height": LaunchConfiguration("camera_height"),
+            **params(("task", "seed", "start_near", "camera_width", "camera_height"), ARGUMENTS),
             "cameras": CAMERAS,
             "camera_topics": CAMERA_TOPICS,
             "leader_joint_states_topic": "/leader/joint_states",
@@ -75,12 +70,10 @@ def generate_launch_description():
         name="data_logger",
         output="screen",
         parameters=[{
-            "output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str),
-            "rate": LaunchConfiguration("rate"),
+            **params(("output_dir", "rate", "task"), ARGUMENTS),
             "camera_names": CAMERAS,
             "camera_topics": CAMERA_TOPICS,
             "success_topic": "/crane_x7_sim/success",
-            "task": ParameterValue(LaunchConfiguration("task"), value_type=str),
         }],
     )
-    return LaunchDescription([*declared, fastdds, sim, relay, logger])
+    return LaunchDescription([*declare(ARGUMENTS), fastdds, *essential(sim), *essential(relay), *essential(logger)])

@@ -11,10 +11,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.crane_x7_vla_setup
-want=$(cat requirements/*.txt setup.py scripts/setup.sh | sha256sum | cut -c1-16)
+# Re-run when a pin, a set-up step or the launch wheels beside the repository change.
+want=$( (cat requirements/*.txt setup.py scripts/setup.sh scripts/setup.d/*.sh scripts/lib/*.sh; \
+         ls "${CRANE_X7_ROS2_LAUNCH_DIR:-../shared/ros2-jazzy-launch}/wheels" 2>/dev/null) | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing requirements (a few minutes the first time)"
-  .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
+  .venv/bin/python -m pip install -q --upgrade pip wheel "setuptools<80"
   args=()
   for f in requirements/*.txt; do
     case "$f" in *-nodeps.txt) ;; *) args+=(-r "$f") ;; esac

@@ -16,6 +16,7 @@ import math
 import numpy as np
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -26,6 +27,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from crane_x7_vla import robot
+from crane_x7_vla.ros.node_main import ConfigError
 
 #: Images: best effort, keep the newest few (a late frame is worth less than a new one).
 SENSOR_QOS: QoSProfile = qos_profile_sensor_data
@@ -44,9 +46,56 @@ LATCHED_QOS = QoSProfile(
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC3": 3, "8UC1": 1}
 
 
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _describe_type(default) -> str:
+    if isinstance(default, (list, tuple)):
+        item = type(default[0]) if default else str
+        return f"a list of {_TYPE_WORDS.get(item, item.__name__)}" + (
+            " such as \"['a', 'b']\"" if item is str else "")
+    return _TYPE_WORDS.get(type(default), type(default).__name__)
+
+
+def _numeric(value, default):
+    """`value` as the number type of `default` when that loses nothing (10 -> 10.0, 3.0 -> 3), else None."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return None
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(default, (list, tuple)) and default and isinstance(value, (list, tuple)) and value:
+        items = [_numeric(v, default[0]) if type(v) is not type(default[0]) else v for v in value]
+        return None if any(v is None for v in items) else items
+    return None
+
+
 def declare(node, name: str, default, description: str, *, read_only: bool = False):
-    """Declare a parameter with a description and return its value."""
-    node.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only))
+    """Declare a parameter with a description and return its value.
+
+    A number given for a number parameter is taken whatever its spelling (`rate:=10` for a
+    float, `seed:=3.0` for an integer). Any other value of the wrong type, from a launch file,
+    `--ros-args -p` or a YAML file, raises ConfigError naming the parameter, the value and the
+    type it needs (node_main.run prints it as one line and exits with code 2).
+    """
+    descriptor = ParameterDescriptor(description=description, read_only=read_only)
+    override = getattr(node, "_parameter_overrides", {}).get(name)
+    converted = None if override is None else _numeric(override.value, default)
+    try:
+        if converted is not None:
+            node.declare_parameter(name, converted, descriptor, ignore_override=True)
+        else:
+            node.declare_parameter(name, default, descriptor)
+    except (InvalidParameterTypeException, InvalidParameterValueException):
+        given = override.value if override is not None else default
+        shown = repr(given)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise ConfigError(
+            f"parameter '{name}' of {node.get_name()} is {shown}, but it must be {_describe_type(default)} "
+            f"(default {default!r}); {description}"
+        ) from None
     return node.get_parameter(name).value
 
 
