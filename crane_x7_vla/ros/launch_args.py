@@ -9,9 +9,11 @@ type; `param()` hands the node exactly that type:
 * int: `3` and `3.0` are both 3 (`3.5` is refused);
 * bool: true/false (also 1/0, yes/no);
 * list (of strings): `"['primary', 'wrist']"`, or `primary,wrist`, or a single `primary`;
-* str: the text as typed (a serial number or "yes" stays a string).
+* str: the text as typed (a serial number or "yes" stays a string); one pair of quotes
+  around all of it is taken off, so `''` is the empty text and `"'0123'"` is 0123.
 
-A value that does not fit ends the launch with one line naming the argument.
+A value that does not fit ends the launch with one line naming the argument, before any
+node has started (`declare()` adds that check after the declarations).
 
 `essential(node)` ends the whole launch (exit code 1) when a node that the launch cannot
 work without exits on its own, e.g. a logger refusing its parameters at start-up: the
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import List
 
 import yaml
-from launch.actions import DeclareLaunchArgument, RegisterEventHandler, Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
 from launch.event_handlers import OnProcessExit
 from launch.substitution import Substitution
 from launch.substitutions import LaunchConfiguration
@@ -56,7 +58,10 @@ def normalize(name: str, text: str, kind: type) -> str:
     Raises SubstitutionFailure with one line naming the argument when it does not fit.
     """
     value = text.strip()
-    example = f"{name}:=..."
+    if kind is str:
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            return value[1:-1]
+        return text
     try:
         if kind is float:
             number = float(value)
@@ -75,16 +80,13 @@ def normalize(name: str, text: str, kind: type) -> str:
             if word in _FALSE:
                 return "false"
             raise ValueError
-        if kind is list:
-            return json.dumps(_as_list(value))
+        return json.dumps(_as_list(value))
     except (ValueError, OverflowError, yaml.YAMLError) as exc:
-        hint = {float: "10.0", int: "3", bool: "true", list: "\"['a', 'b']\""}.get(kind, "...")
-        example = f"{name}:={hint}"
+        hint = {float: "10.0", int: "3", bool: "true", list: "\"['a', 'b']\""}[kind]
         raise SubstitutionFailure(
-            f"launch argument {name}:={text!r} is not {_TYPE_WORDS[kind]} (e.g. {example})"
+            f"launch argument {name}:={text!r} is not {_TYPE_WORDS[kind]} (e.g. {name}:={hint})"
             + (f": {exc}" if str(exc) else "")
         ) from None
-    return text
 
 
 def _as_list(value: str) -> list[str]:
@@ -117,24 +119,29 @@ class _Typed(Substitution):
         return normalize(self._name, self._configuration.perform(context), self._kind)
 
 
-def declare(arguments: dict[str, Arg]) -> list[DeclareLaunchArgument]:
-    """DeclareLaunchArgument for each entry, its type named in the description."""
-    return [
+def declare(arguments: dict[str, Arg]) -> list:
+    """DeclareLaunchArgument for each entry (its type named in the description), then an
+    action that checks every value, so that a bad one stops the launch before any node."""
+
+    def check(context):
+        for name, arg in arguments.items():
+            normalize(name, LaunchConfiguration(name).perform(context), arg.type)
+        return None
+
+    declared = [
         DeclareLaunchArgument(
             name, default_value=arg.default,
             description=arg.description if arg.type is str else f"{arg.description} [{arg.type.__name__}]",
         )
         for name, arg in arguments.items()
     ]
+    return [*declared, OpaqueFunction(function=check)]
 
 
 def param(name: str, arguments: dict[str, Arg]) -> ParameterValue:
     """The node parameter of launch argument `name`, typed as the argument."""
     kind = arguments[name].type
-    if kind is str:
-        return ParameterValue(LaunchConfiguration(name), value_type=str)
-    value_type = List[str] if kind is list else kind
-    return ParameterValue(_Typed(name, kind), value_type=value_type)
+    return ParameterValue(_Typed(name, kind), value_type=List[str] if kind is list else kind)
 
 
 def params(names, arguments: dict[str, Arg]) -> dict[str, ParameterValue]:
@@ -144,8 +151,7 @@ def params(names, arguments: dict[str, Arg]) -> dict[str, ParameterValue]:
 
 def typed(name: str, arguments: dict[str, Arg]):
     """The checked text of launch argument `name` (for an included launch file's argument)."""
-    kind = arguments[name].type
-    return LaunchConfiguration(name) if kind is str else _Typed(name, kind)
+    return _Typed(name, arguments[name].type)
 
 
 def essential(node) -> list:
@@ -166,22 +172,14 @@ def essential(node) -> list:
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_ended))]
 
 
-class _YamlString(Substitution):
-    """The text of launch configuration `name` as a double-quoted YAML string (one pair of
-    quotes typed around it, as in `"'0123'"`, is taken off first)."""
+class _YamlString(_Typed):
+    """The text of launch argument `name` (as a str argument) as a double-quoted YAML string."""
 
     def __init__(self, name: str) -> None:
-        super().__init__()
-        self._configuration = LaunchConfiguration(name)
-
-    def describe(self) -> str:
-        return f"yaml_string({self._configuration.describe()})"
+        super().__init__(name, str)
 
     def perform(self, context) -> str:
-        text = self._configuration.perform(context).strip()
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-            text = text[1:-1]
-        return json.dumps(text)
+        return json.dumps(super().perform(context))
 
 
 def string_parameter(parameter: str, name: str) -> list:

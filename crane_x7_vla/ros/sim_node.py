@@ -43,6 +43,7 @@ relay knows nothing of it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,6 +51,7 @@ import threading
 import time
 
 import numpy as np
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -157,6 +159,7 @@ class SimNode(Node):
         if self.real_time_factor > 1.0:
             self._pin_to_one_core()
         self._running = True
+        self._gripper_goals_running = 0
         # Ctrl-C / SIGTERM invalidates the context at once: stop publishing from the thread first.
         self.context.on_shutdown(self._stop_loop)
         self._thread = threading.Thread(target=self._loop, name="sim-loop", daemon=True)
@@ -337,6 +340,15 @@ class SimNode(Node):
                 self.get_logger().warning(f"rejected a trajectory: {exc}", throttle_duration_sec=2.0)
 
     def _execute_gripper(self, goal_handle):
+        with self._lock:
+            self._gripper_goals_running += 1
+        try:
+            return self._run_gripper_goal(goal_handle)
+        finally:
+            with self._lock:
+                self._gripper_goals_running -= 1
+
+    def _run_gripper_goal(self, goal_handle):
         cmd = goal_handle.request.command
         result = self._gripper_type.Result()
         with self._lock:
@@ -361,7 +373,13 @@ class SimNode(Node):
             now = time.monotonic()
             if last_pos is None or abs(pos - last_pos) > 1e-3:
                 last_move, last_pos = now, pos
-            if preempted or not self._running:
+            if not self._running:
+                # The node is shutting down (on Ctrl-C its ROS context is already gone): the
+                # goal ends here; its status can no longer be published.
+                with contextlib.suppress(RCLError):
+                    goal_handle.abort()
+                return result
+            if preempted:
                 goal_handle.abort()
                 return result
             if goal_handle.is_cancel_requested:
@@ -472,6 +490,9 @@ class SimNode(Node):
     def close(self) -> None:
         self._running = False
         self._thread.join(5.0)
+        deadline = time.monotonic() + 1.0  # gripper goals see _running and end within a tick
+        while self._gripper_goals_running and time.monotonic() < deadline:
+            time.sleep(0.01)
         elapsed = time.monotonic() - self.stats["t0"]
         if elapsed > 0:
             self.get_logger().info(

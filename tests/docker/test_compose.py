@@ -152,3 +152,14 @@ def test_every_compose_variable_is_in_env_template_with_the_same_default():
         dockerfile_args |= set(re.findall(r"^ARG\s+([A-Z_][A-Z0-9_]*)", dockerfile.read_text(), re.M))
     unused = set(env) - used - dockerfile_args
     assert not unused, f".env.template sets variables nothing reads: {sorted(unused)}"
+
+
+def test_services_running_ros2_launch_stop_with_sigint():
+    """`ros2 launch` ends its nodes on SIGINT; on SIGTERM (compose's default) it may leave them."""
+    seen = 0
+    for profile in PROFILES:
+        for name, service in compose_config(profile)["services"].items():
+            if (service.get("command") or [])[:2] == ["ros2", "launch"]:
+                seen += 1
+                assert service.get("stop_signal") == "SIGINT", f"{name} runs ros2 launch without stop_signal: SIGINT"
+    assert seen == 2
