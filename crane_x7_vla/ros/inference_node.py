@@ -443,6 +443,14 @@ class InferenceNode(Node):
         if actions.ndim == 1:
             actions = actions[None]
         inner = getattr(self.policy, "last_timing", None) or {}
+        # A remote policy says which observation its reply answers (None: it cannot say).
+        answered = getattr(self.policy, "last_observation_time", None)
+        if answered is not None and answered != obs["episode_time"]:
+            self.counts["rejected_chunks"] += 1
+            self.get_logger().warning(
+                f"rejected an action chunk that answers the observation taken at {answered:.3f} s, not the one "
+                f"sent at {obs['episode_time']:.3f} s; holding", throttle_duration_sec=2.0)
+            return
         if actions.ndim != 2 or actions.shape[1] != robot.ACTION_DIM or not np.all(np.isfinite(actions)):
             self.counts["rejected_chunks"] += 1
             self.get_logger().warning(
