@@ -4,7 +4,9 @@
 checks that the checkpoint commands the same joints in the same order as this robot and
 that the normalisation statistics it carries are complete and consistent, then imports
 ``crane_x7_vla.backends.<backend>.policy`` and calls its ``load(checkpoint_dir, config,
-device)``. Heavy libraries (torch, jax) are imported by the backend only.
+device)``. Heavy libraries (torch, jax) are imported by the backend only. A checkpoint's own
+parts (weights, a bundled base model) are read from its directory and never looked up on
+a model hub; only a base model that training was given as a hub id is (openvla adapters).
 
 Every policy object offers:
     policy.config   -> dict (policy_config.json)
@@ -188,9 +190,15 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
         if exc.name and module_name.startswith(exc.name):
             raise PolicyLoadError(f"{where}: unknown backend '{config['backend']}' (no module {module_name})") from None
         raise
-    if cpu_threads and config["backend"] in TORCH_BACKENDS:
-        return module.load(ckpt, config, device, cpu_threads=cpu_threads)
-    return module.load(ckpt, config, device)
+    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.training.config import ConfigError
+
+    try:
+        if cpu_threads and config["backend"] in TORCH_BACKENDS:
+            return module.load(ckpt, config, device, cpu_threads=cpu_threads)
+        return module.load(ckpt, config, device)
+    except (CheckpointError, ConfigError) as exc:  # a missing part or an unusable base model: say which
+        raise PolicyLoadError(str(exc)) from exc
 
 
 def RemotePolicy(url: str, token: str | None = None, **kwargs):  # noqa: N802 (a class-like factory)

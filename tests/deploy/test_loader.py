@@ -1,4 +1,9 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -8,6 +13,7 @@ from crane_x7_vla.episode.reader import load_episode, list_episodes
 from crane_x7_vla.policy.baselines import HoldPolicy, MeanTrajectoryPolicy, mean_trajectory
 from crane_x7_vla.policy.loader import PolicyLoadError, fingerprint_of, load_policy
 from crane_x7_vla.episode.stats import write_statistics
+from crane_x7_vla.episode.synthetic import write_synthetic_dataset
 
 from .conftest import observation
 
@@ -87,3 +93,112 @@ def test_other_config_errors_name_the_field(edit_ckpt):
         load_policy(edit_ckpt(lambda c: c["action_space"].__setitem__("horizon", 0)))
     with pytest.raises(PolicyLoadError, match="format_version 7"):
         load_policy(edit_ckpt(lambda c: c.__setitem__("format_version", 7)))
+
+
+# --- an OpenVLA checkpoint's parts are read from its directory, never from the model hub ---
+
+LOAD_EACH = """
+import json, sys
+from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+out = []
+for path in sys.argv[1:]:
+    try:
+        load_policy(path, "cpu")
+        out.append("loaded")
+    except PolicyLoadError as exc:
+        out.append(str(exc))
+print(json.dumps(out))
+"""
+
+
+class HubRecorder:
+    """A model hub on loopback that knows no model: it answers 404 and records each request."""
+
+    def __init__(self):
+        import http.server
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                requests.append(self.path)
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def load(self, tmp_path, *checkpoints):
+        """load_policy on each checkpoint in a fresh process whose model hub is this one."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
+        env.update(HF_ENDPOINT=self.url, HF_HOME=str(tmp_path / "hf_home"))
+        res = subprocess.run([sys.executable, "-c", LOAD_EACH, *map(str, checkpoints)], capture_output=True,
+                             text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def openvla_ckpt(tmp_path_factory):
+    """A real tiny-preset OpenVLA checkpoint (LoRA adapter + the preset in base/), one training step."""
+    from crane_x7_vla.training.cli import main as train_main
+
+    root = tmp_path_factory.mktemp("openvla")
+    write_synthetic_dataset(root / "data", episodes=2, steps=10, fps=10.0)
+    write_statistics(root / "data")
+    rc = train_main(["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
+                     "--batch-size", "2", "--val-ratio", "0", "--max-steps", "1", "--save-steps", "100",
+                     "--num-workers", "0", "--data-root", str(root / "data"), "--output-dir", str(root / "run")])
+    assert rc == 0
+    return root / "run" / "checkpoint-final"
+
+
+def _variant(src, dest, *, drop=(), edit=None):
+    shutil.copytree(src, dest)
+    for part in drop:
+        shutil.rmtree(dest / part)
+    if edit is not None:
+        config = json.loads((dest / "policy_config.json").read_text())
+        edit(config["openvla"], config)
+        (dest / "policy_config.json").write_text(json.dumps(config))
+    return dest
+
+
+def test_a_missing_checkpoint_part_is_an_error_naming_it_and_the_hub_is_not_asked(openvla_ckpt, tmp_path):
+    config = json.loads((openvla_ckpt / "policy_config.json").read_text())
+    assert config["base_model"] == "tiny" and config["openvla"]["base_source"] == "checkpoint"
+    no_base = _variant(openvla_ckpt, tmp_path / "no_base", drop=["base"])
+    # written before policy_config.json said where the base model is: the preset name tells
+    older = _variant(openvla_ckpt, tmp_path / "older", drop=["base"], edit=lambda o, c: o.pop("base_source"))
+    folder = _variant(openvla_ckpt, tmp_path / "folder", drop=["base"], edit=lambda o, c: o.update(
+        base_source="directory", base_model_dir=str(tmp_path / "gone" / "pretrained")))
+    full = _variant(openvla_ckpt, tmp_path / "full", drop=["base", "adapter"], edit=lambda o, c: o.update(weights="model"))
+    hub = HubRecorder()
+    try:
+        errors = hub.load(tmp_path, no_base, older, folder, full, openvla_ckpt)
+        assert hub.requests == []
+        assert errors[0].startswith(f"{no_base / 'base'}: missing.") and "'tiny'" in errors[0]
+        assert errors[1].startswith(f"{older / 'base'}: missing.")
+        assert errors[2].startswith(f"{tmp_path / 'gone' / 'pretrained'}: no such base model directory")
+        assert errors[3].startswith(f"{full / 'model'}: missing.") and "--no-use-lora" in errors[3]
+        assert errors[4] == "loaded"  # the whole checkpoint loads without the hub
+        # a hub id given to train --model is the one thing looked up on the hub
+        named = _variant(openvla_ckpt, tmp_path / "named", drop=["base"], edit=lambda o, c: (
+            o.update(base_source="hub"), c.update(base_model="crane-x7-tests/no-such-model")))
+        [error] = hub.load(tmp_path, named)
+        assert "crane-x7-tests/no-such-model" in error
+        assert any("crane-x7-tests/no-such-model" in path for path in hub.requests), hub.requests
+    finally:
+        hub.close()

@@ -60,6 +60,8 @@ def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, datas
     assert rc == 0
     config = json.loads((out / "checkpoint-final" / "policy_config.json").read_text())
     assert config["base_model"] == str(base) and config["step"] == 2
+    # the base model stays in its folder: the checkpoint says where, so loading never asks the model hub for it
+    assert config["openvla"]["base_source"] == "directory" and config["openvla"]["base_model_dir"] == str(base.resolve())
     # built from the tiny preset, it keeps the preset's training defaults
     assert config["action_space"]["representation"] == "delta_arm_absolute_gripper"
     assert config["train_config"]["state_in_prompt"] is True and config["train_config"]["action_label_sigma"] == 2.0

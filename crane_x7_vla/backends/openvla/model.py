@@ -54,6 +54,62 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
+def looks_like_path(source: str) -> bool:
+    """A model source written as a folder (a hub id is `name` or `org/name`)."""
+    source = str(source)
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+# How policy_config.json's openvla.base_source says where an adapter's base model is:
+BASE_IN_CHECKPOINT = "checkpoint"  # base/ beside adapter/ (a preset, or resumed from a checkpoint with base/)
+BASE_DIRECTORY = "directory"  # a model folder on the training machine (openvla.base_model_dir)
+BASE_HUB = "hub"  # the model hub id given to train --model
+
+
+def checkpoint_model_source(checkpoint_dir, config: dict) -> tuple[str, bool]:
+    """Where an OpenVLA checkpoint's model loads from, and whether that is a local folder.
+
+    model/ (full weights) or base/ when the checkpoint holds them. Otherwise the adapter's
+    base model as policy_config.json names it: a preset (which the training always writes
+    into base/) or a folder must be on this machine, and their absence is an error naming
+    the missing path; only a hub id given to ``train --model`` is looked up on the model hub."""
+    from crane_x7_vla.training.checkpoint import CheckpointError
+
+    d = Path(checkpoint_dir)
+    where = d / "policy_config.json"
+    info = config.get("openvla") or {}
+    if (d / "model").is_dir():
+        return str(d / "model"), True
+    if info.get("weights") == "model":
+        raise CheckpointError(f"{d / 'model'}: missing. This checkpoint was trained with full weights "
+                              f"(--no-use-lora), which are kept there; copy the whole checkpoint directory again")
+    if not (d / "adapter").is_dir():
+        raise CheckpointError(f"{d / 'adapter'}: missing, and there is no model/ either: {d} holds no trained "
+                              f"weights; copy the whole checkpoint directory again")
+    if (d / "base").is_dir():
+        return str(d / "base"), True
+    base = config.get("base_model")
+    kind = info.get("base_source")
+    if not isinstance(base, str) or not base:
+        raise CheckpointError(f"{where}: field 'base_model' is missing, so the base model of adapter/ is unknown")
+    if kind == BASE_IN_CHECKPOINT or (kind is None and is_preset(base)):
+        raise CheckpointError(
+            f"{d / 'base'}: missing. The adapter in {d / 'adapter'} was trained on the base model '{base}', which the "
+            f"training wrote into base/ beside it; copy the whole checkpoint directory again, base/ included "
+            f"(a checkpoint's own part is never looked up on the model hub)")
+    folder = info.get("base_model_dir") or (base if kind == BASE_DIRECTORY or looks_like_path(base) else None)
+    if folder is None and kind is None and Path(base).expanduser().is_dir():
+        folder = base
+    if folder is not None:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(
+                f"{path}: no such base model directory. The adapter in {d / 'adapter'} was trained on the model in "
+                f"that folder ({where}: base_model '{base}'); put the folder there again")
+        return str(path), True
+    return base, False  # a model hub id given to train --model
+
+
 def _train_tokenizer(bpe_vocab: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -159,13 +215,13 @@ def _family(config) -> str:
     )
 
 
-def _model_class(config, source: str):
+def _model_class(config, source: str, local: bool = False):
     auto_map = getattr(config, "auto_map", None) or {}
     for key in ("AutoModelForVision2Seq", "AutoModelForImageTextToText"):
         if key in auto_map:
             from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-            return get_class_from_dynamic_module(auto_map[key], source)
+            return get_class_from_dynamic_module(auto_map[key], source, local_files_only=local)
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText
@@ -196,11 +252,12 @@ def _num_image_tokens(config, family: str) -> int:
     return n
 
 
-def _pixel_stats(source: str) -> list[tuple[list[float], list[float]]]:
+def _pixel_stats(source: str, local: bool = False) -> list[tuple[list[float], list[float]]]:
     from transformers import AutoImageProcessor
 
     try:
-        proc = AutoImageProcessor.from_pretrained(source, trust_remote_code=True, use_fast=False)
+        proc = AutoImageProcessor.from_pretrained(source, trust_remote_code=True, use_fast=False,
+                                                  local_files_only=local)
     except Exception:  # no image processor saved: the common SigLIP/PaliGemma default
         return [([0.5] * 3, [0.5] * 3)]
     if hasattr(proc, "means") and hasattr(proc, "stds"):  # OpenVLA's fused SigLIP + DINOv2
@@ -213,12 +270,14 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
     """Load a base model from a local path or hub id, the standard way."""
     from transformers import AutoConfig, AutoTokenizer
 
-    looks_local = str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1
-    if looks_local and not Path(source).expanduser().is_dir():
+    local = Path(source).expanduser().is_dir()
+    if looks_like_path(source) and not local:
         raise ModelError(f"--model {source}: no such model directory (give a local model directory, a hub id "
                          f"like openvla/openvla-7b, or a preset: {', '.join(sorted(PRESETS))})")
+    # A folder on this machine is read from disk only: nothing is looked up on the model hub.
+    hub = {"trust_remote_code": True, "local_files_only": local}
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(source, **hub)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model '{source}': {exc}") from None
     family = _family(config)
@@ -227,12 +286,12 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
         raise ModelError(
             f"model '{source}' takes {expected[0]}x{expected[1]} images; pass --image-size {expected[0]}x{expected[1]}"
         )
-    kwargs = {"trust_remote_code": True, "dtype": dtype}
+    kwargs = {**hub, "dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    cls = _model_class(config, source)
+    cls = _model_class(config, source, local)
     model = cls.from_pretrained(source, **kwargs).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     image_token_id = None
@@ -244,7 +303,7 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
     cache_kw = "cache" if "cache" in params else "past_key_values"
     return VLA(model=model, tokenizer=tokenizer, family=family, source=str(source), image_size=tuple(image_size),
                image_token_id=image_token_id, num_image_tokens=_num_image_tokens(config, family),
-               pixel_stats=_pixel_stats(source), cache_kw=cache_kw, dtype=dtype)
+               pixel_stats=_pixel_stats(source, local), cache_kw=cache_kw, dtype=dtype)
 
 
 def save_processor(vla: VLA, dest) -> None:

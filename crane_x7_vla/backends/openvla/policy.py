@@ -18,7 +18,8 @@ import torch
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import build_batch, load_vla, pixel_values, set_image_position
+from crane_x7_vla.backends.openvla.model import (build_batch, checkpoint_model_source, load_vla, pixel_values,
+                                                  set_image_position)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
 from crane_x7_vla.training.checkpoint import CheckpointError
@@ -42,20 +43,13 @@ class OpenVLAPolicy:
             raise CheckpointError(f"{checkpoint_dir}: action_space.horizon must be >= 1 (found {self.horizon})")
         info = config.get("openvla", {})
         d = self.checkpoint_dir
-        if (d / "model").exists():
-            source = d / "model"
-        elif (d / "base").exists():
-            source = d / "base"
-        else:
-            source = config["base_model"]
+        source, _ = checkpoint_model_source(d, config)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.vla = load_vla(str(source), image_size=(self.spec.width, self.spec.height), dtype=dtype, device=self.device)
-        if (d / "adapter").exists() and not (d / "model").exists():
+        self.vla = load_vla(source, image_size=(self.spec.width, self.spec.height), dtype=dtype, device=self.device)
+        if not (d / "model").is_dir():  # checkpoint_model_source made sure adapter/ is there
             from peft import PeftModel
 
             self.vla.model = PeftModel.from_pretrained(self.vla.model, str(d / "adapter")).merge_and_unload()
-        elif info.get("weights") == "adapter":
-            raise CheckpointError(f"{d}: the LoRA adapter directory 'adapter/' is missing")
         self.vla.model.eval()
         self.vla.num_cameras = len(self.cameras)
         try:

@@ -21,8 +21,9 @@ import torch.distributed as dist
 
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (IGNORE, VLA, build_batch, is_preset, load_vla, materialize_preset, pixel_values,
-                                                 save_processor, set_image_position)
+from crane_x7_vla.backends.openvla.model import (BASE_DIRECTORY, BASE_HUB, BASE_IN_CHECKPOINT, IGNORE, VLA, build_batch,
+                                                  checkpoint_model_source, is_preset, load_vla, materialize_preset, pixel_values,
+                                                  save_processor, set_image_position)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
@@ -305,7 +306,16 @@ def _train_l1(codec: ActionCodec, pred: torch.Tensor, inputs: dict, actions, sta
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
-def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
+def _base_record(cfg, bundled: bool) -> dict:
+    """policy_config.json's record of where an adapter's base model is (model.checkpoint_model_source)."""
+    if bundled:
+        return {"base_source": BASE_IN_CHECKPOINT}
+    if Path(cfg.model).expanduser().is_dir():
+        return {"base_source": BASE_DIRECTORY, "base_model_dir": str(Path(cfg.model).expanduser().resolve())}
+    return {"base_source": BASE_HUB}
+
+
+def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step, bundled_base: bool = False) -> dict:
     config = ckpt.build_policy_config(
         backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras,
         horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction,
@@ -315,7 +325,7 @@ def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step) -> dict:
                            "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
                            "image_position": cfg.image_position, "goal_tokens": codec.n_goal > 0,
                            "goal_before_state": codec.goal_before_state,
-                           "weights": "adapter" if cfg.use_lora else "model"}},
+                           "weights": "adapter" if cfg.use_lora else "model", **_base_record(cfg, bundled_base)}},
     )
     config["action_space"].update(codec.action_space())
     return config
@@ -368,7 +378,8 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, s
             if warmup_position is not None:
                 state["goal_warmup_position"] = warmup_position.to_dict()
             ckpt.write_trainer_state(d, state)
-            ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step))
+            ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step,
+                                                       bundled_base=base_dir is not None))
     dist_.barrier()
     return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
 
@@ -382,7 +393,7 @@ def merge_lora(checkpoint_dir, output=None) -> Path:
     if not (checkpoint_dir / "adapter").exists():
         raise ckpt.CheckpointError(f"{checkpoint_dir} holds no LoRA adapter (trained with --no-use-lora?)")
     tc = config["train_config"]
-    source = str(checkpoint_dir / "base") if (checkpoint_dir / "base").exists() else config["base_model"]
+    source, _ = checkpoint_model_source(checkpoint_dir, config)
     spec = config["image_spec"]
     dtype = torch.bfloat16 if tc.get("precision") == "bf16" else torch.float32
     vla = load_vla(source, image_size=(spec["width"], spec["height"]), dtype=dtype)
