@@ -194,5 +194,5 @@ def string_parameter(parameter: str, name: str) -> list:
 
 
 def one_item_list(name: str) -> ParameterValue:
-    """A STRING_ARRAY parameter holding the text of launch argument `name` as its one entry."""
-    return ParameterValue([[LaunchConfiguration(name)]], value_type=List[str])
+    """A STRING_ARRAY parameter holding the text of (str) launch argument `name` as its one entry."""
+    return ParameterValue([[_Typed(name, str)]], value_type=List[str])

@@ -57,6 +57,12 @@ def run(factory, argv=None, *, threads: int = 1) -> int:
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C / SIGTERM shuts the ROS context down at once; an executor caught in the
+        # middle of taking a message then fails with whatever the binding raises. That is
+        # a normal stop; an error while the context is still up is not.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)

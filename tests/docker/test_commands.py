@@ -4,7 +4,6 @@ arguments, profiles and services."""
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 import shlex
@@ -12,9 +11,10 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from importlib.metadata import entry_points
-from pathlib import Path
 
 import pytest
+
+from docs.launch_files import launch_arguments
 
 from .conftest import BIN, PROFILES, ROOT, compose_config
 
@@ -38,16 +38,6 @@ def help_text(argv: list[str]) -> str:
     proc = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, f"{' '.join(argv)} --help failed:\n{proc.stderr[-2000:]}"
     return proc.stdout
-
-
-def declared_launch_arguments(path: Path) -> set[str]:
-    """The names in a launch file's ARGUMENTS table (tests/ros_launch runs the files for real,
-    the compose services' commands included)."""
-    tree = ast.parse(path.read_text())
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and [getattr(t, "id", None) for t in stmt.targets] == ["ARGUMENTS"]:
-            return {ast.literal_eval(key) for key in stmt.value.keys}
-    raise AssertionError(f"{path.name} has no ARGUMENTS table")
 
 
 def check_command(argv: list[str], where: str) -> None:
@@ -76,7 +66,7 @@ def check_command(argv: list[str], where: str) -> None:
         assert package == PACKAGE, f"{where}: package {package} is not {PACKAGE}"
         path = ROOT / "launch" / launch_file
         assert path.exists(), f"{where}: launch/{launch_file} does not exist"
-        declared = declared_launch_arguments(path)
+        declared = launch_arguments(launch_file)
         for arg in args:
             name = arg.split(":=")[0]
             assert name in declared, f"{where}: {launch_file} declares no argument {name!r} (it has {sorted(declared)})"

@@ -9,7 +9,6 @@ Commands are taken from fenced code blocks of README.md, docs/ja/README.md and d
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import io
 import re
@@ -20,6 +19,8 @@ import pytest
 
 from crane_x7_vla import cli as main_cli
 from crane_x7_vla.training import cli as train_cli
+
+from .launch_files import launch_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -123,15 +124,6 @@ def check_cli(kind: str, argv: list[str], where: str, tmp: Path) -> None:
         train_cli.config_from_args(ns)
     except Exception as exc:  # ConfigError and friends
         raise AssertionError(f"{where}\n  fails the training settings check: {exc}") from None
-
-
-def launch_arguments(name: str) -> set[str]:
-    path = ROOT / "launch" / name
-    assert path.is_file(), f"no launch file {path.relative_to(ROOT)}"
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ARGUMENTS" for t in node.targets):
-            return set(ast.literal_eval(node.value))
-    raise AssertionError(f"{path}: no ARGUMENTS table")
 
 
 def console_scripts() -> dict[str, str]:

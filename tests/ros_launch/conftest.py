@@ -199,6 +199,14 @@ class Launch:
             time.sleep(0.1)
         return self.session_processes()
 
+    def stop_cleanly(self) -> None:
+        """Ctrl-C: ros2 launch exits with 0, its nodes end without an error, none is left."""
+        code = self.stop()
+        output = self.output()
+        assert code == 0, f"ros2 launch exited with {code} on SIGINT:\n{output[-4000:]}"
+        assert self.leftovers() == [], f"processes left after ros2 launch ended:\n{output[-4000:]}"
+        assert "Traceback" not in output and "process has died" not in output, output[-4000:]
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.stop()
@@ -220,6 +228,17 @@ def launches(tmp_path):
     yield start
     for launch in started:
         launch.close()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint the inference node loads in a moment (mean demonstrated trajectory)."""
+    from crane_x7_vla.episode.synthetic import write_synthetic_dataset
+    from crane_x7_vla.policy.baselines import MeanTrajectoryPolicy
+
+    root = tmp_path_factory.mktemp("launch_ckpt")
+    write_synthetic_dataset(root / "data", episodes=3, steps=30, fps=10.0)
+    return MeanTrajectoryPolicy.from_dataset(root / "data", horizon=8).save(root / "mean")
 
 
 @pytest.fixture

@@ -12,18 +12,12 @@ import re
 import pytest
 
 from .conftest import requires_launch_stack, wait_until
-from .test_inference import checkpoint  # noqa: F401  (fixture)
 
 pytestmark = requires_launch_stack
 
 
 def _numbers(values: dict, decimal: bool) -> list[str]:
     return [f"{name}:={float(v) if decimal else int(v)}" for name, v in values.items()]
-
-
-def _stop(launch) -> None:
-    assert launch.stop() == 0, launch.output()[-4000:]
-    assert launch.leftovers() == []
 
 
 @pytest.mark.parametrize("decimal", [False, True], ids=["whole", "decimal"])
@@ -36,7 +30,7 @@ def test_data_collection_numbers(readme_workspace, launches, domain_id, probe, t
     assert probe.parameters("/teleop_relay", ["rate", "max_velocity"]) == {"rate": 25.0, "max_velocity": 2.0}
     # The vendor launch takes the baud rate as text, written as a whole number.
     assert probe.parameters("/fake_arm", ["baudrate"]) == {"baudrate": "1000000"}
-    _stop(launch)
+    launch.stop_cleanly()
 
 
 @pytest.mark.parametrize("decimal", [False, True], ids=["whole", "decimal"])
@@ -49,11 +43,11 @@ def test_sim_collection_numbers(readme_workspace, launches, domain_id, probe, tm
     assert sim.pop("seed") in (7, 8)  # each reset adds one
     assert sim == {"camera_width": 160, "camera_height": 120, "start_near": 1.0}
     assert probe.parameters("/data_logger", ["rate"]) == {"rate": 5.0}
-    _stop(launch)
+    launch.stop_cleanly()
 
 
 @pytest.mark.parametrize("decimal", [False, True], ids=["whole", "decimal"])
-def test_vla_inference_numbers_and_lists(readme_workspace, launches, domain_id, probe, checkpoint, decimal):  # noqa: F811
+def test_vla_inference_numbers_and_lists(readme_workspace, launches, domain_id, probe, checkpoint, decimal):
     values = {"cpu_threads": 1, "control_rate": 20, "inference_rate": 4, "max_joint_velocity": 1,
               "stale_timeout": 2, "seed": 3}
     # one camera without brackets (whole) / two in a list (decimal)
@@ -75,7 +69,7 @@ def test_vla_inference_numbers_and_lists(readme_workspace, launches, domain_id, 
                           ["/camera/color/image_raw", "/scene_camera/color/image_raw"]),
     }
     assert probe.parameters("/crane_x7_sim", ["seed"])["seed"] >= 3
-    _stop(launch)
+    launch.stop_cleanly()
 
 
 @pytest.mark.parametrize("launch_file, argument, words", [
@@ -93,7 +87,7 @@ def test_a_value_that_does_not_fit_ends_the_launch(readme_workspace, launches, d
     assert launch.leftovers() == []
 
 
-def test_a_node_refusing_its_parameters_ends_the_launch(readme_workspace, launches, domain_id, checkpoint):  # noqa: F811
+def test_a_node_refusing_its_parameters_ends_the_launch(readme_workspace, launches, domain_id, checkpoint):
     # 50 rad/s is above the arm's limit: the inference node refuses to start.
     launch = launches(readme_workspace, "vla_inference.launch.py", f"model_path:={checkpoint}", "use_sim:=true",
                       "max_joint_velocity:=50", domain_id=domain_id)
@@ -111,11 +105,11 @@ def test_the_old_quoted_serial_still_reaches_the_camera_as_text(readme_workspace
                       "camera_serial:='123456789012'", domain_id=domain_id)
     launch.wait_for_output("stand-in RealSense", 90)
     assert probe.parameters("/camera", ["serial_no"]) == {"serial_no": "123456789012"}
-    _stop(launch)
+    launch.stop_cleanly()
 
 
 @pytest.mark.parametrize("service", ["teleop-leader-logger", "vla-inference"])
-def test_compose_service_command(docker_workspace, launches, domain_id, probe, tmp_path, checkpoint, service):  # noqa: F811
+def test_compose_service_command(docker_workspace, launches, domain_id, probe, tmp_path, checkpoint, service):
     """The command of the compose service, as compose resolves it with whole-number rates in
     .env, runs under ros2 launch in the image's layout (/workspace is the mounted folder)."""
     from docker.conftest import compose
@@ -139,4 +133,4 @@ def test_compose_service_command(docker_workspace, launches, domain_id, probe, t
         got = wait_until(lambda: probe.parameters("/vla_inference_node", ["control_rate", "model_path"]), 60,
                          "the inference node", launch)
         assert got == {"control_rate": 30.0, "model_path": f"{workspace_dir}/outputs/ckpt"}
-    _stop(launch)
+    launch.stop_cleanly()

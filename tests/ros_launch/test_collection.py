@@ -36,15 +36,6 @@ def _record(probe, launch, seconds: float, before_start=None) -> str:
     return response.message
 
 
-def _stop_cleanly(launch) -> None:
-    code = launch.stop()
-    output = launch.output()
-    assert code == 0, f"ros2 launch exited with {code} on SIGINT:\n{output[-4000:]}"
-    assert launch.leftovers() == [], f"processes left after ros2 launch ended:\n{output[-4000:]}"
-    assert "Traceback" not in output, output[-4000:]
-    assert "process has died" not in output, output[-4000:]
-
-
 def test_sim_collection_records_an_episode(readme_workspace, launches, domain_id, probe, tmp_path):
     out = tmp_path / "episodes"
     launch = launches(readme_workspace, "sim_collection.launch.py", f"output_dir:={out}", "seed:=4", "rate:=10",
@@ -53,7 +44,7 @@ def test_sim_collection_records_an_episode(readme_workspace, launches, domain_id
     reset = probe.trigger("/crane_x7_sim/reset", timeout=60)
     assert reset.success, reset.message
     _record(probe, launch, 4.0)
-    _stop_cleanly(launch)
+    launch.stop_cleanly()
     count, problems = validate_dataset(out)
     assert (count, problems) == (1, [])
     episode = load_episode(next(p for p in out.iterdir() if p.is_dir()))
@@ -112,7 +103,7 @@ def test_data_collection_with_vendor_standins(readme_workspace, launches, domain
         move.publish(msg)
 
     _record(probe, launch, 4.0, before_start=move_leader)
-    _stop_cleanly(launch)
+    launch.stop_cleanly()
     count, problems = validate_dataset(out)
     assert (count, problems) == (1, [])
     episode = load_episode(next(p for p in out.iterdir() if p.is_dir()))

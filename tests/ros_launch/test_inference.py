@@ -3,22 +3,11 @@ CRANE-X7 gets arm commands on its controller topic, and Ctrl-C (SIGINT) ends eve
 
 from __future__ import annotations
 
-import pytest
-
 from crane_x7_vla import robot
-from crane_x7_vla.episode.synthetic import write_synthetic_dataset
-from crane_x7_vla.policy.baselines import MeanTrajectoryPolicy
 
 from .conftest import requires_launch_stack, wait_until
 
 pytestmark = requires_launch_stack
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("launch_ckpt")
-    write_synthetic_dataset(root / "data", episodes=3, steps=30, fps=10.0)
-    return MeanTrajectoryPolicy.from_dataset(root / "data", horizon=8).save(root / "mean")
 
 
 def _commands_arrive(probe, launch, start_service: bool) -> None:
@@ -35,21 +24,13 @@ def _commands_arrive(probe, launch, start_service: bool) -> None:
     assert list(commands[-1].joint_names) == list(robot.JOINT_NAMES[:7])
 
 
-def _stop_cleanly(launch) -> None:
-    code = launch.stop()
-    output = launch.output()
-    assert code == 0, f"ros2 launch exited with {code} on SIGINT:\n{output[-4000:]}"
-    assert launch.leftovers() == [], f"processes left after ros2 launch ended:\n{output[-4000:]}"
-    assert "process has died" not in output and "Traceback" not in output, output[-4000:]
-
-
 def test_sim_inference(readme_workspace, launches, domain_id, probe, checkpoint):
     launch = launches(readme_workspace, "sim_inference.launch.py", f"model_path:={checkpoint}", "control_rate:=20",
                       domain_id=domain_id)
     _commands_arrive(probe, launch, start_service=False)
     node = probe.parameters("/vla_inference_node", ["control_rate", "camera_names", "autostart", "cpu_threads"])
     assert node == {"control_rate": 20.0, "camera_names": ["wrist", "primary"], "autostart": True, "cpu_threads": 1}
-    _stop_cleanly(launch)
+    launch.stop_cleanly()
 
 
 def test_vla_inference_use_sim(readme_workspace, launches, domain_id, probe, checkpoint):
@@ -58,4 +39,4 @@ def test_vla_inference_use_sim(readme_workspace, launches, domain_id, probe, che
     _commands_arrive(probe, launch, start_service=True)  # the node starts paused on the robot
     assert probe.parameters("/vla_inference_node", ["max_joint_velocity"]) == {"max_joint_velocity": 1.0}
     assert probe.parameters("/crane_x7_sim", ["seed"])["seed"] >= 2
-    _stop_cleanly(launch)
+    launch.stop_cleanly()
