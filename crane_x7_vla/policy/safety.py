@@ -4,15 +4,23 @@ For each control period the filter turns a requested target (8 joint positions) 
 command that is guaranteed to be
 
 * finite: a target holding NaN or inf is rejected whole and the last safe command is held;
-* inside the joint position limits (each joint clamped, never the whole command dropped);
+* inside the joint position limits (each joint's target clamped, never the whole command
+  dropped); a joint measured outside its limits at ``reset()`` is never commanded further
+  out and ramps back in with the velocity and acceleration limits;
 * at most ``max_velocity`` away from the previous command per second (|dq| <= v_max * dt);
-* within ``max_acceleration`` of the previous command's velocity, except when the filter
-  holds (stale input, emergency stop, NaN) or a position limit stops a joint: stopping wins;
-* the previous command while the image or the joint state is older than ``stale_timeout``;
+* within ``max_acceleration`` of the previous command's velocity (|dv| <= a_max * dt), except
+  when the filter holds (stale input, emergency stop, NaN), or when a joint is moving too fast
+  to stop at a position limit with the acceleration limit (a ``reset()`` velocity or a period
+  shorter than the previous one): stopping wins, and the joint stops exactly at the limit;
+* the previous command while the image or the joint state is stale (``fresh``: an age
+  outside [0, ``stale_timeout``], i.e. older than the timeout or stamped in the future);
 * the previous command, forever, after an emergency stop, until ``release()``.
 
-Velocity is also shaped so that the command can stop at the target with the acceleration
-limit (v <= sqrt(2 a |error|)), which keeps it from overshooting the target.
+Braking is planned in the filter's own discrete time (``stopping_speed``): each period a joint
+moves at most the speed from which slowing by a_max * dt per period stops it within the
+distance left, to its target and to both position limits. With a constant period and a
+target that does not move, the command reaches the target without overshoot and meets a
+target on a limit without exceeding the acceleration limit.
 Every intervention is counted by kind (``interventions``) for the node's diagnostics.
 """
 
@@ -36,6 +44,42 @@ class FilterResult:
     command: np.ndarray  # (8,) the command to send
     held: bool  # True when the previous command was held instead of following the target
     reasons: tuple[str, ...]  # interventions applied this period (KINDS)
+
+
+def fresh(age: float | None, stale_timeout: float) -> bool:
+    """Whether an input of ``age`` seconds may be acted on: ``0 <= age <= stale_timeout``.
+
+    None (no input) and NaN are stale; so is a negative age, an input stamped in the future,
+    whose real age is unknown.
+    """
+    return age is not None and 0.0 <= age <= stale_timeout
+
+
+def message_age(clock_now_ns: int, stamp_ns: int) -> float:
+    """Age in seconds of a message stamped ``stamp_ns`` when the receiving clock reads
+    ``clock_now_ns`` (both ns on the same clock); negative for a stamp in the future.
+
+    An unset stamp (0) gives 0.0: such a message is timed from its arrival.
+    """
+    if stamp_ns == 0:
+        return 0.0
+    return (int(clock_now_ns) - int(stamp_ns)) * 1e-9
+
+
+def stopping_speed(distance, max_acceleration, dt: float) -> np.ndarray:
+    """The largest speed for the coming period of ``dt`` seconds from which a joint stops within
+    ``distance`` (0 for distance <= 0), exact for the filter's update ``q += v * dt``.
+
+    The joint moves v * dt now, then slows by u = a * dt each period: it covers
+    dt * (v + (v - u) + ... + (v - n u)) = dt * (n + 1) * (v - n u / 2) for n u <= v < (n + 1) u.
+    Solved for v at the distance d: v = n u / 2 + d / ((n + 1) dt), with n the largest integer
+    such that n (n + 1) / 2 <= d / (u dt). Moving at this speed leaves exactly the distance
+    from which the speed u slower is the stopping speed, so braking never needs more than a.
+    """
+    d = np.maximum(np.asarray(distance, dtype=np.float64), 0.0)
+    u = np.asarray(max_acceleration, dtype=np.float64) * dt
+    n = np.floor((np.sqrt(8.0 * d / (u * dt) + 1.0) - 1.0) / 2.0)
+    return u * n / 2.0 + d / ((n + 1.0) * dt)
 
 
 def _per_joint(value, n: int, name: str) -> np.ndarray:
@@ -90,13 +134,23 @@ class SafetyFilter:
     def estop_reason(self) -> str | None:
         return self._estop_reason
 
-    def reset(self, state) -> None:
-        """Start from the measured joint state (at rest). Needed before the first step()."""
+    def reset(self, state, velocity=None) -> None:
+        """Start from the measured joint state (at rest unless ``velocity`` is given; a velocity
+        is clipped to ``max_velocity``). Needed before the first step().
+
+        A joint outside its limits stays where it was measured; step() brings it back.
+        """
         state = np.asarray(state, dtype=np.float64).reshape(-1)
         if state.shape != (self.dim,) or not np.all(np.isfinite(state)):
             raise ValueError(f"safety filter: reset needs {self.dim} finite joint positions, got {state}")
-        self._last = np.clip(state, self.lower, self.upper)
-        self._vel = np.zeros(self.dim)
+        vel = np.zeros(self.dim)
+        if velocity is not None:
+            vel = np.asarray(velocity, dtype=np.float64).reshape(-1)
+            if vel.shape != (self.dim,) or not np.all(np.isfinite(vel)):
+                raise ValueError(f"safety filter: reset velocity needs {self.dim} finite values, got {velocity}")
+            vel = np.clip(vel, -self.max_velocity, self.max_velocity)
+        self._last = state.copy()
+        self._vel = vel
 
     def emergency_stop(self, reason: str = "emergency stop") -> None:
         """Latch: every later step() holds the last command until release()."""
@@ -129,9 +183,9 @@ class SafetyFilter:
             raise ValueError(f"safety filter: dt must be positive (got {dt})")
         if self._estop_reason is not None:
             return self._hold("emergency_stop")
-        if state_age is None or not state_age <= self.stale_timeout:
+        if not fresh(state_age, self.stale_timeout):
             return self._hold("stale_state")
-        if image_age is not None and not image_age <= self.stale_timeout:
+        if image_age is not None and not fresh(image_age, self.stale_timeout):
             return self._hold("stale_image")
         if target is None:
             return self._hold("no_target")
@@ -142,24 +196,43 @@ class SafetyFilter:
             return self._hold("non_finite")
 
         reasons = []
-        clamped = np.clip(target, self.lower, self.upper)
-        if np.any(clamped != target):
+        goal = np.clip(target, self.lower, self.upper)
+        if np.any(goal != target):
             reasons.append("position_limit")
-        error = clamped - self._last
-        wanted = error / dt
+        last, vel0 = self._last, self._vel
         vmax, amax = self.max_velocity, self.max_acceleration
-        if np.any(np.abs(wanted) > vmax * (1 + 1e-9)):
+        error = goal - last
+        if np.any(np.abs(error) / dt > vmax * (1 + 1e-9)):
             reasons.append("velocity_limit")
-        # Fastest speed from which the joint can still stop at the target.
-        stoppable = np.sqrt(2.0 * amax * np.abs(error)) + amax * dt
-        wanted = np.clip(wanted, -np.minimum(vmax, stoppable), np.minimum(vmax, stoppable))
-        lo, hi = self._vel - amax * dt, self._vel + amax * dt
-        vel = np.clip(wanted, lo, hi)
-        if np.any((wanted < lo - 1e-12) | (wanted > hi + 1e-12)):
+        # Towards the goal, no faster than the speed that can still stop at it.
+        wanted = np.sign(error) * np.minimum(vmax, stopping_speed(np.abs(error), amax, dt))
+        # The speeds that can still stop at each position limit (0 towards a limit the joint is
+        # already beyond, so it is never commanded further out).
+        v_hi = np.minimum(vmax, stopping_speed(self.upper - last, amax, dt))
+        v_lo = -np.minimum(vmax, stopping_speed(last - self.lower, amax, dt))
+        step_dv = amax * dt
+        lo = np.maximum(v_lo, vel0 - step_dv)
+        hi = np.minimum(v_hi, vel0 + step_dv)
+        # Too fast to stop at a limit with the acceleration limit: the limit wins.
+        tol = 1e-9 * vmax
+        if np.any((vel0 - step_dv > v_hi + tol) | (vel0 + step_dv < v_lo - tol)):
+            if "position_limit" not in reasons:
+                reasons.append("position_limit")
+        lo, hi = np.minimum(lo, v_hi), np.maximum(hi, v_lo)
+        if np.any(np.abs(wanted - vel0) > step_dv * (1 + 1e-9)):
             reasons.append("acceleration_limit")
-        vel = np.clip(vel, -vmax, vmax)
-        command = np.clip(self._last + vel * dt, self.lower, self.upper)
-        self._vel = (command - self._last) / dt
+        vel = np.clip(wanted, lo, hi)
+        # Within rounding of the acceleration window the braking plan is followed as planned:
+        # otherwise rounding in the positions accumulates over the braking ticks into overshoot.
+        vel = np.where(np.abs(vel - wanted) <= 1e-9 * step_dv, wanted, vel)
+        command = last + vel * dt
+        # A move planned to stop at or before the goal never passes it through rounding, and a
+        # move of the whole remaining error lands on the goal itself. Rounding never takes a
+        # joint past a limit, nor further out when it started outside.
+        snap = (vel == wanted) & ((np.sign(error) * (command - goal) > 0) | (vel == error / dt))
+        command = np.where(snap, goal, command)
+        command = np.clip(command, np.minimum(self.lower, last), np.maximum(self.upper, last))
+        self._vel = (command - last) / dt
         self._last = command
         for r in reasons:
             self._counts[r] += 1

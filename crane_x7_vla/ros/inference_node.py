@@ -40,7 +40,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from crane_x7_vla import robot
 from crane_x7_vla.policy.executor import MODES, ChunkExecutor
-from crane_x7_vla.policy.safety import SafetyFilter
+from crane_x7_vla.policy.safety import SafetyFilter, fresh, message_age
 from crane_x7_vla.ros import msgs
 from crane_x7_vla.ros.node_main import ConfigError, run
 
@@ -69,6 +69,7 @@ class CameraInput:
         self.capture_time = 0.0  # monotonic seconds
         self.recv_time = 0.0
         self.rejected = 0
+        self.stale = 0  # frames stamped older than stale_timeout or in the future: not used
 
 
 class InferenceNode(Node):
@@ -92,7 +93,8 @@ class InferenceNode(Node):
         self.max_velocity = float(p("max_joint_velocity", 1.0, "Largest joint speed commanded (rad/s)"))
         self.max_acceleration = float(p("max_joint_acceleration", robot.MAX_ACCELERATION,
                                         "Largest joint acceleration commanded (rad/s^2)"))
-        self.stale_timeout = float(p("stale_timeout", 0.5, "Hold when the image or joint state is older than this (s)"))
+        self.stale_timeout = float(p("stale_timeout", 0.5, "Hold when the image or joint state is older than this "
+                                     "or stamped in the future (s)"))
         self.dry_run = bool(p("dry_run", False, "Compute commands but publish them on ~/dry_run/joint_trajectory only"))
         self.autostart = bool(p("autostart", False, "Start moving once inputs arrive (else wait for ~/start)"))
         self.blend = p("blend", "crossfade", "Chunk blending: crossfade or replace")
@@ -125,6 +127,7 @@ class InferenceNode(Node):
         self.state: np.ndarray | None = None
         self.state_time = 0.0
         self.state_rejected = 0
+        self.state_stale = 0
         self.filter = SafetyFilter(max_velocity=self.max_velocity, max_acceleration=self.max_acceleration,
                                    stale_timeout=self.stale_timeout)
         self.executor_: ChunkExecutor | None = None
@@ -256,14 +259,28 @@ class InferenceNode(Node):
                             expected_fingerprint=self._expected_fingerprint())
 
     # --- inputs -------------------------------------------------------------------------------------
+    def _arrival_age(self, stamp, what: str) -> float | None:
+        """Age (s) of a message's stamp on the node clock, or None (logged) when it is stale:
+        older than stale_timeout or stamped in the future. An unset stamp counts from arrival."""
+        age = message_age(self.get_clock().now().nanoseconds, msgs.stamp_to_ns(stamp))
+        if fresh(age, self.stale_timeout):
+            return age
+        self.get_logger().warning(
+            f"ignored {what} stamped {age:+.3f} s from the node clock (usable: 0 to stale_timeout "
+            f"{self.stale_timeout:g} s old); check that its clock matches this node's", throttle_duration_sec=5.0)
+        return None
+
     def _on_image(self, inp: CameraInput, msg: Image) -> None:
         now = time.monotonic()
-        age = (self.get_clock().now().nanoseconds - msgs.stamp_to_ns(msg.header.stamp)) * 1e-9
-        age = age if 0.0 <= age < 10.0 else 0.0  # no or foreign stamp: take the arrival time
+        age = self._arrival_age(msg.header.stamp, f"a frame of camera '{inp.name}' on {inp.topic}")
         with self._lock:
+            if age is None:
+                inp.stale += 1
+                return
             inp.msg, inp.recv_time, inp.capture_time = msg, now, now - age
 
     def _on_joint_state(self, msg: JointState) -> None:
+        now = time.monotonic()
         try:
             q = msgs.joint_state_vector(msg)
         except (KeyError, ValueError) as exc:
@@ -271,8 +288,12 @@ class InferenceNode(Node):
             self.get_logger().warning(f"ignored a joint state on {self.joint_states_topic}: {exc}",
                                       throttle_duration_sec=5.0)
             return
+        age = self._arrival_age(msg.header.stamp, f"a joint state on {self.joint_states_topic}")
         with self._lock:
-            self.state, self.state_time = q, time.monotonic()
+            if age is None:
+                self.state_stale += 1
+                return
+            self.state, self.state_time = q, now - age
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
@@ -410,11 +431,11 @@ class InferenceNode(Node):
         """The newest inputs if they are complete and fresh, else None."""
         now = time.monotonic()
         with self._lock:
-            if not self.running or self.state is None or now - self.state_time > self.stale_timeout:
+            if not self.running or self.state is None or not fresh(now - self.state_time, self.stale_timeout):
                 return None
             frames = {}
             for name, inp in self.cameras.items():
-                if inp.msg is None or now - inp.capture_time > self.stale_timeout:
+                if inp.msg is None or not fresh(now - inp.capture_time, self.stale_timeout):
                     return None
                 frames[name] = (inp.msg, inp.capture_time)
             return frames, self.state.copy(), self.instruction, self.start_time
@@ -588,8 +609,9 @@ class InferenceNode(Node):
                                 for n, c in self.cameras.items()},
                 "joint_state_age_s": round(now - self.state_time, 4) if self.state is not None else None,
                 "interventions": self.filter.interventions,
-                "counts": dict(self.counts, state_rejected=self.state_rejected,
-                               images_rejected={n: c.rejected for n, c in self.cameras.items()}),
+                "counts": dict(self.counts, state_rejected=self.state_rejected, state_stale=self.state_stale,
+                               images_rejected={n: c.rejected for n, c in self.cameras.items()},
+                               images_stale={n: c.stale for n, c in self.cameras.items()}),
                 "latency_ms": {k: _percentiles(list(v)) for k, v in self.timing.items()},
                 "control_period_ms": _percentiles(list(ticks)),
             }

@@ -66,6 +66,7 @@ class Robot(Services):
         self.trajectories = []  # (receive time, JointTrajectory)
         self.diagnostics = []
         self.send_images = True
+        self.image_stamp_offset = 0.0  # seconds added to each image's stamp (negative: older)
         self.target = None
         self.target_time = 0.0
         self.state_pub = self.create_publisher(JointState, robot.JOINT_STATES_TOPIC, msgs.STATE_QOS)
@@ -101,7 +102,8 @@ class Robot(Services):
     def _image(self):
         if self.send_images:
             img = np.full((96, 128, 3), 120, np.uint8)
-            self.image_pub.publish(msgs.rgb_to_image(img, stamp=self.get_clock().now().to_msg(), frame_id="camera"))
+            stamp = msgs.ns_to_stamp(self.get_clock().now().nanoseconds + int(self.image_stamp_offset * 1e9))
+            self.image_pub.publish(msgs.rgb_to_image(img, stamp=stamp, frame_id="camera"))
 
     def traj_since(self, t):
         with self.lock:

@@ -106,6 +106,29 @@ def test_stale_image_holds_and_emergency_stop_freezes(ros_env, mean_ckpt):
     wait_for(lambda: len(arm.traj_since(t_stop)) > 5, 5, "commands after start")
 
 
+def test_images_stamped_long_ago_or_in_the_future_hold_the_arm(ros_env, mean_ckpt):
+    arm = ros_env.robot()
+    arm.image_stamp_offset = -10.0
+    proc = start_node(ros_env, mean_ckpt)
+    wait_for(lambda: len(arm.trajectories) > 10 or proc.poll() is not None, 30, "trajectory commands")
+    assert proc.poll() is None, proc.stdout.read()
+    for offset in (-10.0, 10.0):
+        arm.image_stamp_offset = offset
+        t = time.monotonic()
+        time.sleep(1.0)
+        held = first_points(arm.traj_since(t))
+        assert len(held) > 10
+        assert np.all(held == robot.home_state()[:7])  # never moved from where it started
+    wait_for(lambda: arm.diagnostics and sum(arm.diagnostics[-1]["counts"]["images_stale"].values()) > 20, 5,
+             "stale frames counted in diagnostics")
+    diag = arm.diagnostics[-1]
+    assert diag["counts"]["inferences"] == 0 and diag["interventions"]["stale_image"] > 0
+    # frames stamped now: motion starts
+    arm.image_stamp_offset = 0.0
+    wait_for(lambda: np.ptp(first_points(arm.traj_since(0)), axis=0).max() > 0, 10, "motion on fresh frames")
+    check_commands(arm.traj_since(0))
+
+
 def test_estop_service_and_pause(ros_env, mean_ckpt):
     arm = ros_env.robot()
     proc = start_node(ros_env, mean_ckpt, autostart=False)
