@@ -160,7 +160,8 @@ def essential(node) -> list:
     def _ended(event, context):
         if context.is_shutdown:
             return None
-        name = getattr(event.action, "node_name", None) or event.process_name
+        name = str(getattr(event.action, "node_name", None) or event.process_name)
+        name = name.replace("<node_namespace_unspecified>", "")
         if event.returncode != 0:
             # Raised from an event handler, the error ends the launch with exit code 1.
             raise RuntimeError(
