@@ -104,6 +104,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "(as Llava models are trained) or after the instruction's question, so that the picture "
                         "is read knowing what the instruction names (default: first; after_instruction for the "
                         "'tiny' preset)")
+    g.add_argument("--normalize-gripper", action=argparse.BooleanOptionalAction, default=S,
+                   help="openvla: normalise the gripper with the dataset's q01/q99 like the arm joints; with "
+                        "--no-normalize-gripper it is binned in its own units (radians, clipped to [-1, 1]), "
+                        "as OpenVLA's normalisation mask leaves a gripper already in [0, 1]; recorded in the "
+                        "checkpoint (default: on)")
     g.add_argument("--freeze-vision", action="store_true", default=S,
                    help="keep the image encoder as the base model has it (a pretrained one, e.g. from "
                         "`crane-x7-vla pretrain`); only the projector and language model learn (default: off)")

@@ -33,6 +33,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "image_position": IMAGE_FIRST,  # as Llava-family models are trained
         "goal_tokens": False,  # as OpenVLA-7B was trained: actions only
         "goal_before_state": True,  # with goal tokens and the state in the prompt (prompt.GOAL_FIRST_TEMPLATE)
+        "normalize_gripper": True,  # every action dimension normalised with q01/q99
     },
     "openpi": {
         "batch_size": 32,
@@ -45,6 +46,7 @@ BACKEND_DEFAULTS: dict[str, dict] = {
         "action_label_sigma": 0.0,  # continuous actions: no bins
         "goal_tokens": False,
         "goal_before_state": False,
+        "normalize_gripper": True,
     },
 }
 
@@ -123,6 +125,7 @@ class TrainConfig:
     freeze_vision: bool = False  # keep the image encoder's weights as the base model has them
     goal_tokens: bool | None = None  # openvla: write the goal point (3 tokens) before the actions
     goal_before_state: bool | None = None  # openvla, goal tokens + state in prompt: the goal comes before the state
+    normalize_gripper: bool | None = None  # openvla: normalise the gripper with q01/q99 too (OpenVLA's mask)
     goal_scenes: int = 0  # openvla with goal_tokens: simulated pictures of goal_scenes_task labelled with the goal
     goal_scenes_task: str = "reach"  # the simulated task those pictures show
     goal_scenes_alone: float = 0.0  # share of the goal scenes that show the named cube alone
@@ -250,6 +253,8 @@ class TrainConfig:
             share = getattr(self, f"goal_scenes_{flag}")
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"--goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
+        if self.backend == "openpi" and self.normalize_gripper is False:
+            raise ConfigError("--no-normalize-gripper is for the openvla backend (action bins)")
         if self.backend == "openpi" and (self.goal_tokens or self.goal_scenes):
             raise ConfigError("--goal-tokens and --goal-scenes are for the openvla backend")
         if self.goal_scenes and self.goal_tokens is False:

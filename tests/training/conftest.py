@@ -32,7 +32,10 @@ def _square(img, a, b, colour):
     img[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = colour
 
 
-def write_episodes(root, *, episodes=6, steps=20, size=64, seed=0, cameras=("primary",), instruction="reach the green cube"):
+def write_episodes(root, *, episodes=6, steps=20, size=64, seed=0, cameras=("primary",), instruction="reach the green cube",
+                   unreadable=()):
+    """`unreadable`: numbers of episodes whose pictures are bytes no JPEG decoder reads (a
+    damaged recording that passes the record checks)."""
     rng = np.random.default_rng(seed)
     paths = []
     for e in range(episodes):
@@ -45,7 +48,7 @@ def write_episodes(root, *, episodes=6, steps=20, size=64, seed=0, cameras=("pri
             img = np.full((size, size, 3), 230, np.uint8)
             _square(img, *goal, (30, 170, 40))
             _square(img, a, b, (200, 30, 30))
-            w.add_step(_joints(a, b, s), {c: img for c in cameras})
+            w.add_step(_joints(a, b, s), {c: b"not a picture" if e in unreadable else img for c in cameras})
         paths.append(w.close(success=True))
     write_statistics(root)
     return paths

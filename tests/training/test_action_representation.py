@@ -110,7 +110,7 @@ def test_codec_delta_decodes_to_state_plus_bin_centre(dataset_dir):
     assert back.shape == (len(ep), 1, 8)  # a chunk of one step
     back = back[:, 0]
     # error at most half a bin of the delta range (arm) / of the action range (gripper)
-    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 256 / 2 + 1e-9
+    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 255 / 2 + 1e-9  # 255 bins between 256 edges
     inside = np.all((preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] >= model_stats["q01"])
                     & (preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] <= model_stats["q99"]), axis=1)
     assert inside.any()
@@ -122,7 +122,7 @@ def test_codec_delta_decodes_to_state_plus_bin_centre(dataset_dir):
     np.testing.assert_allclose(moved[:, 7], 0.0, atol=1e-6)
     # state tokens: the proprio normaliser with the action bins
     state_ids = codec.state_ids(ep.proprio)
-    expected = 1000 - 1 - codec.tokens.bins(preprocess.Normalizer.from_stats(stats, "proprio").normalize(ep.proprio))
+    expected = codec.tokens.ids_of_normalized(preprocess.Normalizer.from_stats(stats, "proprio").normalize(ep.proprio))
     np.testing.assert_array_equal(state_ids, expected)
     assert ActionCodec(1000, stats).state_ids(ep.proprio) is None
 
@@ -143,7 +143,7 @@ def test_codec_chunks_are_step_after_step_relative_to_the_current_state(dataset_
     np.testing.assert_array_equal(ids[:, 16:24], codec.encode(chunks[:, 2], ep.proprio))
     back = codec.decode(ids, ep.proprio)
     assert back.shape == (len(ep), 4, 8)
-    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 256 / 2 + 1e-9
+    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 255 / 2 + 1e-9  # 255 bins between 256 edges
     delta = preprocess.to_delta(chunks, ep.proprio)
     inside = np.all((delta >= model_stats["q01"]) & (delta <= model_stats["q99"]), axis=2)
     assert inside.any()

@@ -74,7 +74,7 @@ def test_codec_writes_the_goal_first_and_decodes_actions_as_without_it(dataset_d
     assert ids.shape == (len(ep), 3 + 16) and with_goal.n_tokens(2) == 19 and plain.n_tokens(2) == 16
     np.testing.assert_array_equal(ids[:, 3:], plain.encode(chunks, ep.proprio))
     np.testing.assert_allclose(with_goal.decode(ids, ep.proprio), plain.decode(ids[:, 3:], ep.proprio))
-    half_bin = (preprocess.GOAL_BOUNDS[1] - preprocess.GOAL_BOUNDS[0]) / 256 / 2 + 1e-9
+    half_bin = (preprocess.GOAL_BOUNDS[1] - preprocess.GOAL_BOUNDS[0]) / 255 / 2 + 1e-9  # 255 bins between 256 edges
     assert np.all(np.abs(with_goal.decode_goal(ids) - goals) <= half_bin)
     assert plain.decode_goal(ids) is None
     with pytest.raises(ValueError, match="goal point"):

@@ -52,7 +52,8 @@ def test_checkpoints_describe_themselves(lora_run, dataset_dir):
     assert cfg["backend"] == "openvla" and cfg["base_model"] == "tiny" and cfg["step"] == 24
     assert cfg["image_spec"]["width"] == 64 and cfg["image_spec"]["height"] == 64
     assert cfg["cameras"] == ["primary"] and cfg["joint_names"] == list(robot.JOINT_NAMES)
-    assert cfg["action_space"] == {"dim": 8, "horizon": 1, "kind": "absolute_joint_positions", "representation": "absolute"}
+    assert cfg["action_space"] == {"dim": 8, "horizon": 1, "kind": "absolute_joint_positions", "representation": "absolute",
+                                   "discretization": "openvla", "normalization_mask": [True] * 8}
     stats = json.loads((dataset_dir / "dataset_statistics.json").read_text())["crane_x7"]
     assert cfg["dataset_statistics"] == stats and cfg["statistics_fingerprint"] == stats["fingerprint"]
     assert cfg["default_instruction"] == "reach the green cube" and cfg["control_rate_hz"] == 10.0
@@ -160,3 +161,23 @@ def test_merge_lora_command(lora_run, tmp_path):
     out = tmp_path / "merged"
     assert main(["merge-lora", str(lora_run / "checkpoint-12"), "--output", str(out)]) == 0
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+
+
+def test_a_failing_evaluation_does_not_stop_the_run(tmp_path, capsys):
+    from crane_x7_vla.training.data import split_episodes
+
+    from .conftest import write_episodes
+
+    data = tmp_path / "data"
+    _, val = split_episodes(5, 0.2, 5)  # the episode --val-ratio 0.2 --seed 5 holds out
+    write_episodes(data, episodes=5, unreadable=tuple(val))
+    out = tmp_path / "run"
+    rc = main(COMMON + LORA + ["--data-root", str(data), "--output-dir", str(out), "--max-steps", "4",
+                               "--save-steps", "100", "--eval-steps", "2"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "eval step 2 failed, training goes on" in err and "eval step 4 failed, training goes on" in err
+    assert ck.read_trainer_state(out / "checkpoint-final")["step"] == 4
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+    assert not any(k.startswith("val/") for r in read_metrics(out) for k in r)
+

@@ -1,14 +1,19 @@
-"""Actions <-> the last 256 vocabulary tokens (OpenVLA's discretisation).
+"""Actions <-> the last 256 vocabulary tokens, discretised exactly as OpenVLA does.
 
 Absolute joint targets are normalised to [-1, 1] with the dataset's q01/q99
-(`preprocess.Normalizer`, the same code deployment uses), cut into 256 uniform bins,
-and bin i is written as token id `vocab_size - 1 - i` (OpenVLA's order: the highest bin
-takes the lowest id of the range). Decoding maps a token back to its bin centre.
+(`preprocess.Normalizer`, the same code deployment uses); dimensions left out by the
+normalisation mask (`--no-normalize-gripper`: the gripper) pass through as they are.
+The normalised value is clipped to [-1, 1] and placed among the 256 bin EDGES
+`np.linspace(-1, 1, 256)` with `np.digitize` (d in 1..256); the token id is
+`vocab_size - d`, so the highest values take the lowest ids of the range. A token id
+decodes to the centre of its bin: d - 1, clipped to 0..254, indexes the 255 centres
+between neighbouring edges. (Checkpoints written before this scheme was recorded used
+256 equal bins, bin i as id `vocab_size - 1 - i`; `LEGACY_UNIFORM` reads them.)
 
 `ActionCodec` adds the checkpoint's action representation (absolute, or arm deltas from
 the current state), the optional state tokens of the prompt and the optional goal tokens
 written before the actions (`preprocess.goal_points`: where the hand will be at the end of
-the current movement, x/y/z cut into the same 256 bins over `preprocess.GOAL_BOUNDS`).
+the current movement, x/y/z cut into the same bins over `preprocess.GOAL_BOUNDS`).
 """
 
 from __future__ import annotations
@@ -19,39 +24,77 @@ from crane_x7_vla.preprocess import (ABSOLUTE, GOAL_BOUNDS, REPRESENTATIONS, Nor
                                       to_delta)
 
 N_BINS = 256
+OPENVLA_BINS = "openvla"  # np.linspace(-1, 1, 256) as edges, np.digitize, 255 centres (OpenVLA's ActionTokenizer)
+LEGACY_UNIFORM = "uniform"  # 256 equal bins, bin i as id vocab_size - 1 - i (checkpoints without the field)
+DISCRETIZATIONS = (OPENVLA_BINS, LEGACY_UNIFORM)
 
 
 class ActionTokenizer:
-    def __init__(self, vocab_size: int, normalizer: Normalizer, n_bins: int = N_BINS):
+    """Values in robot units <-> token ids for one group of dimensions.
+
+    `mask` (one bool per dimension, default all True): the dimensions the normaliser maps
+    to [-1, 1]; the others are binned as they are (clipped to [-1, 1]) and decode to the
+    bin centre itself, as OpenVLA's normalisation mask does."""
+
+    def __init__(self, vocab_size: int, normalizer: Normalizer, n_bins: int = N_BINS, *,
+                 mask: np.ndarray | None = None, discretization: str = OPENVLA_BINS):
         if vocab_size <= n_bins:
             raise ValueError(f"the tokenizer's vocabulary ({vocab_size}) must be larger than {n_bins} action bins")
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f"action discretization '{discretization}' is unknown (known: {', '.join(DISCRETIZATIONS)})")
         self.vocab_size = int(vocab_size)
         self.n_bins = n_bins
         self.normalizer = normalizer
-        self.centers = -1.0 + (np.arange(n_bins) + 0.5) * (2.0 / n_bins)
+        self.discretization = discretization
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if discretization == OPENVLA_BINS:
+            self.edges = np.linspace(-1.0, 1.0, n_bins)
+            self.centers = (self.edges[:-1] + self.edges[1:]) / 2.0
+        else:
+            self.edges = None
+            self.centers = -1.0 + (np.arange(n_bins) + 0.5) * (2.0 / n_bins)
 
     @property
     def first_id(self) -> int:
         """Lowest token id used for actions (ids first_id .. vocab_size - 1)."""
         return self.vocab_size - self.n_bins
 
-    def bins(self, normalized: np.ndarray) -> np.ndarray:
+    def normalize(self, values: np.ndarray) -> np.ndarray:
+        """Robot units -> the values that are binned (masked-out dimensions unchanged)."""
+        normalized = self.normalizer.normalize(values)
+        if self.mask is None:
+            return normalized
+        return np.where(self.mask, normalized, np.asarray(values, dtype=np.float64))
+
+    def unnormalize(self, normalized: np.ndarray) -> np.ndarray:
+        values = self.normalizer.unnormalize(normalized)
+        if self.mask is None:
+            return values
+        return np.where(self.mask, values, np.asarray(normalized, dtype=np.float64))
+
+    def ids_of_normalized(self, normalized: np.ndarray) -> np.ndarray:
+        """Normalised values (any shape) -> token ids (int64)."""
         x = np.clip(np.asarray(normalized, dtype=np.float64), -1.0, 1.0)
-        return np.clip(np.floor((x + 1.0) * 0.5 * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
+        if self.discretization == OPENVLA_BINS:
+            return (self.vocab_size - np.digitize(x, self.edges)).astype(np.int64)
+        bins = np.clip(np.floor((x + 1.0) * 0.5 * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
+        return self.vocab_size - 1 - bins
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
-        """Robot units (..., 8) -> token ids (..., 8)."""
-        return self.vocab_size - 1 - self.bins(self.normalizer.normalize(actions))
+        """Robot units (..., D) -> token ids (..., D)."""
+        return self.ids_of_normalized(self.normalize(actions))
 
     def decode_normalized(self, token_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(token_ids, dtype=np.int64)
         if np.any(ids < self.first_id) or np.any(ids >= self.vocab_size):
             raise ValueError(f"token ids outside the action range [{self.first_id}, {self.vocab_size})")
+        if self.discretization == OPENVLA_BINS:
+            return self.centers[np.clip(self.vocab_size - ids - 1, 0, len(self.centers) - 1)]
         return self.centers[self.vocab_size - 1 - ids]
 
     def decode(self, token_ids: np.ndarray) -> np.ndarray:
-        """Token ids (..., 8) -> absolute joint targets in robot units (float64)."""
-        return self.normalizer.unnormalize(self.decode_normalized(token_ids))
+        """Token ids (..., D) -> values in robot units (float64)."""
+        return self.unnormalize(self.decode_normalized(token_ids))
 
 
 class ActionCodec:
@@ -66,7 +109,7 @@ class ActionCodec:
 
     def __init__(self, vocab_size: int, statistics: dict, *, representation: str = ABSOLUTE,
                  model_statistics: dict | None = None, state_in_prompt: bool = False, goal_tokens: bool = False,
-                 goal_before_state: bool = False):
+                 goal_before_state: bool = False, normalization_mask=None, discretization: str = OPENVLA_BINS):
         self.representation = representation
         self.mask = delta_mask(representation)
         if representation == ABSOLUTE:
@@ -77,12 +120,20 @@ class ActionCodec:
                 raise ValueError(f"{representation} actions need their statistics (model_statistics)")
             normalizer = Normalizer.from_stats({"action": model_statistics}, "action")
             self.model_statistics = model_statistics
-        self.tokens = ActionTokenizer(vocab_size, normalizer)
+        if normalization_mask is None:
+            normalization_mask = np.ones(len(self.mask), dtype=bool)
+        self.normalization_mask = np.asarray(normalization_mask, dtype=bool)
+        if self.normalization_mask.shape != self.mask.shape:
+            raise ValueError(f"normalization_mask must hold {len(self.mask)} booleans "
+                             f"(got {self.normalization_mask.tolist()})")
+        self.discretization = discretization
+        self.tokens = ActionTokenizer(vocab_size, normalizer, mask=self.normalization_mask,
+                                      discretization=discretization)
         self.state_in_prompt = bool(state_in_prompt)
-        self.state_tokens = ActionTokenizer(vocab_size, Normalizer.from_stats(statistics, "proprio")) \
-            if self.state_in_prompt else None
-        self.goal_tokens = ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1])) \
-            if goal_tokens else None
+        self.state_tokens = ActionTokenizer(vocab_size, Normalizer.from_stats(statistics, "proprio"),
+                                            discretization=discretization) if self.state_in_prompt else None
+        self.goal_tokens = ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1]),
+                                           discretization=discretization) if goal_tokens else None
         self.n_goal = 0 if self.goal_tokens is None else len(GOAL_BOUNDS[0])
         self.goal_before_state = self.goal_first_in_effect(goal_before_state, self.n_goal > 0, self.state_in_prompt)
 
@@ -142,7 +193,8 @@ class ActionCodec:
 
     def action_space(self) -> dict:
         """Entries of policy_config.json's action_space that describe this codec."""
-        out = {"representation": self.representation}
+        out = {"representation": self.representation, "discretization": self.discretization,
+               "normalization_mask": self.normalization_mask.tolist()}
         if self.representation != ABSOLUTE:
             out.update(delta_mask=self.mask.tolist(), model_statistics=self.model_statistics)
         return out
@@ -156,8 +208,18 @@ class ActionCodec:
                              f"(known: {', '.join(REPRESENTATIONS)})")
         if representation != ABSOLUTE and "model_statistics" not in space:
             raise ValueError(f"{where}: action_space.model_statistics is missing ({representation} actions need it)")
+        discretization = space.get("discretization", LEGACY_UNIFORM)
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f"{where}: action_space.discretization '{discretization}' is unknown "
+                             f"(known: {', '.join(DISCRETIZATIONS)})")
+        mask = space.get("normalization_mask")
+        if mask is not None and (not isinstance(mask, list) or len(mask) != len(delta_mask(representation))
+                                 or not all(isinstance(m, bool) for m in mask)):
+            raise ValueError(f"{where}: action_space.normalization_mask must be a list of "
+                             f"{len(delta_mask(representation))} booleans (got {mask!r})")
         return cls(vocab_size, config["dataset_statistics"], representation=representation,
-                   model_statistics=space.get("model_statistics"),
+                   model_statistics=space.get("model_statistics"), normalization_mask=mask,
+                   discretization=discretization,
                    state_in_prompt=bool((config.get("openvla") or {}).get("state_in_prompt", False)),
                    goal_tokens=bool((config.get("openvla") or {}).get("goal_tokens", False)),
                    goal_before_state=bool((config.get("openvla") or {}).get("goal_before_state", False)))

@@ -24,28 +24,37 @@ def next_token_logits(logits: torch.Tensor, input_len: int) -> torch.Tensor:
 
 
 def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_sigma: float | torch.Tensor = 0.0):
-    """Cross-entropy on the action tokens only; also returns argmax predictions (restricted
-    to the action range) and the label mask, for accuracy and L1.
+    """Cross-entropy on the labelled tokens (the written action tokens, and the end-of-sequence
+    token after them where the batch has one), averaged over them; also returns the argmax
+    predictions of the action tokens (restricted to the action range), their targets and the
+    mask of the action-token labels (over `batch["labels"][:, 1:]`), for accuracy and L1.
 
     With `label_sigma` > 0 (in bins) each action token is trained against a Gaussian over
     the neighbouring bins (adjacent ids are adjacent bins) instead of its one bin, so the
     loss knows that bin 101 is a better answer than bin 3 when 100 was demonstrated. A
-    tensor shaped like `batch["labels"]` gives each token its own width (label_sigmas)."""
+    tensor shaped like `batch["labels"]` gives each token its own width (label_sigmas).
+    Other labelled tokens (the end of sequence) are always trained one-hot."""
     labels = batch["labels"][:, 1:]
     pred_logits = next_token_logits(logits, batch["input_ids"].shape[1])
     mask = labels != IGNORE
     chosen = pred_logits[mask].float()
     target = labels[mask]
+    is_action = target >= first_action_id
+    log_p = F.log_softmax(chosen, dim=-1)
+    per_token = -log_p.gather(1, target[:, None])[:, 0]
     if torch.is_tensor(label_sigma) or label_sigma > 0:
-        sigma = label_sigma[:, 1:][mask].float().clamp_min(1e-3)[:, None] if torch.is_tensor(label_sigma) else label_sigma
-        log_p = F.log_softmax(chosen, dim=-1)[:, first_action_id:]
-        offsets = torch.arange(log_p.shape[1], device=chosen.device) - (target - first_action_id)[:, None]
+        if torch.is_tensor(label_sigma):
+            sigma = label_sigma[:, 1:][mask][is_action].float().clamp_min(1e-3)[:, None]
+        else:
+            sigma = label_sigma
+        action_log_p = log_p[is_action][:, first_action_id:]
+        offsets = (torch.arange(action_log_p.shape[1], device=chosen.device)
+                   - (target[is_action] - first_action_id)[:, None])
         soft = torch.softmax(-0.5 * (offsets.float() / sigma) ** 2, dim=-1)
-        loss = -(soft * log_p).sum(-1).mean()
-    else:
-        loss = F.cross_entropy(chosen, target)
-    restricted = chosen[:, first_action_id:].argmax(-1) + first_action_id
-    return loss, restricted, target, mask
+        per_token = per_token.masked_scatter(is_action, -(soft * action_log_p).sum(-1))
+    loss = per_token.mean()
+    restricted = chosen[is_action][:, first_action_id:].argmax(-1) + first_action_id
+    return loss, restricted, target[is_action], mask & (labels >= first_action_id)
 
 
 @torch.no_grad()

@@ -405,14 +405,19 @@ def middle_ids(vla: VLA, state_ids) -> list[int]:
 
 
 def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
-                state_ids: np.ndarray | None = None, *, bare: bool = False, goal_first: int = 0) -> dict:
+                state_ids: np.ndarray | None = None, *, bare: bool = False, goal_first: int = 0,
+                stop=False) -> dict:
     """Right-padded input_ids / attention_mask, and labels on the written tokens (goal and actions) only.
     `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state);
     `bare`: see prompt_ids. `goal_first` (with `state_ids`): the first this many tokens of
     every row of `action_ids` (the goal) come before the state: prompt, goal, `middle_ids`,
     actions, with labels on the goal and the actions. Without `action_ids` the batch holds
-    the prompts up to the goal, and `middle_ids` (B, M) to feed once the goal is written."""
+    the prompts up to the goal, and `middle_ids` (B, M) to feed once the goal is written.
+    `stop` (one bool, or one per row): the row ends with the tokenizer's end-of-sequence token
+    after its written tokens, labelled too (OpenVLA trains the `</s>` after the actions)."""
     goal_first = goal_first if state_ids is not None else 0
+    stops = [bool(stop)] * len(instructions) if isinstance(stop, (bool, int)) else [bool(s) for s in stop]
+    eos = vla.tokenizer.eos_token_id
     rows, labelled = [], []
     for i, instr in enumerate(instructions):
         state = None if state_ids is None else state_ids[i]
@@ -426,6 +431,8 @@ def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None
                 middle = middle_ids(vla, state)
                 ids, mask_row = ids + middle, mask_row + [False] * len(middle)
             ids, mask_row = ids + rest, mask_row + [True] * len(rest)
+            if stops[i] and eos is not None:
+                ids, mask_row = ids + [int(eos)], mask_row + [True]
         rows.append(ids)
         labelled.append(mask_row)
     width = max(len(r) for r in rows)

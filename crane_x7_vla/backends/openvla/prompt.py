@@ -32,15 +32,14 @@ IMAGE_POSITIONS = (IMAGE_FIRST, IMAGE_AFTER_INSTRUCTION)
 
 
 def _clean(instruction: str) -> str:
-    text = " ".join(str(instruction).split()).rstrip(".")
-    if text[:1].isupper() and not text[1:2].isupper():
-        text = text[0].lower() + text[1:]
-    return text
+    """The instruction as OpenVLA's data pipeline writes it into the prompt: lower-cased as a
+    whole, nothing else changed."""
+    return str(instruction).lower()
 
 
 def openvla_prompt(instruction: str) -> str:
-    """'In: What action should the robot take to {instruction}?\\nOut:' (lower-cased first
-    letter and no trailing full stop, as OpenVLA was trained)."""
+    """'In: What action should the robot take to {instruction}?\\nOut:' (the instruction
+    lower-cased, as OpenVLA was trained)."""
     return TEMPLATE.format(instruction=_clean(instruction))
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (BASE_DIRECTORY, BASE_HUB, BASE_IN_CHECKPOINT, IGNORE, VLA, build_batch,
+from crane_x7_vla.backends.openvla.model import (BASE_DIRECTORY, BASE_HUB, BASE_IN_CHECKPOINT, VLA, build_batch,
                                                   checkpoint_model_source, is_preset, load_vla, materialize_preset, pixel_values,
                                                   save_processor, set_image_position)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
@@ -215,6 +216,13 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         return {}
     was_training = model.training
     model.eval()
+    try:
+        return _evaluate(vla, model, episodes, cameras, cfg, codec, device)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: ActionCodec, device) -> dict:
     losses, correct, total, l1, goal_error = [], 0, 0, [], []
     horizon = cfg.action_horizon
     for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples):
@@ -222,7 +230,7 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
         state_ids = codec.state_ids(state)
         pix = pixel_values(vla, batch["images"], cameras, device)
         inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, state_ids,
-                             goal_first=codec.goal_first)
+                             goal_first=codec.goal_first, stop=stops(batch))
         out = decode.forward(model, vla, inputs, pix)
         loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id,
                                                    _sigmas(cfg, codec, inputs))
@@ -241,7 +249,6 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
             state_ids = codec.state_ids(batch["state"])
             for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec, device):
                 first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
-    model.train(was_training)
     n = sum(len(x) for x in l1)
     result = {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
     if goal_error:
@@ -256,6 +263,13 @@ def label_ids(codec: ActionCodec, batch: dict) -> list[np.ndarray]:
     ids = codec.encode(batch["actions"], batch["state"], batch["goal"] if codec.n_goal else None)
     only = batch.get("goal_only")
     return [row[: codec.n_goal] if only is not None and only[i] else row for i, row in enumerate(ids)]
+
+
+def stops(batch: dict) -> list[bool]:
+    """Which samples end with a labelled end-of-sequence token: those with actions (as OpenVLA
+    trains its `</s>`), not a picture that teaches the goal alone (batch['goal_only'])."""
+    only = batch.get("goal_only")
+    return [not (only is not None and only[i]) for i in range(len(batch["instruction"]))]
 
 
 def _set_lr(optimizer, rates) -> float:
@@ -294,7 +308,7 @@ def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> lis
 
 def _train_l1(codec: ActionCodec, pred: torch.Tensor, inputs: dict, actions, state, goal_only) -> float:
     """L1 (robot units) of the teacher-forced predictions of the samples that have actions."""
-    counts = (inputs["labels"][:, 1:] != IGNORE).sum(1).tolist()
+    counts = (inputs["labels"][:, 1:] >= codec.first_id).sum(1).tolist()  # the written tokens, not the end of sequence
     rows = [r for i, r in enumerate(torch.split(pred, counts)) if not goal_only[i]]
     if not rows:
         return 0.0
@@ -339,22 +353,33 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
         info = resume_config.get("openvla") or {}
         found = (space.get("representation", ABSOLUTE), bool(info.get("state_in_prompt")),
                  info.get("image_position", IMAGE_FIRST), bool(info.get("goal_tokens")),
-                 bool(info.get("goal_before_state")))
+                 bool(info.get("goal_before_state")), all((space.get("normalization_mask") or [True])[-1:]))
         wanted = (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position, bool(cfg.goal_tokens),
-                  ActionCodec.goal_first_in_effect(cfg.goal_before_state, cfg.goal_tokens, cfg.state_in_prompt))
+                  ActionCodec.goal_first_in_effect(cfg.goal_before_state, cfg.goal_tokens, cfg.state_in_prompt),
+                  bool(cfg.normalize_gripper))
         if found != wanted:
             raise ConfigError(
                 f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
                 f"{found[0]}, {'--state-in-prompt' if found[1] else '--no-state-in-prompt'}, --image-position "
-                f"{found[2]}, {'--goal-tokens' if found[3] else '--no-goal-tokens'} and "
-                f"{'--goal-before-state' if found[4] else '--no-goal-before-state'}; resume with the same")
+                f"{found[2]}, {'--goal-tokens' if found[3] else '--no-goal-tokens'}, "
+                f"{'--goal-before-state' if found[4] else '--no-goal-before-state'} and "
+                f"{'--normalize-gripper' if found[5] else '--no-normalize-gripper'}; resume with the same")
         return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
     model_statistics = None
     if cfg.action_representation != ABSOLUTE:
         model_statistics = model_action_statistics(data.train, cfg.action_horizon, delta_mask(cfg.action_representation))
     return ActionCodec(vocab_size, data.statistics, representation=cfg.action_representation,
                        model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt),
-                       goal_tokens=bool(cfg.goal_tokens), goal_before_state=bool(cfg.goal_before_state))
+                       goal_tokens=bool(cfg.goal_tokens), goal_before_state=bool(cfg.goal_before_state),
+                       normalization_mask=normalization_mask(cfg.normalize_gripper))
+
+
+def normalization_mask(normalize_gripper: bool) -> np.ndarray:
+    """Which action dimensions are normalised with the statistics: all, or the arm joints only
+    (--no-normalize-gripper: the gripper is binned in its own units, clipped to [-1, 1])."""
+    mask = np.ones(robot.ACTION_DIM, dtype=bool)
+    mask[-1] = bool(normalize_gripper)
+    return mask
 
 
 def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, scheduler, position, total_steps,
@@ -500,7 +525,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 actions, state = batch["actions"], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
                 inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, codec.state_ids(state),
-                                     goal_first=codec.goal_first)
+                                     goal_first=codec.goal_first, stop=stops(batch))
                 sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
@@ -543,18 +568,19 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             if step % cfg.logging_steps == 0 or step == total_steps:
                 logger.log(step, {k: float(np.mean(v)) for k, v in window.items()})
                 window = {}
-            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
-                _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
             if step % cfg.save_steps == 0 and step < total_steps:
                 save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
                                 scheduler=scheduler, position=stream.position, total_steps=total_steps,
                                 base_dir=base_dir, dist_=dist_, device=device,
                                 warmup_position=warm.position if warm is not None else None)
+            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
+                _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
         bar.close()
-        _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
+        # the final checkpoint is written before the final evaluation, which may take long or fail
         final = save_checkpoint(step, True, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
                                 scheduler=scheduler, position=stream.position, total_steps=total_steps,
                                 base_dir=base_dir, dist_=dist_, device=device)
+        _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
         if cfg.merge_lora and dist_.main:
             merge_lora(final)
         dist_.barrier()
@@ -567,11 +593,20 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
 
 
 def _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_):
+    """Validation metrics on the main process. A failing evaluation (out of memory, a model
+    that cannot decode) is reported in one line and the run goes on: checkpoints and training
+    never depend on it."""
     if dist_.main:
         values = {}
-        for split, episodes in (("val", data.val), ("train_eval", data.train)):
-            for k, v in evaluate(vla, model, episodes, cameras, cfg, codec, device).items():
-                values[f"{split}/{k}"] = v
+        try:
+            for split, episodes in (("val", data.val), ("train_eval", data.train)):
+                for k, v in evaluate(vla, model, episodes, cameras, cfg, codec, device).items():
+                    values[f"{split}/{k}"] = v
+        except Exception as exc:  # noqa: BLE001 (any failure of the evaluation, reported and survived)
+            values = {}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            print(f"eval step {step} failed, training goes on: {type(exc).__name__}: {exc}"[:2000], file=sys.stderr)
         if values:
             logger.log(step, values)
             print("eval step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in values.items())), file=sys.stderr)
