@@ -99,11 +99,65 @@ def test_lora_starts_equal_to_base_model(tiny_cfg):
     from dataclasses import replace
 
     base = Pi0Model(tiny_cfg, nnx.Rngs(4))
-    lora = Pi0Model(replace(tiny_cfg, lora_rank=4, lora_dropout=0.5), nnx.Rngs(4))
+    lora = Pi0Model(replace(tiny_cfg, lora_rank=4, expert_lora_rank=2, lora_dropout=0.5), nnx.Rngs(4))
     names = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(lora, nnx.Param))}
-    assert "prefix_lm/layers/q_lora_a" in names and "action_expert/layers/q_lora_a" not in names
+    assert {"prefix_lm/layers/q_lora_a", "prefix_lm/layers/down_lora_b", "action_expert/layers/attn_out_lora_a"} <= names
     nnx.update(lora, nnx.state(base, nnx.Param))  # same base weights, adapters added
     batch = _batch(tiny_cfg)
     a = base.flow_matching_error(jax.random.key(1), batch)
     b = lora.flow_matching_error(jax.random.key(1), batch)  # B = 0 at init, no dropout at eval
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+# ---- LoRA: openpi's published equations (models/lora.py) ------------------------------------------
+#
+# lora.Einsum(eqn = "lhs,rhs->out") with adapters on the weight's last two axes (a, b labels):
+#   eqn_a = lhs , rhs[b -> L] -> out[b -> L]        eqn_b = out[b -> L] , rhs[a -> L] -> out
+#   y = einsum(eqn, x, W) + alpha / rank * einsum(eqn_b, einsum(eqn_a, x, A), B)
+# lora.FeedForward:  y = x @ W + (x @ A) @ B      (no scaling)
+# The einsums below are the ones openpi's Gemma calls (upper-case labels as there; its "2" of
+# the k/v axis is written C, as numpy's einsum takes letters only).
+
+GEMMA_EINSUMS = {"q": "BTD,NDH->BTNH", "kv": "BSD,CKDH->CBSKH", "attn_out": "BTNH,NHD->BTD"}
+
+
+def _published_lora_eqns(eqn):
+    lhs, rest = eqn.split(",")
+    rhs, out = rest.split("->")
+    a_label, b_label = rhs[-2], rhs[-1]
+    a_out = out.replace(b_label, "L")
+    return f"{lhs},{rhs.replace(b_label, 'L')}->{a_out}", f"{a_out},{rhs.replace(a_label, 'L')}->{out}"
+
+
+def test_lora_layers_agree_with_openpis_equations():
+    from crane_x7_vla.backends.openpi.gemma import _project, lora_delta, lora_shapes
+
+    rng = np.random.default_rng(0)
+    B, T, D, N, K, H, F, r, alpha = 2, 5, 12, 3, 1, 4, 10, 2, 5.0
+    shapes = {"q": (N, D, H), "kv": (2, K, D, H), "attn_out": (N, H, D), "gate_up": (2, D, F), "down": (F, D)}
+    inputs = {"q": (B, T, D), "kv": (B, T, D), "attn_out": (B, T, N, H), "gate_up": (B, T, D), "down": (B, T, F)}
+    for name, shape in shapes.items():
+        a_shape, b_shape = lora_shapes(shape, r)
+        w = {name: rng.normal(size=shape), f"{name}_lora_a": rng.normal(size=a_shape),
+             f"{name}_lora_b": rng.normal(size=b_shape)}
+        w = {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}
+        x = jnp.asarray(rng.normal(size=inputs[name]), jnp.float32)
+        ours = np.asarray(_project(w, name, x, jnp.float32, (alpha / r, 0.0), None))
+        W, A, Bm = (np.asarray(w[k], np.float64) for k in (name, f"{name}_lora_a", f"{name}_lora_b"))
+        xx = np.asarray(x, np.float64)
+        if name in GEMMA_EINSUMS:
+            eqn = GEMMA_EINSUMS[name]
+            eqn_a, eqn_b = _published_lora_eqns(eqn)
+            ref = np.einsum(eqn, xx, W) + alpha / r * np.einsum(eqn_b, np.einsum(eqn_a, xx, A), Bm)
+        elif name == "gate_up":  # FeedForward: w_gating[0] and w_gating[1], each x @ W + (x @ A) @ B
+            ref = np.stack([xx @ W[c] + (xx @ A[c]) @ Bm[c] for c in range(2)])
+        else:
+            ref = xx @ W + (xx @ A) @ Bm
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4, err_msg=name)
+        # the adapters folded into the weight give the same output
+        scale = 1.0 if name in ("gate_up", "down") else alpha / r
+        merged = {name: w[name] + scale * lora_delta(name, w[f"{name}_lora_a"], w[f"{name}_lora_b"])}
+        np.testing.assert_allclose(np.asarray(_project(merged, name, x, jnp.float32, (0.0, 0.0), None)), ref,
+                                   rtol=1e-4, atol=1e-4, err_msg=f"{name} merged")
+    # the attention output's adapter sums over heads in both factors
+    assert _published_lora_eqns(GEMMA_EINSUMS["attn_out"]) == ("BTNH,NHL->BTL", "BTL,NLD->BTD")

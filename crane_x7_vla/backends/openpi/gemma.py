@@ -4,8 +4,13 @@ The prefix decoder (images + instruction) and the action expert (state + noisy
 actions) each have their own weights, but in every layer their queries, keys and
 values are concatenated along the sequence, so suffix tokens attend to the prefix
 through one attention. Weights are stacked on a leading depth axis and run with
-`jax.lax.scan`. Optional LoRA adapters (rank r) add a low-rank branch
-`scale * dropout(x) @ A @ B` next to each frozen weight, as openpi's LoRA does.
+`jax.lax.scan`. Optional LoRA adapters (rank r) add a low-rank branch next to each
+frozen weight with openpi's equations (models/lora.py there): A replaces the weight's
+output axis by r, B its input axis, and every other axis of the weight is shared by both
+factors as the weight's own einsum treats it. So for the attention output
+W (N, H, D), the branch is sum_{n,h} x A (N, H, r) -> (r), then (r) x B (N, r, D) summed
+over n as well. Attention adapters ("attn") scale the branch by alpha / r, MLP adapters
+("ffn") add it unscaled.
 """
 
 from __future__ import annotations
@@ -16,8 +21,14 @@ from flax import nnx
 
 from crane_x7_vla.backends.openpi.presets import GemmaConfig
 
-#: Weights that get LoRA adapters, with the axes LoRA factorises (the last two).
-LORA_TARGETS = ("q", "kv", "attn_out", "gate_up", "down")
+#: Weights that get LoRA adapters, by group, with the axes LoRA factorises (the last two).
+LORA_TARGETS_BY_GROUP = {"attn": ("q", "kv", "attn_out"), "ffn": ("gate_up", "down")}
+LORA_TARGETS = LORA_TARGETS_BY_GROUP["attn"] + LORA_TARGETS_BY_GROUP["ffn"]
+
+
+def lora_shapes(weight_shape: tuple, rank: int) -> tuple[tuple, tuple]:
+    """Shapes of LoRA factors A and B of a weight (its last two axes = input, output)."""
+    return tuple(weight_shape[:-1]) + (rank,), tuple(weight_shape[:-2]) + (rank, weight_shape[-1])
 
 
 def _fan_in_normal(key, shape, fan_in):
@@ -27,7 +38,7 @@ def _fan_in_normal(key, shape, fan_in):
 class GemmaLayers(nnx.Module):
     """`depth` decoder layers; every weight has a leading depth axis."""
 
-    def __init__(self, cfg: GemmaConfig, rngs: nnx.Rngs, lora_rank: int = 0):
+    def __init__(self, cfg: GemmaConfig, rngs: nnx.Rngs, lora_rank: int = 0, lora_groups=("attn", "ffn")):
         L, D, F = cfg.depth, cfg.width, cfg.mlp_dim
         N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         k = rngs.params
@@ -38,14 +49,12 @@ class GemmaLayers(nnx.Module):
         self.mlp_norm = nnx.Param(jnp.zeros((L, D)))
         self.gate_up = nnx.Param(_fan_in_normal(k(), (L, 2, D, F), D))
         self.down = nnx.Param(_fan_in_normal(k(), (L, F, D), F))
-        if lora_rank > 0:
-            for name in LORA_TARGETS:
-                shape = getattr(self, name)[...].shape
-                a_shape = shape[:-1] + (lora_rank,)
-                b_shape = shape[:-2] + (lora_rank, shape[-1])
-                # A small random, B zero: the adapted model starts equal to the base model.
-                setattr(self, f"{name}_lora_a", nnx.Param(jax.random.normal(k(), a_shape) * 0.01))
-                setattr(self, f"{name}_lora_b", nnx.Param(jnp.zeros(b_shape)))
+        targets = [t for g in lora_groups for t in LORA_TARGETS_BY_GROUP[g]] if lora_rank > 0 else []
+        for name in targets:
+            a_shape, b_shape = lora_shapes(getattr(self, name)[...].shape, lora_rank)
+            # A small random, B zero: the adapted model starts equal to the base model.
+            setattr(self, f"{name}_lora_a", nnx.Param(jax.random.normal(k(), a_shape) * 0.01))
+            setattr(self, f"{name}_lora_b", nnx.Param(jnp.zeros(b_shape)))
 
     def weights(self) -> dict:
         return {name: p[...] for name, p in vars(self).items() if isinstance(p, nnx.Param)}
@@ -67,25 +76,41 @@ def rope(x, positions, max_wavelength=10_000.0):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-#: einsum of each target and of its LoRA factors A (contracting the input) and B (producing the output).
+#: einsum of each target and of its LoRA factors A and B: A's equation is the weight's with
+#: the output axis renamed r, B's consumes A's output with the weight's input axis renamed r.
 _EQNS = {
     "q": ("btd,ndh->btnh", "btd,ndr->btnr", "btnr,nrh->btnh"),
     "kv": ("btd,ckdh->cbtkh", "btd,ckdr->cbtkr", "cbtkr,ckrh->cbtkh"),
-    "attn_out": ("btnh,nhd->btd", "btnh,nhr->btnr", "btnr,nrd->btd"),
+    "attn_out": ("btnh,nhd->btd", "btnh,nhr->btr", "btr,nrd->btd"),
     "gate_up": ("btd,cdf->cbtf", "btd,cdr->cbtr", "cbtr,crf->cbtf"),
     "down": ("btf,fd->btd", "btf,fr->btr", "btr,rd->btd"),
 }
 
 
+def lora_delta(name: str, a, b, xp=jnp):
+    """The weight change W' - W that adapters (A, B) of target `name` make, unscaled.
+
+    a, b: factors with any leading axes before the weight's own (e.g. the depth axis);
+    xp: the array module (jax.numpy or numpy). The attention output's B is summed over
+    heads, as its branch sums over them twice.
+    """
+    if name == "attn_out":
+        return xp.einsum("...nhr,...rd->...nhd", a, b.sum(axis=-3))
+    return xp.matmul(a, b)
+
+
 def _project(w: dict, name: str, x, dtype, lora: tuple[float, float], key):
     """x through weight `name`, plus its LoRA branch when the weights carry one.
 
-    lora = (scale, dropout rate); key: dropout key for this call, or None (no dropout).
+    lora = (attention scale alpha / r, dropout rate); MLP adapters are unscaled.
+    key: dropout key for this call, or None (no dropout).
     """
     eqn, eqn_a, eqn_b = _EQNS[name]
     y = jnp.einsum(eqn, x, w[name].astype(dtype))
     if f"{name}_lora_a" in w:
         scale, rate = lora
+        if name in LORA_TARGETS_BY_GROUP["ffn"]:
+            scale = 1.0
         xl = x
         if key is not None and rate > 0:
             keep = jax.random.bernoulli(jax.random.fold_in(key, list(_EQNS).index(name)), 1.0 - rate, x.shape)

@@ -56,13 +56,13 @@ class PrefixLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         D = cfg.prefix.width
         self.embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.vocab_size, D)) * D**-0.5)
-        self.layers = GemmaLayers(cfg.prefix, rngs, lora_rank=cfg.lora_rank)
+        self.layers = GemmaLayers(cfg.prefix, rngs, lora_rank=cfg.lora_rank, lora_groups=cfg.lora_groups)
         self.final_norm = nnx.Param(jnp.zeros((D,)))
 
 
 class ActionExpert(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.layers = GemmaLayers(cfg.expert, rngs)
+        self.layers = GemmaLayers(cfg.expert, rngs, lora_rank=cfg.expert_lora_rank, lora_groups=cfg.lora_groups)
         self.final_norm = nnx.Param(jnp.zeros((cfg.expert.width,)))
 
 
@@ -86,11 +86,19 @@ class Pi0Model(nnx.Module):
         return jnp.dtype(self.cfg.dtype)
 
     def _lora(self):
-        scale = self.cfg.lora_alpha / self.cfg.lora_rank if self.cfg.lora_rank else 0.0
-        return [(scale, self.cfg.lora_dropout), (0.0, 0.0)]
+        """(attention adapter scale alpha / r, dropout rate) of each stream."""
+        c = self.cfg
+        return [
+            (c.lora_alpha / c.lora_rank if c.lora_rank else 0.0, c.lora_dropout),
+            (c.expert_lora_alpha / c.expert_lora_rank if c.expert_lora_rank else 0.0, c.lora_dropout),
+        ]
 
-    def embed_prefix(self, images, tokens, token_mask):
-        """images (B, C, H, W, 3) uint8; tokens/token_mask (B, Lt) -> (B, P, D), (B, P), (P,)."""
+    def embed_prefix(self, images, tokens, token_mask, image_mask=None):
+        """images (B, C, H, W, 3) uint8; tokens/token_mask (B, Lt) -> (B, P, D), (B, P), (P,).
+
+        image_mask (B, C) bool, optional: False marks a camera slot without a picture; its
+        tokens are left out of attention (openpi's image masks). None: every slot is valid.
+        """
         B, C = images.shape[:2]
         pix = images.reshape((B * C,) + images.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
         img = self.vision(pix, self.dtype).reshape(B, C * self.cfg.num_patches, -1)
@@ -99,7 +107,11 @@ class Pi0Model(nnx.Module):
             D**0.5, self.dtype
         )
         x = jnp.concatenate([img, txt], axis=1)
-        mask = jnp.concatenate([jnp.ones(img.shape[:2], bool), token_mask.astype(bool)], axis=1)
+        if image_mask is None:
+            img_mask = jnp.ones(img.shape[:2], bool)
+        else:
+            img_mask = jnp.repeat(jnp.asarray(image_mask, bool), self.cfg.num_patches, axis=1)
+        mask = jnp.concatenate([img_mask, token_mask.astype(bool)], axis=1)
         return x, mask, jnp.zeros((x.shape[1],), bool)
 
     def embed_suffix(self, state, x_t, t):
@@ -140,7 +152,7 @@ class Pi0Model(nnx.Module):
         """Squared error of the predicted velocity, per element (B, Hz, A).
 
         batch: images (B, C, H, W, 3) uint8, tokens (B, Lt) int, token_mask (B, Lt) bool,
-               state (B, A), actions (B, Hz, A) normalised and padded.
+               state (B, A), actions (B, Hz, A) normalised and padded; optional image_mask (B, C).
         train: apply LoRA dropout (the only stochastic layer besides noise and time).
         """
         actions = batch["actions"].astype(jnp.float32)
@@ -150,7 +162,8 @@ class Pi0Model(nnx.Module):
         t = jax.random.uniform(time_rng, actions.shape[:1]) ** (1.0 / 1.5) * 0.999 + 0.001
         x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
         u_t = noise - actions
-        p_x, p_mask, p_start = self.embed_prefix(batch["images"], batch["tokens"], batch["token_mask"])
+        p_x, p_mask, p_start = self.embed_prefix(batch["images"], batch["tokens"], batch["token_mask"],
+                                                 batch.get("image_mask"))
         s_x, s_mask, s_start = self.embed_suffix(batch["state"], x_t, t)
         mask_all = jnp.concatenate([p_mask, s_mask], axis=1)
         attn = attention_mask(mask_all, jnp.concatenate([p_start, s_start]))
@@ -161,7 +174,7 @@ class Pi0Model(nnx.Module):
     # -- inference ----------------------------------------------------------------
     def sample_actions(self, rng, obs, num_steps: int = 10, noise=None) -> jax.Array:
         """Euler integration from noise (t = 1) to actions (t = 0): (B, Hz, A) normalised."""
-        p_x, p_mask, p_start = self.embed_prefix(obs["images"], obs["tokens"], obs["token_mask"])
+        p_x, p_mask, p_start = self.embed_prefix(obs["images"], obs["tokens"], obs["token_mask"], obs.get("image_mask"))
         p_attn = attention_mask(p_mask, p_start)
         p_pos = jnp.cumsum(p_mask, axis=1) - 1
         _, kv_cache = self._run([p_x, None], p_pos, p_attn)

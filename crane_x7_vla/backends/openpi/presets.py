@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 
+#: LoRA adapter groups of a decoder layer, as openpi's LoRA configs name them:
+#: "attn" = q, kv and output projections (scaled by alpha / rank), "ffn" = the MLP (unscaled).
+LORA_GROUPS = ("attn", "ffn")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """A SigLIP-style ViT: patch embedding, learned positions, pre-LN blocks."""
@@ -46,8 +51,11 @@ class ModelConfig:
     image_height: int = 224
     num_cameras: int = 1
     dtype: str = "float32"  # activations and frozen weights; trainable weights stay float32
-    lora_rank: int = 0  # 0: no LoRA on the prefix decoder
-    lora_alpha: float = 16.0
+    lora_rank: int = 0  # LoRA rank of the prefix decoder (0: none)
+    lora_alpha: float = 16.0  # attention adapters scale by alpha / rank (MLP adapters are unscaled)
+    expert_lora_rank: int = 0  # LoRA rank of the action expert (0: none)
+    expert_lora_alpha: float = 16.0
+    lora_groups: tuple[str, ...] = ("attn", "ffn")  # which weights of a layer carry adapters (LORA_GROUPS)
     lora_dropout: float = 0.0  # dropout on the input of the LoRA branch, training only
     remat: bool = False  # recompute layer activations in the backward pass
 
@@ -59,12 +67,27 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def has_lora(self) -> bool:
+        return self.lora_rank > 0 or self.expert_lora_rank > 0
+
+    def without_lora(self) -> "ModelConfig":
+        return replace(self, lora_rank=0, expert_lora_rank=0)
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         data = dict(data)
+        if data.get("lora_rank") and "lora_groups" not in data:
+            raise ValueError(
+                "model_config.lora_rank: these LoRA adapters were trained with an earlier formulation "
+                "(head-wise attention output adapter, scaled MLP adapters) that this version does not run; "
+                "load the checkpoint's merged/ export or train again"
+            )
         data["vision"] = VisionConfig(**data["vision"])
         data["prefix"] = GemmaConfig(**data["prefix"])
         data["expert"] = GemmaConfig(**data["expert"])
+        if "lora_groups" in data:
+            data["lora_groups"] = tuple(data["lora_groups"])
         return cls(**data)
 
     def validate(self) -> None:
@@ -93,8 +116,11 @@ class ModelConfig:
             raise ValueError("the action expert width must be even (sinusoidal time embedding)")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
-        if self.lora_rank < 0:
-            raise ValueError(f"--lora-rank must be >= 0 (got {self.lora_rank})")
+        if self.lora_rank < 0 or self.expert_lora_rank < 0:
+            raise ValueError(f"--lora-rank must be >= 0 (got {self.lora_rank}, expert {self.expert_lora_rank})")
+        unknown = sorted(set(self.lora_groups) - set(LORA_GROUPS))
+        if unknown or not self.lora_groups:
+            raise ValueError(f"lora_groups must be a non-empty subset of {LORA_GROUPS} (got {self.lora_groups})")
 
 
 # Tiny: ~1.9M parameters; every code path of the big model, fast on a CPU.
@@ -116,8 +142,10 @@ PI0 = ModelConfig(
     max_token_len=48,
     action_dim=32,
     dtype="bfloat16",
-    lora_rank=16,
+    lora_rank=16,  # openpi's gemma_2b_lora
     lora_alpha=16.0,
+    expert_lora_rank=32,  # openpi's gemma_300m_lora
+    expert_lora_alpha=32.0,
 )
 
 PRESETS = {"tiny": TINY, "pi0": PI0}
@@ -139,4 +167,4 @@ def with_depth(cfg: ModelConfig, depth: int) -> ModelConfig:
     )
 
 
-__all__ = ["VisionConfig", "GemmaConfig", "ModelConfig", "PRESETS", "get_preset", "with_depth"]
+__all__ = ["LORA_GROUPS", "VisionConfig", "GemmaConfig", "ModelConfig", "PRESETS", "get_preset", "with_depth"]

@@ -3,7 +3,8 @@
 Parameters are split once into `trainable` (float32, optimised, with an EMA copy) and
 `frozen` (stored in the run's precision, never updated). Which weights are frozen:
 
-  * LoRA (`--use-lora`, the default): the prefix decoder's weights; its LoRA adapters train.
+  * LoRA: the weights of each decoder that carries adapters (the prefix decoder, and the
+    action expert when it has its own adapters, as openpi's freeze filter); adapters train.
   * `extra.freeze_vision: true`: the image encoder.
   * `extra.freeze_prefix: true`: image encoder and prefix decoder (only the action expert
     and the projections, plus LoRA adapters if any, train).
@@ -35,6 +36,8 @@ def trainable_filter(cfg: ModelConfig, *, freeze_vision: bool = False, freeze_pr
             return True
         if top == "prefix_lm":
             return not (cfg.lora_rank > 0 or freeze_prefix)
+        if top == "action_expert":
+            return not cfg.expert_lora_rank > 0
         if top == "vision":
             return not (freeze_vision or freeze_prefix)
         return True
@@ -167,12 +170,18 @@ def make_sampler(graphdef, num_steps: int):
 
 
 def merge_lora(flat: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Fold LoRA adapters into their weights (W + alpha/r * A @ B); returns a tree without adapters."""
-    scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
+    """Fold LoRA adapters into their weights (W + scale * delta(A, B), gemma.lora_delta; scale
+    alpha / r for attention adapters, 1 for MLP ones); returns a tree without adapters."""
+    from crane_x7_vla.backends.openpi.gemma import LORA_TARGETS_BY_GROUP, lora_delta
+
+    scales = {"prefix_lm": cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0,
+              "action_expert": cfg.expert_lora_alpha / cfg.expert_lora_rank if cfg.expert_lora_rank else 0.0}
     out = {k: v for k, v in flat.items() if "_lora_" not in k.rsplit("/", 1)[-1]}
     for key in list(out):
         a, b = f"{key}_lora_a", f"{key}_lora_b"
         if a in flat:
-            delta = np.matmul(np.asarray(flat[a], np.float32), np.asarray(flat[b], np.float32))
+            target = key.rsplit("/", 1)[-1]
+            scale = 1.0 if target in LORA_TARGETS_BY_GROUP["ffn"] else scales[key.split("/", 1)[0]]
+            delta = lora_delta(target, np.asarray(flat[a], np.float32), np.asarray(flat[b], np.float32), xp=np)
             out[key] = (np.asarray(out[key], np.float32) + scale * delta).astype(np.asarray(out[key]).dtype)
     return out

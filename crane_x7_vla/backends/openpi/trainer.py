@@ -52,37 +52,90 @@ def backend_settings(cfg: TrainConfig) -> dict:
     return s
 
 
+def _given(cfg: TrainConfig, name: str) -> bool:
+    """Whether a setting differs from TrainConfig's default (was chosen for this run)."""
+    import dataclasses
+
+    return getattr(cfg, name) != {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+
+
+#: LoRA ranks of openpi's LoRA fine-tuning variants (gemma_2b_lora, gemma_300m_lora), alpha = rank.
+OPENPI_LORA_RANKS = (16, 32)
+
+
 def model_config(cfg: TrainConfig, num_cameras: int, precision: str):
-    """(ModelConfig, openpi checkpoint dir or None) from the run settings; raises ConfigError."""
+    """(ModelConfig, OpenpiCheckpoint or None) from the run settings; raises ConfigError.
+
+    A preset (tiny, pi0) gets LoRA on the prefix decoder from --lora-rank / --lora-alpha. An
+    openpi checkpoint directory builds the network its weights describe; its own LoRA
+    adapters set ranks and places (an explicit --lora-rank must agree), otherwise LoRA goes
+    where openpi's LoRA fine-tuning puts it: both decoders, attention and MLP, ranks 16 and
+    32 (or --lora-rank), alpha = rank (or --lora-alpha), no LoRA dropout (or --lora-dropout).
+    """
     from crane_x7_vla.backends.openpi.presets import PRESETS
 
     name = str(cfg.model)
-    if name in PRESETS:
-        base, weights = PRESETS[name], None
-    elif Path(name).is_dir():
-        base, weights = PRESETS["pi0"], Path(name)
-    else:
-        raise ConfigError(
-            f"--model '{name}': not an openpi preset ({', '.join(PRESETS)}) nor a directory with openpi π0 parameters"
-        )
     w, h = cfg.image_spec.width, cfg.image_spec.height
-    mcfg = replace(
-        base,
+    run = dict(
         image_width=w,
         image_height=h,
         num_cameras=num_cameras,
         action_horizon=int(cfg.action_horizon),
         dtype={"bf16": "bfloat16", "fp32": "float32"}[precision],
-        lora_rank=int(cfg.lora_rank) if cfg.use_lora else 0,
-        lora_alpha=float(cfg.lora_alpha),
-        lora_dropout=float(cfg.lora_dropout) if cfg.use_lora else 0.0,
         remat=bool(cfg.gradient_checkpointing),
     )
+    if name in PRESETS:
+        weights = None
+        mcfg = replace(
+            PRESETS[name], **run,
+            lora_rank=int(cfg.lora_rank) if cfg.use_lora else 0,
+            lora_alpha=float(cfg.lora_alpha),
+            expert_lora_rank=0,
+            lora_dropout=float(cfg.lora_dropout) if cfg.use_lora else 0.0,
+        )
+    elif Path(name).expanduser().is_dir():
+        weights, mcfg = _from_openpi_checkpoint(cfg, name, replace(PRESETS["pi0"], **run))
+    else:
+        raise ConfigError(
+            f"--model '{name}': not an openpi preset ({', '.join(PRESETS)}) nor a directory with openpi π0 parameters"
+        )
     try:
         mcfg.validate()
     except ValueError as exc:
         raise ConfigError(f"--model {name}: {exc}") from None
     return mcfg, weights
+
+
+def _from_openpi_checkpoint(cfg: TrainConfig, name: str, base):
+    from crane_x7_vla.backends.openpi.openpi_import import OpenpiCheckpointError, OpenpiCheckpoint, infer_config
+
+    try:
+        ckpt_dir = OpenpiCheckpoint(name)
+        mcfg = infer_config(ckpt_dir.shapes(), base)
+    except OpenpiCheckpointError as exc:
+        raise ConfigError(f"--model {name}: {exc}") from None
+    ranks = {r for r in (mcfg.lora_rank, mcfg.expert_lora_rank) if r}
+    alpha = float(cfg.lora_alpha) if _given(cfg, "lora_alpha") else None
+    if ranks:
+        where = "PaliGemma/llm/layers/.../lora_a"
+        if not cfg.use_lora:
+            raise ConfigError(f"--model {name}: the checkpoint carries LoRA adapters ({where}, rank "
+                              f"{'/'.join(map(str, sorted(ranks)))}); train them with LoRA (drop --no-use-lora)")
+        if _given(cfg, "lora_rank") and ranks != {int(cfg.lora_rank)}:
+            raise ConfigError(f"--lora-rank {cfg.lora_rank}: the checkpoint's LoRA adapters ({where}) have rank "
+                              f"{'/'.join(map(str, sorted(ranks)))}; leave --lora-rank out")
+        p_rank, e_rank = mcfg.lora_rank, mcfg.expert_lora_rank
+    elif cfg.use_lora:
+        p_rank, e_rank = (int(cfg.lora_rank),) * 2 if _given(cfg, "lora_rank") else OPENPI_LORA_RANKS
+        mcfg = replace(mcfg, lora_groups=("attn", "ffn"))
+    else:
+        p_rank = e_rank = 0
+    mcfg = replace(
+        mcfg, lora_rank=p_rank, expert_lora_rank=e_rank,
+        lora_alpha=alpha or float(p_rank or 1), expert_lora_alpha=alpha or float(e_rank or 1),
+        lora_dropout=float(cfg.lora_dropout) if _given(cfg, "lora_dropout") and cfg.use_lora else 0.0,
+    )
+    return ckpt_dir, mcfg
 
 
 def select_devices(device: str):
@@ -129,11 +182,18 @@ def train(cfg: TrainConfig) -> Path:
     mcfg, weights_dir = model_config(cfg, len(data.cameras), precision)
     if weights_dir is not None and not settings["tokenizer"]:
         raise ConfigError(
-            f"--model {weights_dir}: openpi weights expect PaliGemma's tokenizer; set extra.tokenizer to its "
-            f"tokenizer.json"
+            f"--model {weights_dir.path}: openpi weights expect PaliGemma's tokenizer; set extra.tokenizer to its "
+            f"SentencePiece model (paligemma_tokenizer.model) or tokenizer.json"
         )
     if pre.resume_config is not None:
         saved = (pre.resume_config.get("openpi") or {}).get("model_config")
+        if saved:
+            from crane_x7_vla.backends.openpi.presets import ModelConfig
+
+            try:
+                saved = ModelConfig.from_dict(saved).to_dict()
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{pre.resume_dir}: policy_config.json openpi.model_config: {exc}") from None
         if saved and saved != mcfg.to_dict():
             diff = sorted(k for k in saved if saved[k] != mcfg.to_dict().get(k))
             raise ConfigError(f"{pre.resume_dir}: trained with other model settings ({', '.join(diff)}); resume with the same flags")
@@ -229,9 +289,9 @@ class _Run:
                       freeze_prefix=bool(self.settings["freeze_prefix"]))
         init = None
         if self.weights_dir is not None and self.pre.resume_dir is None:
-            from crane_x7_vla.backends.openpi.openpi_import import import_params, read_checkpoint
+            from crane_x7_vla.backends.openpi.openpi_import import import_params
 
-            init = import_params(read_checkpoint(self.weights_dir))
+            init = import_params(self.weights_dir.params())
         parts = ts.build(mcfg, cfg.seed, init_params=init, **freeze)
         schedule = ts.learning_rate_schedule(float(cfg.learning_rate), total, cfg.warmup_ratio, cfg.lr_scheduler)
         tx = ts.optimizer(schedule, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
@@ -331,13 +391,13 @@ class _Run:
             ckpt.write_policy_config(d, config)
             ckpt.write_trainer_state(d, {"step": real_step, "data_position": position.to_dict(),
                                          "backend": "openpi", "seed": self.cfg.seed})
-            if step is None and self.cfg.merge_lora and self.mcfg.lora_rank:
+            if step is None and self.cfg.merge_lora and self.mcfg.has_lora:
                 merged = merge_lora(ckpt_io.flat_paths(params), self.mcfg)
                 m = d / "merged"
                 m.mkdir()
                 ckpt_io.save_params(m, ckpt_io.nest(merged))
                 mconfig = dict(config)
-                mconfig["openpi"] = dict(config["openpi"], model_config={**self.mcfg.to_dict(), "lora_rank": 0})
+                mconfig["openpi"] = dict(config["openpi"], model_config=self.mcfg.without_lora().to_dict())
                 ckpt.write_policy_config(m, mconfig)
                 shutil.copy(d / ckpt_io.TOKENIZER_FILE, m / ckpt_io.TOKENIZER_FILE)
         return ckpt.checkpoint_dir(self.out, step)

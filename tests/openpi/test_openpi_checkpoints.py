@@ -1,0 +1,98 @@
+"""`train --backend openpi --model <openpi checkpoint>`: the network, its LoRA and its weights come
+from a checkpoint in openpi's on-disk layout (written by openpi_layout.py), the run's
+checkpoint-final serves as a policy."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crane_x7_vla import robot
+from crane_x7_vla.backends.openpi.presets import GemmaConfig, VisionConfig
+from crane_x7_vla.training.config import ConfigError
+
+from .conftest import tiny_train_config
+from .openpi_layout import norm_stats, openpi_tree, paligemma_like_tokenizer, unwrap, write_checkpoint
+
+WORDS = ("pick", "up", "the", "red", "cube", "push", "blue", "block", "Pick", "Push")
+
+
+@pytest.fixture(scope="module")
+def openpi_lora_ckpt(tiny_cfg, tmp_path_factory):
+    cfg = replace(
+        tiny_cfg,
+        vision=VisionConfig(width=48, depth=2, mlp_dim=96, num_heads=3, patch_size=8),
+        prefix=GemmaConfig(width=56, depth=2, mlp_dim=112, num_heads=2, num_kv_heads=1, head_dim=16),
+        expert=GemmaConfig(width=40, depth=2, mlp_dim=80, num_heads=2, num_kv_heads=1, head_dim=16),
+        vocab_size=128, action_dim=32,
+    )
+    root = tmp_path_factory.mktemp("openpi")
+    tree = openpi_tree(cfg, np.random.default_rng(0), lora={"": (4, 4), "_1": (6, 6)})
+    step_dir = write_checkpoint(root / "run", 2000, tree, norm_stats(), asset_id="crane_x7")
+    tokenizer = paligemma_like_tokenizer(root / "tokenizer.json", WORDS)
+    return step_dir, tokenizer, unwrap(tree)
+
+
+def _settings(episodes_dir, out, step_dir, tokenizer, **overrides):
+    from crane_x7_vla.training.config import TrainConfig
+
+    default = TrainConfig()  # LoRA settings left at their defaults: the checkpoint's adapters decide
+    settings = dict(model=str(step_dir), extra={"tokenizer": str(tokenizer)}, max_steps=2, save_steps=100,
+                    eval_samples=4, merge_lora=True, lora_rank=default.lora_rank, lora_alpha=default.lora_alpha,
+                    lora_dropout=default.lora_dropout)
+    settings.update(overrides)
+    return tiny_train_config(episodes_dir, out, **settings)
+
+
+@pytest.fixture(scope="module")
+def openpi_run(openpi_lora_ckpt, episodes_dir, tmp_path_factory):
+    from crane_x7_vla.backends.openpi.trainer import train
+
+    step_dir, tokenizer, _ = openpi_lora_ckpt
+    out = tmp_path_factory.mktemp("run_from_openpi")
+    return train(_settings(episodes_dir, out, step_dir, tokenizer))
+
+
+def test_train_from_openpi_lora_checkpoint_and_serve(openpi_run, openpi_lora_ckpt):
+    import json
+
+    from crane_x7_vla.backends.openpi import ckpt_io
+    from crane_x7_vla.policy.loader import load_policy
+
+    _, _, tree = openpi_lora_ckpt
+    final = openpi_run
+    mc = json.loads((final / "policy_config.json").read_text())["openpi"]["model_config"]
+    # sizes and adapters from the checkpoint's weights; the command line's LoRA defaults do not apply
+    assert (mc["prefix"]["width"], mc["expert"]["width"], mc["vision"]["width"], mc["vocab_size"]) == (56, 40, 48, 128)
+    assert (mc["lora_rank"], mc["expert_lora_rank"], mc["lora_groups"]) == (4, 6, ["attn", "ffn"])
+    assert (mc["lora_alpha"], mc["expert_lora_alpha"], mc["lora_dropout"]) == (4.0, 6.0, 0.0)
+    # the frozen weights are the checkpoint's, the adapters went on training
+    params = ckpt_io.flat_paths(ckpt_io.restore_numpy(final / ckpt_io.PARAMS_DIR))
+    llm = tree["PaliGemma"]["llm"]["layers"]
+    np.testing.assert_array_equal(params["action_expert/layers/q"], llm["attn"]["q_einsum_1"]["w"])
+    np.testing.assert_array_equal(params["prefix_lm/layers/down"], llm["mlp"]["linear"])
+    assert not np.array_equal(params["action_expert/layers/attn_out_lora_b"], llm["attn"]["attn_vec_einsum_1"]["lora_b"])
+
+    policy = load_policy(final, device="cpu")
+    state = np.r_[robot.HOME_POSE, robot.GRIPPER_OPEN]
+    obs = {"images": {"primary": np.full((40, 40, 3), 90, np.uint8)}, "state": state, "instruction": "pick up the red cube"}
+    actions = policy.predict(obs)
+    assert actions.shape == (4, 8) and np.all(np.isfinite(actions))
+    merged = load_policy(final / "merged", device="cpu")
+    np.testing.assert_allclose(merged.predict(obs), load_policy(final, device="cpu").predict(obs), atol=1e-4)
+
+
+def test_openpi_checkpoint_settings_refused_before_building(openpi_lora_ckpt, episodes_dir, tmp_path):
+    from crane_x7_vla.backends.openpi.trainer import train
+
+    step_dir, tokenizer, _ = openpi_lora_ckpt
+    with pytest.raises(ConfigError, match=r"--lora-rank 8: the checkpoint's LoRA adapters .* rank 4/6"):
+        train(_settings(episodes_dir, tmp_path / "a", step_dir, tokenizer, lora_rank=8))
+    with pytest.raises(ConfigError, match="carries LoRA adapters"):
+        train(_settings(episodes_dir, tmp_path / "b", step_dir, tokenizer, use_lora=False, merge_lora=False))
+    with pytest.raises(ConfigError, match="PaliGemma's tokenizer"):
+        train(_settings(episodes_dir, tmp_path / "c", step_dir, tokenizer, extra={}))
+    with pytest.raises(ConfigError, match=r"pos_embedding.*--image-size 32x32"):
+        train(_settings(episodes_dir, tmp_path / "d", step_dir, tokenizer, image_size="64x64"))
+    with pytest.raises(ConfigError, match=r"step\(s\) 2000"):
+        train(_settings(episodes_dir, tmp_path / "e", step_dir.parent, tokenizer))
