@@ -154,8 +154,9 @@ def random_weights_loader(arch: Arch):
 
         from crane_x7_vla.backends.openvla.model import VLA, ModelError, _family, _num_image_tokens
 
-        if source != MODEL_NAME:
-            raise ModelError(f"the benchmark's loader builds '{MODEL_NAME}' only (asked for '{source}')")
+        if source != MODEL_NAME and Path(source).name != "model":
+            raise ModelError(f"the benchmark's loader builds '{MODEL_NAME}' or a checkpoint's model/ only "
+                             f"(asked for '{source}')")
         if tuple(image_size) != (arch.image, arch.image):
             raise ModelError(f"the benchmark model takes {arch.image}x{arch.image} images (asked {image_size})")
         dtype = dtype or torch.float32
@@ -342,9 +343,11 @@ def _infer_measure(args, arch: Arch, device, config: dict, result: dict) -> None
     from crane_x7_vla import robot
     from crane_x7_vla.backends.openvla import policy as openvla_policy
 
-    with tempfile.TemporaryDirectory() as empty, backend_loads_random(openvla_policy, arch):
+    with tempfile.TemporaryDirectory() as ckpt, backend_loads_random(openvla_policy, arch):
+        # A checkpoint of full weights (model/), which load_vla (patched above) builds at random.
+        (Path(ckpt) / "model").mkdir()
         t0 = time.perf_counter()
-        pol = openvla_policy.OpenVLAPolicy(empty, config, device=str(device))
+        pol = openvla_policy.OpenVLAPolicy(ckpt, config, device=str(device))
         _sync(device)
         result["build_s"] = time.perf_counter() - t0
     result["dtype"] = str(pol.vla.dtype).replace("torch.", "")

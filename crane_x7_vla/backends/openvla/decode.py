@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crane_x7_vla.backends.openvla.action_tokenizer import N_BINS
 from crane_x7_vla.backends.openvla.model import IGNORE, VLA
 
 
@@ -26,7 +27,8 @@ def next_token_logits(logits: torch.Tensor, input_len: int) -> torch.Tensor:
 def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_sigma: float | torch.Tensor = 0.0):
     """Cross-entropy on the labelled tokens (the written action tokens, and the end-of-sequence
     token after them where the batch has one), averaged over them; also returns the argmax
-    predictions of the action tokens (restricted to the action range), their targets and the
+    predictions of the action tokens (restricted to the 256 action ids; an embedding may have
+    padding rows after them), their targets and the
     mask of the action-token labels (over `batch["labels"][:, 1:]`), for accuracy and L1.
 
     With `label_sigma` > 0 (in bins) each action token is trained against a Gaussian over
@@ -47,13 +49,13 @@ def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_s
             sigma = label_sigma[:, 1:][mask][is_action].float().clamp_min(1e-3)[:, None]
         else:
             sigma = label_sigma
-        action_log_p = log_p[is_action][:, first_action_id:]
+        action_log_p = log_p[is_action][:, first_action_id:first_action_id + N_BINS]
         offsets = (torch.arange(action_log_p.shape[1], device=chosen.device)
                    - (target[is_action] - first_action_id)[:, None])
         soft = torch.softmax(-0.5 * (offsets.float() / sigma) ** 2, dim=-1)
         per_token = per_token.masked_scatter(is_action, -(soft * action_log_p).sum(-1))
     loss = per_token.mean()
-    restricted = chosen[is_action][:, first_action_id:].argmax(-1) + first_action_id
+    restricted = chosen[is_action][:, first_action_id:first_action_id + N_BINS].argmax(-1) + first_action_id
     return loss, restricted, target[is_action], mask & (labels >= first_action_id)
 
 

@@ -1,8 +1,9 @@
 """Base models for the OpenVLA backend: load one, and turn observations into its inputs.
 
-Supported: `openvla/openvla-7b` (remote code, images are inserted after BOS without
-placeholder tokens), Llava-family models (`<image>` placeholders, one per visual token)
-and PaliGemma-family models (placeholders before BOS, prefix-LM token types), by hub id
+Supported: OpenVLA checkpoints in the published `openvla/openvla-7b` layout (our own
+`prismatic.OpenVLAForActionPrediction`, no remote code; the picture's patches are inserted
+after BOS without placeholder tokens), Llava-family models (`<image>` placeholders, one per
+visual token) and PaliGemma-family models (placeholders before BOS, prefix-LM token types), by hub id
 or local path. The `tiny` preset is a Llava model (SigLIP vision + Llama text) built from
 a config with a byte-level BPE tokenizer trained offline; it is written to a directory
 with `save_pretrained` and then loaded by `load_vla` like any local model.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +188,9 @@ class VLA:
     cache_kw: str  # forward keyword of the KV cache ("cache" or "past_key_values")
     dtype: torch.dtype
     num_cameras: int = 1  # images per sample (several only for Llava-family models)
+    # OpenVLA's own image processing (prismatic.read_image_processing), for pictures prepared as
+    # OpenVLA's processor prepares them; None for other families
+    processing: dict | None = None
     image_position: str = IMAGE_FIRST  # prompt.IMAGE_POSITIONS; set from the run's config
     # text -> token ids (text_ids): a batch tokenises the same few instructions and templates
     # again and again; remembering them made a tiny model's CPU training step about 1 % faster
@@ -256,13 +261,70 @@ def _pixel_stats(source: str, local: bool = False) -> list[tuple[list[float], li
     from transformers import AutoImageProcessor
 
     try:
-        proc = AutoImageProcessor.from_pretrained(source, trust_remote_code=True, use_fast=False,
-                                                  local_files_only=local)
-    except Exception:  # no image processor saved: the common SigLIP/PaliGemma default
+        proc = AutoImageProcessor.from_pretrained(source, use_fast=False, local_files_only=local)
+    except OSError:  # no image processor saved: the common SigLIP/PaliGemma default
         return [([0.5] * 3, [0.5] * 3)]
-    if hasattr(proc, "means") and hasattr(proc, "stds"):  # OpenVLA's fused SigLIP + DINOv2
-        return [(list(m), list(s)) for m, s in zip(proc.means, proc.stds)]
     return [(list(proc.image_mean), list(proc.image_std))]
+
+
+def _config_dict(source: str, local: bool) -> dict:
+    """The model's config.json as a dict (read without running any of the model's code)."""
+    from transformers import PretrainedConfig
+
+    try:
+        return PretrainedConfig.get_config_dict(source, local_files_only=local)[0]
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model '{source}': {exc}") from None
+
+
+def _model_file(source: str, name: str, local: bool) -> Path:
+    from transformers.utils import cached_file
+
+    try:
+        return Path(cached_file(source, name, local_files_only=local))
+    except OSError as exc:
+        raise ModelError(f"model '{source}': {name} is missing ({exc})") from None
+
+
+def _load_openvla(source: str, *, image_size, dtype, attn_implementation, device, local: bool) -> VLA:
+    """An OpenVLA checkpoint in the published layout, with our own model class."""
+    from transformers import AutoTokenizer
+
+    from crane_x7_vla.backends.openvla.prismatic import (OpenVLAConfig, OpenVLAForActionPrediction,
+                                                         read_image_processing)
+
+    try:
+        config = OpenVLAConfig.from_pretrained(source, local_files_only=local)
+    except ValueError as exc:
+        raise ModelError(f"model '{source}': {exc}") from None
+    side = int(config.image_sizes[0])
+    if tuple(image_size) != (side, side):
+        raise ModelError(f"model '{source}' takes {side}x{side} images; pass --image-size {side}x{side}")
+    kwargs = {"dtype": dtype, "local_files_only": local}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model, info = OpenVLAForActionPrediction.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    if missing or unexpected:
+        raise ModelError(f"model '{source}': its weights do not have OpenVLA's parameter names "
+                         f"(missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+                         f"unexpected: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
+    processor_file = _model_file(source, "preprocessor_config.json", local)
+    try:
+        processing = read_image_processing(processor_file.parent)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
+    if len(processing["stats"]) != (2 if config.use_fused_vision_backbone else 1):
+        raise ModelError(f"{processor_file}: normalisation for {len(processing['stats'])} tower(s), the model has "
+                         f"{2 if config.use_fused_vision_backbone else 1}")
+    # the config is handed over, so that the tokenizer does not look for the model's remote code
+    tokenizer = AutoTokenizer.from_pretrained(source, config=config, trust_remote_code=False, local_files_only=local)
+    if tokenizer.vocab_size != config.action_vocab_size:
+        raise ModelError(f"model '{source}': the tokenizer has {tokenizer.vocab_size} tokens, config.json's "
+                         f"text_config.vocab_size - pad_to_multiple_of is {config.action_vocab_size}")
+    return VLA(model=model.to(device), tokenizer=tokenizer, family="openvla", source=str(source),
+               image_size=(side, side), image_token_id=None, num_image_tokens=0, pixel_stats=processing["stats"],
+               cache_kw="cache", dtype=dtype, processing=processing)
 
 
 def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = torch.float32,
@@ -275,6 +337,13 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
         raise ModelError(f"--model {source}: no such model directory (give a local model directory, a hub id "
                          f"like openvla/openvla-7b, or a preset: {', '.join(sorted(PRESETS))})")
     # A folder on this machine is read from disk only: nothing is looked up on the model hub.
+    raw = _config_dict(source, local)
+    if raw.get("model_type") == "openvla":
+        return _load_openvla(source, image_size=image_size, dtype=dtype, attn_implementation=attn_implementation,
+                             device=device, local=local)
+    if raw.get("model_type") == "prismatic":
+        raise ModelError(f"model '{source}' is a Prismatic VLM without OpenVLA's action tokens (model_type "
+                         f"'prismatic'); use an OpenVLA checkpoint such as openvla/openvla-7b")
     hub = {"trust_remote_code": True, "local_files_only": local}
     try:
         config = AutoConfig.from_pretrained(source, **hub)
@@ -306,15 +375,32 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
                pixel_stats=_pixel_stats(source, local), cache_kw=cache_kw, dtype=dtype)
 
 
+# The processor and tokenizer files of a published OpenVLA checkpoint (copied as they are)
+OPENVLA_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer.model",
+                           "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
 def save_processor(vla: VLA, dest) -> None:
-    """Tokenizer + image processor, so a checkpoint is self-contained."""
+    """Tokenizer + image processor, so a checkpoint is self-contained. An OpenVLA model's files
+    are copied unchanged from where it was loaded (the training never changes them)."""
     from transformers import AutoImageProcessor
 
+    dest = Path(dest)
+    if vla.family == "openvla":
+        local = Path(vla.source).expanduser().is_dir()
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in OPENVLA_PROCESSOR_FILES:
+            try:
+                found = _model_file(vla.source, name, local)
+            except ModelError:
+                continue  # a file the model does not have (tokenizer.model, added_tokens.json)
+            shutil.copyfile(found, dest / name)
+        return
     vla.tokenizer.save_pretrained(dest)
     try:
-        AutoImageProcessor.from_pretrained(vla.source, trust_remote_code=True, use_fast=False).save_pretrained(dest)
-    except Exception:
-        pass
+        AutoImageProcessor.from_pretrained(vla.source, use_fast=False).save_pretrained(dest)
+    except (OSError, ValueError):
+        pass  # the model has no image processor of its own
 
 
 # ---- inputs --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -118,11 +119,13 @@ def _base_source(cfg: TrainConfig, pre, dist_: Dist) -> tuple[str, Path | None]:
     return cfg.model, None
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig, exclude: list[str] | None = None):
+    """LoRA on every linear layer, except inside the modules named in `exclude`."""
     from peft import LoraConfig
 
+    skip = rf"({'|'.join(re.escape(n) for n in exclude)})(\..*)?" if exclude else None
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear", init_lora_weights="gaussian")
+                      target_modules="all-linear", init_lora_weights="gaussian", exclude_modules=skip)
 
 
 def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir: Path | None):
@@ -134,10 +137,14 @@ def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir:
         model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # an OpenVLA model stores layers its forward pass never runs (each tower's last block and final
+    # norm, SigLIP's pooling head): they get no adapters and are not trained, so no trained
+    # parameter goes without a gradient
+    unused = model.unused_modules() if hasattr(model, "unused_modules") else []
     if cfg.use_lora:
         from peft import get_peft_model, set_peft_model_state_dict
 
-        model = get_peft_model(model, lora_config(cfg))
+        model = get_peft_model(model, lora_config(cfg, unused))
         if resume_dir is not None:
             from safetensors.torch import load_file
 
@@ -145,6 +152,8 @@ def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir:
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+        for name in unused:
+            model.get_submodule(name).requires_grad_(False)
     if cfg.freeze_vision:
         vision_module(model).requires_grad_(False)
     vla.model = model
