@@ -47,18 +47,20 @@ _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC3": 3
 
 
 _TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+_LIST_WORDS = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "texts"}
 
 
 def _describe_type(default) -> str:
     if isinstance(default, (list, tuple)):
         item = type(default[0]) if default else str
-        return f"a list of {_TYPE_WORDS.get(item, item.__name__)}" + (
+        return f"a list of {_LIST_WORDS.get(item, item.__name__)}" + (
             " such as \"['a', 'b']\"" if item is str else "")
     return _TYPE_WORDS.get(type(default), type(default).__name__)
 
 
 def _numeric(value, default):
-    """`value` as the number type of `default` when that loses nothing (10 -> 10.0, 3.0 -> 3), else None."""
+    """`value` as the number type of `default` when it is another number type and converting
+    loses nothing (10 -> 10.0, 3.0 -> 3, [1, 2] -> [1.0, 2.0]); else None."""
     if isinstance(default, bool) or isinstance(value, bool):
         return None
     if isinstance(default, float) and isinstance(value, int):
@@ -66,7 +68,10 @@ def _numeric(value, default):
     if isinstance(default, int) and isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(default, (list, tuple)) and default and isinstance(value, (list, tuple)) and value:
-        items = [_numeric(v, default[0]) if type(v) is not type(default[0]) else v for v in value]
+        kind = type(default[0])
+        if all(type(v) is kind for v in value):
+            return None
+        items = [v if type(v) is kind else _numeric(v, default[0]) for v in value]
         return None if any(v is None for v in items) else items
     return None
 

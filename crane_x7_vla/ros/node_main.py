@@ -24,7 +24,7 @@ def check_unknown_parameters(node) -> None:
     unknown = sorted(name for name in given - declared if not name.startswith("qos_overrides."))
     if not unknown:
         return
-    known = sorted(node._parameters) if hasattr(node, "_parameters") else []
+    known = sorted(node.get_parameters_by_prefix(""))
     words = []
     for name in unknown:
         close = difflib.get_close_matches(name, known, n=1)
@@ -40,8 +40,8 @@ def run(factory, argv=None, *, threads: int = 1) -> int:
 
     `factory()` returns the node; a ConfigError it raises, or a parameter given to the node
     that it does not declare, ends the program with exit code 2 and the message (no
-    traceback). The node may define `close()`,
-    called before it is destroyed (e.g. to finish writing files).
+    traceback). The node may define `close()`, called before it is destroyed (e.g. to
+    finish writing files).
     """
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
