@@ -171,16 +171,31 @@ def fingerprint_of(path: str | os.PathLike) -> str:
 
 def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
                 expected_joint_names=robot.JOINT_NAMES, expected_fingerprint: str | None = None,
-                cpu_threads: int = 0):
+                cpu_threads: int = 0, unnorm_key: str | None = None):
     """Load the policy stored in ``checkpoint_dir`` (see the module docstring).
 
     ``cpu_threads`` > 0 sets the threads of a PyTorch model running on the CPU (the OpenVLA
-    backend; 0 keeps the library's default, one per core); the other backends choose their own."""
+    backend; 0 keeps the library's default, one per core); the other backends choose their own.
+    A model folder in OpenVLA's published layout (config.json of model_type "openvla", no
+    policy_config.json) is served as it is, with the statistics ``unnorm_key`` names in its
+    norm_stats (default: "crane_x7", else its only key); see backends/openvla/published.py."""
     if not isinstance(cpu_threads, int) or cpu_threads < 0:
         raise PolicyLoadError(f"cpu_threads must be a whole number >= 0 (0 = the library's default), got {cpu_threads!r}")
     ckpt = Path(checkpoint_dir)
-    config = read_policy_config(ckpt)
-    where = ckpt / CONFIG_FILE
+    if _is_openvla_model_dir(ckpt):
+        from crane_x7_vla.backends.openvla.published import PublishedLayoutError, published_policy_config
+
+        try:
+            config = published_policy_config(ckpt, unnorm_key, joint_names=expected_joint_names)
+        except PublishedLayoutError as exc:
+            raise PolicyLoadError(str(exc)) from None
+        where = ckpt / "config.json"
+    else:
+        if unnorm_key is not None:
+            raise PolicyLoadError(f"{ckpt}: --unnorm-key chooses the statistics of a model folder in OpenVLA's "
+                                  f"published layout; a checkpoint carries its own in {CONFIG_FILE}")
+        config = read_policy_config(ckpt)
+        where = ckpt / CONFIG_FILE
     validate_config(config, where, expected_joint_names=expected_joint_names,
                     expected_fingerprint=expected_fingerprint)
     module_name = f"crane_x7_vla.backends.{config['backend']}.policy"
@@ -199,6 +214,16 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
         return module.load(ckpt, config, device)
     except (CheckpointError, ConfigError) as exc:  # a missing part or an unusable base model: say which
         raise PolicyLoadError(str(exc)) from exc
+
+
+def _is_openvla_model_dir(path: Path) -> bool:
+    """A folder with an OpenVLA config.json (model_type "openvla") and no policy_config.json."""
+    if (path / CONFIG_FILE).exists() or not (path / "config.json").is_file():
+        return False
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type") == "openvla"
+    except (OSError, ValueError):
+        return False
 
 
 def RemotePolicy(url: str, token: str | None = None, **kwargs):  # noqa: N802 (a class-like factory)

@@ -16,7 +16,8 @@ from crane_x7_vla.policy.server import (DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CON
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint directory holding policy_config.json (e.g. .../checkpoint-final)")
+    parser.add_argument("checkpoint", help="checkpoint directory holding policy_config.json (e.g. .../checkpoint-final), "
+                                           "or a model folder in OpenVLA's published layout (served as it is)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000, openpi's)")
@@ -27,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the token from the first line of this file; default: $CRANE_X7_VLA_TOKEN_FILE, "
                              "then $CRANE_X7_VLA_TOKEN; no token when none is set")
     parser.add_argument("--device", default=None, help="device for the model (e.g. cpu, cuda:0)")
+    parser.add_argument("--unnorm-key", default=None, metavar="KEY",
+                        help="for a model folder in OpenVLA's published layout (config.json, no policy_config.json): "
+                             "the norm_stats entry whose statistics turn its action tokens into joint targets "
+                             "(default: crane_x7, else its only entry)")
     parser.add_argument("--max-message-mb", type=float, default=16.0, help="largest observation accepted (MB)")
     parser.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
                         help="longest instruction accepted, in characters; longer prompts get an error reply "
@@ -90,7 +95,7 @@ def run(args) -> int:
         return 2
     try:
         expected = fingerprint_of(args.expected_statistics) if args.expected_statistics else None
-        policy = load_policy(args.checkpoint, args.device, expected_fingerprint=expected)
+        policy = load_policy(args.checkpoint, args.device, expected_fingerprint=expected, unnorm_key=args.unnorm_key)
     except PolicyLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -84,17 +84,22 @@ class ActionTokenizer:
         """Robot units (..., D) -> token ids (..., D)."""
         return self.ids_of_normalized(self.normalize(actions))
 
-    def decode_normalized(self, token_ids: np.ndarray) -> np.ndarray:
+    def decode_normalized(self, token_ids: np.ndarray, clip: bool = False) -> np.ndarray:
+        """Token ids -> bin centres in [-1, 1]. `clip` (OpenVLA bins only): any token id is taken,
+        as OpenVLA's predict_action takes what greedy decoding over the whole vocabulary wrote
+        (an id below the range decodes as the highest bin, one above it as the lowest)."""
         ids = np.asarray(token_ids, dtype=np.int64)
+        if clip and self.discretization == OPENVLA_BINS:
+            return self.centers[np.clip(self.vocab_size - ids - 1, 0, len(self.centers) - 1)]
         if np.any(ids < self.first_id) or np.any(ids >= self.vocab_size):
             raise ValueError(f"token ids outside the action range [{self.first_id}, {self.vocab_size})")
         if self.discretization == OPENVLA_BINS:
             return self.centers[np.clip(self.vocab_size - ids - 1, 0, len(self.centers) - 1)]
         return self.centers[self.vocab_size - 1 - ids]
 
-    def decode(self, token_ids: np.ndarray) -> np.ndarray:
-        """Token ids (..., D) -> values in robot units (float64)."""
-        return self.unnormalize(self.decode_normalized(token_ids))
+    def decode(self, token_ids: np.ndarray, clip: bool = False) -> np.ndarray:
+        """Token ids (..., D) -> values in robot units (float64); `clip`: see decode_normalized."""
+        return self.unnormalize(self.decode_normalized(token_ids, clip))
 
 
 class ActionCodec:
@@ -174,11 +179,12 @@ class ActionCodec:
             raise ValueError("a codec with goal tokens needs the goal point of every sample")
         return self.goal_tokens.encode(np.asarray(goal, np.float64).reshape(-1, self.n_goal))
 
-    def decode(self, token_ids: np.ndarray, state: np.ndarray) -> np.ndarray:
+    def decode(self, token_ids: np.ndarray, state: np.ndarray, clip: bool = False) -> np.ndarray:
         """Token ids (B, n_goal + 8 * H) + state (B, 8) -> absolute targets (B, H, 8) float64
-        (the goal tokens, when the codec has them, are skipped; see `decode_goal`)."""
+        (the goal tokens, when the codec has them, are skipped; see `decode_goal`; `clip`: any
+        token id is taken, see ActionTokenizer.decode_normalized)."""
         ids = np.asarray(token_ids)[:, self.n_goal:]
-        values = self.tokens.decode(ids.reshape(len(ids), -1, len(self.mask)))
+        values = self.tokens.decode(ids.reshape(len(ids), -1, len(self.mask)), clip)
         return to_absolute(values, state, self.mask)
 
     def decode_goal(self, token_ids: np.ndarray) -> np.ndarray | None:

@@ -61,8 +61,9 @@ def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_s
 
 @torch.no_grad()
 def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_tokens: int, first_id: int,
-                        middle_after: int = 0) -> torch.Tensor:
-    """Greedy decoding of `n_tokens` tokens, each restricted to ids [first_id, vocab_size).
+                        middle_after: int = 0, whole_vocabulary: bool = False) -> torch.Tensor:
+    """Greedy decoding of `n_tokens` tokens, each restricted to ids [first_id, vocab_size)
+    (with `whole_vocabulary`, over every row of the logits, as OpenVLA's predict_action).
 
     `batch` holds prompts of equal length (no padding). With `middle_after` > 0 and
     `batch['middle_ids']` (B, M) (the goal written before the state, see
@@ -75,8 +76,10 @@ def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_to
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=True, **extra)
     chosen = []
     for k in range(n_tokens):
-        last = out.logits[:, -1, first_id : vla.vocab_size].float()
-        tok = last.argmax(-1) + first_id
+        if whole_vocabulary:
+            tok = out.logits[:, -1].float().argmax(-1)
+        else:
+            tok = out.logits[:, -1, first_id : vla.vocab_size].float().argmax(-1) + first_id
         chosen.append(tok)
         if k == n_tokens - 1:
             break

@@ -20,6 +20,7 @@ from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.model import (build_batch, checkpoint_model_source, load_vla, pixel_values,
                                                   set_image_position)
+from crane_x7_vla.backends.openvla.prismatic import openvla_image
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
 from crane_x7_vla.training.checkpoint import CheckpointError
@@ -43,10 +44,12 @@ class OpenVLAPolicy:
             raise CheckpointError(f"{checkpoint_dir}: action_space.horizon must be >= 1 (found {self.horizon})")
         info = config.get("openvla", {})
         d = self.checkpoint_dir
-        source, _ = checkpoint_model_source(d, config)
+        # a model folder in OpenVLA's published layout, served as it is (published.py)
+        self.published = info.get("layout") == "published"
+        source = str(d) if self.published else checkpoint_model_source(d, config)[0]
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.vla = load_vla(source, image_size=(self.spec.width, self.spec.height), dtype=dtype, device=self.device)
-        if not (d / "model").is_dir():  # checkpoint_model_source made sure adapter/ is there
+        if not self.published and not (d / "model").is_dir():  # checkpoint_model_source made sure adapter/ is there
             from peft import PeftModel
 
             self.vla.model = PeftModel.from_pretrained(self.vla.model, str(d / "adapter")).merge_and_unload()
@@ -67,6 +70,7 @@ class OpenVLAPolicy:
             raise CheckpointError(str(exc)) from None
         self.needs_state = self.codec.state_in_prompt or self.codec.representation != ABSOLUTE
         self.last_goal: np.ndarray | None = None
+        self.last_ids: np.ndarray | None = None  # the token ids of the latest prediction
 
     @property
     def metadata(self) -> dict:
@@ -95,7 +99,10 @@ class OpenVLAPolicy:
         missing = [c for c in self.cameras if c not in images]
         if missing:
             raise KeyError(f"observation lacks image(s) from camera(s) {missing}; the policy needs {self.cameras}")
-        prepared = {c: prepare_image(np.asarray(images[c]), self.spec, train=False)[None] for c in self.cameras}
+        if self.published:  # OpenVLA's own image processing: the whole picture resized, no crop
+            prepared = {c: openvla_image(np.asarray(images[c]), self.vla.processing)[None] for c in self.cameras}
+        else:
+            prepared = {c: prepare_image(np.asarray(images[c]), self.spec, train=False)[None] for c in self.cameras}
         instruction = observation.get("instruction") or self.config.get("default_instruction") or ""
         pix = pixel_values(self.vla, prepared, self.cameras, self.device)
         state = self._state(observation)
@@ -103,10 +110,12 @@ class OpenVLAPolicy:
                             goal_first=self.codec.goal_first)
         batch.pop("labels")
         ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, self.codec.n_tokens(self.horizon),
-                                         self.codec.first_id, middle_after=self.codec.goal_first).cpu().numpy()
+                                         self.codec.first_id, middle_after=self.codec.goal_first,
+                                         whole_vocabulary=self.published).cpu().numpy()
+        self.last_ids = ids[0]
         goal = self.codec.decode_goal(ids)
         self.last_goal = None if goal is None else goal[0]  # where the model says the hand is going (m)
-        action = self.codec.decode(ids, state)[0]  # (H, 8) absolute targets
+        action = self.codec.decode(ids, state, clip=self.published)[0]  # (H, 8) absolute targets
         if not np.all(np.isfinite(action)):
             raise RuntimeError(f"the policy produced a non-finite action {action}")
         return np.stack([robot.clamp_to_limits(a) for a in action]).astype(np.float64)

@@ -419,7 +419,8 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, s
 
 
 def merge_lora(checkpoint_dir, output=None) -> Path:
-    """Fold a LoRA checkpoint's adapter into the base weights; writes a loadable model dir."""
+    """Fold a LoRA checkpoint's adapter into the base weights; writes a loadable model dir (for
+    an OpenVLA base model, in the published layout: published.write_published)."""
     from peft import PeftModel
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -433,6 +434,10 @@ def merge_lora(checkpoint_dir, output=None) -> Path:
     vla = load_vla(source, image_size=(spec["width"], spec["height"]), dtype=dtype)
     merged = PeftModel.from_pretrained(vla.model, str(checkpoint_dir / "adapter")).merge_and_unload()
     out = Path(output) if output else checkpoint_dir / "merged"
+    if vla.family == "openvla":  # OpenVLA's published layout, for OpenVLA's own tools too
+        from crane_x7_vla.backends.openvla.published import write_published
+
+        return write_published(merged, vla, config, out, checkpoint_dir)
     merged.save_pretrained(out)
     save_processor(vla, out)
     return out
