@@ -123,3 +123,19 @@ def test_the_end_of_sequence_after_the_actions_is_labelled(vla):
     loss, pred, target, mask = decode.action_loss(logits, batch, first)
     assert int(mask.sum()) == 16 and torch.equal(pred, target)
     assert float(loss) == pytest.approx(np.log(vla.vocab_size) / 17, rel=1e-3)
+
+
+def test_the_gripper_flag_reaches_the_codec_and_is_for_openvla_only():
+    from crane_x7_vla.backends.openvla.trainer import normalization_mask
+    from crane_x7_vla.training.cli import build_parser, config_from_args
+    from crane_x7_vla.training.config import ConfigError
+
+    def parse(*argv):
+        return config_from_args(build_parser().parse_args(["train", *argv]))
+
+    assert parse("--backend", "openvla").normalize_gripper is True
+    cfg = parse("--backend", "openvla", "--no-normalize-gripper")
+    assert cfg.normalize_gripper is False
+    assert normalization_mask(cfg.normalize_gripper).tolist() == [True] * 7 + [False]
+    with pytest.raises(ConfigError, match="--no-normalize-gripper is for the openvla backend"):
+        parse("--backend", "openpi", "--no-normalize-gripper")
