@@ -21,6 +21,9 @@ from crane_x7_vla import robot
 from crane_x7_vla.episode import jpeg
 
 
+RESIZE_MODES = ("crop", "pad")
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """How a camera frame becomes model input."""
@@ -29,13 +32,21 @@ class ImageSpec:
     height: int = 224
     crop_scale: float = 0.9  # area kept by the crop (random at training, centred at inference)
     color_jitter: float = 0.1  # brightness/contrast jitter at training, 0 = off
+    # "crop": crop, then resize to width x height (aspect not kept);
+    # "pad": resize keeping the aspect ratio and pad with black to width x height (openpi's
+    # resize_with_pad), then at training a random crop of crop_scale resized back; no crop at inference
+    resize: str = "crop"
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"image_spec.resize must be one of {RESIZE_MODES} (got {self.resize!r})")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ImageSpec":
-        return cls(**{k: data[k] for k in ("width", "height", "crop_scale", "color_jitter") if k in data})
+        return cls(**{k: data[k] for k in ("width", "height", "crop_scale", "color_jitter", "resize") if k in data})
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -74,6 +85,8 @@ def prepare_image(
     """
     if train and rng is None:
         raise ValueError("prepare_image(train=True) needs an rng, so augmentation is reproducible")
+    if spec.resize == "pad":
+        return _prepare_padded(image, spec, train, rng)
     if isinstance(image, (bytes, bytearray)):
         side = 1.0 / math.sqrt(max(min(spec.crop_scale, 1.0), 1e-3))
         image = jpeg.decode(bytes(image), min_size=(int(spec.width * side), int(spec.height * side)))
@@ -87,10 +100,47 @@ def prepare_image(
         interp = cv2.INTER_AREA if cw > spec.width else cv2.INTER_LINEAR
         image = cv2.resize(image, (spec.width, spec.height), interpolation=interp)
     if train and spec.color_jitter > 0:
-        j = spec.color_jitter
-        gain = 1.0 + rng.uniform(-j, j)
-        bias = 255.0 * rng.uniform(-j, j) * 0.5
-        image = np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+        image = _jitter(image, spec.color_jitter, rng)
+    return np.ascontiguousarray(image)
+
+
+def _jitter(image: np.ndarray, j: float, rng: np.random.Generator) -> np.ndarray:
+    gain = 1.0 + rng.uniform(-j, j)
+    bias = 255.0 * rng.uniform(-j, j) * 0.5
+    return np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
+
+
+def resize_with_pad(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize keeping the aspect ratio (bilinear, PIL) and centre it on black, as openpi's
+    resize_with_pad: scale = max(w / width, h / height), sizes and offsets truncated."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    ratio = max(w / width, h / height)
+    rw, rh = int(w / ratio), int(h / ratio)
+    resized = np.asarray(Image.fromarray(image).resize((rw, rh), resample=Image.BILINEAR))
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = max(0, int((height - rh) / 2)), max(0, int((width - rw) / 2))
+    out[top : top + rh, left : left + rw] = resized
+    return out
+
+
+def _prepare_padded(image, spec: ImageSpec, train: bool, rng) -> np.ndarray:
+    if isinstance(image, (bytes, bytearray)):
+        image = jpeg.decode(bytes(image), min_size=(spec.width, spec.height))
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    image = resize_with_pad(image, spec.width, spec.height)
+    if train:
+        if spec.crop_scale < 1.0:
+            top, left, ch, cw = _crop_box(spec.height, spec.width, spec.crop_scale, rng)
+            image = cv2.resize(image[top : top + ch, left : left + cw], (spec.width, spec.height),
+                               interpolation=cv2.INTER_LINEAR)
+        if spec.color_jitter > 0:
+            image = _jitter(image, spec.color_jitter, rng)
     return np.ascontiguousarray(image)
 
 

@@ -166,3 +166,42 @@ def paligemma_like_tokenizer(path: Path, words=()) -> Path:
     tok.decoder = decoders.Replace("▁", " ")
     tok.save(str(path))
     return Path(path)
+
+
+def write_spm_model(path, pieces, *, byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+                    unk_id=3) -> Path:
+    """Write a SentencePiece BPE ModelProto (sentencepiece_model.proto field numbers) with these
+    (piece, score, type) entries, byte fallback and an identity normaliser, as Gemma's model has."""
+    import struct
+
+    from crane_x7_vla.backends.openpi.spm import BPE
+
+    def key(num, wire):
+        return _enc_varint(num << 3 | wire)
+
+    def length_delimited(num, payload: bytes):
+        return key(num, 2) + _enc_varint(len(payload)) + payload
+
+    body = b""
+    for piece, score, kind in pieces:
+        msg = length_delimited(1, piece.encode("utf-8")) + key(2, 5) + struct.pack("<f", score) + key(3, 0) + _enc_varint(kind)
+        body += length_delimited(1, msg)
+    trainer = key(3, 0) + _enc_varint(BPE) + key(35, 0) + _enc_varint(int(byte_fallback)) + key(40, 0) + _enc_varint(unk_id)
+    body += length_delimited(2, trainer)
+    normalizer = (length_delimited(1, b"identity") + key(3, 0) + _enc_varint(int(add_dummy_prefix))
+                  + key(4, 0) + _enc_varint(int(remove_extra_whitespaces)) + key(5, 0) + _enc_varint(1))
+    body += length_delimited(3, normalizer)
+    Path(path).write_bytes(body)
+    return Path(path)
+
+
+def _enc_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)

@@ -46,6 +46,9 @@ def test_loss_falls_and_checkpoints(full_run):
     assert cfg["action_space"]["representation"] == "delta_arm_absolute_gripper"
     assert cfg["action_space"]["horizon"] == 4 and cfg["control_rate_hz"] == 10.0
     assert cfg["openpi"]["model_config"]["lora_rank"] == 4
+    # the tiny preset keeps this backend's own conventions
+    assert cfg["openpi"]["conventions"]["prompt"] == "lowercase" and cfg["image_spec"]["resize"] == "crop"
+    assert cfg["action_space"]["normalization"] == "quantile" and cfg["openpi"]["tokenizer_file"] == "tokenizer.json"
     evals = [r for r in read_metrics(out) if "val_l1" in r]
     assert evals and np.isfinite(evals[-1]["val_l1"]) and np.isfinite(evals[-1]["train_eval_loss"])
     assert (out / "tensorboard").is_dir()
@@ -82,6 +85,11 @@ def test_policy_from_checkpoint_final(full_run):
     warmed = load_policy(final, device="cpu")
     assert warm_up(warmed) > 0
     np.testing.assert_array_equal(warmed.predict(obs), load_policy(final, device="cpu").predict(obs))
+    # this backend's own conventions are not exported in openpi's layout (openpi would feed it other inputs)
+    from crane_x7_vla.backends.openpi.export import ExportError, export
+
+    with pytest.raises(ExportError, match="extra.conventions: openpi"):
+        export(final, final.parent / "exported")
     # LoRA folded into the weights: the merged export predicts the same chunk
     merged = load_policy(final / "merged", device="cpu")
     np.testing.assert_allclose(merged.predict(obs), load_policy(final, device="cpu").predict(obs), atol=1e-4)

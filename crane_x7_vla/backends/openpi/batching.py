@@ -9,8 +9,12 @@ from crane_x7_vla.backends.openpi.transforms import ActionSpace
 
 
 class Batcher:
-    def __init__(self, space: ActionSpace, tokenizer: PromptTokenizer, cameras: list[str]):
+    """slots: a camera name (or None) per image slot of the model (openpi's three); empty
+    slots get a black picture and image_mask False. None: one slot per camera, no mask."""
+
+    def __init__(self, space: ActionSpace, tokenizer: PromptTokenizer, cameras: list[str], slots=None):
         self.space, self.tokenizer, self.cameras = space, tokenizer, list(cameras)
+        self.slots = None if slots is None else list(slots)
         self._tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -25,12 +29,19 @@ class Batcher:
         if missing:
             raise KeyError(f"observation lacks camera(s) {missing} (the policy uses {self.cameras})")
         toks = [self.tokens(t) for t in instructions]
-        return {
-            "images": np.stack([np.asarray(images[c], np.uint8) for c in self.cameras], axis=1),
+        out = {
             "tokens": np.stack([t[0] for t in toks]),
             "token_mask": np.stack([t[1] for t in toks]),
             "state": self.space.encode_state(np.asarray(states, np.float64)),
         }
+        if self.slots is None:
+            out["images"] = np.stack([np.asarray(images[c], np.uint8) for c in self.cameras], axis=1)
+            return out
+        like = np.asarray(images[next(c for c in self.slots if c is not None)], np.uint8)
+        out["images"] = np.stack([np.zeros_like(like) if c is None else np.asarray(images[c], np.uint8)
+                                  for c in self.slots], axis=1)
+        out["image_mask"] = np.repeat(np.array([[c is not None for c in self.slots]]), len(like), axis=0)
+        return out
 
     def training(self, batch: dict) -> dict:
         """A `training.data` batch -> model inputs including normalised model-space actions."""

@@ -3,8 +3,8 @@
     params/             inference weights: EMA of the trained weights + frozen weights,
                         a nested dict in this backend's layout (PARAMS.md)
     train_state/        resume only: trainable weights, their EMA, optimizer state
-    tokenizer.json      the instruction tokenizer
-    policy_config.json  (+ "openpi": {"model_config", "num_inference_steps", ...})
+    tokenizer.json      the instruction tokenizer (tokenizer.model: a SentencePiece model)
+    policy_config.json  (+ "openpi": {"model_config", "conventions", "tokenizer_file", ...})
     trainer_state.json  step, data position
 """
 

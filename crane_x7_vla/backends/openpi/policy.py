@@ -27,6 +27,7 @@ class OpenPIPolicy:
         import jax
         from crane_x7_vla.backends.openpi import ckpt_io, train_state as ts
         from crane_x7_vla.backends.openpi.batching import Batcher
+        from crane_x7_vla.backends.openpi.conventions import Conventions
         from crane_x7_vla.backends.openpi.presets import ModelConfig
         from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
         from crane_x7_vla.backends.openpi.transforms import ActionSpace
@@ -37,15 +38,19 @@ class OpenPIPolicy:
             raise PolicyError(f"{where}: the 'openpi' entry (model_config) is missing; not an OpenPI checkpoint")
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.model_config = ModelConfig.from_dict(block["model_config"])
-        self.space = ActionSpace.from_config(config)
-        self.spec = ImageSpec.from_dict(config["image_spec"])
+        try:
+            self.model_config = ModelConfig.from_dict(block["model_config"])
+            self.conventions = Conventions.from_dict(block.get("conventions"), f"{where}: openpi.conventions")
+            self.space = ActionSpace.from_config(config)
+            self.spec = ImageSpec.from_dict(config["image_spec"])
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"{where}: {exc}") from None
         self.cameras = list(config["cameras"])
         self.default_instruction = config.get("default_instruction") or ""
         self.num_steps = int(block.get("num_inference_steps", 10))
         tok = PromptTokenizer.from_file(self.checkpoint_dir / block.get("tokenizer_file", ckpt_io.TOKENIZER_FILE),
-                                        self.model_config.max_token_len)
-        self.batcher = Batcher(self.space, tok, self.cameras)
+                                        self.model_config.max_token_len, self.conventions.prompt)
+        self.batcher = Batcher(self.space, tok, self.cameras, slots=self.conventions.image_slots)
         self.device = _device(device)
 
         graphdef, abstract = ts.abstract_model(self.model_config)
@@ -114,7 +119,10 @@ def _device(device: str | None):
             gpus = jax.devices("gpu")
         except RuntimeError:
             raise PolicyError(f"device '{device}': JAX sees no GPU") from None
-        index = int(str(device).split(":", 1)[1]) if ":" in str(device) else 0
+        try:
+            index = int(str(device).split(":", 1)[1]) if ":" in str(device) else 0
+        except ValueError:
+            raise PolicyError(f"device must be auto, cpu, cuda or cuda:N (got '{device}')") from None
         if index >= len(gpus):
             raise PolicyError(f"device '{device}': only {len(gpus)} GPU(s) visible")
         return gpus[index]
@@ -122,4 +130,11 @@ def _device(device: str | None):
 
 
 def load(checkpoint_dir, config: dict, device: str | None = None) -> OpenPIPolicy:
-    return OpenPIPolicy(Path(checkpoint_dir), config, device)
+    """The policy of an OpenPI checkpoint; a checkpoint or device it cannot use is a CheckpointError
+    (one line, which load_policy passes on)."""
+    from crane_x7_vla.training.checkpoint import CheckpointError
+
+    try:
+        return OpenPIPolicy(Path(checkpoint_dir), config, device)
+    except PolicyError as exc:
+        raise CheckpointError(str(exc)) from None

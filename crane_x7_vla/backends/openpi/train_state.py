@@ -107,17 +107,18 @@ def optimizer(schedule, *, weight_decay: float, max_grad_norm: float):
     return optax.chain(*parts)
 
 
-def loss_mask(cfg: ModelConfig, real_dim: int = 8) -> jnp.ndarray:
-    """Loss on the robot's real action dimensions only (padding carries no signal)."""
-    return jnp.asarray(np.arange(cfg.action_dim) < real_dim, jnp.float32)
+def loss_mask(cfg: ModelConfig, real_dim: int = 8, all_dims: bool = False) -> jnp.ndarray:
+    """Loss on the robot's real action dimensions only (padding carries no signal), or on
+    every padded dimension (all_dims, openpi's π0 loss)."""
+    return jnp.asarray((np.arange(cfg.action_dim) < real_dim) | all_dims, jnp.float32)
 
 
 def _masked_mean(err, mask):
     return (err * mask).sum() / (err.shape[0] * err.shape[1] * mask.sum())
 
 
-def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float):
-    mask = loss_mask(cfg)
+def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float, all_dims: bool = False):
+    mask = loss_mask(cfg, all_dims=all_dims)
     base_key = prng_key(seed)
 
     def loss_fn(trainable, frozen, micro, key):
@@ -149,8 +150,8 @@ def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float)
     return step_fn
 
 
-def make_eval_loss(graphdef, cfg: ModelConfig):
-    mask = loss_mask(cfg)
+def make_eval_loss(graphdef, cfg: ModelConfig, all_dims: bool = False):
+    mask = loss_mask(cfg, all_dims=all_dims)
 
     def fn(trainable, frozen, batch, key):
         model = nnx.merge(graphdef, trainable, frozen)

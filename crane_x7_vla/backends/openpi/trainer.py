@@ -7,9 +7,14 @@ model, optimizer, data-parallel step over all selected devices (Mesh + NamedShar
 the batch axis), checkpoints every --save-steps and `checkpoint-final`.
 
 Backend settings under `extra` (YAML `--config`): ema_decay (0.99; 0 = off),
-freeze_vision (false), freeze_prefix (false), tokenizer (path of a tokenizers JSON file,
-e.g. PaliGemma's), num_inference_steps (10), tokenizer_vocab (512, local BPE size).
-`--model` is a preset (tiny, pi0) or an openpi π0 checkpoint directory (π0 shape + its weights).
+freeze_vision (false), freeze_prefix (false), tokenizer (PaliGemma's SentencePiece model
+or a tokenizers JSON file), num_inference_steps (10), tokenizer_vocab (512, local BPE size),
+conventions (auto | openpi | crane_x7, see conventions.py; auto = openpi for an openpi
+checkpoint), image_slots (a camera name or null for each of openpi's three image slots),
+norm_stats_asset (an asset id of --model's assets/: use its norm_stats.json instead of
+statistics of this run's data).
+`--model` is a preset (tiny, pi0) or an openpi π0 checkpoint directory (the network its
+weights describe, with those weights).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ EXTRA_DEFAULTS = {
     "tokenizer": None,
     "num_inference_steps": 10,
     "tokenizer_vocab": 512,
+    "conventions": "auto",
+    "image_slots": None,
+    "norm_stats_asset": None,
 }
 
 
@@ -47,6 +55,12 @@ def backend_settings(cfg: TrainConfig) -> dict:
         raise ConfigError(f"extra.num_inference_steps must be >= 1 (got {s['num_inference_steps']})")
     if s["tokenizer"] and not Path(s["tokenizer"]).is_file():
         raise ConfigError(f"extra.tokenizer: {s['tokenizer']} not found")
+    from crane_x7_vla.backends.openpi.conventions import CHOICES
+
+    if s["conventions"] not in CHOICES:
+        raise ConfigError(f"extra.conventions must be one of {CHOICES} (got {s['conventions']!r})")
+    if s["image_slots"] is not None and not isinstance(s["image_slots"], list):
+        raise ConfigError(f"extra.image_slots must be a list of camera names or nulls (got {s['image_slots']!r})")
     if cfg.attn_implementation:
         raise ConfigError("--attn-implementation is an openvla setting; the openpi backend has one attention")
     return s
@@ -68,9 +82,11 @@ def model_config(cfg: TrainConfig, num_cameras: int, precision: str):
 
     A preset (tiny, pi0) gets LoRA on the prefix decoder from --lora-rank / --lora-alpha. An
     openpi checkpoint directory builds the network its weights describe; its own LoRA
-    adapters set ranks and places (an explicit --lora-rank must agree), otherwise LoRA goes
-    where openpi's LoRA fine-tuning puts it: both decoders, attention and MLP, ranks 16 and
-    32 (or --lora-rank), alpha = rank (or --lora-alpha), no LoRA dropout (or --lora-dropout).
+    adapters set ranks and places (an explicit --lora-rank must agree with the prefix
+    decoder's), otherwise LoRA goes where openpi's LoRA fine-tuning puts it: both decoders,
+    attention and MLP; the prefix decoder rank 16 (or --lora-rank), alpha = rank (or
+    --lora-alpha); the action expert rank 32, alpha 32 (gemma_300m_lora); no LoRA dropout
+    (or --lora-dropout). Settings equal to TrainConfig's defaults count as not given.
     """
     from crane_x7_vla.backends.openpi.presets import PRESETS
 
@@ -117,22 +133,23 @@ def _from_openpi_checkpoint(cfg: TrainConfig, name: str, base):
     ranks = {r for r in (mcfg.lora_rank, mcfg.expert_lora_rank) if r}
     alpha = float(cfg.lora_alpha) if _given(cfg, "lora_alpha") else None
     if ranks:
-        where = "PaliGemma/llm/layers/.../lora_a"
         if not cfg.use_lora:
-            raise ConfigError(f"--model {name}: the checkpoint carries LoRA adapters ({where}, rank "
-                              f"{'/'.join(map(str, sorted(ranks)))}); train them with LoRA (drop --no-use-lora)")
-        if _given(cfg, "lora_rank") and ranks != {int(cfg.lora_rank)}:
-            raise ConfigError(f"--lora-rank {cfg.lora_rank}: the checkpoint's LoRA adapters ({where}) have rank "
-                              f"{'/'.join(map(str, sorted(ranks)))}; leave --lora-rank out")
+            raise ConfigError(f"--model {name}: the checkpoint carries LoRA adapters (PaliGemma/llm/layers/.../lora_a, "
+                              f"rank {'/'.join(map(str, sorted(ranks)))}); train them with LoRA (drop --no-use-lora)")
+        if mcfg.lora_rank and _given(cfg, "lora_rank") and int(cfg.lora_rank) != mcfg.lora_rank:
+            raise ConfigError(f"--lora-rank {cfg.lora_rank}: the checkpoint's LoRA adapters of the prefix decoder "
+                              f"(PaliGemma/llm/layers/attn/q_einsum/lora_a) have rank {mcfg.lora_rank}; leave --lora-rank "
+                              f"out or set it to {mcfg.lora_rank}")
         p_rank, e_rank = mcfg.lora_rank, mcfg.expert_lora_rank
     elif cfg.use_lora:
-        p_rank, e_rank = (int(cfg.lora_rank),) * 2 if _given(cfg, "lora_rank") else OPENPI_LORA_RANKS
+        p_rank = int(cfg.lora_rank) if _given(cfg, "lora_rank") else OPENPI_LORA_RANKS[0]
+        e_rank = OPENPI_LORA_RANKS[1]
         mcfg = replace(mcfg, lora_groups=("attn", "ffn"))
     else:
         p_rank = e_rank = 0
     mcfg = replace(
         mcfg, lora_rank=p_rank, expert_lora_rank=e_rank,
-        lora_alpha=alpha or float(p_rank or 1), expert_lora_alpha=alpha or float(e_rank or 1),
+        lora_alpha=alpha or float(p_rank or 1), expert_lora_alpha=float(e_rank or 1),
         lora_dropout=float(cfg.lora_dropout) if _given(cfg, "lora_dropout") and cfg.use_lora else 0.0,
     )
     return ckpt_dir, mcfg
@@ -179,7 +196,10 @@ def train(cfg: TrainConfig) -> Path:
             f"use a multiple of {len(devices)}"
         )
     precision = _precision(cfg, devices)
-    mcfg, weights_dir = model_config(cfg, len(data.cameras), precision)
+    conv = _conventions(cfg, settings, pre, data.cameras)
+    mcfg, weights_dir = model_config(cfg, conv.num_images(data.cameras), precision)
+    if settings["norm_stats_asset"] and weights_dir is None:
+        raise ConfigError("extra.norm_stats_asset names an asset of an openpi checkpoint; --model is none")
     if weights_dir is not None and not settings["tokenizer"]:
         raise ConfigError(
             f"--model {weights_dir.path}: openpi weights expect PaliGemma's tokenizer; set extra.tokenizer to its "
@@ -197,26 +217,67 @@ def train(cfg: TrainConfig) -> Path:
         if saved and saved != mcfg.to_dict():
             diff = sorted(k for k in saved if saved[k] != mcfg.to_dict().get(k))
             raise ConfigError(f"{pre.resume_dir}: trained with other model settings ({', '.join(diff)}); resume with the same flags")
-    return _Run(cfg, settings, pre, devices, mcfg, weights_dir, precision).run()
+    run = _Run(cfg, settings, pre, devices, mcfg, weights_dir, precision, conv)
+    run.space = run._space()  # statistics (of the data or of the checkpoint's assets) checked before building
+    return run.run()
+
+
+def _conventions(cfg: TrainConfig, settings: dict, pre, cameras):
+    """The run's Conventions: the resumed checkpoint's, or extra.conventions (auto: openpi
+    for an openpi checkpoint directory, this backend's own for a preset)."""
+    from crane_x7_vla.backends.openpi import conventions as cv
+    from crane_x7_vla.backends.openpi.presets import PRESETS
+
+    if pre.resume_config is not None:
+        try:
+            return cv.Conventions.from_dict((pre.resume_config.get("openpi") or {}).get("conventions"),
+                                            f"{pre.resume_dir}: openpi.conventions")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    choice = settings["conventions"]
+    if choice == "auto":
+        choice = "crane_x7" if str(cfg.model) in PRESETS else "openpi"
+    if choice == "crane_x7":
+        if settings["image_slots"] is not None:
+            raise ConfigError("extra.image_slots places cameras in openpi's image slots; it needs conventions openpi")
+        return cv.CRANE_X7
+    try:
+        return cv.openpi(cameras, settings["image_slots"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class _Run:
-    def __init__(self, cfg, settings, pre, devices, mcfg, weights_dir, precision):
+    def __init__(self, cfg, settings, pre, devices, mcfg, weights_dir, precision, conv):
         self.cfg, self.settings, self.pre, self.devices = cfg, settings, pre, devices
-        self.mcfg, self.weights_dir, self.precision = mcfg, weights_dir, precision
+        self.mcfg, self.weights_dir, self.precision, self.conv = mcfg, weights_dir, precision, conv
         self.data = pre.data
         self.out = Path(cfg.output_dir)
+        spec = replace(cfg.image_spec, resize=conv.image_resize)
+        if conv.image_resize == "pad" and not _given(cfg, "crop_scale"):
+            spec = replace(spec, crop_scale=0.95**2)  # openpi's training crop: 95 % of each side
+        if pre.resume_config is not None:
+            from crane_x7_vla.preprocess import ImageSpec
+
+            spec = ImageSpec.from_dict(pre.resume_config["image_spec"])
+        self.spec = spec
+        cams = self.data.cameras if conv.image_slots is None else [c for c in conv.image_slots if c]
+        self.cameras = list(dict.fromkeys(cams))
 
     # ---- set-up ------------------------------------------------------------------------
     def _tokenizer(self):
         from crane_x7_vla.backends.openpi.ckpt_io import TOKENIZER_FILE
         from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
 
-        L = self.mcfg.max_token_len
+        L, fmt = self.mcfg.max_token_len, self.conv.prompt
         if self.pre.resume_dir is not None:
-            tok = PromptTokenizer.from_file(self.pre.resume_dir / TOKENIZER_FILE, L)
+            name = (self.pre.resume_config.get("openpi") or {}).get("tokenizer_file", TOKENIZER_FILE)
+            tok = PromptTokenizer.from_file(self.pre.resume_dir / name, L, fmt)
         elif self.settings["tokenizer"]:
-            tok = PromptTokenizer.from_file(self.settings["tokenizer"], L)
+            try:
+                tok = PromptTokenizer.from_file(self.settings["tokenizer"], L, fmt)
+            except ValueError as exc:
+                raise ConfigError(f"extra.tokenizer: {exc}") from None
         else:
             texts = [e.instruction for e in self.data.train + self.data.val] + [self.cfg.instruction]
             tok = PromptTokenizer.train(texts, min(int(self.settings["tokenizer_vocab"]), self.mcfg.vocab_size), L)
@@ -233,18 +294,53 @@ class _Run:
         from crane_x7_vla.backends.openpi.transforms import ActionSpace, model_action_statistics
 
         if self.pre.resume_config is not None:
-            stats = self.pre.resume_config["action_space"]["model_statistics"]
-        else:
-            stats = model_action_statistics(self.data.train, self.mcfg.action_horizon)
-        return ActionSpace(self.mcfg.action_horizon, self.mcfg.action_dim, stats, self.data.statistics["proprio"])
+            return ActionSpace.from_config(self.pre.resume_config)
+        kind, asset = self.conv.normalization, self.settings["norm_stats_asset"]
+        if asset:
+            return self._asset_space(asset, kind)
+        stats = model_action_statistics(self.data.train, self.mcfg.action_horizon)
+        try:
+            return ActionSpace(self.mcfg.action_horizon, self.mcfg.action_dim, stats, self.data.statistics["proprio"],
+                               normalization=kind)
+        except KeyError as exc:
+            raise ConfigError(f"{self.cfg.data_root}: dataset statistics: {exc.args[0]}; regenerate them with "
+                              f"`crane-x7-vla dataset stats`") from None
+
+    def _asset_space(self, asset: str, kind: str):
+        """The action space with the statistics of `--model`'s assets/<asset>/norm_stats.json."""
+        from crane_x7_vla import robot
+        from crane_x7_vla.backends.openpi.openpi_import import OpenpiCheckpointError
+        from crane_x7_vla.backends.openpi.transforms import ActionSpace
+
+        ck = self.weights_dir
+        if asset not in ck.asset_ids():
+            raise ConfigError(f"extra.norm_stats_asset {asset!r}: {ck.assets_dir / asset / 'norm_stats.json'} not found "
+                              f"(assets with norm stats: {', '.join(ck.asset_ids()) or 'none'})")
+        try:
+            stats = ck.norm_stats(asset)
+        except OpenpiCheckpointError as exc:
+            raise ConfigError(str(exc)) from None
+        where = ck.assets_dir / asset / "norm_stats.json"
+        for key in ("state", "actions"):
+            if key not in stats:
+                raise ConfigError(f"{where}: norm_stats has no '{key}' entry")
+            n = len(next(iter(stats[key].values())))
+            if n != robot.ACTION_DIM:
+                raise ConfigError(f"{where}: norm_stats.{key} has {n} values; the CRANE-X7 has {robot.ACTION_DIM} "
+                                  f"(7 arm joints as deltas, gripper absolute)")
+        try:
+            return ActionSpace(self.mcfg.action_horizon, self.mcfg.action_dim, stats["actions"], stats["state"],
+                               normalization=kind, state_from_dataset=False)
+        except KeyError as exc:
+            raise ConfigError(f"{where}: {exc.args[0]}") from None
 
     def policy_config(self, step: int, space) -> dict:
         cfg = self.cfg
         return ckpt.build_policy_config(
             backend="openpi",
             base_model=str(cfg.model),
-            image_spec=cfg.image_spec.to_dict(),
-            cameras=self.data.cameras,
+            image_spec=self.spec.to_dict(),
+            cameras=self.cameras,
             horizon=self.mcfg.action_horizon,
             statistics=self.data.statistics,
             default_instruction=self.data.default_instruction or cfg.instruction,
@@ -257,7 +353,8 @@ class _Run:
                 "openpi": {
                     "model_config": self.mcfg.to_dict(),
                     "num_inference_steps": int(self.settings["num_inference_steps"]),
-                    "tokenizer_file": "tokenizer.json",
+                    "tokenizer_file": self.tokenizer_file,
+                    "conventions": self.conv.to_dict(),
                     "ema_decay": float(self.settings["ema_decay"]),
                     "precision": self.precision,
                 },
@@ -277,8 +374,10 @@ class _Run:
 
         cfg, mcfg, data = self.cfg, self.mcfg, self.data
         tokenizer = self._tokenizer()
-        space = self._space()
-        batcher = Batcher(space, tokenizer, data.cameras)
+        self.tokenizer_file = tokenizer.file_name
+        space = self.space
+        batcher = Batcher(space, tokenizer, self.cameras, slots=self.conv.image_slots)
+        all_dims = self.conv.loss == "all_dims"
         accum = int(cfg.grad_accumulation_steps)
 
         per_epoch = SampleIndex(data.train, cfg.batch_size, cfg.seed, cfg.noop_threshold).batches_per_epoch
@@ -316,12 +415,13 @@ class _Run:
         batch_sh = NamedSharding(mesh, P(None, "data"))
         trainable, frozen, ema, opt_state = jax.device_put((trainable, frozen, ema, opt_state), rep)
         step_fn = jax.jit(
-            ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(self.settings["ema_decay"])),
+            ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(self.settings["ema_decay"]), all_dims),
             in_shardings=(rep, rep, rep, rep, batch_sh, rep),
             out_shardings=(rep, rep, rep, rep),
             donate_argnums=(0, 2, 3),
         )
-        evaluator = _Evaluator(parts.graphdef, mcfg, batcher, space, data, cfg, mesh, int(self.settings["num_inference_steps"]))
+        evaluator = _Evaluator(parts.graphdef, mcfg, batcher, space, data, cfg, mesh, int(self.settings["num_inference_steps"]),
+                               self.spec, self.cameras, all_dims)
 
         logger = MetricsLogger(
             self.out, cfg.to_dict(), use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project,
@@ -336,7 +436,7 @@ class _Run:
         from tqdm import tqdm
 
         stream = BatchStream(
-            data.train, cameras=data.cameras, spec=cfg.image_spec, horizon=mcfg.action_horizon,
+            data.train, cameras=self.cameras, spec=self.spec, horizon=mcfg.action_horizon,
             batch_size=cfg.batch_size, seed=cfg.seed, start=position, num_workers=cfg.num_workers,
             prefetch=cfg.prefetch_batches, noop_threshold=cfg.noop_threshold,
         )
@@ -386,7 +486,7 @@ class _Run:
         with ckpt.CheckpointWriter(self.out, step) as d:
             ckpt_io.save_params(d, params)
             ckpt_io.save_train_state(d, nnx.to_pure_dict(trainable), nnx.to_pure_dict(ema), opt_state)
-            tokenizer.save(d / ckpt_io.TOKENIZER_FILE)
+            tokenizer.save(d / self.tokenizer_file)
             config = self.policy_config(real_step, space)
             ckpt.write_policy_config(d, config)
             ckpt.write_trainer_state(d, {"step": real_step, "data_position": position.to_dict(),
@@ -399,7 +499,7 @@ class _Run:
                 mconfig = dict(config)
                 mconfig["openpi"] = dict(config["openpi"], model_config=self.mcfg.without_lora().to_dict())
                 ckpt.write_policy_config(m, mconfig)
-                shutil.copy(d / ckpt_io.TOKENIZER_FILE, m / ckpt_io.TOKENIZER_FILE)
+                shutil.copy(d / self.tokenizer_file, m / self.tokenizer_file)
         return ckpt.checkpoint_dir(self.out, step)
 
 
@@ -411,14 +511,15 @@ def _subtree(full: dict, like: dict) -> dict:
 class _Evaluator:
     """Validation: flow-matching loss (fixed noise) and L1 error of sampled absolute actions (rad)."""
 
-    def __init__(self, graphdef, mcfg, batcher, space, data, cfg, mesh, num_steps):
+    def __init__(self, graphdef, mcfg, batcher, space, data, cfg, mesh, num_steps, spec, cameras, all_dims):
         import jax
 
         from crane_x7_vla.backends.openpi import train_state as ts
 
         self.batcher, self.space, self.data, self.cfg, self.mcfg = batcher, space, data, cfg, mcfg
+        self.spec, self.cameras = spec, cameras
         self.n_dev = mesh.devices.size
-        self.loss = jax.jit(ts.make_eval_loss(graphdef, mcfg))
+        self.loss = jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims))
         self.sample = jax.jit(ts.make_sampler(graphdef, num_steps))
 
     def _split(self, episodes, prefix, trainable, ema, frozen):
@@ -430,7 +531,7 @@ class _Evaluator:
             return {}
         losses, l1 = [], []
         bs = max(self.n_dev, self.cfg.batch_size // max(1, self.n_dev) * self.n_dev)
-        for i, b in enumerate(eval_batches(episodes, self.data.cameras, self.cfg.image_spec, self.mcfg.action_horizon,
+        for i, b in enumerate(eval_batches(episodes, self.cameras, self.spec, self.mcfg.action_horizon,
                                            bs, self.cfg.eval_samples)):
             mb = self.batcher.training(b)
             key = jax.random.key(1000 + i)

@@ -2,9 +2,13 @@
 
 Robot space: 8 absolute joint positions (7 arm joints + gripper), robot.JOINT_NAMES order.
 Model space: arm joints as DELTAS from the current state, gripper absolute (DELTA_MASK),
-quantile-normalised (q01..q99 -> [-1, 1]) and zero-padded to a fixed width (32 as in
-openpi, so one network shape serves any arm). The state is normalised with the
-dataset's proprio statistics and padded the same way.
+normalised and zero-padded to a fixed width (32 as in openpi, so one network shape serves
+any arm). The state is normalised the same way with state statistics and padded.
+
+Two normalisations (`ActionSpace.normalization`):
+  "quantile"  q01..q99 -> [-1, 1], clipped (this backend's own presets);
+  "zscore"    (x - mean) / (std + 1e-6), unclipped (openpi's π0; its quantile variant is
+              for π0-FAST / π0.5).
 
 Why deltas: a chunk of absolute targets is mostly "where the arm already is"; deltas
 from the current state leave the network only the motion to predict, and the gripper,
@@ -52,14 +56,19 @@ class ActionSpace:
 
     horizon: int
     padded_dim: int
-    action_stats: dict  # model-space statistics (q01/q99/...), 8 values each
-    state_stats: dict  # the dataset's proprio statistics
+    action_stats: dict  # model-space statistics (q01/q99/mean/std...), 8 values each
+    state_stats: dict  # state statistics (the dataset's proprio statistics, or an openpi checkpoint's)
     mask: np.ndarray = field(default_factory=DELTA_MASK.copy)
+    normalization: str = "quantile"  # NORMALIZATIONS
+    state_from_dataset: bool = True  # state_stats are the dataset's proprio entry (else stored here)
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask, bool)
-        self._act = Normalizer.from_stats({"action": self.action_stats}, "action")
-        self._state = Normalizer.from_stats({"proprio": self.state_stats}, "proprio")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS} (got {self.normalization!r})")
+        make = ZScore.from_stats if self.normalization == "zscore" else Normalizer.from_stats
+        self._act = make({"action": self.action_stats}, "action")
+        self._state = make({"proprio": self.state_stats}, "proprio")
 
     def encode_state(self, state: np.ndarray) -> np.ndarray:
         return pad(self._state.normalize(state), self.padded_dim)
@@ -75,7 +84,7 @@ class ActionSpace:
 
     def to_dict(self) -> dict:
         """The `action_space` entry of policy_config.json."""
-        return {
+        out = {
             "dim": len(self.mask),
             "horizon": self.horizon,
             "kind": "absolute_joint_positions",
@@ -83,7 +92,11 @@ class ActionSpace:
             "delta_mask": self.mask.tolist(),
             "padded_dim": self.padded_dim,
             "model_statistics": self.action_stats,
+            "normalization": self.normalization,
         }
+        if not self.state_from_dataset:
+            out["state_statistics"] = self.state_stats
+        return out
 
     @classmethod
     def from_config(cls, config: dict) -> "ActionSpace":
@@ -95,12 +108,42 @@ class ActionSpace:
                 f"(representation {space.get('representation')!r}, needs {REPRESENTATION!r} and model_statistics)"
             )
         stats = config.get("dataset_statistics") or {}
-        if "proprio" not in stats:
+        if "state_statistics" not in space and "proprio" not in stats:
             raise ValueError(f"{where}: dataset_statistics has no 'proprio' entry")
-        return cls(
-            horizon=int(space["horizon"]),
-            padded_dim=int(space["padded_dim"]),
-            action_stats=space["model_statistics"],
-            state_stats=stats["proprio"],
-            mask=np.asarray(space["delta_mask"], bool),
-        )
+        try:
+            return cls(
+                horizon=int(space["horizon"]),
+                padded_dim=int(space["padded_dim"]),
+                action_stats=space["model_statistics"],
+                state_stats=space.get("state_statistics") or stats["proprio"],
+                mask=np.asarray(space["delta_mask"], bool),
+                normalization=space.get("normalization", "quantile"),
+                state_from_dataset="state_statistics" not in space,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{where}: action_space: {exc}") from None
+
+
+NORMALIZATIONS = ("quantile", "zscore")
+
+
+@dataclass(frozen=True)
+class ZScore:
+    """openpi's z-score normalisation: (x - mean) / (std + 1e-6) and back, unclipped."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def from_stats(cls, stats: dict, key: str) -> "ZScore":
+        entry = stats[key]
+        for name in ("mean", "std"):
+            if name not in entry:
+                raise KeyError(f"{key} statistics have no '{name}' (z-score normalisation needs mean and std)")
+        return cls(np.asarray(entry["mean"], np.float64), np.asarray(entry["std"], np.float64))
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, np.float64) - self.mean) / (self.std + 1e-6)).astype(np.float32)
+
+    def unnormalize(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, np.float64) * (self.std + 1e-6) + self.mean
