@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from crane_x7_vla import __version__
+from crane_x7_vla.cli_args import ArgumentParser, one_line
 
 # Each module exposes register(subparsers); the order is the order of `--help`.
 COMMAND_MODULES = (
@@ -29,7 +30,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="crane-x7-vla",
         description="Collect, train and deploy Vision-Language-Action policies on the CRANE-X7.",
     )
@@ -40,19 +41,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """'PATH: reason' for an error of the file system (a missing folder, a file where a folder
+    is expected, no permission, a full disk)."""
+    if exc.filename is None:
+        return str(exc)
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Run a parsed subcommand; a user's mistake ends in one clear line, not a traceback."""
+    """Run a parsed subcommand; a user's mistake ends in one clear line, not a traceback.
+
+    A wrong setting (ConfigError) exits with 2 like argparse's own errors; a dataset,
+    record, checkpoint or file problem exits with 1."""
     from crane_x7_vla.episode.reader import DatasetError
     from crane_x7_vla.episode.tfrecord import RecordError
+    from crane_x7_vla.policy.loader import PolicyLoadError
     from crane_x7_vla.training.checkpoint import CheckpointError
     from crane_x7_vla.training.config import ConfigError
 
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    except (DatasetError, RecordError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        parser.exit(2, f"error: {one_line(exc)}\n")
+    except (DatasetError, RecordError, CheckpointError, PolicyLoadError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {one_line(describe_os_error(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,46 +17,45 @@ import json
 import sys
 from pathlib import Path
 
+from crane_x7_vla.cli_args import (
+    ArgumentParser, camera_list, file_name, float_in, folder, image_size, int_between, non_negative_int,
+    positive_float, positive_int, ros_node_name, share, sim_task,
+)
 
-def _camera_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--camera-size must look like 320x240, got {text!r}") from None
-    return w, h
+SIM_CAMERAS = ("wrist", "primary")  # the simulated CRANE-X7's cameras (ros.collect_driver.CAMERA_TOPICS)
+MAX_SPEED = 10.0  # simulated seconds per wall-clock second
+MAX_DOMAIN_ID = 232  # the largest ROS_DOMAIN_ID ROS 2 can use on Linux
 
 
 def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim", action="store_true", required=True,
                    help="collect in simulation (the real robot uses ros2 launch crane_x7_vla data_collection.launch.py)")
-    p.add_argument("--task", default="reach", help="simulated task: reach or pick_place (default reach)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes to record (default 20)")
-    p.add_argument("--out", required=True, help="directory the episodes are written into")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first scene; episode i uses seed+i (default 0)")
-    p.add_argument("--rate", type=float, default=10.0, help="steps recorded per second (default 10)")
-    p.add_argument("--cameras", default="wrist,primary",
+    p.add_argument("--task", type=sim_task, default="reach", help="simulated task: reach or pick_place (default reach)")
+    p.add_argument("--episodes", type=positive_int, default=20, help="episodes to record (default 20)")
+    p.add_argument("--out", type=folder, required=True, help="directory the episodes are written into")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the first scene; episode i uses seed+i (default 0)")
+    p.add_argument("--rate", type=positive_float, default=10.0, help="steps recorded per second (default 10)")
+    p.add_argument("--cameras", type=camera_list(SIM_CAMERAS), default="wrist,primary",
                    help="cameras to record, comma-separated: wrist (hand), primary (scene) (default both)")
-    p.add_argument("--camera-size", type=_camera_size, default=(320, 240), help="image size WxH (default 320x240)")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--camera-size", type=image_size, default=(320, 240), help="image size WxH (default 320x240)")
+    p.add_argument("--speed", type=float_in(0.0, MAX_SPEED, low_open=True), default=1.0,
                    help="simulated seconds per wall-clock second; above 1 the simulator publishes /clock and the "
                         "relay and logger run on it (use_sim_time), so episodes are recorded faster than real "
                         "time with the same content (default 1)")
-    p.add_argument("--timeout", type=float, default=40.0, help="seconds before an unsolved episode is stopped (default 40)")
-    p.add_argument("--start-near", type=float, default=0.0, metavar="SHARE",
+    p.add_argument("--timeout", type=positive_float, default=40.0,
+                   help="seconds before an unsolved episode is stopped (default 40)")
+    p.add_argument("--start-near", type=share, default=0.0, metavar="SHARE",
                    help="share 0..1 of the episodes that start with the hand a few cm from a cube (the named one or "
                         "another) instead of at home: recovery demonstrations, the expert going the last "
                         "centimetres from where a policy may stop short (default 0)")
-    p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the run (default: a random free-looking one)")
-    p.add_argument("--log-dir", default=None, help="node logs (default OUT/collect_logs)")
-    p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
+    p.add_argument("--domain-id", type=int_between(0, MAX_DOMAIN_ID), default=None,
+                   help="ROS_DOMAIN_ID of the run (default: a random free-looking one)")
+    p.add_argument("--log-dir", type=folder, default=None, help="node logs (default OUT/collect_logs)")
+    p.add_argument("--json", type=file_name, default=None, help="also write the summary as JSON to this path")
 
 
 def run_collect(args) -> int:
-    from crane_x7_vla.sim import TASKS
-
-    if args.task not in TASKS:
-        print(f"error: --task {args.task!r} is not a simulated task; choose from {sorted(TASKS)}", file=sys.stderr)
-        return 2
     cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
     from crane_x7_vla.ros.collect_driver import collect_sim
 
@@ -127,12 +126,13 @@ def register(subparsers) -> None:
     add_collect_arguments(p)
     p.set_defaults(func=run_collect)
     k = subparsers.add_parser("logger-keys", help="keyboard control of a running data_logger (s/e/d/q)")
-    k.add_argument("--logger", default="/data_logger", help="the logger node's name (default /data_logger)")
+    k.add_argument("--logger", type=ros_node_name, default="/data_logger",
+                   help="the logger node's name (default /data_logger)")
     k.set_defaults(func=run_logger_keys)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="crane-x7-vla")
+    parser = ArgumentParser(prog="crane-x7-vla")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from crane_x7_vla.cli_args import file_name, folder, non_negative_int, positive_float, positive_int
 from crane_x7_vla.episode import reader, schema
 
 
@@ -105,6 +106,9 @@ def _recover(args) -> int:
         except ValueError as exc:
             print(f"ERROR {exc}", file=sys.stderr)
             status = 1
+        except OSError as exc:
+            print(f"ERROR {path}: {exc.strerror or exc} ({exc.filename})", file=sys.stderr)
+            status = 1
     return status
 
 
@@ -117,9 +121,15 @@ def _import_legacy(args) -> int:
     return 0
 
 
+VIEW_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def _view(args) -> int:
     from crane_x7_vla.episode.view import plot_episode
 
+    if Path(args.out).suffix.lower() not in VIEW_FORMATS:
+        print(f"error: --out {args.out}: write a picture file ({', '.join(VIEW_FORMATS)})", file=sys.stderr)
+        return 2
     refs = reader.require_episodes(args.dir)
     if not 0 <= args.episode < len(refs):
         print(f"ERROR --episode {args.episode}: {args.dir} holds episodes 0..{len(refs) - 1}", file=sys.stderr)
@@ -143,42 +153,42 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="dataset_command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("info", help="episodes, steps, fps, instructions, cameras")
-    p.add_argument("dir")
+    p.add_argument("dir", type=folder)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("validate", help="check every record; exit 1 naming file and record on a problem")
-    p.add_argument("dir")
+    p.add_argument("dir", type=folder)
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("stats", help=f"write {schema.STATS_FILE} (with a fingerprint of the episodes)")
-    p.add_argument("dir")
+    p.add_argument("dir", type=folder)
     p.set_defaults(func=_stats)
 
     p = sub.add_parser("recover", help="keep the complete steps of unfinished (.partial) episodes")
-    p.add_argument("dir")
+    p.add_argument("dir", type=folder)
     p.set_defaults(func=_recover)
 
     p = sub.add_parser("import-legacy", help="convert the earlier stack's episode_*/episode_data.tfrecord")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", type=folder, help="folder of the earlier stack's episode_* folders")
+    p.add_argument("dst", type=folder, help="folder to write the converted episodes into (not inside src)")
     p.add_argument("--swap-rb", action="store_true", help="fix the earlier stack's red/blue swap")
-    p.add_argument("--fps", type=float, default=10.0, help="recording rate of the source (default 10)")
+    p.add_argument("--fps", type=positive_float, default=10.0, help="recording rate of the source (default 10)")
     p.add_argument("--instruction", default=None, help="instruction for episodes that have none")
     p.set_defaults(func=_import_legacy)
 
     p = sub.add_parser("view", help="a PNG of an episode: frames along time + joint curves")
-    p.add_argument("dir")
-    p.add_argument("--episode", type=int, default=0, help="episode index in sorted order (default 0)")
-    p.add_argument("--out", required=True, help="output PNG path")
-    p.add_argument("--frames", type=int, default=8, help="frames per camera (default 8)")
+    p.add_argument("dir", type=folder)
+    p.add_argument("--episode", type=non_negative_int, default=0, help="episode index in sorted order (default 0)")
+    p.add_argument("--out", type=file_name, required=True, help="output PNG path")
+    p.add_argument("--frames", type=positive_int, default=8, help="frames per camera (default 8)")
     p.set_defaults(func=_view)
 
     p = sub.add_parser("sample", help="write synthetic episodes (for trying the tools)")
-    p.add_argument("out")
-    p.add_argument("--episodes", type=int, default=4)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=folder)
+    p.add_argument("--episodes", type=positive_int, default=4, help="episodes to write (default 4)")
+    p.add_argument("--steps", type=positive_int, default=20, help="steps per episode (default 20)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the motions (default 0)")
     p.set_defaults(func=_sample)
 
     from crane_x7_vla import dataset_io_cli

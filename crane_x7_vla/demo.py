@@ -29,6 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from crane_x7_vla.cli_args import (
+    camera_list, float_in, folder, non_negative_int, positive_float, positive_int, share, sim_task,
+)
+from crane_x7_vla.collect import MAX_SPEED, SIM_CAMERAS
 from crane_x7_vla.evaluation import format_rate
 
 # Per-backend training settings of the demo. The tiny OpenVLA preset starts from random
@@ -168,9 +172,9 @@ def _run(args) -> int:
     if warmup < 0 or (warmup > 0 and (goal_scenes == 0 or warmup >= steps)):
         raise SystemExit(f"error: --goal-warmup-steps ({warmup}) trains on the goal scenes first: it needs "
                          f"--goal-scenes > 0 and must be fewer than the training steps ({steps})")
-    for flag, share in (("goal-scenes-alone", alone), ("goal-scenes-near", near), ("start-near", start_near)):
-        if not 0.0 <= share <= 1.0:
-            raise SystemExit(f"error: --{flag} is a share, 0..1 (got {share})")
+    for flag, value in (("goal-scenes-alone", alone), ("goal-scenes-near", near), ("start-near", start_near)):
+        if not 0.0 <= value <= 1.0:
+            raise SystemExit(f"error: --{flag} is a share, 0..1 (got {value})")
     if args.pretrain_answer_steps < 0:
         raise SystemExit("error: --pretrain-answer-steps must be >= 0")
     run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
@@ -272,44 +276,44 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="collect → train → deploy → success rate, on the simulated CRANE-X7",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=sorted(DEFAULTS), default="openvla", help="policy family (default openvla)")
-    p.add_argument("--task", default="reach", help="simulated task: reach or pick_place (default reach)")
-    p.add_argument("--episodes", type=int, default=400, help="demonstrations to collect (default 400)")
-    p.add_argument("--cameras", default="primary",
+    p.add_argument("--task", type=sim_task, default="reach", help="simulated task: reach or pick_place (default reach)")
+    p.add_argument("--episodes", type=positive_int, default=400, help="demonstrations to collect (default 400)")
+    p.add_argument("--cameras", type=camera_list(SIM_CAMERAS), default="primary",
                    help="cameras to record, comma-separated: primary (scene), wrist (hand); the tiny presets "
                         "see the scene camera (default primary)")
-    p.add_argument("--collect-speed", type=float, default=DEFAULT_COLLECT_SPEED,
+    p.add_argument("--collect-speed", type=float_in(0.0, MAX_SPEED, low_open=True), default=DEFAULT_COLLECT_SPEED,
                    help="simulated seconds per wall-clock second while collecting (the nodes run on the "
                         f"simulator's /clock; default {DEFAULT_COLLECT_SPEED:g})")
-    p.add_argument("--start-near", type=float, default=None, metavar="SHARE",
+    p.add_argument("--start-near", type=share, default=None, metavar="SHARE",
                    help="share of the demonstrations that start with the hand a few cm from a cube (collect "
                         f"--start-near; default {DEFAULTS['openvla']['start_near']:g} for openvla, 0 for openpi)")
-    p.add_argument("--pretrain-steps", type=int, default=None,
+    p.add_argument("--pretrain-steps", type=non_negative_int, default=None,
                    help="steps of the vision stage before training, whose tower training then keeps; 0 = "
                         f"train from the random preset (default {DEFAULTS['openvla']['pretrain_steps']} for "
                         "openvla, 0 for openpi)")
-    p.add_argument("--pretrain-answer-steps", type=int, default=DEFAULT_PRETRAIN_ANSWER_STEPS,
+    p.add_argument("--pretrain-answer-steps", type=non_negative_int, default=DEFAULT_PRETRAIN_ANSWER_STEPS,
                    help="then steps of the language model answering where each named object is (with "
                         f"--pretrain-steps; default {DEFAULT_PRETRAIN_ANSWER_STEPS})")
-    p.add_argument("--pretrain-scenes", type=int, default=DEFAULT_PRETRAIN_SCENES,
+    p.add_argument("--pretrain-scenes", type=positive_int, default=DEFAULT_PRETRAIN_SCENES,
                    help=f"rendered scenes of the vision stage (default {DEFAULT_PRETRAIN_SCENES})")
-    p.add_argument("--goal-scenes", type=int, default=None,
+    p.add_argument("--goal-scenes", type=non_negative_int, default=None,
                    help="simulated pictures, without demonstrations, that also teach the goal tokens "
                         f"(default {DEFAULTS['openvla']['goal_scenes']} for openvla, 0 for openpi)")
-    p.add_argument("--goal-scenes-alone", type=float, default=None,
+    p.add_argument("--goal-scenes-alone", type=share, default=None,
                    help="share of the goal scenes that show the named cube alone (default "
                         f"{DEFAULTS['openvla']['goal_scenes_alone']:g} for openvla)")
-    p.add_argument("--goal-scenes-near", type=float, default=None,
+    p.add_argument("--goal-scenes-near", type=share, default=None,
                    help="share of the goal scenes with the hand a few cm from a cube, the named one or another "
                         f"(default {DEFAULTS['openvla']['goal_scenes_near']:g} for openvla)")
-    p.add_argument("--goal-warmup-steps", type=int, default=None,
+    p.add_argument("--goal-warmup-steps", type=non_negative_int, default=None,
                    help="the first training steps learn where the named cube is from the goal scenes only "
                         f"(default {DEFAULTS['openvla']['goal_warmup_steps']} of "
                         f"{DEFAULTS['openvla']['steps']} for openvla, the same share of --train-steps)")
-    p.add_argument("--train-steps", type=int, default=None, help="training steps (default per backend)")
-    p.add_argument("--eval-episodes", type=int, default=20, help="held-out seeds to evaluate (default 20)")
-    p.add_argument("--eval-timeout", type=float, default=10.0,
+    p.add_argument("--train-steps", type=positive_int, default=None, help="training steps (default per backend)")
+    p.add_argument("--eval-episodes", type=positive_int, default=20, help="held-out seeds to evaluate (default 20)")
+    p.add_argument("--eval-timeout", type=positive_float, default=10.0,
                    help="seconds per evaluation episode (default 10; the demonstrations take 3-4 s)")
-    p.add_argument("--seed", type=int, default=0, help="first collection seed and training seed")
-    p.add_argument("--out", default="runs", help="folder for the run (default ./runs)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="first collection seed and training seed")
+    p.add_argument("--out", type=folder, default="runs", help="folder for the run (default ./runs)")
     p.set_defaults(func=_run)
     return p

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
+from crane_x7_vla.cli_args import folder, non_negative_int, positive_float, positive_int, sim_task
 from crane_x7_vla.evaluation import EpisodeOutcome, format_rate, summarize_episodes
 
 # Where the simulated CRANE-X7 (crane_x7_sim's defaults) publishes each camera.
@@ -25,10 +26,23 @@ HELD_OUT_FIRST_SEED = 100_000  # collection uses small seeds; evaluation never o
 
 
 def _read_config(checkpoint: Path) -> dict:
-    path = Path(checkpoint) / "policy_config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {checkpoint} a checkpoint directory (e.g. .../checkpoint-final)?")
-    return json.loads(path.read_text())
+    """The checkpoint's policy_config.json, checked as the inference node will check it, and
+    its cameras among the simulator's; PolicyLoadError naming the file otherwise."""
+    from crane_x7_vla.policy.loader import CONFIG_FILE, PolicyLoadError, read_policy_config, validate_config
+
+    config = read_policy_config(checkpoint)
+    where = Path(checkpoint) / CONFIG_FILE
+    try:
+        validate_config(config, where)
+    except PolicyLoadError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
+        raise PolicyLoadError(f"{where}: a field holds a value of the wrong kind ({exc})") from None
+    cameras = config.get("cameras") or ["wrist"]
+    unknown = [c for c in cameras if c not in SIM_CAMERA_TOPICS]
+    if unknown:
+        raise PolicyLoadError(f"{where}: camera(s) {unknown} do not exist in the simulator ({sorted(SIM_CAMERA_TOPICS)})")
+    return config
 
 
 def run_closed_loop(
@@ -52,9 +66,6 @@ def run_closed_loop(
 
     config = _read_config(checkpoint)
     cameras = list(config.get("cameras") or ["wrist"])
-    unknown = [c for c in cameras if c not in SIM_CAMERA_TOPICS]
-    if unknown:
-        raise ValueError(f"{checkpoint}: camera(s) {unknown} do not exist in the simulator ({sorted(SIM_CAMERA_TOPICS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "episodes.json"
     with domain_lease() as domain, NodeGroup(ros_env(domain), out_dir / "logs") as group:
@@ -124,6 +135,16 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
              data_root: Path | None = None, baselines: bool = True, log=print) -> dict:
     """Closed-loop success of the checkpoint and the baselines on the same seeds."""
     config = _read_config(checkpoint)
+    if baselines:  # the mean-trajectory baseline reads the training episodes: found before anything runs
+        from crane_x7_vla.episode.reader import DatasetError, require_episodes
+
+        train_config = config.get("train_config")
+        trained_on = data_root or (train_config.get("data_root") if isinstance(train_config, dict) else None)
+        if not trained_on:
+            raise DatasetError(f"{checkpoint} does not say which episodes it was trained on: pass --data-root "
+                               "(for the mean-trajectory baseline) or --no-baselines")
+        root = Path(trained_on)
+        require_episodes(root)
     results = {}
     log(f"evaluating {checkpoint} on '{task}', {episodes} held-out seeds from {first_seed}")
     outcomes = run_closed_loop(checkpoint, task=task, episodes=episodes, first_seed=first_seed, timeout=timeout,
@@ -133,7 +154,6 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
     if baselines:
         from concurrent.futures import ThreadPoolExecutor
 
-        root = Path(data_root or config.get("train_config", {}).get("data_root", ""))
         made = make_baselines(config, root, out_dir)
         # The baselines need no model, so both run at once, each with its own simulator and
         # node in its own ROS domain (the policy ran alone: its timing is the one that matters).
@@ -163,14 +183,14 @@ def _run(args) -> int:
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="closed-loop success rate on the simulated CRANE-X7, with baselines",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint directory, e.g. outputs/run/checkpoint-final")
-    p.add_argument("--task", default="reach", help="simulated task (reach, pick_place; default reach)")
-    p.add_argument("--episodes", type=int, default=20, help="held-out seeds to run (default 20)")
-    p.add_argument("--first-seed", type=int, default=HELD_OUT_FIRST_SEED, help="first held-out seed")
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds per episode (default 15)")
-    p.add_argument("--data-root", default=None, help="episodes for the mean-trajectory baseline "
+    p.add_argument("checkpoint", type=folder, help="checkpoint directory, e.g. outputs/run/checkpoint-final")
+    p.add_argument("--task", type=sim_task, default="reach", help="simulated task (reach, pick_place; default reach)")
+    p.add_argument("--episodes", type=positive_int, default=20, help="held-out seeds to run (default 20)")
+    p.add_argument("--first-seed", type=non_negative_int, default=HELD_OUT_FIRST_SEED, help="first held-out seed")
+    p.add_argument("--timeout", type=positive_float, default=15.0, help="seconds per episode (default 15)")
+    p.add_argument("--data-root", type=folder, default=None, help="episodes for the mean-trajectory baseline "
                    "(default: the checkpoint's training data)")
     p.add_argument("--no-baselines", action="store_true", help="skip the hold-still and mean-trajectory baselines")
-    p.add_argument("--out", default=None, help="output folder (default CHECKPOINT/eval)")
+    p.add_argument("--out", type=folder, default=None, help="output folder (default CHECKPOINT/eval)")
     p.set_defaults(func=_run)
     return p

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 
+from crane_x7_vla.cli_args import folder, image_size, non_negative_int, positive_float, positive_int, sim_task
+
 
 def _run(args) -> int:
     """pretrain_tiny checks the flags (and materialize_preset the preset) before writing anything."""
     from crane_x7_vla.backends.openvla.pretrain import pretrain_tiny
-    from crane_x7_vla.preprocess import parse_image_size
 
-    pretrain_tiny(args.out, preset=args.preset, image_size=parse_image_size(args.image_size), task=args.task,
+    pretrain_tiny(args.out, preset=args.preset, image_size=args.image_size, task=args.task,
                   scenes=args.scenes, steps=args.steps, answer_steps=args.answer_steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, seed=args.seed)
     return 0
@@ -27,19 +28,20 @@ def _run(args) -> int:
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("pretrain", help="pretrain a tiny preset's vision on simulated scenes (base model)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--out", type=folder, required=True, help="model directory to write")
     p.add_argument("--preset", default="tiny", help="preset to build (default tiny)")
-    p.add_argument("--image-size", default="64x64", help="model picture size WxH (default 64x64)")
-    p.add_argument("--task", default="reach", help="simulated task whose scenes are rendered (default reach)")
-    p.add_argument("--scenes", type=int, default=3000, help="rendered training scenes (default 3000)")
-    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    p.add_argument("--answer-steps", type=int, default=0,
+    p.add_argument("--image-size", type=image_size, default="64x64", help="model picture size WxH (default 64x64)")
+    p.add_argument("--task", type=sim_task, default="reach",
+                   help="simulated task whose scenes are rendered (default reach)")
+    p.add_argument("--scenes", type=positive_int, default=3000, help="rendered training scenes (default 3000)")
+    p.add_argument("--steps", type=positive_int, default=1500, help="training steps (default 1500)")
+    p.add_argument("--answer-steps", type=non_negative_int, default=0,
                    help="then steps of the language model answering the pointing questions with two "
                         "location tokens through the action prompt, the picture where the preset's prompt "
                         "puts it (a preset with the picture first leads in for the first half with the "
                         "colour as the prompt's last word) (default 0; e.g. 2000)")
-    p.add_argument("--batch-size", type=int, default=32, help="questions per step (default 32)")
-    p.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model and the scene draw (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="questions per step (default 32)")
+    p.add_argument("--learning-rate", type=positive_float, default=3e-4, help="peak learning rate (default 3e-4)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the model and the scene draw (default 0)")
     p.set_defaults(func=_run)
     return p

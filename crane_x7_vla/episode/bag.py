@@ -16,6 +16,10 @@ package), pairs them by nearest timestamp and writes episodes with EpisodeWriter
 * Images: rgb8, bgr8, rgba8, bgra8 and mono8 Images become RGB (bgr is converted,
   never passed through); JPEG CompressedImages are kept as they are (a JPEG decodes
   to RGB), PNG ones are decoded and converted.
+* Episode names and start_time: when the bag recorded the episode's first step (not
+  when it was imported); the metadata's extra keeps the bag's identity (first and last
+  message time, message count).
+* A bag whose episodes are already in the output folder is skipped (nothing written).
 * JointState messages may carry a subset of the joints (e.g. the gripper apart
   from the arm): the latest value of each joint is merged, and a state exists once
   all 8 joints are known within the tolerance.
@@ -27,11 +31,13 @@ import os
 import struct
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from crane_x7_vla import robot
+from crane_x7_vla.cli_args import clip
 from crane_x7_vla.episode import jpeg
 from crane_x7_vla.episode.reader import DatasetError
 from crane_x7_vla.episode.schema import CameraInfo
@@ -41,6 +47,7 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
+IMPORT_SOURCE = "rosbag2 import"  # EpisodeMeta.source of the episodes written here
 RAW_ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True), "rgba8": (4, False), "bgra8": (4, True), "mono8": (1, False)}
 
 
@@ -78,9 +85,9 @@ def parse_image_topic(text: str) -> tuple[str, str]:
     """'wrist=/wrist/image_raw' -> ('wrist', '/wrist/image_raw')."""
     name, sep, topic = text.partition("=")
     if not sep or not name or not topic.startswith("/"):
-        raise DatasetError(f"--image-topic {text!r}: expected NAME=/topic, e.g. primary=/camera/color/image_raw")
+        raise DatasetError(f"--image-topic {clip(text)!r}: expected NAME=/topic, e.g. primary=/camera/color/image_raw")
     if not name.replace("_", "").isalnum():
-        raise DatasetError(f"--image-topic {text!r}: camera name {name!r} may hold letters, digits and _ only")
+        raise DatasetError(f"--image-topic {clip(text)!r}: camera name {clip(name)!r} may hold letters, digits and _ only")
     return name, topic
 
 
@@ -145,6 +152,7 @@ def image_to_rgb_or_jpeg(msg, msgtype: str, *, where: str) -> np.ndarray | bytes
 class Streams:
     joint_times: np.ndarray  # (N,) int64 ns, sorted
     joint_states: np.ndarray  # (N, 8)
+    joint_received: np.ndarray  # (N,) int64 ns: when the bag recorded each of those joint states
     image_times: dict[str, np.ndarray]  # camera -> (M,) int64 ns, in bag order
     image_order: dict[str, np.ndarray]  # camera -> message indices sorted by time
 
@@ -245,7 +253,7 @@ def read_streams(reader, joint_conns, image_conns, options: BagImportOptions, to
         topic_of.update({c.id: ("image", cam) for c in conns})
     latest: dict[str, tuple[float, int]] = {}
     seen_names: set[str] = set()
-    jt, js = [], []
+    jt, js, jr = [], [], []
     itimes: dict[str, list[int]] = {cam: [] for cam in image_conns}
     conns = [c for cs in image_conns.values() for c in cs] + list(joint_conns)
     for conn, received, raw in progress(reader.messages(connections=conns)):
@@ -264,6 +272,7 @@ def read_streams(reader, joint_conns, image_conns, options: BagImportOptions, to
             if tolerance_ns is None or max(ages) <= tolerance_ns:
                 js.append([latest[j][0] for j in robot.JOINT_NAMES])
                 jt.append(t)
+                jr.append(int(received))
     if not jt:
         missing = [j for j in robot.JOINT_NAMES if j not in seen_names]
         detail = f"missing joints {', '.join(missing)}" if missing else "joints never within the tolerance of each other"
@@ -282,6 +291,7 @@ def read_streams(reader, joint_conns, image_conns, options: BagImportOptions, to
     return Streams(
         joint_times=joint_times[last_of_stamp],
         joint_states=np.asarray(js, dtype=np.float64)[order][last_of_stamp],
+        joint_received=np.asarray(jr, dtype=np.int64)[order][last_of_stamp],
         image_times=image_times,
         image_order={cam: np.argsort(t, kind="stable") for cam, t in image_times.items()},
     )
@@ -312,6 +322,10 @@ def import_bag(bag: str | os.PathLike, out: str | os.PathLike, options: BagImpor
     cameras = list(options.image_topics)
     reader = _open(bag)
     try:
+        identity = bag_identity(reader)
+        done = already_imported(out, bag, identity)
+        if done:
+            return {"bag": str(bag), "out": str(out), "already_imported": [str(p) for p in done], "episodes": []}
         joint_conns, image_conns = _connections(reader, bag, options)
         total_msgs = sum(c.msgcount for cs in [joint_conns, *image_conns.values()] for c in cs)
 
@@ -333,7 +347,8 @@ def import_bag(bag: str | os.PathLike, out: str | os.PathLike, options: BagImpor
             )
         fps = float(options.rate) if options.rate else _nominal_rate(rate)
         written = _write_episodes(
-            reader, bag, out, episodes, streams, joint_conns, image_conns, options, fps, bar("write episodes")
+            reader, bag, out, episodes, streams, joint_conns, image_conns, options, fps, bar("write episodes"),
+            identity,
         )
     finally:
         reader.close()
@@ -351,13 +366,46 @@ def import_bag(bag: str | os.PathLike, out: str | os.PathLike, options: BagImpor
     }
 
 
+def bag_identity(reader) -> dict:
+    """What tells one recording from another: its first and last message times and its
+    message count (the same whether the bag is read from its folder or its file, or moved)."""
+    return {
+        "start_ns": int(reader.start_time),
+        "end_ns": int(reader.end_time),
+        "messages": int(reader.message_count),
+    }
+
+
+def already_imported(out, bag: Path, identity: dict) -> list[Path]:
+    """Episodes under `out` imported from this recording (earlier imports without the
+    recording's identity are matched by the bag's path)."""
+    from crane_x7_vla.episode.reader import list_episodes
+
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = []
+    for ref in list_episodes(out, include_discarded=True, strict=False):
+        if ref.meta is None:
+            continue
+        extra = ref.meta.extra
+        if "bag" in extra:
+            same = extra["bag"] == identity
+        else:
+            same = ref.meta.source == IMPORT_SOURCE and extra.get("imported_from") == str(bag.resolve())
+        if same:
+            found.append(ref.path)
+    return found
+
+
 def _tolerance_ns(options: BagImportOptions, rate: float | None) -> int:
     if options.tolerance is not None:
         return int(options.tolerance * 1e9)
     return int(0.5e9 / (options.rate or rate))
 
 
-def _write_episodes(reader, bag, out, episodes, streams: Streams, joint_conns, image_conns, options, fps, progress) -> list[Path]:
+def _write_episodes(reader, bag, out, episodes, streams: Streams, joint_conns, image_conns, options, fps, progress,
+                    identity: dict) -> list[Path]:
     """Pass 2: decode the chosen images and write the steps, episode by episode, in order."""
     wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}  # (camera, msg index) -> [(episode, step)]
     for e, steps in enumerate(episodes):
@@ -381,7 +429,7 @@ def _write_episodes(reader, bag, out, episodes, streams: Streams, joint_conns, i
             del pending[(e, s)]
             step = episodes[e][s]
             if e not in writers:
-                writers[e] = _new_writer(out, bag, options, fps, images, sizes, e, episodes[e], streams)
+                writers[e] = _new_writer(out, bag, options, fps, images, sizes, e, episodes[e], streams, identity)
             writers[e].add_step(
                 streams.joint_states[step.joint],
                 {cam: img for cam, (img, _) in images.items()},
@@ -426,23 +474,28 @@ def _write_episodes(reader, bag, out, episodes, streams: Streams, joint_conns, i
     return written
 
 
-def _new_writer(out, bag, options, fps, images, sizes, index, steps, streams) -> EpisodeWriter:
+def _new_writer(out, bag, options, fps, images, sizes, index, steps, streams, identity) -> EpisodeWriter:
+    """The writer of one episode, named and dated by when the bag recorded its first step."""
     cameras = {
         cam: CameraInfo(width=sizes[cam][0], height=sizes[cam][1], topic=options.image_topics[cam]) for cam in images
     }
+    recorded_ns = int(streams.joint_received[steps[0].joint])
     return EpisodeWriter(
         out,
         fps=fps,
         instruction=options.instruction,
         cameras=cameras,
         task=options.task,
+        start_time=datetime.fromtimestamp(recorded_ns / 1e9, tz=timezone.utc),
         extra={
             "imported_from": str(Path(bag).resolve()),
+            "bag": identity,
             "episode_in_bag": index,
             "joint_topic": options.joint_topic,
             "time_source": options.time_source,
             "bag_start_ns": int(steps[0].time),
             "bag_end_ns": int(steps[-1].time),
+            "recorded_start_ns": recorded_ns,
         },
     )
 
@@ -453,7 +506,7 @@ def _close(writer: EpisodeWriter, steps: list[Step], fps: float) -> Path:
     expected = int(round(span_s * fps)) + 1
     return writer.close(
         success=None,
-        source="rosbag2 import",
+        source=IMPORT_SOURCE,
         achieved_fps=achieved,
         dropped_steps=max(0, expected - len(steps)),
     )

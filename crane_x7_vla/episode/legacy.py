@@ -22,7 +22,8 @@ from crane_x7_vla.episode.writer import EpisodeWriter
 def find_legacy_episodes(src: str | os.PathLike) -> list[Path]:
     src = Path(src)
     if not src.is_dir():
-        raise DatasetError(f"{src}: no such directory")
+        raise DatasetError(f"{src} is a file; a folder of episode_* folders is expected" if src.exists()
+                           else f"{src}: no such directory")
     found = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("episode_") and (p / schema.RECORD_FILE).exists())
     if not found:
         raise DatasetError(f"{src}: no episode_*/{schema.RECORD_FILE} found (the earlier stack's layout)")
@@ -38,7 +39,18 @@ def import_legacy(
     instruction: str | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Convert every legacy episode under `src` into our format under `dst`."""
+    """Convert every legacy episode under `src` into our format under `dst`.
+
+    `dst` may not be `src` nor a folder inside it (the copies would land among, or below,
+    the episodes being read)."""
+    source, target = Path(src).resolve(), Path(dst).resolve()
+    if target == source or source in target.parents:
+        where = "is the source folder" if target == source else f"is inside the source folder {source}"
+        raise DatasetError(f"{dst} {where}: import the episodes into a folder outside {src}")
+    if target.exists() and not target.is_dir():
+        raise DatasetError(f"{dst} is a file; the episodes are written into a folder")
+    if not fps > 0:
+        raise DatasetError(f"--fps must be above 0 (got {fps})")
     written = []
     episodes = find_legacy_episodes(src)
     for path in tqdm(episodes, desc="import-legacy", unit="episode", disable=not progress):

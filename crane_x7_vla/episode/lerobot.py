@@ -30,7 +30,7 @@ import numpy as np
 
 from crane_x7_vla import robot
 from crane_x7_vla.episode import jpeg, schema
-from crane_x7_vla.episode.export_common import load_for_export, plan_export, prepare_output
+from crane_x7_vla.episode.export_common import check_output, export_folder, load_for_export, plan_export
 from crane_x7_vla.episode.reader import DatasetError
 
 CODEBASE_VERSION = "v3.0"
@@ -48,6 +48,7 @@ ACTION_KEY = "action"
 INDEX_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 CODECS = {"av1": "libsvtav1", "h264": "libx264"}
+MAX_CRF = {"av1": 63, "h264": 51}  # the encoders' quality scales
 DATA_BYTES_PER_FRAME = 2 * 4 * schema.STATE_DIM + 4 + 4 * 8  # parquet size estimate for file roll-over
 
 
@@ -332,17 +333,30 @@ def export_lerobot(
     gop: int = 2,
     progress: bool = True,
 ) -> dict:
-    """Write every episode under `root` as a LeRobotDataset v3.0 into `out`; returns a summary."""
-    from tqdm import tqdm
+    """Write every episode under `root` as a LeRobotDataset v3.0 into `out`; returns a summary.
 
+    The dataset is written into a hidden folder beside `out` and moved into place when it is
+    complete (export_common.export_folder): a failed export leaves no half-written `out`."""
     if vcodec not in CODECS:
         raise DatasetError(f"--vcodec {vcodec!r}: choose one of {', '.join(CODECS)}")
+    if not 0 <= crf <= MAX_CRF[vcodec]:
+        raise DatasetError(f"--crf must be 0..{MAX_CRF[vcodec]} for --vcodec {vcodec} (got {crf})")
+    if gop < 1:
+        raise DatasetError(f"--gop must be at least 1 (got {gop})")
+    check_output(out, overwrite=overwrite, source=root)
     plan = plan_export(root, fps=fps)
     rate = _integral_fps(plan.fps)
     for cam, (w, h) in plan.cameras.items():
         if w % 2 or h % 2:
             raise DatasetError(f"camera '{cam}' is {w}x{h}: video export (yuv420p) needs an even width and height")
-    out = prepare_output(out, overwrite=overwrite, source=root)
+    with export_folder(out, overwrite=overwrite, source=root, fmt="lerobot") as work:
+        summary = _write_lerobot(work, plan, rate, vcodec=vcodec, crf=crf, gop=gop, progress=progress)
+    return {"format": "lerobot", "out": str(Path(out)), **summary}
+
+
+def _write_lerobot(out: Path, plan, rate: int, *, vcodec: str, crf: int, gop: int, progress: bool) -> dict:
+    """The LeRobot files of `plan`'s episodes in the folder `out`; the summary's counts."""
+    from tqdm import tqdm
 
     tasks: dict[str, int] = {}
     episode_rows: list[dict] = []
@@ -448,8 +462,6 @@ def export_lerobot(
     }
     (out / INFO_PATH).write_text(json.dumps(info, indent=4))
     return {
-        "format": "lerobot",
-        "out": str(out),
         "episodes": len(episode_rows),
         "steps": total,
         "tasks": len(tasks),

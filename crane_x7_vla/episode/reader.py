@@ -31,14 +31,38 @@ class EpisodeRef:
         return self.path.name
 
 
-def list_episodes(root: str | os.PathLike, *, include_discarded: bool = False) -> list[EpisodeRef]:
+def _require_dir(root: Path) -> None:
+    if not root.exists():
+        raise DatasetError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file; a folder of episodes is expected")
+
+
+def read_meta(episode_dir: str | os.PathLike) -> EpisodeMeta | None:
+    """The metadata of an episode folder (None for the earlier stack's episodes, which have
+    none); DatasetError naming the file when it is damaged."""
+    meta_path = Path(episode_dir) / schema.META_FILE
+    if not meta_path.exists():
+        return None
+    try:
+        return EpisodeMeta.load(meta_path)
+    except ValueError as exc:
+        raise DatasetError(f"{exc} (`crane-x7-vla dataset validate` lists every damaged file)") from None
+    except OSError as exc:
+        raise DatasetError(f"{meta_path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def list_episodes(
+    root: str | os.PathLike, *, include_discarded: bool = False, strict: bool = True
+) -> list[EpisodeRef]:
     """Finished episodes under ``root`` (sorted by name); partial ones are not included.
 
-    ``root`` may also be a single episode directory.
+    ``root`` may also be a single episode directory. A damaged metadata file is a
+    DatasetError naming it; with ``strict=False`` its episode is listed with meta None
+    (for `validate`, which reports the file itself).
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such directory")
+    _require_dir(root)
     if (root / schema.RECORD_FILE).exists():
         candidates = [root]
     else:
@@ -48,8 +72,12 @@ def list_episodes(root: str | os.PathLike, *, include_discarded: bool = False) -
         )
     refs = []
     for path in candidates:
-        meta_path = path / schema.META_FILE
-        meta = EpisodeMeta.load(meta_path) if meta_path.exists() else None
+        try:
+            meta = read_meta(path)
+        except DatasetError:
+            if strict:
+                raise
+            meta = None
         if meta is not None and meta.discarded and not include_discarded:
             continue
         refs.append(EpisodeRef(path, meta))
@@ -59,6 +87,7 @@ def list_episodes(root: str | os.PathLike, *, include_discarded: bool = False) -
 def list_partial(root: str | os.PathLike) -> list[Path]:
     """Episodes whose writer never closed them (crashed or still recording)."""
     root = Path(root)
+    _require_dir(root)
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(schema.PARTIAL_SUFFIX))
 
 
@@ -125,8 +154,7 @@ def load_episode(path: str | os.PathLike, *, images: bool = True, cameras=None) 
     """Read a whole episode. Raises RecordError/DatasetError naming file and record."""
     path = Path(path)
     record_path = path / schema.RECORD_FILE
-    meta_path = path / schema.META_FILE
-    meta = EpisodeMeta.load(meta_path) if meta_path.exists() else None
+    meta = read_meta(path)
     proprio, action, timestep, stamps = [], [], [], []
     frames: dict[str, list[bytes]] = {}
     instruction = meta.language_instruction if meta else ""

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla.episode import schema
-from crane_x7_vla.episode.export_common import load_for_export, plan_export, prepare_output
+from crane_x7_vla.episode.export_common import check_output, export_folder, load_for_export, plan_export
+from crane_x7_vla.episode.reader import DatasetError
 from crane_x7_vla.episode.stats import compute_statistics
 
 DATASET_NAME = schema.DATASET_NAME
@@ -126,13 +127,36 @@ def export_rlds(
     episodes_per_shard: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write every episode under `root` as an RLDS/TFDS dataset into `out`; returns a summary."""
+    """Write every episode under `root` as an RLDS/TFDS dataset into `out`; returns a summary.
+
+    The dataset is written into a hidden folder beside `out` and moved into place when it is
+    complete (export_common.export_folder): a failed export leaves no half-written `out`."""
+    if episodes_per_shard is not None and episodes_per_shard < 1:
+        raise DatasetError(f"--episodes-per-shard must be at least 1 (got {episodes_per_shard})")
+    check_output(out, overwrite=overwrite, source=root)
+    plan = plan_export(root, fps=fps)
+    with export_folder(out, overwrite=overwrite, source=root, fmt="rlds") as work:
+        steps, stats = _write_rlds(work, plan, episodes_per_shard, progress)
+    out = Path(out)
+    shards = sorted(p.name for p in out.iterdir() if ".tfrecord-" in p.name)
+    return {
+        "format": "rlds",
+        "out": str(out),
+        "episodes": stats["num_episodes"],
+        "steps": steps,
+        "cameras": {c: f"{w}x{h}" for c, (w, h) in plan.cameras.items()},
+        "shards": shards,
+        "statistics": str(out / schema.STATS_FILE),
+        "fingerprint": stats["fingerprint"],
+    }
+
+
+def _write_rlds(out: Path, plan, episodes_per_shard: int | None, progress: bool) -> tuple[int, dict]:
+    """The TFDS files and the statistics of `plan`'s episodes in the folder `out`; (steps, statistics)."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import sequential_writer
     from tqdm import tqdm
 
-    plan = plan_export(root, fps=fps)
-    out = prepare_output(out, overwrite=overwrite, source=root)
     info = tfds.core.DatasetInfo(
         builder=tfds.core.DatasetIdentity(name=DATASET_NAME, version=VERSION, data_dir=str(out), module_name=""),
         description=(
@@ -147,7 +171,7 @@ def export_rlds(
     writer = None
     steps = 0
     loaded = []
-    for i, ref in enumerate(tqdm(plan.refs, desc="export rlds", unit="episode", disable=not progress)):
+    for ref in tqdm(plan.refs, desc="export rlds", unit="episode", disable=not progress):
         ep = load_for_export(ref, plan)
         if writer is None:
             per_shard = episodes_per_shard or _episodes_per_shard(ep)
@@ -160,17 +184,7 @@ def export_rlds(
     writer.close_all()
     stats = compute_statistics(loaded)
     (out / schema.STATS_FILE).write_text(json.dumps({DATASET_NAME: stats}, indent=2))
-    shards = sorted(p.name for p in out.iterdir() if ".tfrecord-" in p.name)
-    return {
-        "format": "rlds",
-        "out": str(out),
-        "episodes": len(loaded),
-        "steps": steps,
-        "cameras": {c: f"{w}x{h}" for c, (w, h) in plan.cameras.items()},
-        "shards": shards,
-        "statistics": str(out / schema.STATS_FILE),
-        "fingerprint": stats["fingerprint"],
-    }
+    return steps, stats
 
 
 def _episodes_per_shard(ep) -> int:

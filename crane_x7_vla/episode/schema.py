@@ -114,18 +114,61 @@ class EpisodeMeta:
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "episode metadata") -> "EpisodeMeta":
+        """The metadata from its JSON object; ValueError naming `where` and the field when a
+        field is missing or holds the wrong kind of value."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, found {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         for required in ("fps", "language_instruction", "cameras", "start_time"):
             if required not in data:
                 raise ValueError(f"{where}: field '{required}' is missing")
+        for name, kinds, what in _FIELD_KINDS:
+            value = data.get(name)
+            if name in data and not (value is None and name in _MAY_BE_NULL) and (
+                not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+            ):
+                raise ValueError(f"{where}: field '{name}' must be {what}, found {json.dumps(value)[:60]}")
+        if not data["fps"] > 0:
+            raise ValueError(f"{where}: field 'fps' must be above 0, found {data['fps']}")
+        cameras = {}
+        for camera, info in data["cameras"].items():
+            if not isinstance(info, dict) or not all(
+                isinstance(info.get(k), int) and not isinstance(info.get(k), bool) and info.get(k) > 0
+                for k in ("width", "height")
+            ):
+                raise ValueError(f"{where}: cameras.{camera} must hold a positive width and height")
+            cameras[camera] = CameraInfo(width=info["width"], height=info["height"], topic=str(info.get("topic", "")))
         kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs["cameras"] = {n: CameraInfo(**c) for n, c in data["cameras"].items()}
+        kwargs["cameras"] = cameras
         return cls(**kwargs)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EpisodeMeta":
+        """Read an episode_meta.json; ValueError naming the file when it is unreadable or wrong."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text file (expected JSON)") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data, where=str(path))
+
+
+# Fields whose kind from_dict checks: (name, accepted types, description).
+_FIELD_KINDS = (
+    ("fps", (int, float), "a number of steps per second"),
+    ("language_instruction", (str,), "text"),
+    ("cameras", (dict,), "an object of camera name: {width, height}"),
+    ("start_time", (str,), "an ISO 8601 time (text)"),
+    ("num_steps", (int,), "a whole number"),
+    ("joint_names", (list,), "a list of joint names"),
+    ("success", (bool,), "true, false or null"),
+    ("discarded", (bool,), "true or false"),
+    ("task", (str,), "text"),
+    ("seed", (int,), "a whole number or null"),
+    ("achieved_fps", (int, float), "a number or null"),
+    ("dropped_steps", (int,), "a whole number"),
+    ("stale_frames", (dict,), "an object of camera name: count"),
+    ("extra", (dict,), "an object"),
+)
+_MAY_BE_NULL = {"success", "seed", "achieved_fps"}

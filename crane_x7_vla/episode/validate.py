@@ -25,8 +25,10 @@ def validate_episode(path: str | os.PathLike, *, check_images: bool = True) -> l
     if meta_path.exists():
         try:
             meta = EpisodeMeta.load(meta_path)
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{meta_path}: {exc}")
+        except ValueError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{meta_path}: cannot be read ({exc.strerror or exc})")
     if meta is not None and meta.joint_names != list(robot.JOINT_NAMES):
         problems.append(f"{meta_path}: joint_names differ from the CRANE-X7 controller order")
     count = 0
@@ -101,7 +103,7 @@ def validate_episode(path: str | os.PathLike, *, check_images: bool = True) -> l
 
 def validate_dataset(root: str | os.PathLike) -> tuple[int, list[str]]:
     """(episodes checked, problems). Unfinished .partial episodes are reported too."""
-    refs = list_episodes(root, include_discarded=True)
+    refs = list_episodes(root, include_discarded=True, strict=False)
     problems: list[str] = []
     for ref in refs:
         problems.extend(validate_episode(ref.path))

@@ -97,12 +97,15 @@ class EpisodeWriter:
         seed: int | None = None,
         jpeg_quality: int = 90,
         extra: dict | None = None,
+        start_time: datetime | None = None,
     ) -> None:
+        """``start_time``: when the episode was recorded (an imported recording's own time);
+        the folder name and the metadata's start_time carry it. Default: now."""
         if not instruction:
             raise ValueError("an episode needs a language instruction")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        now = datetime.now(timezone.utc)
+        now = (start_time or datetime.now(timezone.utc)).astimezone(timezone.utc)
         self.index = _next_index(self.root)
         self.name = schema.episode_dir_name(self.index, now.strftime("%Y%m%d_%H%M%S"))
         self.partial_dir = self.root / f".{self.name}{schema.PARTIAL_SUFFIX}"

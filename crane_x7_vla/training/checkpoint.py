@@ -110,13 +110,21 @@ def read_policy_config(directory) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path} not found: {directory} is not a crane_x7_vla checkpoint")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object at the top level, found {type(config).__name__}")
     for key in ("backend", "image_spec", "joint_names", "action_space", "dataset_statistics"):
         if key not in config:
             raise CheckpointError(f"{path}: '{key}' is missing")
+    for key, kind in (("backend", str), ("image_spec", dict), ("joint_names", list), ("action_space", dict)):
+        if not isinstance(config[key], kind):
+            raise CheckpointError(f"{path}: '{key}' must be {_KIND_WORDS[kind]}, found {type(config[key]).__name__}")
     return config
+
+
+_KIND_WORDS = {str: "text", dict: "an object", list: "a list"}
 
 
 def write_trainer_state(directory, state: dict) -> Path:
@@ -132,7 +140,13 @@ def read_trainer_state(directory) -> dict:
             f"{path} not found: {directory} holds no resume state (was it written by an older version, "
             f"or is it a merged/exported model?)"
         )
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object at the top level, found {type(state).__name__}")
+    return state
 
 
 def check_resume(directory, *, backend: str, fingerprint: str | None = None, base_model: str | None = None) -> dict:

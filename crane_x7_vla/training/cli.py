@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from crane_x7_vla.backends.openvla.prompt import IMAGE_POSITIONS
+from crane_x7_vla.cli_args import ArgumentParser, clip, folder
 from crane_x7_vla.preprocess import DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS
 from crane_x7_vla.training.config import BACKEND_DEFAULTS, BACKENDS, ConfigError, TrainConfig, load_yaml
 
@@ -199,9 +200,12 @@ def run_train(args: argparse.Namespace):
 
 
 def run_merge(args: argparse.Namespace):
-    from crane_x7_vla.training.checkpoint import read_policy_config
+    from crane_x7_vla.training.checkpoint import CheckpointError, read_policy_config
 
     config = read_policy_config(args.checkpoint)
+    if config["backend"] not in BACKENDS:
+        raise CheckpointError(f"{args.checkpoint} holds a '{clip(config['backend'])}' policy; LoRA adapters come "
+                              f"from training with --backend {' or '.join(BACKENDS)}")
     backend = importlib.import_module(f"crane_x7_vla.backends.{config['backend']}.trainer")
     if not hasattr(backend, "merge_lora"):
         raise ConfigError(f"the {config['backend']} backend has no LoRA merge step")
@@ -225,13 +229,13 @@ def register(subparsers) -> None:
     add_train_arguments(p)
     p.set_defaults(func=run_train)
     m = subparsers.add_parser("merge-lora", help="fold a LoRA checkpoint's adapters into full weights")
-    m.add_argument("checkpoint", help="checkpoint directory (e.g. .../checkpoint-final)")
-    m.add_argument("--output", default=None, help="where to write (default: CHECKPOINT/merged)")
+    m.add_argument("checkpoint", type=folder, help="checkpoint directory (e.g. .../checkpoint-final)")
+    m.add_argument("--output", type=folder, default=None, help="where to write (default: CHECKPOINT/merged)")
     m.set_defaults(func=run_merge)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crane_x7_vla.training.cli",
+    parser = ArgumentParser(prog="python -m crane_x7_vla.training.cli",
                                      description="Train VLA policies for the CRANE-X7.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register(sub)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crane_x7_vla.cli_args import clip
 from crane_x7_vla.backends.openvla.prompt import IMAGE_AFTER_INSTRUCTION, IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.preprocess import ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS, ImageSpec, parse_image_size
 
@@ -88,6 +91,48 @@ def preset_of(model: str | None) -> str | None:
 
 class ConfigError(ValueError):
     """A setting is missing, unknown, out of range or contradicts another one."""
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# What a setting's value may be, by the type written in TrainConfig (None where it says "| None").
+_KINDS = {
+    "str": ((str,), "text"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "list[str]": ((list,), "a list of names"),
+    "dict": ((dict,), "a mapping"),
+}
+
+
+def check_kinds(data: dict, where: str) -> dict:
+    """`data` with each value checked against its setting's kind; ConfigError naming `where`
+    and the setting otherwise (a YAML file can hold anything: 'batch_size: lots'). A number
+    written as text, such as YAML's 1e-4, is taken as that number."""
+    out = dict(data)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        kind, _, none = str(f.type).partition(" | ")
+        if value is None and none == "None":
+            continue
+        types, what = _KINDS[kind]
+        if kind == "float" and isinstance(value, str):
+            try:
+                value = out[f.name] = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if ok and kind == "list[str]":
+            ok = all(isinstance(v, str) for v in value)
+        if ok and kind == "float":
+            ok = math.isfinite(value)
+        if not ok:
+            flag = "--" + f.name.replace("_", "-")
+            raise ConfigError(f"{where}: {f.name} ({flag}) must be {what}, got {clip(json.dumps(value, default=str))}")
+    return out
 
 
 @dataclass
@@ -167,7 +212,7 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return cls(**check_kinds(data, where))
 
     def resolved(self) -> "TrainConfig":
         """Fill per-backend defaults and check every value; returns a new config."""
@@ -263,6 +308,12 @@ class TrainConfig:
             raise ConfigError("--cameras needs at least one camera name")
         if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():
             raise ConfigError(f"--resume-from-checkpoint: {self.resume_from_checkpoint} is not a directory")
+        if not DEVICE_RE.match(self.device):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {clip(self.device)!r})")
+        if self.output_dir and Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"--output-dir {self.output_dir} is a file; checkpoints are written into a folder")
+        if not str(self.data_root).strip():
+            raise ConfigError("--data-root is empty: give the folder of recorded episodes")
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -270,12 +321,19 @@ def load_yaml(path: str | os.PathLike) -> dict:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config: {path} is a folder; a YAML settings file is expected")
     if not path.is_file():
         raise ConfigError(f"--config: {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML settings)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting: value at the top level")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -283,4 +341,4 @@ def load_yaml(path: str | os.PathLike) -> dict:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {unknown}")
-    return data
+    return check_kinds(data, str(path))

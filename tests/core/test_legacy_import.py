@@ -60,3 +60,21 @@ def test_legacy_episodes_are_listed_and_read_in_place(tmp_path):
     refs = list_episodes(tmp_path)
     assert len(refs) == 1 and refs[0].meta is None
     assert len(load_episode(refs[0].path)) == 6
+
+
+def test_import_into_the_source_or_a_folder_inside_it_is_refused(tmp_path):
+    import pytest
+
+    from crane_x7_vla.episode.reader import DatasetError
+
+    src = tmp_path / "old"
+    write_legacy(src)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for dst in (src, src / "converted", src / "." / "a" / ".."):
+        with pytest.raises(DatasetError, match="source folder"):
+            import_legacy(src, dst, progress=False)
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="is a file"):
+        import_legacy(src, tmp_path / "file", progress=False)
+    assert len(import_legacy(src, tmp_path / "new", progress=False)) == 1

@@ -59,3 +59,28 @@ def test_statistics_and_fingerprint(tmp_path):
     write_synthetic_dataset(tmp_path, episodes=1, steps=10, seed=7)  # a new take arrives
     with pytest.raises(StaleStatisticsError, match="regenerate"):
         check_statistics(data, load_arrays(tmp_path), where=str(path))
+
+
+@pytest.mark.parametrize("text, found", [
+    ('{"fps": 10.0, "language_instr', "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"fps": "fast", "language_instruction": "x", "cameras": {}, "start_time": "t"}), "field 'fps'"),
+    (json.dumps({"fps": 10, "language_instruction": "x", "cameras": {"primary": [1]}, "start_time": "t"}),
+     "cameras.primary"),
+    (json.dumps({"fps": 10, "language_instruction": "x", "cameras": {}}), "field 'start_time' is missing"),
+])
+def test_a_damaged_metadata_file_is_named(tmp_path, text, found):
+    from crane_x7_vla.episode.reader import DatasetError, list_episodes, load_episode
+
+    write_synthetic_dataset(tmp_path, episodes=3, steps=4)
+    damaged = sorted(tmp_path.glob("episode_*"))[1] / schema.META_FILE
+    damaged.write_text(text)
+    count, problems = validate_dataset(tmp_path)
+    assert count == 3 and len(problems) == 1
+    assert problems[0].startswith(f"{damaged}: ") and found in problems[0]
+    for read in (lambda: list_episodes(tmp_path), lambda: load_arrays(tmp_path), lambda: write_statistics(tmp_path),
+                 lambda: load_episode(damaged.parent)):
+        with pytest.raises(DatasetError, match=found) as caught:
+            read()
+        assert str(caught.value).startswith(f"{damaged}: ")
+    assert not (tmp_path / schema.STATS_FILE).exists()

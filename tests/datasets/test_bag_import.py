@@ -148,3 +148,37 @@ def test_image_encodings(tmp_path):
     msg = Image(header=header(T0), height=h, width=w, encoding="16UC1", is_bigendian=0, step=w * 2, data=np.zeros(h * w * 2, np.uint8))
     with pytest.raises(DatasetError, match="cam 7: image encoding '16UC1' is not supported"):
         image_to_rgb_or_jpeg(msg, Image.__msgtype__, where="cam 7")
+
+
+def test_episodes_carry_the_recording_time_and_a_bag_is_imported_once(tmp_path, capsys):
+    from datetime import datetime, timezone
+
+    bag = write_bag(tmp_path / "bag")
+    out = tmp_path / "episodes"
+    first = import_bag(bag, out, options(), progress=False)
+    refs = list_episodes(out)
+    assert [str(r.path) for r in refs] == first["episodes"]
+    for ref, segment_start in zip(refs, (0.0, 3.0)):
+        # the joint state of the first step was recorded 2 ms after its stamp (bagfixture)
+        recorded = T0 + int(segment_start * 1e9) + 2_000_000
+        when = datetime.fromtimestamp(recorded / 1e9, tz=timezone.utc)
+        assert ref.name.endswith(when.strftime("%Y%m%d_%H%M%S"))
+        assert datetime.fromisoformat(ref.meta.start_time) == when
+        assert ref.meta.extra["recorded_start_ns"] == recorded
+        assert ref.meta.extra["bag"]["messages"] > 0
+    assert refs[0].name.endswith("20231114_221320") and refs[1].name.endswith("20231114_221323")
+
+    again = import_bag(bag, out, options(rate=5.0), progress=False)
+    assert again["episodes"] == [] and again["already_imported"] == first["episodes"]
+    assert [r.name for r in list_episodes(out)] == [r.name for r in refs]
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["import-bag", str(bag), "--out", str(out), "--instruction", "pick up the red cube",
+                              "--image-topic", f"primary={CAMERAS['primary']}", "--no-progress"])
+    assert args.func(args) == 0
+    assert "already imported" in capsys.readouterr().out
+    assert len(list_episodes(out)) == 2
+
+    elsewhere = import_bag(bag, tmp_path / "other", options(), progress=False)
+    assert len(elsewhere["episodes"]) == 2

@@ -181,3 +181,30 @@ def test_a_failing_evaluation_does_not_stop_the_run(tmp_path, capsys):
     assert sorted(losses(out)) == [1, 2, 3, 4]
     assert not any(k.startswith("val/") for r in read_metrics(out) for k in r)
 
+
+
+def test_a_damaged_adapter_or_an_unknown_device_is_one_line(lora_run, dataset_dir, tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import cli_path
+    from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(lora_run / "checkpoint-12", damaged)
+    weights = damaged / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])  # cut short, as by a full disk or an interrupted copy
+    with pytest.raises(PolicyLoadError, match=f"^{damaged / 'adapter'}: the LoRA adapter cannot be loaded"):
+        load_policy(damaged, "cpu")
+    final = lora_run / "checkpoint-final"
+    cases = [
+        (["merge-lora", str(damaged), "--output", str(tmp_path / "merged")], str(damaged / "adapter")),
+        (["serve", str(final), "--device", "nosuch"], "'nosuch' is not a device"),
+        (["train", *COMMON[1:], "--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "run"),
+          "--max-steps", "24", "--resume-from-checkpoint", str(damaged)], str(weights)),
+    ]
+    for args, needle in cases:
+        result = subprocess.run([cli_path(), *args], capture_output=True, text=True, timeout=600)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert needle in result.stderr.strip().splitlines()[-1], result.stderr[-3000:]
+    assert not (tmp_path / "merged").exists()

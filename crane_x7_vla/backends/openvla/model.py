@@ -112,6 +112,60 @@ def checkpoint_model_source(checkpoint_dir, config: dict) -> tuple[str, bool]:
     return base, False  # a model hub id given to train --model
 
 
+def apply_adapter(model, adapter_dir, *, merge: bool = True):
+    """The model with the LoRA adapter saved in `adapter_dir` (merged into its weights with
+    merge=True); an unreadable or mismatching adapter is a CheckpointError naming its files."""
+    from peft import PeftModel
+
+    from crane_x7_vla.training.checkpoint import CheckpointError
+
+    adapter_dir = Path(adapter_dir)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except Exception as exc:  # noqa: BLE001 - safetensors, json and torch each raise their own kinds
+        raise CheckpointError(f"{adapter_dir}: the LoRA adapter cannot be loaded ({_first_line(exc)}); "
+                              "the checkpoint is damaged: copy it again or train again") from None
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def load_adapter_weights(model, weights_file) -> None:
+    """Load a saved adapter_model.safetensors into a PEFT model (resuming training); CheckpointError
+    naming the file when it is unreadable or does not fit the model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from crane_x7_vla.training.checkpoint import CheckpointError
+
+    try:
+        set_peft_model_state_dict(model, load_file(str(weights_file)))
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch each raise their own kinds
+        raise CheckpointError(f"{weights_file}: the LoRA adapter cannot be loaded ({_first_line(exc)}); "
+                              "resume from another checkpoint") from None
+
+
+def torch_device(name: str | None) -> torch.device:
+    """The PyTorch device called `name` (auto/None: a CUDA GPU when there is one, else the CPU);
+    ConfigError for a name that is not cpu, cuda or cuda:N, or a GPU PyTorch cannot see."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(name)[:80]!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA GPU is visible to PyTorch")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return device
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 def _train_tokenizer(bpe_vocab: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -18,8 +18,8 @@ import torch
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (build_batch, checkpoint_model_source, load_vla, pixel_values,
-                                                  set_image_position)
+from crane_x7_vla.backends.openvla.model import (apply_adapter, build_batch, checkpoint_model_source, load_vla,
+                                                 pixel_values, set_image_position, torch_device)
 from crane_x7_vla.backends.openvla.prismatic import openvla_image
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
@@ -30,9 +30,7 @@ class OpenVLAPolicy:
     def __init__(self, checkpoint_dir, config: dict, device=None, cpu_threads: int = 0):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
-        if device is None or device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         if cpu_threads > 0:
             # torch's thread pool is per process: beside a busy simulator one thread answers
             # faster than two that wait for each other (bench/inference_threads.py)
@@ -50,9 +48,7 @@ class OpenVLAPolicy:
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.vla = load_vla(source, image_size=(self.spec.width, self.spec.height), dtype=dtype, device=self.device)
         if not self.published and not (d / "model").is_dir():  # checkpoint_model_source made sure adapter/ is there
-            from peft import PeftModel
-
-            self.vla.model = PeftModel.from_pretrained(self.vla.model, str(d / "adapter")).merge_and_unload()
+            self.vla.model = apply_adapter(self.vla.model, d / "adapter")
         self.vla.model.eval()
         self.vla.num_cameras = len(self.cameras)
         try:

@@ -23,9 +23,10 @@ import torch.distributed as dist
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (BASE_DIRECTORY, BASE_HUB, BASE_IN_CHECKPOINT, VLA, build_batch,
-                                                  checkpoint_model_source, is_preset, load_vla, materialize_preset, pixel_values,
-                                                  save_processor, set_image_position)
+from crane_x7_vla.backends.openvla.model import (BASE_DIRECTORY, BASE_HUB, BASE_IN_CHECKPOINT, VLA, apply_adapter,
+                                                  build_batch, checkpoint_model_source, is_preset, load_adapter_weights,
+                                                  load_vla, materialize_preset, pixel_values, save_processor,
+                                                  set_image_position)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
@@ -142,13 +143,11 @@ def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir:
     # parameter goes without a gradient
     unused = model.unused_modules() if hasattr(model, "unused_modules") else []
     if cfg.use_lora:
-        from peft import get_peft_model, set_peft_model_state_dict
+        from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(cfg, unused))
         if resume_dir is not None:
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(model, load_file(str(resume_dir / "adapter" / "adapter_model.safetensors")))
+            load_adapter_weights(model, resume_dir / "adapter" / "adapter_model.safetensors")
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -421,18 +420,16 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, s
 def merge_lora(checkpoint_dir, output=None) -> Path:
     """Fold a LoRA checkpoint's adapter into the base weights; writes a loadable model dir (for
     an OpenVLA base model, in the published layout: published.write_published)."""
-    from peft import PeftModel
-
     checkpoint_dir = Path(checkpoint_dir)
     config = ckpt.read_policy_config(checkpoint_dir)
     if not (checkpoint_dir / "adapter").exists():
         raise ckpt.CheckpointError(f"{checkpoint_dir} holds no LoRA adapter (trained with --no-use-lora?)")
-    tc = config["train_config"]
+    tc = config.get("train_config") or {}
     source, _ = checkpoint_model_source(checkpoint_dir, config)
     spec = config["image_spec"]
     dtype = torch.bfloat16 if tc.get("precision") == "bf16" else torch.float32
     vla = load_vla(source, image_size=(spec["width"], spec["height"]), dtype=dtype)
-    merged = PeftModel.from_pretrained(vla.model, str(checkpoint_dir / "adapter")).merge_and_unload()
+    merged = apply_adapter(vla.model, checkpoint_dir / "adapter")
     out = Path(output) if output else checkpoint_dir / "merged"
     if vla.family == "openvla":  # OpenVLA's published layout, for OpenVLA's own tools too
         from crane_x7_vla.backends.openvla.published import write_published
