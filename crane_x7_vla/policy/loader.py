@@ -130,6 +130,10 @@ def check_statistics(config: dict, where: Path, expected_fingerprint: str | None
         )
 
 
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate_config(config: dict, where: Path, *, expected_joint_names=robot.JOINT_NAMES,
                     expected_fingerprint: str | None = None) -> None:
     version = config.get("format_version", FORMAT_VERSION)
@@ -140,10 +144,11 @@ def validate_config(config: dict, where: Path, *, expected_joint_names=robot.JOI
         raise PolicyLoadError(f"{where}: backend '{backend}' is not a backend name")
     check_joint_names(config, expected_joint_names, where)
     space = _require(config, "action_space", where, dict)
-    if int(space.get("dim", -1)) != len(expected_joint_names):
-        raise PolicyLoadError(f"{where}: action_space.dim is {space.get('dim')}, the robot has {len(expected_joint_names)} joints")
-    if int(space.get("horizon", 0)) < 1:
-        raise PolicyLoadError(f"{where}: action_space.horizon must be at least 1")
+    dim, horizon = space.get("dim", -1), space.get("horizon", 0)
+    if not _is_whole(dim) or dim != len(expected_joint_names):
+        raise PolicyLoadError(f"{where}: action_space.dim is {dim!r:.40}, the robot has {len(expected_joint_names)} joints")
+    if not _is_whole(horizon) or horizon < 1:
+        raise PolicyLoadError(f"{where}: action_space.horizon must be a whole number of at least 1 (got {horizon!r:.40})")
     rate = config.get("control_rate_hz")
     if not isinstance(rate, (int, float)) or not rate > 0:
         raise PolicyLoadError(f"{where}: control_rate_hz must be a positive number (got {rate!r})")

@@ -186,6 +186,7 @@ CASES = [
     ("serve-file", "serve {notes}", "{notes}"),
     ("serve-bad-json", "serve {bad_json}", "{bad_json}"),
     ("serve-not-object", "serve {not_object}", "{not_object}"),
+    ("serve-bad-values", "serve {bad_values}", "{bad_values}"),
     ("serve-max-message-0", "serve {ckpt} --max-message-mb 0", "--max-message-mb"),
     ("serve-port", "serve {ckpt} --port 70000", "--port"),
     ("serve-token-file-missing", "serve {ckpt} --token-file {root}/no_token", "no_token"),
