@@ -70,8 +70,9 @@ def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, datas
 
 
 def test_bad_flags_name_the_flag(tmp_path, capsys):
-    for flags, words in ((["--task", "stack"], "--task 'stack'"), (["--steps", "0"], "--steps must be >= 1"),
-                         (["--answer-steps", "-1"], "--answer-steps must be >= 0"),
+    for flags, words in ((["--task", "stack"], "argument --task: 'stack' is not a simulated task"),
+                         (["--steps", "0"], "argument --steps: must be at least 1 (got 0)"),
+                         (["--answer-steps", "-1"], "argument --answer-steps: must be at least 0 (got -1)"),
                          (["--preset", "huge"], "unknown preset 'huge'")):
         with pytest.raises(SystemExit) as exc:
             cli_main(["pretrain", "--out", str(tmp_path / "m"), *flags])
