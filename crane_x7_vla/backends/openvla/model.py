@@ -3,8 +3,8 @@
 Supported: OpenVLA checkpoints in the published `openvla/openvla-7b` layout (our own
 `prismatic.OpenVLAForActionPrediction`, no remote code; the picture's patches are inserted
 after BOS without placeholder tokens), Llava-family models (`<image>` placeholders, one per
-visual token) and PaliGemma-family models (placeholders before BOS, prefix-LM token types), by hub id
-or local path. The `tiny` preset is a Llava model (SigLIP vision + Llama text) built from
+visual token) and PaliGemma-family models (placeholders before BOS, prefix-LM token types),
+by hub id or local path. The `tiny` preset is a Llava model (SigLIP vision + Llama text) built from
 a config with a byte-level BPE tokenizer trained offline; it is written to a directory
 with `save_pretrained` and then loaded by `load_vla` like any local model.
 """
