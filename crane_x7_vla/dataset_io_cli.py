@@ -33,7 +33,8 @@ def _export(args) -> int:
     cams = ", ".join(f"{c} {s}" for c, s in summary["cameras"].items())
     print(f"wrote {summary['format']} dataset {summary['out']}: {summary['episodes']} episode(s), {summary['steps']} steps, cameras {cams}")
     if args.format == "rlds":
-        print(f"  read it with tensorflow_datasets.builder_from_directory('{summary['out']}').as_dataset(split='train')")
+        print(f"  read it with tensorflow_datasets.builder('crane_x7', data_dir='{summary['out']}')"
+              f".as_dataset(split='train') (the dataset: {summary['dataset']})")
         print(f"  statistics: {summary['statistics']} (fingerprint {summary['fingerprint']})")
     else:
         print(f"  {summary['tasks']} task(s), {summary['fps']} fps, video codec {summary['video_codec']}")

@@ -1,12 +1,17 @@
 """Export episodes as an RLDS dataset in TFDS's on-disk format.
 
-The output folder is what ``tensorflow_datasets.builder_from_directory(OUT)`` reads
-(OpenVLA's and Octo's data pipelines load datasets this way)::
+The output folder is a TFDS data directory holding one dataset, ``crane_x7`` version
+1.0.0: what OpenVLA's and Octo's data pipelines open with ``tfds.builder("crane_x7",
+data_dir=OUT)`` (``tfds.builder_from_directory(OUT/crane_x7/1.0.0)`` reads it too)::
 
     OUT/
-      dataset_info.json, features.json     written by TFDS from the feature spec below
-      crane_x7-train.tfrecord-00000 ...    one serialized episode per record
-      dataset_statistics.json              action/proprio statistics (with fingerprint)
+      .crane_x7_vla_export.json            marks the folder as an export of ours (--overwrite)
+      crane_x7/1.0.0/
+        dataset_info.json, features.json   written by TFDS from the feature spec below
+        crane_x7-train.tfrecord-00000 ...  one serialized episode per record
+        dataset_statistics.json            action/proprio statistics at the top level, as
+                                           OpenVLA's loader reads a statistics file (with
+                                           num_transitions, num_trajectories, fingerprint)
 
 One RLDS episode per recorded episode::
 
@@ -23,9 +28,6 @@ One RLDS episode per recorded episode::
       file_path                    Text: the source episode folder
       success                      int32: 1 success, 0 failure, -1 unknown
       fps                          float32
-
-Loaders that take a data_dir and a dataset name (OpenVLA's ``tfds.builder(name,
-data_dir=...)``) find the export when OUT is ``<data_dir>/crane_x7/1.0.0``.
 
 TensorFlow is imported only inside the functions of this module.
 """
@@ -136,23 +138,30 @@ def export_rlds(
     check_output(out, overwrite=overwrite, source=root)
     plan = plan_export(root, fps=fps)
     with export_folder(out, overwrite=overwrite, source=root, fmt="rlds") as work:
-        steps, stats = _write_rlds(work, plan, episodes_per_shard, progress)
+        steps, stats = _write_rlds(dataset_dir(work), plan, episodes_per_shard, progress)
     out = Path(out)
-    shards = sorted(p.name for p in out.iterdir() if ".tfrecord-" in p.name)
+    shards = sorted(p.name for p in dataset_dir(out).iterdir() if ".tfrecord-" in p.name)
     return {
         "format": "rlds",
         "out": str(out),
+        "dataset": str(dataset_dir(out)),
         "episodes": stats["num_episodes"],
         "steps": steps,
         "cameras": {c: f"{w}x{h}" for c, (w, h) in plan.cameras.items()},
         "shards": shards,
-        "statistics": str(out / schema.STATS_FILE),
+        "statistics": str(dataset_dir(out) / schema.STATS_FILE),
         "fingerprint": stats["fingerprint"],
     }
 
 
+def dataset_dir(data_dir: str | os.PathLike) -> Path:
+    """Where TFDS keeps the dataset inside an export's data directory: crane_x7/1.0.0."""
+    return Path(data_dir) / DATASET_NAME / VERSION
+
+
 def _write_rlds(out: Path, plan, episodes_per_shard: int | None, progress: bool) -> tuple[int, dict]:
-    """The TFDS files and the statistics of `plan`'s episodes in the folder `out`; (steps, statistics)."""
+    """The TFDS files and the statistics of `plan`'s episodes in the dataset folder `out`;
+    (steps, statistics)."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import sequential_writer
     from tqdm import tqdm
@@ -168,6 +177,7 @@ def _write_rlds(out: Path, plan, episodes_per_shard: int | None, progress: bool)
         features=features_spec(plan.cameras),
         homepage="",
     )
+    out.mkdir(parents=True, exist_ok=True)
     writer = None
     steps = 0
     loaded = []
@@ -183,7 +193,7 @@ def _write_rlds(out: Path, plan, episodes_per_shard: int | None, progress: bool)
         loaded.append(ep)
     writer.close_all()
     stats = compute_statistics(loaded)
-    (out / schema.STATS_FILE).write_text(json.dumps({DATASET_NAME: stats}, indent=2))
+    (out / schema.STATS_FILE).write_text(json.dumps(stats, indent=2))
     return steps, stats
 
 
@@ -193,7 +203,8 @@ def _episodes_per_shard(ep) -> int:
 
 
 def load_rlds(out: str | os.PathLike, split: str = SPLIT):
-    """The exported dataset through TFDS's own loader (tf.data of episodes)."""
+    """The exported dataset through TFDS's own loader, by name in the data directory `out`
+    as OpenVLA opens it (tf.data of episodes)."""
     import tensorflow_datasets as tfds
 
-    return tfds.builder_from_directory(str(Path(out))).as_dataset(split=split)
+    return tfds.builder(DATASET_NAME, data_dir=str(Path(out))).as_dataset(split=split)

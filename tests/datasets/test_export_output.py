@@ -93,7 +93,7 @@ def test_an_empty_folder_is_taken_and_the_source_is_refused(episodes_dir, tmp_pa
     out = tmp_path / "empty"
     out.mkdir()
     export("rlds", episodes_dir, out)
-    assert (out / schema.STATS_FILE).is_file() and (out / EXPORT_MARKER).is_file()
+    assert (out / "crane_x7" / "1.0.0" / schema.STATS_FILE).is_file() and (out / EXPORT_MARKER).is_file()
     with pytest.raises(DatasetError, match="source episodes"):
         export("lerobot", episodes_dir, tmp_path, overwrite=True)
     assert len(list_episodes(episodes_dir)) == 3

@@ -46,7 +46,7 @@ def test_legacy_dataset_exports_to_both_formats(tmp_path):
     info = json.loads((tmp_path / "lr/meta/info.json").read_text())
     assert (info["total_frames"], info["fps"]) == (5, 10)
     export_rlds(tmp_path / "ours", tmp_path / "rlds", progress=False)
-    (episode,) = tfds.as_numpy(tfds.builder_from_directory(str(tmp_path / "rlds")).as_dataset(split="train"))
+    (episode,) = tfds.as_numpy(tfds.builder("crane_x7", data_dir=str(tmp_path / "rlds")).as_dataset(split="train"))
     steps = list(episode["steps"])
     assert len(steps) == 5
     red = steps[0]["observation"]["image_primary"][16, 16].astype(int)

@@ -7,7 +7,7 @@ import pytest
 
 from crane_x7_vla.episode import EpisodeWriter, list_episodes, load_episode, schema
 from crane_x7_vla.episode.reader import DatasetError
-from crane_x7_vla.episode.rlds import export_rlds
+from crane_x7_vla.episode.rlds import dataset_dir, export_rlds, load_rlds
 from crane_x7_vla.episode.stats import load_arrays, compute_statistics
 
 from .conftest import COLOURS, frame
@@ -20,9 +20,10 @@ def test_tfds_reads_the_export(episodes_dir, tmp_path):
     summary = export_rlds(episodes_dir, out, progress=False)
     assert summary["episodes"] == 3 and summary["steps"] == 24
     for name in ("dataset_info.json", "features.json", schema.STATS_FILE):
-        assert (out / name).is_file(), name
+        assert (out / "crane_x7" / "1.0.0" / name).is_file(), name
+    assert summary["dataset"] == str(dataset_dir(out))
 
-    builder = tfds.builder_from_directory(str(out))
+    builder = tfds.builder_from_directory(str(dataset_dir(out)))
     assert builder.info.splits["train"].num_examples == 3
     step_features = builder.info.features["steps"].feature
     assert set(step_features["observation"].keys()) == {"image_primary", "image_wrist", "state"}
@@ -58,11 +59,13 @@ def test_tfds_reads_the_export(episodes_dir, tmp_path):
             assert np.abs(img.astype(int) - frame(t, (64, 48), COLOURS[e]).astype(int)).mean() < 4
             assert np.abs(img[24, 10].astype(int) - np.array(COLOURS[e])).max() < 12
 
-    stats = json.loads((out / schema.STATS_FILE).read_text())[schema.DATASET_NAME]
+    # top-level action/proprio, as OpenVLA's make_dataset_from_rlds reads a statistics file
+    stats = json.loads((dataset_dir(out) / schema.STATS_FILE).read_text())
     expected = compute_statistics(load_arrays(episodes_dir))
     assert stats["fingerprint"] == expected["fingerprint"]
     np.testing.assert_allclose(stats["action"]["q99"], expected["action"]["q99"])
-    assert stats["num_transitions"] == 24
+    assert stats["num_transitions"] == 24 and stats["num_trajectories"] == 3
+    assert set(stats["proprio"]) >= {"mean", "std", "min", "max", "q01", "q99"}
 
 
 def test_refuses_to_overwrite_or_write_into_the_source(episodes_dir, tmp_path):
@@ -94,16 +97,17 @@ def test_cli_export_rlds_flags_reach_the_writer(episodes_dir, tmp_path, capsys):
                               "--episodes-per-shard", "1", "--no-progress"])
     assert args.func(args) == 0
     assert "3 episode(s), 24 steps" in capsys.readouterr().out
-    shards = sorted(p.name for p in (tmp_path / "r").iterdir() if ".tfrecord-" in p.name)
+    shards = sorted(p.name for p in dataset_dir(tmp_path / "r").iterdir() if ".tfrecord-" in p.name)
     assert len(shards) == 3
-    builder = tfds.builder_from_directory(str(tmp_path / "r"))
+    builder = tfds.builder_from_directory(str(dataset_dir(tmp_path / "r")))
     assert builder.info.splits["train"].shard_lengths == [1, 1, 1]
     assert len(list(builder.as_dataset(split="train"))) == 3
 
 
 def test_found_by_name_under_a_data_dir(episodes_dir, tmp_path):
-    """OpenVLA's loader: tfds.builder(<name>, data_dir=<dir>) with <dir>/crane_x7/1.0.0 the export."""
-    export_rlds(episodes_dir, tmp_path / "data" / "crane_x7" / "1.0.0", progress=False)
+    """OpenVLA's loader: tfds.builder(<name>, data_dir=<the --out folder>)."""
+    export_rlds(episodes_dir, tmp_path / "data", progress=False)
+    assert len(list(load_rlds(tmp_path / "data"))) == 3
     builder = tfds.builder("crane_x7", data_dir=str(tmp_path / "data"))
     assert builder.info.splits["train"].num_examples == 3
     first = next(iter(tfds.as_numpy(builder.as_dataset(split="train"))))
