@@ -167,8 +167,9 @@ def test_errors_name_the_parameter_or_directory(odd_cfg, tiny_cfg, tmp_path):
     (ours / "policy_config.json").write_text("{}")
     with pytest.raises(oi.OpenpiCheckpointError, match="--resume-from-checkpoint"):
         oi.OpenpiCheckpoint(ours)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(oi.OpenpiCheckpointError, match="no openpi parameters"):
-        oi.OpenpiCheckpoint(step_dir / "assets" if (step_dir / "assets").exists() else tmp_path)
+        oi.OpenpiCheckpoint(tmp_path / "empty")
     bad = step_dir / "assets" / "bad"
     bad.mkdir(parents=True)
     (bad / "norm_stats.json").write_text('{"norm_stats": {"state": {"mean": [0.0, 1.0], "std": [1.0]}}}')
