@@ -163,3 +163,38 @@ def test_export_in_openpis_layout_imports_back(openpi_run, tmp_path):
     np.testing.assert_allclose(stats["actions"]["mean"], config["action_space"]["model_statistics"]["mean"])
     np.testing.assert_allclose(stats["state"]["std"], config["action_space"]["state_statistics"]["std"])
     assert main([str(final), str(out)]) == 1  # never writes into a non-empty directory
+
+
+def test_train_from_openpi_base_checkpoint_places_lora_as_openpi(tiny_cfg, episodes_dir, tmp_path):
+    """A base checkpoint (no adapters): LoRA where openpi's LoRA fine-tuning puts it, z-score
+    statistics of this run's data, PaliGemma's tokenizer as a tokenizer.json."""
+    import json
+
+    from crane_x7_vla.backends.openpi.trainer import train
+    from crane_x7_vla.policy.loader import load_policy
+
+    from .openpi_layout import paligemma_like_tokenizer
+
+    cfg = replace(
+        tiny_cfg,
+        vision=VisionConfig(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=16),
+        prefix=GemmaConfig(width=48, depth=1, mlp_dim=96, num_heads=2, num_kv_heads=1, head_dim=16),
+        expert=GemmaConfig(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16),
+        vocab_size=200, action_dim=32,
+    )
+    step_dir = write_checkpoint(tmp_path / "run", 30000, openpi_tree(cfg, np.random.default_rng(5)), norm_stats())
+    words = ("pick", "up", "the", "red", "cube", "push", "blue", "block")
+    tok = paligemma_like_tokenizer(tmp_path / "tokenizer.json", words)
+    final = train(_settings(episodes_dir, tmp_path / "out", step_dir, tok, extra={"tokenizer": str(tok)},
+                            max_steps=1, merge_lora=False))
+    config = json.loads((final / "policy_config.json").read_text())
+    mc = config["openpi"]["model_config"]
+    assert (mc["lora_rank"], mc["lora_alpha"], mc["expert_lora_rank"], mc["expert_lora_alpha"]) == (16, 16.0, 32, 32.0)
+    assert mc["lora_groups"] == ["attn", "ffn"] and mc["lora_dropout"] == 0.0
+    assert config["action_space"]["normalization"] == "zscore" and "state_statistics" not in config["action_space"]
+    assert config["openpi"]["tokenizer_file"] == "tokenizer.json"
+    policy = load_policy(final, device="cpu")
+    state = np.r_[robot.HOME_POSE, robot.GRIPPER_OPEN]
+    actions = policy.predict({"images": {"primary": np.full((32, 32, 3), 90, np.uint8)}, "state": state,
+                              "instruction": "push the blue block"})
+    assert actions.shape == (4, 8) and np.all(np.isfinite(actions))
