@@ -198,3 +198,20 @@ def test_train_from_openpi_base_checkpoint_places_lora_as_openpi(tiny_cfg, episo
     actions = policy.predict({"images": {"primary": np.full((32, 32, 3), 90, np.uint8)}, "state": state,
                               "instruction": "push the blue block"})
     assert actions.shape == (4, 8) and np.all(np.isfinite(actions))
+
+
+def test_resume_keeps_the_checkpoints_conventions_and_tokenizer(openpi_run, openpi_lora_ckpt, episodes_dir, tmp_path):
+    import json
+
+    from crane_x7_vla.backends.openpi.trainer import train
+
+    step_dir, tokenizer, _ = openpi_lora_ckpt
+    first = json.loads((openpi_run / "policy_config.json").read_text())
+    final = train(_settings(episodes_dir, tmp_path / "resumed", step_dir, tokenizer, max_steps=3,
+                            resume_from_checkpoint=str(openpi_run)))
+    again = json.loads((final / "policy_config.json").read_text())
+    assert again["step"] == 3
+    for key in ("conventions", "model_config", "tokenizer_file"):
+        assert again["openpi"][key] == first["openpi"][key], key
+    assert again["image_spec"] == first["image_spec"] and again["action_space"] == first["action_space"]
+    assert (final / "tokenizer.model").read_bytes() == (openpi_run / "tokenizer.model").read_bytes()
