@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import signal
 import sys
+import threading
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+#: Longest wait of the spin loop before it looks whether Ctrl-C / SIGTERM arrived (s).
+STOP_POLL_S = 0.1
 
 
 class ConfigError(ValueError):
@@ -42,8 +48,20 @@ def run(factory, argv=None, *, threads: int = 1) -> int:
     that it does not declare, ends the program with exit code 2 and the message (no
     traceback). The node may define `close()`, called before it is destroyed (e.g. to
     finish writing files).
+
+    Ctrl-C and SIGTERM only set a flag that the spin loop reads between waits (at most
+    STOP_POLL_S later): the node then stops with its ROS context still up, so close() can
+    still publish and end action goals. (rclpy's own handlers raise KeyboardInterrupt
+    wherever the main thread is, even inside a message take, where it surfaces as another
+    error.)
     """
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    stop = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    rclpy.init(args=argv if argv is not None else sys.argv,
+               signal_handler_options=SignalHandlerOptions.NO if in_main else SignalHandlerOptions.ALL)
+    previous = {}
+    if in_main:
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
     code = 0
     try:
@@ -51,18 +69,13 @@ def run(factory, argv=None, *, threads: int = 1) -> int:
         check_unknown_parameters(node)
         executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=STOP_POLL_S)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except Exception:
-        # Ctrl-C / SIGTERM shuts the ROS context down at once; an executor caught in the
-        # middle of taking a message then fails with whatever the binding raises. That is
-        # a normal stop; an error while the context is still up is not.
-        if rclpy.ok():
-            raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)
@@ -70,4 +83,6 @@ def run(factory, argv=None, *, threads: int = 1) -> int:
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code
