@@ -40,9 +40,11 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
                    help="cameras to record, comma-separated: wrist (hand), primary (scene) (default both)")
     p.add_argument("--camera-size", type=image_size, default=(320, 240), help="image size WxH (default 320x240)")
     p.add_argument("--speed", type=float_in(0.0, MAX_SPEED, low_open=True), default=1.0,
-                   help="simulated seconds per wall-clock second; above 1 the simulator publishes /clock and the "
-                        "relay and logger run on it (use_sim_time), so episodes are recorded faster than real "
-                        "time with the same content (default 1)")
+                   help="simulated seconds per wall-clock second at most: the simulator publishes /clock, the "
+                        "relay and logger run on it (use_sim_time) and the simulated time waits for the logger "
+                        "at every recorded step, so a busy machine slows the simulation down instead of "
+                        "thinning out the recording; above 1 episodes are recorded faster than real time with "
+                        "the same content (default 1)")
     p.add_argument("--timeout", type=positive_float, default=40.0,
                    help="seconds before an unsolved episode is stopped (default 40)")
     p.add_argument("--start-near", type=share, default=0.0, metavar="SHARE",
@@ -57,7 +59,7 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_collect(args) -> int:
     cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
-    from crane_x7_vla.ros.collect_driver import collect_sim
+    from crane_x7_vla.ros.collect_driver import RATE_SHARE, collect_sim
 
     try:
         summary = collect_sim(
@@ -85,6 +87,10 @@ def run_collect(args) -> int:
     if rates:
         print(f"recording rate {min(rates):.2f}..{max(rates):.2f} Hz (requested {args.rate:g}), "
               f"{sum(e.dropped_steps for e in eps)} dropped steps")
+    if summary.recollected:
+        seeds = ", ".join(str(r["seed"]) for r in summary.recollected)
+        print(f"{len(summary.recollected)} recording(s) below {RATE_SHARE:.0%} of {args.rate:g} Hz were deleted and "
+              f"recorded again (seeds {seeds})")
     if mismatched:
         print(f"warning: stored success flag differs from the final check in episodes {mismatched}")
     slow = slow_episodes(eps, args.rate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,12 +18,18 @@ import numpy as np
 
 from crane_x7_vla import robot
 from crane_x7_vla.cli_args import folder, non_negative_int, positive_float, positive_int, sim_task
-from crane_x7_vla.evaluation import EpisodeOutcome, format_rate, summarize_episodes
+from crane_x7_vla.evaluation import EpisodeOutcome, format_achieved_rates, format_rate, summarize_episodes
 
 # Where the simulated CRANE-X7 (crane_x7_sim's defaults) publishes each camera.
 SIM_CAMERA_TOPICS = {"wrist": robot.DEFAULT_IMAGE_TOPIC, "primary": "/scene_camera/color/image_raw"}
 SIM_CAMERA_FRAMES = {"wrist": "camera_color_optical_frame", "primary": "scene_camera_optical_frame"}
 HELD_OUT_FIRST_SEED = 100_000  # collection uses small seeds; evaluation never overlaps them
+CONTROL_RATE = 30.0  # commands per second the inference node is asked for
+
+
+class EvaluationError(RuntimeError):
+    """The closed loop could not run (a node ended, did not answer, ran out of time); one line
+    naming the node, and where the logs are."""
 
 
 def _read_config(checkpoint: Path) -> dict:
@@ -53,7 +60,7 @@ def run_closed_loop(
     first_seed: int,
     timeout: float,
     out_dir: Path,
-    control_rate: float = 30.0,
+    control_rate: float = CONTROL_RATE,
     max_joint_velocity: float = 1.5,
     frames: bool = True,
 ) -> list[EpisodeOutcome]:
@@ -103,20 +110,24 @@ def run_closed_loop(
         )
         limit = time.monotonic() + 240 + episodes * (timeout + 10)
         while runner.alive():
-            group.check_alive_except(runner)
+            try:
+                group.check_alive_except(runner)
+            except RuntimeError as exc:
+                raise EvaluationError(str(exc)) from None
             if time.monotonic() > limit:
-                raise RuntimeError(f"evaluation did not finish in time; see {out_dir / 'logs'}")
+                raise EvaluationError(f"eval_runner did not finish {episodes} episodes in time; see {out_dir / 'logs'}")
             time.sleep(0.5)
         rows = json.loads(results.read_text()) if results.exists() else []
         if runner.proc.returncode != 0:
             if len(rows) != episodes:
-                raise RuntimeError(f"evaluation failed:\n{runner.log_tail()}")
+                why = runner.last_error() or f"eval_runner exited with code {runner.proc.returncode}"
+                raise EvaluationError(f"{why} (after {len(rows)} of {episodes} episodes; logs in {out_dir / 'logs'})")
             # Every episode is written (the file is rewritten after each one): keep them.
             print(f"note: the evaluation runner exited with code {runner.proc.returncode} after writing all "
                   f"{episodes} episodes; see {out_dir / 'logs'}", flush=True)
     seeds = [row["seed"] for row in rows]
     if seeds and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise RuntimeError(f"the simulator's seeds were not consecutive ({seeds}): another simulator in the same "
+        raise EvaluationError(f"the simulator's seeds were not consecutive ({seeds}): another simulator in the same "
                            f"ROS domain answered the resets; see {out_dir / 'logs'}")
     return [EpisodeOutcome(**row) for row in rows]
 
@@ -151,6 +162,10 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
                                out_dir=out_dir / "policy")
     results["policy"] = summarize_episodes(outcomes)
     log(f"  policy: {format_rate(results['policy'])}")
+    achieved = format_achieved_rates(results["policy"])
+    if achieved:
+        log(f"  the inference node achieved {achieved}; it was asked for "
+            f"{float(config.get('control_rate_hz') or 10.0):g} Hz and {CONTROL_RATE:g} Hz")
     if baselines:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -170,8 +185,13 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
 
 def _run(args) -> int:
     out = Path(args.out or Path(args.checkpoint) / "eval")
-    results = evaluate(Path(args.checkpoint), task=args.task, episodes=args.episodes, first_seed=args.first_seed,
-                       timeout=args.timeout, out_dir=out, data_root=args.data_root, baselines=not args.no_baselines)
+    try:
+        results = evaluate(Path(args.checkpoint), task=args.task, episodes=args.episodes, first_seed=args.first_seed,
+                           timeout=args.timeout, out_dir=out, data_root=args.data_root,
+                           baselines=not args.no_baselines)
+    except EvaluationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     policy = results["policy"]
     print(f"success rate {format_rate(policy)}; mean time to success "
           f"{policy['mean_time_to_success_s'] if policy['mean_time_to_success_s'] is None else round(policy['mean_time_to_success_s'], 2)} s; "

@@ -2,6 +2,12 @@
 
 Used by plain-Python code that talks to our nodes from outside ROS (the collect
 driver) and by the DDS tests: one place for init/spin/service-call/shutdown.
+
+Service clients are made once per service and kept: every new client is a new pair of DDS
+endpoints that the server has to discover before it can answer, and a server (rmw_fastrtps)
+that has not matched the client's reply reader within its reply writer's max_blocking_time
+drops the answer, leaving the caller waiting. Requests that may be repeated safely are sent
+again after `resend_after` seconds without an answer.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class BackgroundNode:
         self.node = Node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._clients: dict = {}
+        self._clients_lock = threading.Lock()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -32,26 +40,47 @@ class BackgroundNode:
         except Exception:  # the context was shut down under the executor
             pass
 
-    def call(self, srv_type, name: str, request=None, timeout: float = 30.0, check: Callable[[], None] | None = None):
-        """Call a service; `check()` runs while waiting (e.g. raise if a node process died)."""
-        client = self.node.create_client(srv_type, name)
+    def client(self, srv_type, name: str):
+        """The node's client of service `name` (made on first use, then kept)."""
+        with self._clients_lock:
+            client = self._clients.get((srv_type, name))
+            if client is None:
+                client = self._clients[(srv_type, name)] = self.node.create_client(srv_type, name)
+            return client
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 30.0, check: Callable[[], None] | None = None,
+             resend_after: float | None = None):
+        """Call a service; `check()` runs while waiting (e.g. raise if a node process died).
+        With `resend_after`, a request without an answer is sent again that often (only for
+        requests whose repetition does no harm)."""
+        client = self.client(srv_type, name)
+        deadline = time.monotonic() + timeout
+        while not client.wait_for_service(timeout_sec=0.2):
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service {name} did not appear within {timeout:g} s")
+        request = request if request is not None else srv_type.Request()
+        futures = [client.call_async(request)]
+        resend_at = time.monotonic() + resend_after if resend_after else float("inf")
         try:
-            deadline = time.monotonic() + timeout
-            while not client.wait_for_service(timeout_sec=0.2):
+            while True:
+                done = next((f for f in futures if f.done()), None)
+                if done is not None:
+                    return done.result()
                 if check is not None:
                     check()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"service {name} did not appear within {timeout:g} s")
-            future = client.call_async(request if request is not None else srv_type.Request())
-            while not future.done():
-                if check is not None:
-                    check()
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     raise TimeoutError(f"service {name} did not answer within {timeout:g} s")
+                if now >= resend_at:
+                    futures.append(client.call_async(request))
+                    resend_at = now + resend_after
                 time.sleep(0.01)
-            return future.result()
         finally:
-            self.node.destroy_client(client)
+            for future in futures:
+                if not future.done():
+                    client.remove_pending_request(future)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)

@@ -3,6 +3,13 @@
 Processes (each in its own process group, own ROS_DOMAIN_ID per run):
     scripted_expert (crane_x7_sim with the expert)  ->  teleop_relay  ->  data_logger
 
+Every node runs on the simulator's clock (/clock, use_sim_time), at any --speed, and the
+simulator runs in lockstep with the logger (its `step_rate`, the logger's `step_topic`): the
+simulated time goes on only once the logger holds the step of each recording instant, so a
+busy machine slows the simulation down instead of thinning out the recording. An episode
+still recorded below RATE_SHARE of the rate is deleted and recorded again (same seed), at
+most RECOLLECT_TRIES times; then the collection stops with an error.
+
 Per episode: set the simulator's `seed` parameter; /teleop_relay/hold (the clutch);
 /crane_x7_sim/reset; wait for the new instruction; release the clutch and wait for the
 follower to rest at the episode's start pose (as it will at deployment); set the logger's
@@ -17,6 +24,8 @@ SIGTERM) the nodes get SIGINT, then SIGKILL.
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import signal
 import threading
 import time
@@ -32,6 +41,10 @@ SIM = "/crane_x7_sim"
 LOGGER = "/data_logger"
 RELAY = "/teleop_relay"
 CAMERA_TOPICS = {"wrist": "/camera/color/image_raw", "primary": "/scene_camera/color/image_raw"}
+SUCCESS_RATE = 10.0  # Hz of the simulator's ~/success (its success_rate default), in simulated time
+RATE_SHARE = 0.95  # an episode recorded below this share of the requested rate is recorded again
+RECOLLECT_TRIES = 3  # recordings of one seed before the collection gives up
+RESEND_AFTER = 5.0  # s without an answer before a request that may be repeated is sent again
 
 
 @dataclass
@@ -61,6 +74,7 @@ class CollectionSummary:
     log_dir: str = ""
     checked: int = 0  # episodes the validator read
     problems: list[str] = field(default_factory=list)
+    recollected: list[dict] = field(default_factory=list)  # recordings below the rate, deleted and done again
 
     @property
     def successes(self) -> int:
@@ -85,7 +99,7 @@ class _Client:
         self._bg = BackgroundNode("crane_x7_collect", domain_id)
         self.node = self._bg.node
         self.success = False
-        self.success_since: float | None = None
+        self.success_count = 0  # consecutive true ~/success messages: simulated time at success
         self.expert = ""
         self.instruction = ""
         self.joints = None  # (positions, velocities) of the follower's newest /joint_states
@@ -96,9 +110,8 @@ class _Client:
         self.node.create_subscription(String, "/instruction", self._on_instruction, msgs.LATCHED_QOS)
 
     def _on_success(self, msg) -> None:
-        if msg.data and not self.success:
-            self.success_since = time.monotonic()
         self.success = bool(msg.data)
+        self.success_count = self.success_count + 1 if msg.data else 0
 
     def _on_joints(self, msg) -> None:
         try:
@@ -136,18 +149,18 @@ class _Client:
     def _on_instruction(self, msg) -> None:
         self.instruction = msg.data
 
-    def call(self, srv_type, name: str, request, timeout: float, nodes: NodeGroup):
-        return self._bg.call(srv_type, name, request, timeout, check=nodes.check_alive)
+    def call(self, srv_type, name: str, request, timeout: float, nodes: NodeGroup, resend_after: float | None = None):
+        return self._bg.call(srv_type, name, request, timeout, check=nodes.check_alive, resend_after=resend_after)
 
-    def trigger(self, name: str, nodes: NodeGroup, timeout: float = 60.0):
+    def trigger(self, name: str, nodes: NodeGroup, timeout: float = 60.0, resend_after: float | None = None):
         from std_srvs.srv import Trigger
 
-        return self.call(Trigger, name, Trigger.Request(), timeout, nodes)
+        return self.call(Trigger, name, Trigger.Request(), timeout, nodes, resend_after)
 
     def hold_relay(self, hold: bool, nodes: NodeGroup, timeout: float = 60.0) -> None:
         from std_srvs.srv import SetBool
 
-        res = self.call(SetBool, f"{RELAY}/hold", SetBool.Request(data=hold), timeout, nodes)
+        res = self.call(SetBool, f"{RELAY}/hold", SetBool.Request(data=hold), timeout, nodes, RESEND_AFTER)
         if not res.success:
             raise RuntimeError(f"{RELAY}/hold {hold}: {res.message}")
 
@@ -155,10 +168,8 @@ class _Client:
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
 
-        # The first call reaches a node that is still starting up; on a loaded machine its
-        # executor answered only after 30 s once (the demo's collect stage failed on it).
         req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        res = self.call(SetParameters, f"{node_name}/set_parameters", req, timeout, nodes)
+        res = self.call(SetParameters, f"{node_name}/set_parameters", req, timeout, nodes, RESEND_AFTER)
         bad = [r.reason for r in res.results if not r.successful]
         if bad:
             raise RuntimeError(f"could not set {values} on {node_name}: {bad}")
@@ -199,9 +210,9 @@ def collect_sim(
         raise ValueError(f"--speed must be in (0, 10] (simulated seconds per wall-clock second), got {speed}")
     if not 0.0 <= start_near <= 1.0:
         raise ValueError(f"--start-near is a share of the episodes, 0..1; got {start_near}")
-    # Faster than real time: the simulator publishes /clock and every node runs on it (use_sim_time).
-    on_sim_clock = speed != 1.0
-    sim_clock = {"use_sim_time": True} if on_sim_clock else {}
+    # The simulator publishes /clock and every node runs on it (use_sim_time), at any speed: the
+    # simulated time pauses while the logger records a step.
+    sim_clock = {"use_sim_time": True}
     domain = domain_id if domain_id is not None else pick_domain_id()
     log_dir = Path(log_dir) if log_dir else out / "collect_logs"
     summary = CollectionSummary(out=str(out), task=task, requested=episodes, domain_id=domain, log_dir=str(log_dir))
@@ -219,17 +230,18 @@ def collect_sim(
             "task": task, "seed": seed, "cameras": list(cameras), "camera_topics": topics,
             "camera_frames": [f"{c}_camera_optical_frame" for c in cameras],
             "camera_width": camera_size[0], "camera_height": camera_size[1],
-            "real_time_factor": float(speed), "publish_clock": on_sim_clock, "expert_waits_for_start": True,
-            "start_near": float(start_near),
+            "real_time_factor": float(speed), "publish_clock": True, "expert_waits_for_start": True,
+            "start_near": float(start_near), "step_rate": float(rate), "step_ack_topic": f"{LOGGER}/recorded",
+            "success_rate": SUCCESS_RATE,
         }, name="crane_x7_sim")
         nodes.start("teleop_relay", dict(sim_clock))
         nodes.start("data_logger", {**sim_clock,
             "output_dir": str(out), "rate": float(rate), "camera_names": list(cameras), "camera_topics": topics,
-            "success_topic": f"{SIM}/success", "task": task, "keyboard": False,
+            "success_topic": f"{SIM}/success", "task": task, "keyboard": False, "step_topic": f"{SIM}/step",
         })
         client = _Client(domain)
         for i in range(episodes):
-            summary.episodes.append(_episode(client, nodes, i, seed + i, task, timeout, settle / speed, echo))
+            summary.episodes.append(_at_rate(client, nodes, i, seed + i, task, timeout, settle, rate, summary, echo))
         from crane_x7_vla.episode.validate import validate_dataset
 
         summary.checked, summary.problems = validate_dataset(out)
@@ -252,6 +264,27 @@ def collect_sim(
         unclean = {n: c for n, c in codes.items() if c not in (0, None)}
         if unclean:
             echo(f"note: nodes exited with codes {unclean} (logs in {log_dir})")
+
+
+def below_rate(result: EpisodeResult, rate: float) -> bool:
+    """Whether an episode was recorded below RATE_SHARE of the requested rate."""
+    return result.achieved_hz is None or result.achieved_hz < RATE_SHARE * rate
+
+
+def _at_rate(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str, timeout: float, settle: float,
+             rate: float, summary: CollectionSummary, echo) -> EpisodeResult:
+    """Record episode `index`; a recording below the rate is deleted and made again."""
+    for attempt in range(1, RECOLLECT_TRIES + 1):
+        result = _episode(client, nodes, index, seed, task, timeout, settle, echo)
+        if not below_rate(result, rate):
+            return result
+        shutil.rmtree(result.path, ignore_errors=True)
+        summary.recollected.append({"index": index, "seed": seed, "achieved_hz": result.achieved_hz,
+                                    "dropped_steps": result.dropped_steps})
+        echo(f"episode {index + 1}: recorded at {result.achieved_hz} Hz, below {RATE_SHARE:.0%} of {rate:g} Hz: "
+             f"deleted{', recording it again' if attempt < RECOLLECT_TRIES else ''}")
+    raise RuntimeError(f"episode {index + 1} (seed {seed}) was recorded below {RATE_SHARE:.0%} of {rate:g} Hz "
+                       f"{RECOLLECT_TRIES} times: the logger could not keep up (see {nodes.log_dir})")
 
 
 def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str, timeout: float, settle: float,
@@ -285,22 +318,23 @@ def _episode(client: _Client, nodes: NodeGroup, index: int, seed: int, task: str
         time.sleep(0.02 if res.success else 0.2)
     # The expert moves only once the logger records: every episode begins at rest, the
     # picture the policy sees first when deployed (a human starts recording, then moves).
-    res = client.trigger(f"{SIM}/start_expert", nodes)
+    res = client.trigger(f"{SIM}/start_expert", nodes, resend_after=RESEND_AFTER)
     if not res.success:
         raise RuntimeError(f"the expert did not start: {res.message}")
     t0 = time.monotonic()
-    client.success, client.success_since = False, None
+    client.success, client.success_count = False, 0
+    settled = max(1, math.ceil(settle * SUCCESS_RATE))  # success held for `settle` simulated seconds
     end = "timeout"
     while time.monotonic() - t0 < timeout:
         nodes.check_alive()
-        if client.success and client.success_since is not None and time.monotonic() - client.success_since >= settle:
+        if client.success_count >= settled:
             end = "success"
             break
         if client.expert == "failed":
             end = "expert failed"
             break
         time.sleep(0.02)
-    check = client.trigger(f"{SIM}/check_success", nodes)
+    check = client.trigger(f"{SIM}/check_success", nodes, resend_after=RESEND_AFTER)
     res = client.trigger(f"{LOGGER}/stop", nodes)
     if not res.success:
         raise RuntimeError(f"the logger could not save episode {index}: {res.message}")

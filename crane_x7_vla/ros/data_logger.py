@@ -6,6 +6,15 @@ Each tick of the `rate` timer (default 10 Hz) makes one step from
 * for every camera, the buffered image whose header stamp is closest to that joint
   state's stamp; it must lie within `sync_tolerance` seconds.
 
+With `step_topic` set (simulated collection: crane_x7_sim's ~/step), the simulator says
+when to record instead of the timer: each step message names an instant of the simulated
+clock, the step is made from the joint state and the images stamped with that instant, and
+the logger answers on ~/recorded (std_msgs/Header, the instant's stamp) once it holds them;
+the simulator waits for that answer before its time goes on, so every episode holds one step
+per instant, at `rate` in simulated time, whatever else the machine runs. A step whose data
+has not all arrived after `step_wait` seconds of the logger running (a lost image) is paired
+by the rules below.
+
 A tick is DROPPED (never filled with an old frame) when the joint state is older than
 `state_timeout` or not newer than the last step's, or when a camera has no image within
 the tolerance; the episode's metadata counts them: `dropped_steps`, `stale_frames`
@@ -41,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
 
 from crane_x7_vla import robot
@@ -50,6 +59,7 @@ from crane_x7_vla.ros import msgs
 from crane_x7_vla.ros.node_main import ConfigError, run
 
 _CLOSE_TIMEOUT = 60.0
+_PENDING_CHECK = 0.05  # s between checks of a step still waiting for its data
 
 
 class _Worker:
@@ -172,10 +182,19 @@ class DataLogger(Node):
         p("seed", -1, "Seed stored in the episode metadata, -1 = none (read at each start)")
         self.keyboard = bool(p("keyboard", True,
                                "Read keys from the terminal when stdin is one (s start, e/space save, d discard, q quit)"))
+        self.step_topic = p("step_topic", "",
+                            "std_msgs/Header topic of recording instants (crane_x7_sim's ~/step): record one step "
+                            "per instant, answered on ~/recorded, instead of on the rate timer ('' = timer)")
+        self.step_wait = float(p("step_wait", 2.0,
+                                 "With step_topic: seconds (of this node running) to wait for a step's joint state "
+                                 "and images before pairing the nearest"))
         self._check_config()
 
         self._lock = threading.RLock()
         self._joint: tuple[int, np.ndarray, float] | None = None  # (stamp ns, q, received monotonic)
+        self._joints = collections.deque(maxlen=64)  # recent (stamp ns, q): a step's own joint state
+        self._pending: list[int] | None = None  # [step instant (ns), check-timer ticks it has waited]
+        self._answered_ns = -1  # newest step instant answered on ~/recorded
         self._images = {cam: collections.deque(maxlen=self.image_buffer) for cam in self.camera_names}
         self._instruction = ""
         self._success: bool | None = None
@@ -193,10 +212,16 @@ class DataLogger(Node):
         self.create_service(Trigger, "~/stop", lambda req, res: self._service(self.stop, res))
         self.create_service(Trigger, "~/discard", lambda req, res: self._service(self.discard, res))
         self._episodes_pub = self.create_publisher(String, "~/episodes", 10)
-        self.create_timer(1.0 / self.rate, self._tick)
+        if self.step_topic:
+            self._recorded_pub = self.create_publisher(Header, "~/recorded", msgs.STATE_QOS)
+            self.create_subscription(Header, self.step_topic, self._on_step, msgs.STATE_QOS)
+            self.create_timer(_PENDING_CHECK, self._check_pending, clock=self._wall_clock())
+        else:
+            self.create_timer(1.0 / self.rate, self._tick)
         cams = ", ".join(f"{c} <- {t}" for c, t in zip(self.camera_names, self.camera_topics))
+        paced = f" at the instants of {self.step_topic}" if self.step_topic else ""
         self.get_logger().info(
-            f"logger ready: {self.rate:g} Hz into {self.output_dir}; joints <- {self.joint_topic}; {cams}; "
+            f"logger ready: {self.rate:g} Hz{paced} into {self.output_dir}; joints <- {self.joint_topic}; {cams}; "
             f"services {self.get_fully_qualified_name()}/start|stop|discard"
         )
         self._keys = None
@@ -222,6 +247,13 @@ class DataLogger(Node):
             raise ConfigError(f"parameter 'jpeg_quality' must be 1..100, got {self.jpeg_quality}")
         if self.image_buffer < 1:
             raise ConfigError("parameter 'image_buffer' must be at least 1")
+        if self.step_wait <= 0:
+            raise ConfigError(f"parameter 'step_wait' must be positive, got {self.step_wait}")
+
+    def _wall_clock(self):
+        from rclpy.clock import Clock, ClockType
+
+        return Clock(clock_type=ClockType.STEADY_TIME)
 
     # -- inputs ---------------------------------------------------------------------------
     def _stamp(self, header) -> int:
@@ -235,9 +267,15 @@ class DataLogger(Node):
             self.get_logger().warning(f"ignored a joint state on {self.joint_topic}: {exc}", throttle_duration_sec=5.0)
             return
         self._joint = (self._stamp(msg.header), q, time.monotonic())
+        if self.step_topic:
+            self._joints.append(self._joint[:2])
+            if self._pending is not None:
+                self._complete_step()
 
     def _on_image(self, cam: str, msg: Image) -> None:
         self._images[cam].append((self._stamp(msg.header), msg))
+        if self._pending is not None:
+            self._complete_step()
 
     def _on_instruction(self, msg: String) -> None:
         if msg.data != self._instruction:
@@ -249,49 +287,133 @@ class DataLogger(Node):
             if self._episode is not None:
                 self._episode.success = bool(msg.data)
 
-    # -- recording ------------------------------------------------------------------------
+    # -- recording at the simulator's instants ---------------------------------------------
+    def _answer(self, stamp_ns: int) -> None:
+        self._answered_ns = max(self._answered_ns, stamp_ns)
+        self._recorded_pub.publish(Header(stamp=msgs.ns_to_stamp(self._answered_ns), frame_id=self.get_name()))
+
+    def _on_step(self, msg: Header) -> None:
+        stamp = msgs.stamp_to_ns(msg.stamp)
+        with self._lock:
+            if stamp <= self._answered_ns:  # sent again while the answer was on its way
+                self._answer(stamp)
+                return
+            if self._episode is None:
+                self._answer(stamp)
+                return
+            if self._pending is not None and self._pending[0] != stamp:
+                self._record_pending()  # a newer instant: the older one is settled now
+            if self._pending is None or self._pending[0] != stamp:
+                self._pending = [stamp, 0]
+            self._complete_step()
+
+    def _step_data(self, stamp: int):
+        """The joint state and every camera's image stamped `stamp`, or None while one is missing."""
+        q = next((q for s, q in reversed(self._joints) if s == stamp), None)
+        if q is None:
+            return None
+        chosen = {}
+        for cam, info in self._episode.cameras.items():
+            img = next((m for s, m in reversed(self._images[cam])
+                        if s == stamp and m.width == info.width and m.height == info.height), None)
+            if img is None:
+                return None
+            chosen[cam] = img
+        return q, chosen
+
+    def _complete_step(self) -> None:
+        with self._lock:
+            if self._pending is None:
+                return
+            if self._episode is None:
+                self._answer(self._pending[0])
+                self._pending = None
+                return
+            data = self._step_data(self._pending[0])
+            if data is None:
+                return
+            stamp = self._pending[0]
+            self._pending = None
+            q, chosen = data
+            self._episode.ticks += 1
+            self._add_step(self._episode, stamp, q, chosen, {cam: stamp for cam in chosen})
+            self._answer(stamp)
+
+    def _record_pending(self) -> None:
+        """A step whose data did not all arrive: its own joint state (else the step is dropped) with
+        the images nearest to it, as on the timer."""
+        stamp, _ = self._pending
+        self._pending = None
+        if self._episode is not None:
+            joint = next(((s, q, 0.0) for s, q in reversed(self._joints) if s == stamp), None)
+            self._record_at(self._episode, joint, stale_check=False)
+        self._answer(stamp)
+
+    def _check_pending(self) -> None:
+        # Waiting is counted in this timer's ticks, not in wall-clock time: a logger that did not
+        # run for a while (a starved or stopped process) first takes the messages that came meanwhile.
+        with self._lock:
+            if self._pending is None:
+                return
+            self._pending[1] += 1
+            if self._pending[1] * _PENDING_CHECK > self.step_wait:
+                self.get_logger().warning(
+                    f"step at {self._pending[0] * 1e-9:.3f} s: its joint state or images did not all arrive "
+                    f"within {self.step_wait:g} s; pairing the nearest", throttle_duration_sec=5.0)
+                self._record_pending()
+
+    # -- recording on the timer ------------------------------------------------------------
     def _tick(self) -> None:
         with self._lock:
-            ep = self._episode
-            if ep is None:
-                return
-            ep.ticks += 1
-            joint = self._joint
-            if (
-                joint is None
-                or time.monotonic() - joint[2] > self.state_timeout
-                or (ep.last_stamp is not None and joint[0] <= ep.last_stamp)
-            ):
-                ep.dropped += 1
-                ep.stale_joint += 1
-                return
-            stamp, q, _ = joint
-            chosen, stamps, missing = {}, {}, []
-            for cam, info in ep.cameras.items():
-                best = None
-                for img_stamp, msg in self._images[cam]:
-                    if msg.width != info.width or msg.height != info.height:
-                        continue
-                    if best is None or abs(img_stamp - stamp) < abs(best[0] - stamp):
-                        best = (img_stamp, msg)
-                if best is None or abs(best[0] - stamp) > self.sync_tolerance * 1e9:
-                    missing.append(cam)
+            if self._episode is not None:
+                self._record_at(self._episode, self._joint, stale_check=True)
+
+    def _record_at(self, ep: _Episode, joint, *, stale_check: bool) -> None:
+        """One tick of `ep` at `joint` (stamp ns, q, received): each camera's image nearest to its
+        stamp within sync_tolerance, or the tick is dropped."""
+        ep.ticks += 1
+        if (
+            joint is None
+            or (stale_check and time.monotonic() - joint[2] > self.state_timeout)
+            or (ep.last_stamp is not None and joint[0] <= ep.last_stamp)
+        ):
+            ep.dropped += 1
+            ep.stale_joint += 1
+            return
+        stamp, q, _ = joint
+        chosen, stamps, missing = {}, {}, []
+        for cam, info in ep.cameras.items():
+            best = None
+            for img_stamp, msg in self._images[cam]:
+                if msg.width != info.width or msg.height != info.height:
                     continue
-                chosen[cam], stamps[cam] = best[1], best[0]
-            if missing:
-                ep.dropped += 1
-                for cam in missing:
-                    ep.stale[cam] += 1
-                return
-            for cam, s in stamps.items():
-                if ep.last_image_stamp.get(cam) == s:
-                    ep.repeated[cam] += 1
-            ep.last_image_stamp = stamps
-            if ep.first_stamp is None:
-                ep.first_stamp = stamp
-            ep.last_stamp = stamp
-            ep.steps += 1
-            self._worker.submit(self._worker.add_step, q, chosen, stamp, stamps)
+                if best is None or abs(img_stamp - stamp) < abs(best[0] - stamp):
+                    best = (img_stamp, msg)
+            if best is None or abs(best[0] - stamp) > self.sync_tolerance * 1e9:
+                missing.append(cam)
+                continue
+            chosen[cam], stamps[cam] = best[1], best[0]
+        if missing:
+            ep.dropped += 1
+            for cam in missing:
+                ep.stale[cam] += 1
+            return
+        self._add_step(ep, stamp, q, chosen, stamps)
+
+    def _add_step(self, ep: _Episode, stamp: int, q, chosen: dict, stamps: dict) -> None:
+        if ep.last_stamp is not None and stamp <= ep.last_stamp:
+            ep.dropped += 1
+            ep.stale_joint += 1
+            return
+        for cam, s in stamps.items():
+            if ep.last_image_stamp.get(cam) == s:
+                ep.repeated[cam] += 1
+        ep.last_image_stamp = stamps
+        if ep.first_stamp is None:
+            ep.first_stamp = stamp
+        ep.last_stamp = stamp
+        ep.steps += 1
+        self._worker.submit(self._worker.add_step, q, chosen, stamp, stamps)
 
     def start(self) -> str:
         with self._lock:
@@ -303,7 +425,8 @@ class DataLogger(Node):
                     f"no instruction: nothing received on {self.instruction_topic} and parameter 'instruction' is empty"
                 )
             joint = self._joint
-            if joint is None or time.monotonic() - joint[2] > self.state_timeout:
+            # (at the simulator's instants the simulated time may stand still while the logger is busy)
+            if joint is None or (not self.step_topic and time.monotonic() - joint[2] > self.state_timeout):
                 raise RuntimeError(f"no current follower joint state on {self.joint_topic}")
             cameras = {}
             for cam, topic in zip(self.camera_names, self.camera_topics):
@@ -325,6 +448,9 @@ class DataLogger(Node):
     def _finish(self) -> _Episode:
         with self._lock:
             ep, self._episode = self._episode, None
+            if self._pending is not None:  # the episode ends before this instant: let the simulator go on
+                self._answer(self._pending[0])
+                self._pending = None
         if ep is None:
             raise RuntimeError("no episode is being recorded")
         return ep

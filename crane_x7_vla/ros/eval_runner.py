@@ -2,10 +2,13 @@
 
 For each held-out seed: pause the inference node, set the simulator's `seed` parameter
 (first_seed + episode index) and reset it (`~/reset` of crane_x7_sim), hand the episode's
-instruction to the inference node, start it, and wait for the task's success check or
-the time limit. Writes one JSON with the outcome of every episode (seed, success, time
-to success, how far from the goal it ended, safety-filter interventions) and the
-first/last scene frames as .npy.
+instruction to the inference node, wait until joint states and scene frames of the new
+scene flow and the node reports the instruction, start it, and wait for the task's success
+check or the time limit; then pause it and wait for its diagnostics of the pause, whose
+counters close the episode. Writes one JSON with the outcome of every episode (seed,
+success, time to success, how far from the goal it ended, safety-filter interventions,
+policy calls and commands per second the node achieved) and the first/last scene frames
+as .npy.
 
 Started by `crane-x7-vla eval`; parameters:
     sim_node, inference_node   node names (default crane_x7_sim, vla_inference_node)
@@ -15,11 +18,16 @@ Started by `crane-x7-vla eval`; parameters:
     results_path               JSON output
     frames_dir                 where first/last frames go ("" = none)
     scene_image_topic          camera the frames are taken from
+    service_timeout            seconds a service may take to appear and to answer
+
+A failure ends the runner with exit code 1 and one error line in its log naming the node or
+service (`crane-x7-vla eval` shows that line).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,11 +38,16 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.srv import SetParameters
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from crane_x7_vla import robot
 from crane_x7_vla.ros import msgs
+from crane_x7_vla.ros.node_main import ConfigError
+
+RESEND_AFTER = 5.0  # s without an answer before a request that may be repeated is sent again
+SCENE_SETTLE = 0.2  # s of joint states and frames of the new scene before the node starts
 
 
 class EvalRunner(Node):
@@ -51,12 +64,17 @@ class EvalRunner(Node):
         frames = p("frames_dir", "", "Folder for first/last scene frames (.npy); empty = none")
         self.frames_dir = Path(frames) if frames else None
         scene_topic = p("scene_image_topic", "/scene_camera/color/image_raw", "Camera for the frames")
+        self.service_timeout = float(p("service_timeout", 30.0, "Seconds a service of the simulator or the "
+                                       "inference node may take to appear and to answer"))
         self._success = False
         self._success_lock = threading.Lock()
         self._scene: Image | None = None
+        self._joint_stamp = 0  # ns of the newest /joint_states
         self._diag: dict = {}
+        self._diag_count = 0
         self.create_subscription(Bool, f"/{self.sim}/success", self._on_success, 10)
         self.create_subscription(Image, scene_topic, self._on_scene, msgs.SENSOR_QOS)
+        self.create_subscription(JointState, robot.JOINT_STATES_TOPIC, self._on_joints, msgs.STATE_QOS)
         self.create_subscription(String, f"/{self.inference}/diagnostics", self._on_diag, 10)
         self._instruction_pub = self.create_publisher(String, f"/{self.inference}/instruction", msgs.LATCHED_QOS)
         self._trigger_clients = {
@@ -77,31 +95,77 @@ class EvalRunner(Node):
     def _on_scene(self, msg: Image) -> None:
         self._scene = msg
 
+    def _on_joints(self, msg: JointState) -> None:
+        self._joint_stamp = msgs.stamp_to_ns(msg.header.stamp)
+
     def _on_diag(self, msg: String) -> None:
         try:
             self._diag = json.loads(msg.data)
         except json.JSONDecodeError:
-            pass
+            return
+        self._diag_count += 1
 
-    def call(self, name: str, timeout: float = 30.0) -> Trigger.Response:
-        return self._call(self._trigger_clients[name], Trigger.Request(), timeout)
+    def _wait(self, predicate, timeout: float, failure: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{failure} within {timeout:g} s")
+            time.sleep(0.02)
+
+    def wait_for_scene(self, reset_ns: int, instruction: str, timeout: float = 30.0) -> None:
+        """Until joint states and scene frames of the new scene have flowed for SCENE_SETTLE s
+        (the inference node gets them the same way) and the node reports the instruction."""
+        fresh = reset_ns + int(SCENE_SETTLE * 1e9)
+        self._wait(lambda: self._joint_stamp >= fresh and self._scene is not None
+                   and msgs.stamp_to_ns(self._scene.header.stamp) >= fresh, timeout,
+                   f"/{self.sim} sent no joint states and scene frames of the new scene")
+        self._wait(lambda: self._diag.get("instruction") == instruction, timeout,
+                   f"/{self.inference} did not report the instruction {instruction!r}")
+
+    def diagnostics_after_pause(self, timeout: float = 30.0) -> dict:
+        """The node's first diagnostics made after the pause: its counters are the episode's last."""
+        seen = self._diag_count
+        self._wait(lambda: self._diag_count > seen and self._diag.get("mode") != "running", timeout,
+                   f"/{self.inference} published no diagnostics after the pause")
+        return self._diag
+
+    def call(self, name: str) -> Trigger.Response:
+        # pause and check may be asked twice; reset and start may not
+        repeatable = name in ("pause", "check")
+        return self._call(self._trigger_clients[name], Trigger.Request(), self.service_timeout,
+                          resend_after=RESEND_AFTER if repeatable else None)
 
     def set_seed(self, seed: int) -> None:
         request = SetParameters.Request(parameters=[Parameter("seed", value=seed).to_parameter_msg()])
-        result = self._call(self._params_client, request, 30.0).results[0]
+        result = self._call(self._params_client, request, self.service_timeout, resend_after=RESEND_AFTER).results[0]
         if not result.successful:
             raise RuntimeError(f"could not set the simulator's seed to {seed}: {result.reason}")
 
-    def _call(self, client, request, timeout: float):
+    def _call(self, client, request, timeout: float, resend_after: float | None = None):
+        """Call a service and wait for the answer; a request that may be repeated is sent again
+        after `resend_after` s without one."""
         if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} did not appear within {timeout:.0f} s")
-        future = client.call_async(request)
+            raise RuntimeError(f"service {client.srv_name} did not appear within {timeout:.0f} s: "
+                               f"is its node running in ROS domain {self.context.get_domain_id()}?")
+        futures = [client.call_async(request)]
         deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
-            time.sleep(0.01)
-        return future.result()
+        resend_at = time.monotonic() + resend_after if resend_after else float("inf")
+        try:
+            while True:
+                done = next((f for f in futures if f.done()), None)
+                if done is not None:
+                    return done.result()
+                now = time.monotonic()
+                if now > deadline:
+                    raise RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
+                if now >= resend_at:
+                    futures.append(client.call_async(request))
+                    resend_at = now + resend_after
+                time.sleep(0.01)
+        finally:
+            for future in futures:
+                if not future.done():
+                    client.remove_pending_request(future)
 
     def _interventions(self) -> dict:
         return dict(self._diag.get("interventions", {}))
@@ -113,7 +177,8 @@ class EvalRunner(Node):
         np.save(self.frames_dir / f"episode_{index:03d}_{label}.npy", msgs.image_to_rgb(self._scene))
 
     def wait_until_ready(self, timeout: float = 180.0) -> None:
-        """The policy loads in the inference node's worker: retry ~/start until it agrees."""
+        """The policy loads in the inference node's worker: retry ~/start until it agrees; a node
+        whose diagnostics say the policy could not be loaded ends the evaluation at once."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -122,8 +187,10 @@ class EvalRunner(Node):
                 self.call("pause")
                 return
             last = response.message
+            if self._diag.get("mode") == "error":
+                raise RuntimeError(f"/{self.inference} could not load its policy: {self._diag.get('detail', last)}")
             time.sleep(0.5)
-        raise RuntimeError(f"the inference node never became ready: {last}")
+        raise RuntimeError(f"/{self.inference} did not become ready within {timeout:g} s: {last}")
 
     def run_episodes(self) -> list[dict]:
         self.wait_until_ready()
@@ -135,14 +202,15 @@ class EvalRunner(Node):
             reset = self.call("reset")
             if not reset.success:
                 raise RuntimeError(f"simulator reset failed: {reset.message}")
+            reset_ns = self.get_clock().now().nanoseconds
             info = json.loads(reset.message)
             self._instruction_pub.publish(String(data=info["instruction"]))
-            time.sleep(0.5)  # fresh images and joint states of the new scene reach the node
+            self.wait_for_scene(reset_ns, info["instruction"])
             with self._success_lock:
                 self._success = False
             self._frame("first", index)
             before = self._interventions()
-            inferences_before = int(self._diag.get("counts", {}).get("inferences", 0))
+            counts_before = dict(self._diag.get("counts", {}))
             start = self.call("start")
             if not start.success:
                 raise RuntimeError(f"inference node refused to start: {start.message}")
@@ -157,9 +225,10 @@ class EvalRunner(Node):
             duration = time.monotonic() - t0
             self.call("pause")
             check = json.loads(self.call("check").message)
-            time.sleep(0.3)  # the last diagnostics of the episode
+            counts = self.diagnostics_after_pause().get("counts", {})
             after = self._interventions()
             self._frame("last", index)
+            done = {k: int(counts.get(k, 0)) - int(counts_before.get(k, 0)) for k in ("inferences", "commands")}
             outcome = {
                 "seed": int(info["seed"]),
                 "instruction": info["instruction"],
@@ -169,14 +238,19 @@ class EvalRunner(Node):
                 "final_distance_m": check.get("distance_to_goal_m"),
                 "interventions": {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after},
                 # policy calls in the episode and the node's latency percentiles (its recent window)
-                "inferences": int(self._diag.get("counts", {}).get("inferences", 0)) - inferences_before,
+                "inferences": done["inferences"],
                 "latency_ms": self._diag.get("latency_ms", {}),
+                # what the node achieved in this episode (its parameters ask for inference_rate and
+                # control_rate): a busy machine shows here
+                "inference_hz": round(done["inferences"] / duration, 2) if duration > 0 else None,
+                "control_hz": round(done["commands"] / duration, 2) if duration > 0 else None,
             }
             outcomes.append(outcome)
             self.get_logger().info(
                 f"episode {index + 1}/{self.episodes} seed {outcome['seed']}: "
                 f"{'success in %.1f s' % solved_at if solved_at is not None else 'failed'}, "
-                f"{outcome['final_distance_m']} m from the goal at the end"
+                f"{outcome['final_distance_m']} m from the goal at the end, {outcome['inference_hz']} policy calls/s, "
+                f"{outcome['control_hz']} commands/s"
             )
             self.results_path.write_text(json.dumps(outcomes, indent=2))
         return outcomes
@@ -184,7 +258,12 @@ class EvalRunner(Node):
 
 def main(argv=None) -> int:
     rclpy.init(args=argv)
-    node = EvalRunner()
+    try:
+        node = EvalRunner()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -194,8 +273,9 @@ def main(argv=None) -> int:
         node.run_episodes()
     except KeyboardInterrupt:
         code = 130
-    except RuntimeError as exc:
-        node.get_logger().error(str(exc))
+    except Exception as exc:  # one line in the log, read by `crane-x7-vla eval`
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        node.get_logger().error(text if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {text}")
         code = 1
     finally:
         executor.shutdown()

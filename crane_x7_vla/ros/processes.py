@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -46,13 +47,47 @@ _held_domains: dict[int, int] = {}  # domain id -> open lock file descriptor
 _domains_lock = threading.Lock()
 
 
+# RTPS well-known ports (DDS-RTPS 9.6.1.1, Fast DDS's defaults): a participant of domain d
+# listens on PB + DG*d (discovery multicast) and PB + DG*d + 10 + PG*i / + 11 + PG*i, i its
+# participant id on the host.
+_PORT_BASE, _DOMAIN_GAIN, _PARTICIPANT_GAIN = 7400, 250, 2
+_PARTICIPANTS_CHECKED = 60
+
+
+def _udp_ports_in_use() -> set[int]:
+    """Local UDP ports bound on this host (this network namespace)."""
+    ports = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1 and ":" in fields[1]:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def domain_in_use(domain: int, ports: set[int] | None = None) -> bool:
+    """Whether a DDS participant of this domain runs on this host (it has bound the domain's
+    discovery ports), whoever started it: processes that outlived the run that held the id, a
+    `ros2 launch` or a user's node with that ROS_DOMAIN_ID."""
+    ports = _udp_ports_in_use() if ports is None else ports
+    base = _PORT_BASE + _DOMAIN_GAIN * int(domain)
+    wanted = {base} | {base + 10 + _PARTICIPANT_GAIN * i + k for i in range(_PARTICIPANTS_CHECKED) for k in (0, 1)}
+    return not wanted.isdisjoint(ports)
+
+
 def pick_domain_id() -> int:
     """A ROS_DOMAIN_ID (1..200) no other run on this machine holds, held until
     release_domain_id() or the end of this process.
 
     Every id is an flock'ed file: two runs started at the same moment (the evaluation's two
     baselines, parallel tests, another user's collection) can never share a domain, where
-    their service calls would reach each other's nodes."""
+    their service calls would reach each other's nodes. An id whose DDS ports are bound on
+    this host (domain_in_use: nodes left running by an earlier run, or started without a
+    lock) is skipped too."""
     import fcntl
 
     _DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
@@ -60,9 +95,10 @@ def pick_domain_id() -> int:
         os.chmod(_DOMAIN_LOCK_DIR, 0o1777)
     candidates = list(range(1, 201))
     random.Random(os.getpid() * 7919 + time.time_ns()).shuffle(candidates)
+    ports = _udp_ports_in_use()
     with _domains_lock:
         for domain in candidates:
-            if domain in _held_domains:
+            if domain in _held_domains or domain_in_use(domain, ports):
                 continue
             path = _DOMAIN_LOCK_DIR / f"{domain}.lock"
             try:
@@ -76,9 +112,13 @@ def pick_domain_id() -> int:
             except OSError:
                 os.close(fd)
                 continue
+            if domain_in_use(domain):  # a participant started between the port scan and the lock
+                os.close(fd)
+                continue
             _held_domains[domain] = fd
             return domain
-    raise RuntimeError(f"all ROS domain ids 1..200 are in use by runs on this machine (locks in {_DOMAIN_LOCK_DIR})")
+    raise RuntimeError(f"all ROS domain ids 1..200 are in use by runs on this machine (locks in {_DOMAIN_LOCK_DIR}, "
+                       "or DDS participants bound to their ports)")
 
 
 @contextlib.contextmanager
@@ -139,6 +179,10 @@ def node_command(executable: str, params: dict | None = None, *, name: str | Non
     return cmd + (["--ros-args", *args] if args else [])
 
 
+# An rclpy log line: "[ERROR] [1733400000.123456789] [eval_runner]: message"
+_ROS_LOG_LINE = re.compile(r"^\[(?P<level>[A-Z]+)\] \[[0-9.]+\] \[(?P<logger>[^\]]+)\]: (?P<message>.*)$")
+
+
 class NodeProcess:
     """One node in its own process group, output to a log file."""
 
@@ -195,6 +239,25 @@ class NodeProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def last_error(self) -> str:
+        """The node's last error line in its log (an ERROR/FATAL log line as 'logger: message', an
+        `error:` line, the last line of a traceback), else its last line; '' for an empty log."""
+        lines = [ln.strip() for ln in self.log_tail(200).splitlines() if ln.strip()]
+        for line in reversed(lines):
+            logged = _ROS_LOG_LINE.match(line)
+            if logged and logged["level"] in ("ERROR", "FATAL"):
+                return f"{logged['logger']}: {logged['message']}"
+            head = line.split(":", 1)[0]
+            if line.startswith("error:") or (head.endswith(("Error", "Exception")) and " " not in head):
+                return line
+        return lines[-1] if lines else ""
+
+    def exit_message(self) -> str:
+        """One line: which node ended, its exit code, its last error line and where its log is."""
+        why = self.last_error()
+        return (f"node {self.name} exited with code {self.proc.returncode}"
+                f"{': ' + why if why else ''} (log: {self.log_path})")
+
 
 class NodeGroup:
     """Several NodeProcesses stopped together (in reverse start order), also on errors."""
@@ -216,10 +279,7 @@ class NodeGroup:
         """Like check_alive, but `allowed` nodes may have ended (e.g. a runner that finished)."""
         for node in self.nodes:
             if node not in allowed and not node.alive():
-                raise RuntimeError(
-                    f"node {node.name} exited with code {node.proc.returncode}; "
-                    f"last lines of {node.log_path}:\n{node.log_tail()}"
-                )
+                raise RuntimeError(node.exit_message())
 
     def stop_all(self, timeout: float = 10.0) -> dict[str, int | None]:
         codes = {}

@@ -22,6 +22,7 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
                               start ("home", or "near cube" for a recovery start: `start_near`)}
     ~/start_expert            std_srvs/Trigger: with `expert_waits_for_start`, the expert moves
                               `expert_start_delay` s after this call instead of after the reset
+    ~/step                    std_msgs/Header (with `step_rate`): the recording instants, see below
 
 Physics runs in its own thread paced to wall time (`control_hz` steps of 1/control_hz s,
 catching up when late), `real_time_factor` times faster than real time if asked; camera,
@@ -29,6 +30,16 @@ success and leader rates count simulated seconds. Every header stamp comes from 
 clock (wall time) so the logger pairs all streams on one time base; with
 `publish_clock:=true` the node instead publishes the simulated time on /clock (like
 Gazebo) and stamps with it, and the other nodes run with `use_sim_time:=true`.
+
+Lockstep with a recorder (`step_rate` > 0, with `publish_clock`): every 1/step_rate simulated
+seconds the node renders every camera at that instant, publishes the instant's stamp on ~/step
+and waits until the node publishing on `step_ack_topic` (the data logger's ~/recorded) answers
+with that stamp before the simulated time goes on; while waiting it sends the step again
+every 0.2 s, with the instant's joint state and frames, for a recorder that joined late or
+lost a frame (images are best effort). The recording then holds one step per instant, at
+its rate in simulated time, however long the recorder takes: the simulation slows down
+instead. Without a node on `step_ack_topic` nothing waits; an answer missing for
+`step_timeout` wall-clock seconds is logged and the simulation goes on.
 
 With `expert:=true` the node also runs the scripted expert (crane_x7_vla.sim.ScriptedExpert)
 and publishes its LEADER joint states on `leader_joint_states_topic`. The expert reads the
@@ -118,6 +129,15 @@ class SimNode(Node):
                                         "Simulated seconds per wall-clock second (above 1 needs publish_clock and "
                                         "use_sim_time on the other nodes)"))
         self.publish_clock = bool(p("publish_clock", False, "Publish the simulated time on /clock and stamp with it"))
+        self.step_rate = float(p("step_rate", 0.0,
+                                 "Recording instants per simulated second (Hz) published on ~/step, each waited on "
+                                 "until step_ack_topic answers (lockstep with the data logger; needs "
+                                 "publish_clock); 0 = off"))
+        self.step_ack_topic = p("step_ack_topic", "/data_logger/recorded",
+                                "std_msgs/Header topic whose stamps say up to which ~/step instant the recorder "
+                                "has recorded")
+        self.step_timeout = float(p("step_timeout", 10.0,
+                                    "Wall-clock seconds to wait for a step's answer before going on (logged)"))
         self._check_config(width, height)
 
         self._lock = threading.RLock()
@@ -132,7 +152,10 @@ class SimNode(Node):
         self._reset_done = threading.Event()
         self._reset_result: dict | Exception | None = None
         self._ik = None  # ArmIK of the current simulator, for recovery starts
-        self.stats = {"control_steps": 0, "frames": 0, "t0": time.monotonic()}
+        self.stats = {"control_steps": 0, "frames": 0, "t0": time.monotonic(), "steps": 0, "step_wait_s": 0.0,
+                      "step_timeouts": 0}
+        self._acked = threading.Condition()
+        self._acked_ns = -1  # newest ~/step stamp the recorder answered
 
         group = ReentrantCallbackGroup()
         self._js_pub = self.create_publisher(JointState, self.joint_states_topic, msgs.STATE_QOS)
@@ -151,6 +174,14 @@ class SimNode(Node):
         self._expert_pub = self.create_publisher(String, "~/expert_status", msgs.LATCHED_QOS) if self.expert_enabled else None
         self.create_subscription(JointTrajectory, self.trajectory_topic, self._on_trajectory, msgs.STATE_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())
+        self._step_pub = self._ack_sub = None
+        if self.step_rate > 0:
+            from std_msgs.msg import Header
+
+            self._header_type = Header
+            self._step_pub = self.create_publisher(Header, "~/step", msgs.STATE_QOS)
+            self._ack_sub = self.create_subscription(Header, self.step_ack_topic, self._on_step_ack, msgs.STATE_QOS,
+                                                     callback_group=MutuallyExclusiveCallbackGroup())
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
         self.create_service(Trigger, "~/check_success", self._on_check, callback_group=group)
         self.create_service(Trigger, "~/start_expert", self._on_start_expert, callback_group=group)
@@ -189,9 +220,15 @@ class SimNode(Node):
         if self.task not in TASKS:
             raise ConfigError(f"parameter 'task' is {self.task!r}; the simulator knows {sorted(TASKS)}")
         for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed",
-                     "real_time_factor"):
+                     "real_time_factor", "step_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"parameter '{name}' must be positive, got {getattr(self, name)}")
+        if self.step_rate < 0 or self.step_rate > self.control_hz:
+            raise ConfigError(f"parameter 'step_rate' must be 0 (off) or up to control_hz ({self.control_hz:g}), "
+                              f"got {self.step_rate}")
+        if self.step_rate > 0 and not self.publish_clock:
+            raise ConfigError("step_rate needs publish_clock:=true (and use_sim_time:=true on the other nodes): "
+                              "the simulated time pauses while the recorder records")
         if not 0.0 <= self.start_near <= 1.0:
             raise ConfigError(f"parameter 'start_near' is a share of the resets, 0..1; got {self.start_near}")
         if not (len(self.camera_names) == len(self.camera_topics) <= len(self.camera_frames)):
@@ -234,7 +271,7 @@ class SimNode(Node):
             with self._lock:
                 self._expert = None  # the leader goes silent
                 self._set_expert_state("resetting")
-            time.sleep(self.reset_quiet / self.real_time_factor)
+            self._sleep_simulated(self.reset_quiet)
         self._reset_done.clear()
         with self._lock:
             self._reset_request = (task, seed)
@@ -244,6 +281,14 @@ class SimNode(Node):
             raise self._reset_result
         self.set_parameters([Parameter("seed", value=seed + 1)])
         return self._reset_result
+
+    def _sleep_simulated(self, seconds: float) -> None:
+        """Wait until `seconds` of simulated time have passed (however slowly the simulation runs),
+        at most 30 wall-clock seconds."""
+        until = self._sim_ns + int(seconds * 1e9)
+        deadline = time.monotonic() + 30.0
+        while self._sim_ns < until and self._running and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _do_reset(self, task: str, seed: int) -> dict:
         from crane_x7_vla.sim import ScriptedExpert, SimEnv
@@ -361,7 +406,8 @@ class SimNode(Node):
                 goal_handle.abort()
                 return result
             target = float(np.clip(cmd.position, *robot.GRIPPER_RANGE))
-        start = last_move = time.monotonic()
+        # Stall and time-out count simulated seconds: a slowed simulation moves the fingers slowly.
+        start = last_move = self._sim_ns * 1e-9
         last_pos = None
         feedback = self._gripper_type.Feedback()
         while True:
@@ -370,7 +416,7 @@ class SimNode(Node):
                 pos = float(self._env.joint_positions()[-1])
                 preempted = seq != self._gripper_seq
             result.position = feedback.position = pos
-            now = time.monotonic()
+            now = self._sim_ns * 1e-9
             if last_pos is None or abs(pos - last_pos) > 1e-3:
                 last_move, last_pos = now, pos
             if not self._running:
@@ -418,6 +464,41 @@ class SimNode(Node):
             return self.get_clock().now().to_msg()
         return msgs.ns_to_stamp(self._sim_ns)
 
+    def _on_step_ack(self, msg) -> None:
+        with self._acked:
+            self._acked_ns = max(self._acked_ns, msgs.stamp_to_ns(msg.stamp))
+            self._acked.notify_all()
+
+    def _await_step(self, stamp, data: list) -> None:
+        """Publish a recording instant on ~/step and wait until the recorder answers it. While
+        waiting, the step goes out again every 0.2 s with the instant's `data` ((publisher,
+        message) pairs: its joint state and frames), for a recorder that joined late or lost a
+        best-effort frame."""
+        stamp_ns = msgs.stamp_to_ns(stamp)
+        step = self._header_type(stamp=stamp, frame_id="")
+        self._step_pub.publish(step)
+        self.stats["steps"] += 1
+        if self._ack_sub.get_publisher_count() == 0:
+            return  # no recorder: nothing to wait for
+        t0 = time.monotonic()
+        resend = t0 + 0.2
+        with self._acked:
+            while self._acked_ns < stamp_ns and self._running:
+                now = time.monotonic()
+                if now - t0 > self.step_timeout:
+                    self.stats["step_timeouts"] += 1
+                    self.get_logger().warning(
+                        f"no answer on {self.step_ack_topic} to the step at {stamp_ns * 1e-9:.3f} s within "
+                        f"{self.step_timeout:g} s; going on", throttle_duration_sec=5.0)
+                    break
+                if now >= resend:
+                    for pub, msg in data:
+                        pub.publish(msg)
+                    self._step_pub.publish(step)
+                    resend = now + 0.2
+                self._acked.wait(0.02)
+        self.stats["step_wait_s"] += time.monotonic() - t0
+
     def _run_loop(self) -> None:
         period = 1.0 / self.control_hz
         period_ns = int(round(period * 1e9))
@@ -425,6 +506,8 @@ class SimNode(Node):
         next_tick = time.monotonic()
         next_frame = next_success = next_leader = 0.0  # simulated seconds since the loop started
         start_ns = self._sim_ns
+        step_ns = int(round(1e9 / self.step_rate)) if self.step_rate > 0 else 0
+        next_step_ns = start_ns
         while self._running:
             with self._lock:
                 request, self._reset_request = self._reset_request, None
@@ -459,13 +542,22 @@ class SimNode(Node):
             stamp = self._stamp()
             if self._clock_pub is not None:
                 self._clock_pub.publish(self._clock_msg(clock=stamp))
-            self._js_pub.publish(msgs.make_joint_state(q, velocities8=v, stamp=stamp))
+            joint_state = msgs.make_joint_state(q, velocities8=v, stamp=stamp)
+            self._js_pub.publish(joint_state)
             if leader is not None:
                 self._leader_pub.publish(msgs.make_joint_state(leader, stamp=stamp))
             if success is not None:
                 self._success_pub.publish(Bool(data=bool(success)))
                 next_success = sim_s + 1.0 / self.success_rate - 1e-9
-            if sim_s >= next_frame:
+            if step_ns and self._sim_ns >= next_step_ns:
+                # A recording instant: frames of this very instant, then wait for the recorder.
+                frames = self._publish_frames(env)
+                next_frame = sim_s + 1.0 / self.camera_rate
+                self._await_step(stamp, [(self._js_pub, joint_state), *frames])
+                while next_step_ns <= self._sim_ns:
+                    next_step_ns += step_ns
+                next_tick = time.monotonic()  # the wait is not time to catch up on
+            elif sim_s >= next_frame:
                 self._publish_frames(env)
                 next_frame = max(next_frame + 1.0 / self.camera_rate, sim_s)
             next_tick += wall_period
@@ -475,17 +567,22 @@ class SimNode(Node):
             elif delay < -5 * wall_period:
                 next_tick = time.monotonic()  # too far behind: slow down instead of bursting
 
-    def _publish_frames(self, env) -> None:
+    def _publish_frames(self, env) -> list:
+        """Render and publish every camera; returns the (publisher, Image) pairs."""
+        sent = []
         for i, cam in enumerate(self.camera_names):
             with self._lock:
                 rgb = env.render(cam)
                 fovy = float(env.model.cam_fovy[env.model.camera(cam).id])
             stamp = self._stamp()
             frame = self.camera_frames[i]
-            self._img_pubs[i].publish(msgs.rgb_to_image(rgb, stamp=stamp, frame_id=frame))
+            image = msgs.rgb_to_image(rgb, stamp=stamp, frame_id=frame)
+            self._img_pubs[i].publish(image)
             self._info_pubs[i].publish(
                 msgs.pinhole_camera_info(rgb.shape[1], rgb.shape[0], fovy, stamp=stamp, frame_id=frame))
             self.stats["frames"] += 1
+            sent.append((self._img_pubs[i], image))
+        return sent
 
     def close(self) -> None:
         self._running = False
@@ -495,9 +592,11 @@ class SimNode(Node):
             time.sleep(0.01)
         elapsed = time.monotonic() - self.stats["t0"]
         if elapsed > 0:
+            steps = (f", {self.stats['steps']} recording steps, {self.stats['step_wait_s']:.1f} s waiting for "
+                     f"the recorder, {self.stats['step_timeouts']} unanswered" if self._step_pub is not None else "")
             self.get_logger().info(
                 f"control loop {self.stats['control_steps'] / elapsed:.1f} Hz, "
-                f"{self.stats['frames'] / elapsed / max(len(self.camera_names), 1):.1f} frames/s per camera"
+                f"{self.stats['frames'] / elapsed / max(len(self.camera_names), 1):.1f} frames/s per camera{steps}"
             )
 
 

@@ -79,6 +79,11 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
         assert all(o["inferences"] > 0 for o in res["per_seed"]), (name, res["per_seed"])
         assert all(o["latency_ms"]["model_ms"]["n"] > 0 for o in res["per_seed"]), (name, res["per_seed"])
     assert evaluation["policy"]["per_seed"][-1]["latency_ms"]["model_ms"]["p50"] > 0
+    # what the node achieved in each episode is on record beside the figure: commands and
+    # policy calls per second
+    for name, res in evaluation.items():
+        assert all(o["control_hz"] > 0 and o["inference_hz"] > 0 for o in res["per_seed"]), (name, res["per_seed"])
+        assert res["achieved_control_hz"]["min"] > 0 and res["achieved_inference_hz"]["min"] > 0, name
     # report
     report = json.loads((run / "report.json").read_text())
     for key in KEYS:

@@ -1,9 +1,15 @@
 """Real DDS tests of the inference node: the node runs as its console script; this process
 plays the robot (joint states from an arm that follows the commands, camera images) and
 watches what the node publishes. Each test gets its own ROS domain, so tests running at the
-same time on this machine never hear each other."""
+same time on this machine never hear each other.
 
-import os
+Commands are told apart by when the node PUBLISHED them (the DDS source time stamp, this
+host's wall clock) and counted by the writer's sequence numbers, never by when this process
+got round to receiving them: on a busy machine a starved test process receives a burst of
+late messages at once, and a keep-last queue may drop some. A message published once (the
+emergency stop) is sent only after the publisher has matched the node's subscription: DDS
+delivers nothing to a subscription that it has not yet discovered."""
+
 import subprocess
 import sys
 import threading
@@ -26,6 +32,7 @@ from crane_x7_vla.episode.synthetic import write_synthetic_dataset
 from crane_x7_vla.policy.baselines import MeanTrajectoryPolicy
 from crane_x7_vla.ros import msgs
 from crane_x7_vla.ros.processes import pick_domain_id, release_domain_id
+from crane_x7_vla.ros.processes import ros_env as node_env
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -56,6 +63,28 @@ class Services(Node):
         return fut.result()
 
 
+class Received:
+    """A trajectory command: when it was published (ns, wall clock), its writer sequence number."""
+
+    __slots__ = ("published_ns", "seq", "msg")
+
+    def __init__(self, published_ns: int, seq: int, msg: JointTrajectory):
+        self.published_ns, self.seq, self.msg = published_ns, seq, msg
+
+
+def now_ns() -> int:
+    """This host's wall clock, the clock of the DDS source time stamps."""
+    return time.time_ns()
+
+
+def publish_when_matched(publisher, msg, timeout=30.0):
+    """Publish once the publisher has matched a subscription (a volatile message sent before
+    that reaches nobody)."""
+    wait_for(lambda: publisher.get_subscription_count() > 0, timeout,
+             f"a subscription of {publisher.topic_name} to match")
+    publisher.publish(msg)
+
+
 class Robot(Services):
     """Joint states of an arm that follows the first point of each trajectory (100 Hz), images."""
 
@@ -63,7 +92,7 @@ class Robot(Services):
         super().__init__("test_robot")
         self.q = robot.home_state() if start is None else np.array(start, dtype=float)
         self.lock = threading.Lock()
-        self.trajectories = []  # (receive time, JointTrajectory)
+        self.trajectories: list[Received] = []
         self.diagnostics = []
         self.send_images = True
         self.image_stamp_offset = 0.0  # seconds added to each image's stamp (negative: older)
@@ -78,9 +107,9 @@ class Robot(Services):
         self.create_timer(0.01, self._step)
         self.create_timer(1 / 15, self._image)
 
-    def _on_traj(self, msg):
+    def _on_traj(self, msg, info):
         with self.lock:
-            self.trajectories.append((time.monotonic(), msg))
+            self.trajectories.append(Received(info["source_timestamp"], info["publication_sequence_number"], msg))
             pt = msg.points[0]
             self.target = np.array(pt.positions)
             self.target_time = pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9
@@ -105,9 +134,15 @@ class Robot(Services):
             stamp = msgs.ns_to_stamp(self.get_clock().now().nanoseconds + int(self.image_stamp_offset * 1e9))
             self.image_pub.publish(msgs.rgb_to_image(img, stamp=stamp, frame_id="camera"))
 
-    def traj_since(self, t):
+    def at_rest(self) -> bool:
+        """Whether the arm has reached the last command it received (or never got one)."""
         with self.lock:
-            return [(s, m) for s, m in self.trajectories if s >= t]
+            return self.target is None or bool(np.abs(self.q[:7] - self.target).max() < 1e-12)
+
+    def traj_since(self, t_ns):
+        """Commands the node published at or after `t_ns` (now_ns() clock)."""
+        with self.lock:
+            return [r for r in self.trajectories if r.published_ns >= t_ns]
 
 
 def wait_for(pred, timeout, what):
@@ -123,6 +158,7 @@ def wait_for(pred, timeout, what):
 def ros_env(monkeypatch):
     domain = pick_domain_id()
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    env = node_env(domain)  # the nodes' environment as `crane-x7-vla eval` starts them
     rclpy.init(domain_id=domain)
     procs = []
     nodes = []
@@ -148,8 +184,7 @@ def ros_env(monkeypatch):
                 if isinstance(v, bool):
                     v = str(v).lower()
                 args += ["-p", f"{k}:={v}"]
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             procs.append(proc)
             return proc
 
