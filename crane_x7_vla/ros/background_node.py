@@ -22,6 +22,35 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 
+def wait_for_reply(client, request, deadline: float, *, late: Callable[[], Exception],
+                   resend_after: float | None = None, check: Callable[[], None] | None = None):
+    """Send `request` on a service client and return the answer; `check()` runs while waiting.
+
+    Past `deadline` (time.monotonic()) the error `late()` is raised. With `resend_after`, a
+    request without an answer is sent again that often (only for requests whose repetition
+    does no harm); the first answer to any copy counts, the other copies are dropped."""
+    futures = [client.call_async(request)]
+    resend_at = time.monotonic() + resend_after if resend_after else float("inf")
+    try:
+        while True:
+            done = next((f for f in futures if f.done()), None)
+            if done is not None:
+                return done.result()
+            if check is not None:
+                check()
+            now = time.monotonic()
+            if now > deadline:
+                raise late()
+            if now >= resend_at:
+                futures.append(client.call_async(request))
+                resend_at = now + resend_after
+            time.sleep(0.01)
+    finally:
+        for future in futures:
+            if not future.done():
+                client.remove_pending_request(future)
+
+
 class BackgroundNode:
     def __init__(self, name: str, domain_id: int) -> None:
         self.context = rclpy.Context()
@@ -61,26 +90,8 @@ class BackgroundNode:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"service {name} did not appear within {timeout:g} s")
         request = request if request is not None else srv_type.Request()
-        futures = [client.call_async(request)]
-        resend_at = time.monotonic() + resend_after if resend_after else float("inf")
-        try:
-            while True:
-                done = next((f for f in futures if f.done()), None)
-                if done is not None:
-                    return done.result()
-                if check is not None:
-                    check()
-                now = time.monotonic()
-                if now > deadline:
-                    raise TimeoutError(f"service {name} did not answer within {timeout:g} s")
-                if now >= resend_at:
-                    futures.append(client.call_async(request))
-                    resend_at = now + resend_after
-                time.sleep(0.01)
-        finally:
-            for future in futures:
-                if not future.done():
-                    client.remove_pending_request(future)
+        return wait_for_reply(client, request, deadline, resend_after=resend_after, check=check,
+                              late=lambda: TimeoutError(f"service {name} did not answer within {timeout:g} s"))
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)

@@ -44,6 +44,7 @@ from std_srvs.srv import Trigger
 
 from crane_x7_vla import robot
 from crane_x7_vla.ros import msgs
+from crane_x7_vla.ros.background_node import wait_for_reply
 from crane_x7_vla.ros.node_main import ConfigError
 
 RESEND_AFTER = 5.0  # s without an answer before a request that may be repeated is sent again
@@ -147,25 +148,8 @@ class EvalRunner(Node):
         if not client.wait_for_service(timeout_sec=timeout):
             raise RuntimeError(f"service {client.srv_name} did not appear within {timeout:.0f} s: "
                                f"is its node running in ROS domain {self.context.get_domain_id()}?")
-        futures = [client.call_async(request)]
-        deadline = time.monotonic() + timeout
-        resend_at = time.monotonic() + resend_after if resend_after else float("inf")
-        try:
-            while True:
-                done = next((f for f in futures if f.done()), None)
-                if done is not None:
-                    return done.result()
-                now = time.monotonic()
-                if now > deadline:
-                    raise RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
-                if now >= resend_at:
-                    futures.append(client.call_async(request))
-                    resend_at = now + resend_after
-                time.sleep(0.01)
-        finally:
-            for future in futures:
-                if not future.done():
-                    client.remove_pending_request(future)
+        return wait_for_reply(client, request, time.monotonic() + timeout, resend_after=resend_after,
+                              late=lambda: RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s"))
 
     def _interventions(self) -> dict:
         return dict(self._diag.get("interventions", {}))
