@@ -94,6 +94,9 @@ class BackgroundNode:
                               late=lambda: TimeoutError(f"service {name} did not answer within {timeout:g} s"))
 
     def close(self) -> None:
+        # The spin thread must have left the executor before the node's entities are
+        # destroyed under it (rclpy's shutdown() does not wait for it).
         self.executor.shutdown(timeout_sec=1.0)
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
