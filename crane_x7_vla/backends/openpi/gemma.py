@@ -24,6 +24,8 @@ from crane_x7_vla.backends.openpi.presets import GemmaConfig
 #: Weights that get LoRA adapters, by group, with the axes LoRA factorises (the last two).
 LORA_TARGETS_BY_GROUP = {"attn": ("q", "kv", "attn_out"), "ffn": ("gate_up", "down")}
 LORA_TARGETS = LORA_TARGETS_BY_GROUP["attn"] + LORA_TARGETS_BY_GROUP["ffn"]
+#: standard deviation of both LoRA factors of a fresh adapter (openpi's lora.LoRAConfig default)
+LORA_INIT_STD = 0.01
 
 
 def lora_shapes(weight_shape: tuple, rank: int) -> tuple[tuple, tuple]:
@@ -52,9 +54,10 @@ class GemmaLayers(nnx.Module):
         targets = [t for g in lora_groups for t in LORA_TARGETS_BY_GROUP[g]] if lora_rank > 0 else []
         for name in targets:
             a_shape, b_shape = lora_shapes(getattr(self, name)[...].shape, lora_rank)
-            # A small random, B zero: the adapted model starts equal to the base model.
-            setattr(self, f"{name}_lora_a", nnx.Param(jax.random.normal(k(), a_shape) * 0.01))
-            setattr(self, f"{name}_lora_b", nnx.Param(jnp.zeros(b_shape)))
+            # Both factors drawn from N(0, 0.01^2), as openpi's LoRAConfig.init_fn: the adapted
+            # model starts within a small product of two such draws of the base model.
+            setattr(self, f"{name}_lora_a", nnx.Param(jax.random.normal(k(), a_shape) * LORA_INIT_STD))
+            setattr(self, f"{name}_lora_b", nnx.Param(jax.random.normal(k(), b_shape) * LORA_INIT_STD))
 
     def weights(self) -> dict:
         return {name: p[...] for name, p in vars(self).items() if isinstance(p, nnx.Param)}
