@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deploy_harness import Session, baseline_checkpoint, percentiles, write_json  # noqa: E402
+from deploy_harness import Session, baseline_checkpoint, percentiles, write_json
 
 TARGET_P99_MS = 5.0
 

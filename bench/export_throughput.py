@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crane_x7_vla.episode import EpisodeWriter  # noqa: E402
-from crane_x7_vla.episode.synthetic import joint_path  # noqa: E402
-from crane_x7_vla.preprocess import parse_image_size  # noqa: E402
+from crane_x7_vla.episode import EpisodeWriter
+from crane_x7_vla.episode.synthetic import joint_path
+from crane_x7_vla.preprocess import parse_image_size
 
 
 def pin_one_core() -> None:

@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deploy_harness import Session, baseline_checkpoint, write_json  # noqa: E402
+from deploy_harness import Session, baseline_checkpoint, write_json
 
 STAGES = ("image_wait_ms", "preprocess_ms", "model_ms", "postprocess_ms", "publish_ms", "image_to_command_ms")
 

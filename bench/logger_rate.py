@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CAMERAS = {"cam_a": "/bench/cam_a/image_raw", "cam_b": "/bench/cam_b/image_raw"}
 W, H = 640, 480

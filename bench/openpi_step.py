@@ -110,17 +110,18 @@ def model_bench(args) -> dict:
 
 def pipeline_bench(args, step_s: float) -> dict:
     """Samples/s the real data pipeline (episodes -> BatchStream -> model arrays) delivers."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from crane_x7_vla.backends.openpi.batching import Batcher
     from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
     from crane_x7_vla.backends.openpi.transforms import ActionSpace, model_action_statistics
     from crane_x7_vla.preprocess import ImageSpec, parse_image_size
     from crane_x7_vla.training.data import BatchStream, load_training_data
-    from tests.openpi.conftest import make_episodes
+    from crane_x7_vla.episode.stats import write_statistics
+    from crane_x7_vla.episode.synthetic import write_synthetic_dataset
 
     w, h = parse_image_size(args.image_size)
     with tempfile.TemporaryDirectory() as tmp:
-        make_episodes(Path(tmp), n_episodes=4, steps=60, size=(640, 480))
+        write_synthetic_dataset(tmp, episodes=4, steps=60, cameras={"primary": (640, 480)})
+        write_statistics(tmp)
         data = load_training_data(tmp, val_ratio=0.0)
         space = ActionSpace(args.action_horizon, 32, model_action_statistics(data.train, args.action_horizon),
                             data.statistics["proprio"])

@@ -32,11 +32,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from crane_x7_vla import robot  # noqa: E402
-from crane_x7_vla.policy.loader import load_policy  # noqa: E402
-from crane_x7_vla.sim import SimEnv  # noqa: E402
+from crane_x7_vla import robot
+from crane_x7_vla.policy.loader import load_policy
+from crane_x7_vla.sim import SimEnv
 
 ARM = robot.NUM_ARM_JOINTS
 

@@ -13,9 +13,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from crane_x7_vla.sim import TASKS, ScriptedExpert, SimEnv, rollout  # noqa: E402
+from crane_x7_vla.sim import TASKS, ScriptedExpert, SimEnv, rollout
 
 
 def main(argv=None) -> int:

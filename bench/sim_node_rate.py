@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TOPICS = {"wrist": "/camera/color/image_raw", "primary": "/scene_camera/color/image_raw"}
 

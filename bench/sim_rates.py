@@ -18,9 +18,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from crane_x7_vla.sim import ScriptedExpert, SimEnv  # noqa: E402
+from crane_x7_vla.sim import ScriptedExpert, SimEnv
 
 
 def control_loop_rate(task: str, control_hz: float, seconds: float) -> dict:

@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from crane_x7_vla.backends.openvla.model import PRESETS  # noqa: E402
-from crane_x7_vla.preprocess import ImageSpec, prepare_image  # noqa: E402
-from crane_x7_vla.sim import SimEnv  # noqa: E402
-from crane_x7_vla.sim.model import COLOURS  # noqa: E402
+from crane_x7_vla.backends.openvla.model import PRESETS
+from crane_x7_vla.preprocess import ImageSpec, prepare_image
+from crane_x7_vla.sim import SimEnv
+from crane_x7_vla.sim.model import COLOURS
 
 NAMES = list(COLOURS)
 
