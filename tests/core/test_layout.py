@@ -37,6 +37,16 @@ def test_ament_resource_marker_and_top_level_layout():
         assert (ROOT / name).exists(), f"{name} is missing at the repository root"
 
 
+def test_license_file_matches_package_metadata():
+    """LICENSE holds the licence that package.xml and setup.py declare."""
+    declared = ET.parse(ROOT / "package.xml").getroot().findtext("license")
+    assert declared == "Apache-2.0"
+    assert 'license="Apache-2.0"' in (ROOT / "setup.py").read_text()
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
 def imported_modules(path: Path):
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
