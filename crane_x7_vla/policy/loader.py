@@ -176,14 +176,17 @@ def fingerprint_of(path: str | os.PathLike) -> str:
 
 def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
                 expected_joint_names=robot.JOINT_NAMES, expected_fingerprint: str | None = None,
-                cpu_threads: int = 0, unnorm_key: str | None = None):
+                cpu_threads: int = 0, unnorm_key: str | None = None, openpi: dict | None = None):
     """Load the policy stored in ``checkpoint_dir`` (see the module docstring).
 
     ``cpu_threads`` > 0 sets the threads of a PyTorch model running on the CPU (the OpenVLA
     backend; 0 keeps the library's default, one per core); the other backends choose their own.
     A model folder in OpenVLA's published layout (config.json of model_type "openvla", no
     policy_config.json) is served as it is, with the statistics ``unnorm_key`` names in its
-    norm_stats (default: "crane_x7", else its only key); see backends/openvla/published.py."""
+    norm_stats (default: "crane_x7", else its only key); see backends/openvla/published.py.
+    A directory in openpi's on-disk layout (params/ + assets/, no policy_config.json) is served
+    as it is with the serving options ``openpi`` gives (asset_id, tokenizer, image_slots, ...;
+    see backends/openpi/served.py)."""
     if not isinstance(cpu_threads, int) or cpu_threads < 0:
         raise PolicyLoadError(f"cpu_threads must be a whole number >= 0 (0 = the library's default), got {cpu_threads!r}")
     ckpt = Path(checkpoint_dir)
@@ -195,10 +198,23 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
         except PublishedLayoutError as exc:
             raise PolicyLoadError(str(exc)) from None
         where = ckpt / "config.json"
+    elif _is_openpi_dir(ckpt):
+        from crane_x7_vla.backends.openpi.served import OpenpiDirError, openpi_policy_config
+
+        if unnorm_key is not None:
+            raise PolicyLoadError(f"{ckpt}: an openpi directory; choose its norm stats with --asset-id, not --unnorm-key")
+        try:
+            config = openpi_policy_config(ckpt, openpi, joint_names=expected_joint_names)
+        except OpenpiDirError as exc:
+            raise PolicyLoadError(str(exc)) from None
+        where = ckpt / "params"
     else:
         if unnorm_key is not None:
             raise PolicyLoadError(f"{ckpt}: --unnorm-key chooses the statistics of a model folder in OpenVLA's "
                                   f"published layout; a checkpoint carries its own in {CONFIG_FILE}")
+        if any(v not in (None, False) for v in (openpi or {}).values()):
+            raise PolicyLoadError(f"{ckpt}: the openpi serving options ({', '.join(sorted(openpi))}) apply to a "
+                                  f"directory in openpi's layout (params/, assets/); a checkpoint carries its own")
         config = read_policy_config(ckpt)
         where = ckpt / CONFIG_FILE
     validate_config(config, where, expected_joint_names=expected_joint_names,
@@ -229,6 +245,13 @@ def _is_openvla_model_dir(path: Path) -> bool:
         return json.loads((path / "config.json").read_text()).get("model_type") == "openvla"
     except (OSError, ValueError):
         return False
+
+
+def _is_openpi_dir(path: Path) -> bool:
+    """A folder with openpi parameters (params/, an orbax directory) and no policy_config.json."""
+    from crane_x7_vla.backends.openpi.served import is_openpi_dir
+
+    return is_openpi_dir(path)
 
 
 def RemotePolicy(url: str, token: str | None = None, **kwargs):  # noqa: N802 (a class-like factory)

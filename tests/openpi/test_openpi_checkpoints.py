@@ -163,6 +163,16 @@ def test_export_in_openpis_layout_imports_back(openpi_run, tmp_path):
     np.testing.assert_allclose(stats["actions"]["mean"], config["action_space"]["model_statistics"]["mean"])
     np.testing.assert_allclose(stats["state"]["std"], config["action_space"]["state_statistics"]["std"])
     assert main([str(final), str(out)]) == 1  # never writes into a non-empty directory
+    # the export served as it is (`crane-x7-vla serve OUT`) acts as the checkpoint it came from
+    from crane_x7_vla.policy.loader import load_policy
+
+    assert (out / "tokenizer.model").read_bytes() == (final / "tokenizer.model").read_bytes()
+    served, original = load_policy(out, device="cpu"), load_policy(final, device="cpu")
+    assert served.config["openpi"]["model_config"] == config["openpi"]["model_config"]
+    assert served.config["openpi"]["conventions"] == config["openpi"]["conventions"]
+    obs = {"images": {"primary": np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)},
+           "state": np.r_[robot.HOME_POSE + 0.05, robot.GRIPPER_OPEN], "instruction": "Pick up the red cube"}
+    np.testing.assert_allclose(served.predict(obs), original.predict(obs), atol=1e-5)
 
 
 def test_train_from_openpi_base_checkpoint_places_lora_as_openpi(tiny_cfg, episodes_dir, tmp_path):

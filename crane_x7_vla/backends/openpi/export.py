@@ -9,6 +9,9 @@ writes
     OUT/assets/<asset_id>/norm_stats.json  {"norm_stats": {"state": ..., "actions": ...}}
                                          (mean, std, q01, q99 of the model-space actions and the state)
     OUT/crane_x7_vla_export.json         sizes, LoRA, conventions and the action representation
+    OUT/tokenizer.model (or .json)       the checkpoint's tokenizer (openpi reads its own copy of it)
+
+`crane-x7-vla serve OUT` serves the export as it is (served.py).
 
 openpi's `serve_policy --policy.config=<config> --policy.dir=OUT` loads it with a training
 config of openpi whose model has these sizes (pi0: gemma_2b + gemma_300m, their _lora
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -97,7 +101,12 @@ def export(checkpoint_dir, out_dir, asset_id: str = "crane_x7") -> Path:
         "joint_names": config.get("joint_names"),
         "cameras": config.get("cameras"),
         "tokenizer_file": block.get("tokenizer_file"),
+        "control_rate_hz": config.get("control_rate_hz"),
+        "default_instruction": config.get("default_instruction"),
     }, indent=2))
+    tokenizer = ckpt / block.get("tokenizer_file", ckpt_io.TOKENIZER_FILE)
+    if tokenizer.is_file():  # openpi reads its own; `crane-x7-vla serve OUT` uses this copy
+        shutil.copyfile(tokenizer, out / tokenizer.name)
     return out
 
 

@@ -367,6 +367,17 @@ class OpenpiCheckpoint:
         tree = dict(tree["params"]) if "params" in tree else tree
         return {p: tuple(m.shape) for p, m in flatten(tree).items()}
 
+    def dtype(self, path: str) -> str | None:
+        """The stored dtype of one weight (openpi path), from the orbax metadata; None when absent."""
+        import orbax.checkpoint as ocp
+
+        with ocp.PyTreeCheckpointer() as ckptr:
+            meta = ckptr.metadata(self.params_dir)
+        tree = dict(getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta)
+        tree = dict(tree["params"]) if "params" in tree else tree
+        found = flatten(tree).get(path)
+        return None if found is None or getattr(found, "dtype", None) is None else str(np.dtype(found.dtype))
+
     def params(self) -> dict:
         """The parameter tree as numpy arrays (openpi paths, 'value' levels dropped)."""
         return read_checkpoint(self.params_dir)

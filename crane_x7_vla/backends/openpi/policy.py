@@ -48,15 +48,29 @@ class OpenPIPolicy:
         self.cameras = list(config["cameras"])
         self.default_instruction = config.get("default_instruction") or ""
         self.num_steps = int(block.get("num_inference_steps", 10))
-        tok = PromptTokenizer.from_file(self.checkpoint_dir / block.get("tokenizer_file", ckpt_io.TOKENIZER_FILE),
-                                        self.model_config.max_token_len, self.conventions.prompt)
+        tok_path = block.get("tokenizer_path") or self.checkpoint_dir / block.get("tokenizer_file", ckpt_io.TOKENIZER_FILE)
+        try:
+            tok = PromptTokenizer.from_file(tok_path, self.model_config.max_token_len, self.conventions.prompt)
+        except ValueError as exc:
+            raise PolicyError(f"tokenizer {tok_path}: {exc}") from None
         self.batcher = Batcher(self.space, tok, self.cameras, slots=self.conventions.image_slots)
         self.device = _device(device)
 
         graphdef, abstract = ts.abstract_model(self.model_config)
-        restored = ckpt_io.restore_numpy(self.checkpoint_dir / ckpt_io.PARAMS_DIR)
+        if block.get("layout") == "openpi":  # an openpi directory served as it is (served.py)
+            from crane_x7_vla.backends.openpi.openpi_import import (OpenpiCheckpoint, OpenpiCheckpointError,
+                                                                  import_params)
+
+            params_dir = Path(block.get("params_dir") or self.checkpoint_dir / "params")
+            try:
+                restored = ckpt_io.nest(import_params(OpenpiCheckpoint(params_dir.parent).params()))
+            except OpenpiCheckpointError as exc:
+                raise PolicyError(f"{params_dir}: {exc}") from None
+        else:
+            params_dir = self.checkpoint_dir / ckpt_io.PARAMS_DIR
+            restored = ckpt_io.restore_numpy(params_dir)
         try:
-            state = ckpt_io.fill_state(abstract, restored, str(self.checkpoint_dir / ckpt_io.PARAMS_DIR))
+            state = ckpt_io.fill_state(abstract, restored, str(params_dir))
         except ValueError as exc:
             raise PolicyError(str(exc)) from None
         self.params = jax.device_put(state, self.device)

@@ -61,26 +61,47 @@ class ActionSpace:
     mask: np.ndarray = field(default_factory=DELTA_MASK.copy)
     normalization: str = "quantile"  # NORMALIZATIONS
     state_from_dataset: bool = True  # state_stats are the dataset's proprio entry (else stored here)
+    # where the robot's dimensions sit in the model's padded vectors (None: the first ones, in order)
+    action_dims: tuple | None = None
+    state_dims: tuple | None = None
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask, bool)
+        n = len(self.mask)
+        for name in ("action_dims", "state_dims"):
+            dims = getattr(self, name)
+            if dims is None:
+                continue
+            dims = tuple(int(d) for d in dims)
+            if len(dims) != n or len(set(dims)) != n or not all(0 <= d < self.padded_dim for d in dims):
+                raise ValueError(f"{name} must name {n} different positions below {self.padded_dim} (got {list(dims)})")
+            setattr(self, name, None if dims == tuple(range(n)) else dims)
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS} (got {self.normalization!r})")
         make = ZScore.from_stats if self.normalization == "zscore" else Normalizer.from_stats
         self._act = make({"action": self.action_stats}, "action")
         self._state = make({"proprio": self.state_stats}, "proprio")
 
+    def _place(self, x: np.ndarray, dims) -> np.ndarray:
+        if dims is None:
+            return pad(x, self.padded_dim)
+        out = np.zeros(x.shape[:-1] + (self.padded_dim,), np.float32)
+        out[..., list(dims)] = x
+        return out
+
     def encode_state(self, state: np.ndarray) -> np.ndarray:
-        return pad(self._state.normalize(state), self.padded_dim)
+        return self._place(self._state.normalize(state), self.state_dims)
 
     def encode_actions(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """Absolute targets (..., H, 8) + state (..., 8) -> (..., H, padded_dim) in [-1, 1]."""
-        return pad(self._act.normalize(to_delta(actions, state, self.mask)), self.padded_dim)
+        return self._place(self._act.normalize(to_delta(actions, state, self.mask)), self.action_dims)
 
     def decode_actions(self, model_actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """(..., H, padded_dim) model output + state (..., 8) -> absolute targets (..., H, 8) float64."""
-        n = len(self.mask)
-        return to_absolute(self._act.unnormalize(np.asarray(model_actions)[..., :n]), state, self.mask)
+        model_actions = np.asarray(model_actions)
+        robot_part = model_actions[..., : len(self.mask)] if self.action_dims is None else \
+            model_actions[..., list(self.action_dims)]
+        return to_absolute(self._act.unnormalize(robot_part), state, self.mask)
 
     def to_dict(self) -> dict:
         """The `action_space` entry of policy_config.json."""
@@ -96,6 +117,9 @@ class ActionSpace:
         }
         if not self.state_from_dataset:
             out["state_statistics"] = self.state_stats
+        if self.action_dims is not None or self.state_dims is not None:
+            n = len(self.mask)
+            out["model_dims"] = {"action": list(self.action_dims or range(n)), "state": list(self.state_dims or range(n))}
         return out
 
     @classmethod
@@ -119,6 +143,8 @@ class ActionSpace:
                 mask=np.asarray(space["delta_mask"], bool),
                 normalization=space.get("normalization", "quantile"),
                 state_from_dataset="state_statistics" not in space,
+                action_dims=(space.get("model_dims") or {}).get("action"),
+                state_dims=(space.get("model_dims") or {}).get("state"),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{where}: action_space: {exc}") from None
