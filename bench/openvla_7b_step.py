@@ -8,13 +8,14 @@ actions per second at inference.
     python bench/openvla_7b_step.py --device cpu --depth-override 1 --width-divisor 64 --batch-size 2 --steps 1
                                                         # the same code end to end on a CPU (functional check)
 
-The model is a Llava model built from a config, never downloaded: Llama-2-7B text (hidden
-4096, 32 layers, 32 heads, MLP 11008, vocabulary 32064 rows as in OpenVLA-7B) and a
-ViT-L/14-sized SigLIP vision tower (hidden 1024, 24 layers, 16 heads, MLP 4096, 224x224,
-256 visual tokens): 7.06B parameters (OpenVLA-7B itself has 7.5B; its fused SigLIP-400M +
-DINOv2-L vision is ~0.4B larger). Weights are created directly on the target device; the
-parameter count is taken from a build on the meta device first, and a full-size build on a
-CPU is refused (it would need ~28 GB in fp32).
+The model is the backend's own OpenVLA class (prismatic.OpenVLAForActionPrediction, the
+architecture and parameter names of the published `openvla/openvla-7b`) built from a config,
+never downloaded: DINOv2 ViT-L/14 (hidden 1024, 24 layers, 16 heads, 4 registers) and SigLIP
+So400M/14 (hidden 1152, 27 layers, 16 heads) fused channel-wise at 224x224 (256 patches),
+the 3-layer MLP projector and Llama-2-7B (hidden 4096, 32 layers, 32 heads, MLP 11008,
+32064 embedding rows): 7.54B parameters, as OpenVLA-7B. Weights are created directly on
+the target device; the parameter count is taken from a build on the meta device first, and
+a full-size build on a CPU is refused (it would need ~30 GB in fp32).
 
 Everything after "build the weights" is the backend's own code: the training side calls the
 trainer's `build_model` (LoRA rank 32 on all linear layers through PEFT, gradient
@@ -25,9 +26,10 @@ de-tokenisation, clamping). To do that without a checkpoint on disk, the name th
 loads (`load_vla`) is pointed, for the duration of the build only, at the random-weight
 builder below; it accepts only this script's own model name.
 
-The prompt tokenizer is the tiny preset's byte-level BPE (its last 256 ids are the action
-tokens). The model keeps the full 32064-row vocabulary, so the embedding, LM head and loss
-cost the same as OpenVLA-7B's; only the id values differ.
+The prompt tokenizer is a Llama-style tokenizer of 32000 pieces written by the backend's
+layout module (as the tiny preset's, filled up to Llama-2's size; its last 256 ids are the
+action tokens), so the embedding, LM head and loss cost the same as OpenVLA-7B's; only the
+pieces differ.
 
 Figures: `train.<off|on>.step_time_s` (median of --steps timed steps after one warm-up),
 `train.<off|on>.peak_gpu_bytes` (torch.cuda.max_memory_allocated over build + steps; None on
@@ -70,10 +72,12 @@ class Arch:
     text_layers: int = 32
     text_heads: int = 32
     text_ffn: int = 11008
-    vision_hidden: int = 1024
+    vision_hidden: int = 1024  # the DINOv2 tower
     vision_layers: int = 24
     vision_heads: int = 16
-    vision_ffn: int = 4096
+    siglip_hidden: int = 1152  # the SigLIP tower
+    siglip_layers: int = 27
+    siglip_heads: int = 16
     image: int = 224
     patch: int = 14
     vocab_rows: int = VOCAB_ROWS
@@ -99,47 +103,60 @@ def make_arch(depth_override: int = 0, width_divisor: int = 1) -> Arch:
         raise SystemExit(f"--width-divisor must be >= 1 (got {width_divisor})")
     a = Arch()
     if depth_override:
-        a = replace(a, text_layers=depth_override, vision_layers=depth_override)
+        a = replace(a, text_layers=depth_override, vision_layers=depth_override, siglip_layers=depth_override)
     if width_divisor > 1:
         th, tn, tf = _shrink(a.text_hidden, a.text_heads, a.text_ffn, width_divisor)
-        vh, vn, vf = _shrink(a.vision_hidden, a.vision_heads, a.vision_ffn, width_divisor)
-        a = replace(a, text_hidden=th, text_heads=tn, text_ffn=tf, vision_hidden=vh, vision_heads=vn, vision_ffn=vf)
+        vh, vn, _ = _shrink(a.vision_hidden, a.vision_heads, 0, width_divisor)
+        sh, sn, _ = _shrink(a.siglip_hidden, a.siglip_heads, 0, width_divisor)
+        a = replace(a, text_hidden=th, text_heads=tn, text_ffn=tf, vision_hidden=vh, vision_heads=vn,
+                    siglip_hidden=sh, siglip_heads=sn)
     return a
 
 
 # ---- the model -----------------------------------------------------------------------------
 
+_TOKENIZERS: dict = {}
+_CORPUS = "In: What action should the robot take to pick up the red cube and place it in the box?\nOut:\n"
+
 
 def _tokenizer():
-    from crane_x7_vla.backends.openvla.model import PRESETS, _train_tokenizer
+    """Llama-2-sized (32000 pieces, `<PAD>` added as 32000), written once per process."""
+    if "tok" not in _TOKENIZERS:
+        from transformers import AutoTokenizer
 
-    return _train_tokenizer(PRESETS["tiny"]["bpe_vocab"])
+        from crane_x7_vla.backends.openvla.layout import write_tokenizer
+
+        with tempfile.TemporaryDirectory() as d:
+            write_tokenizer(d, _CORPUS, VOCAB_ROWS - 64, text_vocab=768)
+            _TOKENIZERS["tok"] = AutoTokenizer.from_pretrained(d)
+    return _TOKENIZERS["tok"]
 
 
-def llava_config(arch: Arch, tokenizer):
-    from transformers import LlamaConfig, LlavaConfig, SiglipVisionConfig
+def openvla_config(arch: Arch):
+    """The published OpenVLA-7B configuration; a reduced `arch` is recorded as tower overrides."""
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAConfig
 
-    vision = SiglipVisionConfig(hidden_size=arch.vision_hidden, intermediate_size=arch.vision_ffn,
-                                num_hidden_layers=arch.vision_layers, num_attention_heads=arch.vision_heads,
-                                image_size=arch.image, patch_size=arch.patch, vision_use_head=False)
-    text = LlamaConfig(hidden_size=arch.text_hidden, intermediate_size=arch.text_ffn,
-                       num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
-                       num_key_value_heads=arch.text_heads, vocab_size=arch.vocab_rows, max_position_embeddings=4096,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
-    return LlavaConfig(vision_config=vision, text_config=text,
-                       image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                       image_seq_length=(arch.image // arch.patch) ** 2, vision_feature_select_strategy="full",
-                       vision_feature_layer=-1)
+    overrides = None
+    if not arch.full_size:
+        overrides = [dict(embed_dim=arch.vision_hidden, depth=arch.vision_layers, num_heads=arch.vision_heads),
+                     dict(embed_dim=arch.siglip_hidden, depth=arch.siglip_layers, num_heads=arch.siglip_heads)]
+    pad = VOCAB_ROWS - 64
+    text = dict(hidden_size=arch.text_hidden, intermediate_size=arch.text_ffn, num_hidden_layers=arch.text_layers,
+                num_attention_heads=arch.text_heads, num_key_value_heads=arch.text_heads, vocab_size=arch.vocab_rows,
+                max_position_embeddings=4096, pad_token_id=pad, bos_token_id=1, eos_token_id=2)
+    return OpenVLAConfig(vision_backbone_id="dinosiglip-vit-so-224px", image_sizes=[arch.image, arch.image],
+                         text_config=text, pad_token_id=pad, pad_to_multiple_of=arch.vocab_rows - pad,
+                         vision_tower_overrides=overrides)
 
 
 def count_params(arch: Arch) -> int:
     """Parameter count from a build on the meta device (no memory is allocated)."""
     import torch
-    from transformers import AutoModelForImageTextToText
+
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAForActionPrediction
 
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(llava_config(arch, _tokenizer()))
+        model = OpenVLAForActionPrediction(openvla_config(arch))
     return sum(p.numel() for p in model.parameters())
 
 
@@ -147,12 +164,11 @@ def random_weights_loader(arch: Arch):
     """A function with `load_vla`'s signature that builds `arch` with random weights on `device`."""
 
     def load(source, *, image_size, dtype=None, attn_implementation=None, device="cpu"):
-        import inspect
-
         import torch
-        from transformers import AutoModelForImageTextToText
 
-        from crane_x7_vla.backends.openvla.model import VLA, ModelError, _family, _num_image_tokens
+        from crane_x7_vla.backends.openvla.layout import TVF_STATS
+        from crane_x7_vla.backends.openvla.model import VLA, ModelError
+        from crane_x7_vla.backends.openvla.prismatic import OpenVLAForActionPrediction
 
         if source != MODEL_NAME and Path(source).name != "model":
             raise ModelError(f"the benchmark's loader builds '{MODEL_NAME}' or a checkpoint's model/ only "
@@ -161,23 +177,22 @@ def random_weights_loader(arch: Arch):
             raise ModelError(f"the benchmark model takes {arch.image}x{arch.image} images (asked {image_size})")
         dtype = dtype or torch.float32
         tokenizer = _tokenizer()
-        config = llava_config(arch, tokenizer)
+        config = openvla_config(arch)
         kwargs = {"dtype": dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         torch.manual_seed(0)
         with torch.device(device):  # weights are created where they will live
-            model = AutoModelForImageTextToText.from_config(config, **kwargs)
+            model = OpenVLAForActionPrediction._from_config(config, **kwargs)
         tensors = [*model.parameters(), *model.buffers()]
         wrong = {str(t.device) for t in tensors if t.device.type != torch.device(device).type}
         if wrong:
             raise RuntimeError(f"parameters were created on {wrong}, not on {device}")
-        family = _family(config)
-        params = inspect.signature(type(model).forward).parameters
-        return VLA(model=model, tokenizer=tokenizer, family=family, source=MODEL_NAME, image_size=tuple(image_size),
-                   image_token_id=config.image_token_index, num_image_tokens=_num_image_tokens(config, family),
-                   pixel_stats=[([0.5] * 3, [0.5] * 3)], cache_kw="cache" if "cache" in params else "past_key_values",
-                   dtype=dtype)
+        if tokenizer.vocab_size != config.action_vocab_size:
+            raise RuntimeError(f"the tokenizer has {tokenizer.vocab_size} pieces, the model {config.action_vocab_size}")
+        return VLA(model=model, tokenizer=tokenizer, family="openvla", source=MODEL_NAME, image_size=tuple(image_size),
+                   image_token_id=None, num_image_tokens=0, pixel_stats=[(list(m), list(s)) for m, s in TVF_STATS],
+                   cache_kw="cache", dtype=dtype)
 
     return load
 
@@ -332,7 +347,7 @@ def infer_bench(args, arch: Arch, device) -> dict:
         "image_spec": {"width": arch.image, "height": arch.image, "crop_scale": 0.9, "color_jitter": 0.0},
         "cameras": ["primary"], "action_space": {"horizon": 1}, "dataset_statistics": statistics_from_limits(),
         "default_instruction": args.instruction, "base_model": MODEL_NAME, "joint_names": list(robot.JOINT_NAMES),
-        "openvla": {"family": "llava", "use_lora": True, "action_token_count": 8, "n_bins": 256, "weights": "model"},
+        "openvla": {"family": "openvla", "use_lora": True, "action_token_count": 8, "n_bins": 256, "weights": "model"},
     }
     result = {"status": "ok", "batch_size": 1, "action_tokens": robot.ACTION_DIM}
     _guarded(device, result, lambda: _infer_measure(args, arch, device, config, result))
@@ -379,10 +394,10 @@ def _gb(b):
 
 def print_report(r: dict) -> None:
     a = r["architecture"]
-    print(f"OpenVLA-7B-sized model, random weights: text {a['text_layers']}x{a['text_hidden']} "
-          f"(MLP {a['text_ffn']}, {a['text_heads']} heads), vision {a['vision_layers']}x{a['vision_hidden']} "
-          f"(MLP {a['vision_ffn']}, {a['vision_heads']} heads), {r['params_total'] / 1e9:.3f}B params, "
-          f"on {r['device_name']}")
+    print(f"OpenVLA-7B-sized model (OpenVLA's architecture), random weights: text {a['text_layers']}x"
+          f"{a['text_hidden']} (MLP {a['text_ffn']}, {a['text_heads']} heads), DINOv2 {a['vision_layers']}x"
+          f"{a['vision_hidden']} ({a['vision_heads']} heads) + SigLIP {a['siglip_layers']}x{a['siglip_hidden']} "
+          f"({a['siglip_heads']} heads), {r['params_total'] / 1e9:.3f}B params, on {r['device_name']}")
     rows = []
     for mode, t in r.get("train", {}).items():
         label = f"train LoRA r{r['lora_rank']}, batch {r['batch_size']}, checkpointing {mode}"
@@ -418,7 +433,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed training steps after one warm-up step")
     p.add_argument("--infer-actions", type=int, default=20, help="timed predictions after two warm-up ones")
     p.add_argument("--lora-rank", type=int, default=32)
-    p.add_argument("--depth-override", type=int, default=0, help="layers in the text AND vision towers (0: 32/24)")
+    p.add_argument("--depth-override", type=int, default=0,
+                   help="layers in the text model AND both vision towers (0: 32 / 24 / 27)")
     p.add_argument("--width-divisor", type=int, default=1, help="divide hidden and MLP sizes by this (1: full)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPU, fp32 on CPU")

@@ -25,8 +25,9 @@ def test_reduced_model_trains_with_and_without_checkpointing_and_predicts(tmp_pa
     figures = json.loads(out.read_text())
     assert figures["device"] == "cpu" and figures["functional_check_only"] is True and figures["full_size"] is False
     arch = figures["architecture"]
-    assert arch["text_layers"] == arch["vision_layers"] == 1
+    assert arch["text_layers"] == arch["vision_layers"] == arch["siglip_layers"] == 1
     assert arch["text_hidden"] == 4096 // 64 and arch["vision_hidden"] == 1024 // 64 and arch["vocab_rows"] == 32064
+    assert arch["siglip_hidden"] == 16  # 1152 // 64, rounded down to a multiple of 16
 
     train = figures["train"]
     assert set(train) == {"off", "on"}
@@ -49,9 +50,32 @@ def test_reduced_model_trains_with_and_without_checkpointing_and_predicts(tmp_pa
     assert figures["peak_host_rss_bytes"] > 0
 
 
+def test_full_size_model_is_openvla_7b(tmp_path):
+    """The full-size build (on the meta device: no memory) is OpenVLA's class with the published
+    parameter names and OpenVLA-7B's parameter count."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import openvla_7b_step as bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    import torch
+
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAForActionPrediction
+
+    with torch.device("meta"):
+        model = OpenVLAForActionPrediction(bench.openvla_config(bench.Arch()))
+    names = dict(model.named_parameters())
+    assert sum(p.numel() for p in names.values()) == bench.count_params(bench.Arch()) == 7_541_237_184
+    assert names["vision_backbone.featurizer.blocks.23.ls1.scale_factor"].shape == (1024,)
+    assert names["vision_backbone.fused_featurizer.blocks.26.mlp.fc1.weight"].shape == (4304, 1152)
+    assert names["projector.fc1.weight"].shape == (8704, 2176)
+    assert names["language_model.lm_head.weight"].shape == (32064, 4096)
+    assert len([n for n in names if n.endswith("self_attn.q_proj.weight")]) == 32
+
+
 def test_full_size_model_is_not_built_on_a_cpu(tmp_path):
     result = _run("--device", "cpu", "--json", str(tmp_path / "f.json"), timeout=60)
     assert result.returncode == 2
-    assert "7.06B-parameter model is not built on a CPU" in result.stderr
+    assert "7.54B-parameter model is not built on a CPU" in result.stderr
     assert "--depth-override" in result.stderr
     assert not (tmp_path / "f.json").exists()

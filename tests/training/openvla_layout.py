@@ -3,7 +3,8 @@ themselves: config.json with the published fields, model.safetensors with the pu
 parameter names (listed here from the definitions of timm's VisionTransformer, OpenVLA's
 projector and transformers' Llama, not from our model class), preprocessor_config.json and
 processor_config.json as OpenVLA's processor saves them, and a Llama-style tokenizer
-(byte-fallback BPE, Metaspace, `<PAD>` added after the vocabulary).
+(byte-fallback BPE, Metaspace, `<PAD>` added after the vocabulary); the processor and
+tokenizer files are written by the package's layout module, which the `tiny` preset uses too.
 
 Only the widths are tiny: the towers keep their patch size and 224-pixel input (256 patches),
 and `vision_tower_overrides` in config.json records their smaller sizes."""
@@ -16,17 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crane_x7_vla.backends.openvla import layout
+
 DINO, SIGLIP = "vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"
 TOWERS = [dict(embed_dim=32, depth=3, num_heads=2), dict(embed_dim=48, depth=3, num_heads=3)]
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
 VOCAB = 512  # the tokenizer's vocabulary (Llama-2: 32000); the embedding has VOCAB + 64 rows
 PAD_TO = 64
 PATCH, SIZE = 14, 224
-# the published preprocessor's normalisation: the DINOv2 tower's ImageNet statistics as the
-# processor stored them in bfloat16, SigLIP's 0.5
-TVF_STATS = [([0.484375, 0.455078125, 0.40625], [0.228515625, 0.2236328125, 0.224609375]),
-             ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
-MEANS_STDS = [([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
+TVF_STATS, MEANS_STDS = layout.TVF_STATS, layout.MEANS_STDS  # the published preprocessor's normalisation
 
 _CORPUS = """In: What action should the robot take to reach the green cube?
 Out: pick up the red cube and put it on the plate. place the blue block in the box.
@@ -106,50 +105,10 @@ def random_weights(shapes: dict[str, tuple], seed: int) -> dict[str, torch.Tenso
 
 
 def write_tokenizer(dest: Path, vocab: int = VOCAB) -> None:
-    """A Llama-style tokenizer: `<unk>` `<s>` `</s>`, 256 byte-fallback tokens, BPE pieces with
-    `▁` for spaces, filled up to `vocab` pieces; `<PAD>` is added as id `vocab`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab - 64, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=["\u2581"])
-    tok.train_from_iterator(_CORPUS.splitlines() * 8, trainer)
-    spec = json.loads(tok.to_str())
-    pieces = spec["model"]["vocab"]
-    filler = 0x4E00  # CJK characters no instruction uses, as rare pieces end Llama's vocabulary too
-    while len(pieces) < vocab:
-        pieces.setdefault(chr(filler), len(pieces))
-        filler += 1
-    assert len(pieces) == vocab and sorted(pieces.values()) == list(range(vocab))
-    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
-    tok = Tokenizer.from_str(json.dumps(spec))
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", 1)])
-    tok.add_special_tokens(["<PAD>"])
-    dest.mkdir(parents=True, exist_ok=True)
-    tok.save(str(dest / "tokenizer.json"))
-
-    def special(content):
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                "special": True}
-
-    (dest / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": True, "add_eos_token": False,
-        "added_tokens_decoder": {"0": special("<unk>"), "1": special("<s>"), "2": special("</s>"),
-                                 str(vocab): special("<PAD>")},
-        "auto_map": {"AutoProcessor": "processing_prismatic.PrismaticProcessor"},
-        "bos_token": "<s>", "clean_up_tokenization_spaces": False, "eos_token": "</s>", "legacy": False,
-        "model_max_length": 2048, "pad_token": "<PAD>", "padding_side": "right",
-        "processor_class": "PrismaticProcessor", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
-        "unk_token": "<unk>", "use_default_system_prompt": False}, indent=2))
-    (dest / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": special("<s>"), "eos_token": special("</s>"), "pad_token": special("<PAD>"),
-        "unk_token": special("<unk>")}, indent=2))
-    (dest / "added_tokens.json").write_text(json.dumps({"<PAD>": vocab}, indent=2))
+    """A Llama-style tokenizer (the package's layout.write_tokenizer): `<unk>` `<s>` `</s>`, 256
+    byte-fallback tokens, BPE pieces with `▁` for spaces, filled up to `vocab` pieces; `<PAD>`
+    is added as id `vocab`."""
+    layout.write_tokenizer(dest, _CORPUS, vocab)
 
 
 def norm_stats(key: str = "bridge_orig", dim: int = 7) -> dict:
@@ -200,20 +159,6 @@ def write_checkpoint(dest, *, seed: int = 0, stats: dict | None = None, towers=T
     (dest / "config.json").write_text(json.dumps(config, indent=2))
     weights = random_weights(published_parameters(towers, text), seed)
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
-    tvf = lambda i: {"mean": TVF_STATS[i][0], "std": TVF_STATS[i][1], "inplace": False}  # noqa: E731
-    (dest / "preprocessor_config.json").write_text(json.dumps({
-        "auto_map": {"AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
-                     "AutoProcessor": "processing_prismatic.PrismaticProcessor"},
-        "image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
-        "input_sizes": [[3, SIZE, SIZE], [3, SIZE, SIZE]], "interpolations": ["bicubic", "bicubic"],
-        "means": [m for m, _ in MEANS_STDS], "stds": [s for _, s in MEANS_STDS],
-        "processor_class": "PrismaticProcessor",
-        "tvf_crop_params": [{"output_size": [SIZE, SIZE]}] * 2, "tvf_do_letterbox": False,
-        "tvf_letterbox_fill": None, "tvf_normalize_params": [tvf(0), tvf(1)],
-        "tvf_resize_params": [{"antialias": True, "interpolation": 3, "max_size": None, "size": [SIZE, SIZE]}] * 2,
-        "use_fused_vision_backbone": True}, indent=2))
-    (dest / "processor_config.json").write_text(json.dumps({
-        "auto_map": {"AutoProcessor": "processing_prismatic.PrismaticProcessor"},
-        "processor_class": "PrismaticProcessor"}, indent=2))
+    layout.write_processor(dest, SIZE)
     write_tokenizer(dest)
     return dest

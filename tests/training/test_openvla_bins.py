@@ -12,7 +12,7 @@ import torch
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import (LEGACY_UNIFORM, OPENVLA_BINS, ActionCodec,
                                                             ActionTokenizer)
-from crane_x7_vla.backends.openvla.model import IGNORE, VLA, _train_tokenizer, build_batch
+from crane_x7_vla.backends.openvla.model import IGNORE, build_batch, load_vla, materialize_preset
 from crane_x7_vla.backends.openvla.prompt import openvla_prompt
 from crane_x7_vla.preprocess import Normalizer
 
@@ -97,11 +97,9 @@ def test_the_instruction_is_lower_cased_whole():
 
 
 @pytest.fixture(scope="module")
-def vla():
-    tokenizer = _train_tokenizer(768)
-    return VLA(model=torch.nn.Linear(1, 1), tokenizer=tokenizer, family="llava", source="tiny", image_size=(64, 64),
-               image_token_id=tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=4,
-               pixel_stats=[([0.5] * 3, [0.5] * 3)], cache_kw="past_key_values", dtype=torch.float32)
+def vla(tmp_path_factory):
+    base = materialize_preset("tiny", tmp_path_factory.mktemp("tiny"), image_size=(64, 64))
+    return load_vla(str(base), image_size=(64, 64))
 
 
 def test_the_end_of_sequence_after_the_actions_is_labelled(vla):

@@ -15,7 +15,7 @@ COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "6
           "--logging-steps", "1", "--eval-samples", "8", "--num-workers", "2", "--seed", "5",
           # OpenVLA-7B's own format (the tiny preset's defaults are tested in test_action_representation)
           "--action-representation", "absolute", "--no-state-in-prompt", "--noop-threshold", "0",
-          "--action-label-sigma", "0"]
+          "--action-label-sigma", "0", "--image-position", "first"]
 LORA = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05"]
 
 
@@ -61,7 +61,7 @@ def test_checkpoints_describe_themselves(lora_run, dataset_dir):
     adapter = json.loads((lora_run / "checkpoint-12" / "adapter" / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (8, 16, 0.05)
     base = json.loads((lora_run / "checkpoint-12" / "base" / "config.json").read_text())
-    assert base["vision_config"]["image_size"] == 64
+    assert base["model_type"] == "openvla" and base["image_sizes"] == [64, 64]
     state = ck.read_trainer_state(lora_run / "checkpoint-12")
     assert state["step"] == 12 and state["data_position"] == {"epoch": 0, "batch": 12}
     for name in ("optimizer.pt", "rng_state.pt", "processor/tokenizer.json"):
@@ -79,10 +79,12 @@ def test_resume_continues_exactly(lora_run, dataset_dir, tmp_path):
 
 
 def test_merged_weights_load(lora_run):
-    from transformers import LlavaForConditionalGeneration
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAForActionPrediction
 
-    merged = LlavaForConditionalGeneration.from_pretrained(lora_run / "checkpoint-final" / "merged")
+    merged, info = OpenVLAForActionPrediction.from_pretrained(lora_run / "checkpoint-final" / "merged",
+                                                              output_loading_info=True)
     assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
 def test_policy_predicts_absolute_targets(lora_run, dataset_dir):
@@ -151,8 +153,13 @@ def test_full_weights_epochs_accumulation_wandb(dataset_dir, tmp_path, monkeypat
     trained = load_file(str(final / "model" / "model.safetensors"))
     base = load_file(str(out / "base_model" / "model.safetensors"))
     changed = [k for k in base if not np.array_equal(base[k].numpy(), trained[k].numpy())]
-    unchanged = set(base) - set(changed)  # all weights trained, embeddings and lm_head included
-    assert unchanged <= {"vision_tower.post_layernorm.weight", "vision_tower.post_layernorm.bias"}, unchanged
+    unchanged = set(base) - set(changed)  # all weights trained, embeddings and lm_head included, except
+    # the layers OpenVLA's forward pass never runs (each tower's last block and final norm, SigLIP's pool)
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAConfig, OpenVLAForActionPrediction
+
+    never_run = tuple(f"{n}." for n in OpenVLAForActionPrediction(
+        OpenVLAConfig.from_pretrained(out / "base_model")).unused_modules())
+    assert unchanged and all(k.startswith(never_run) for k in unchanged), sorted(unchanged)[:5]
     assert any(k.endswith("lm_head.weight") for k in changed) and any(k.endswith("embed_tokens.weight") for k in changed)
     assert list((out / "wandb").glob("offline-run-*"))
 

@@ -4,9 +4,9 @@ Supported: OpenVLA checkpoints in the published `openvla/openvla-7b` layout (our
 `prismatic.OpenVLAForActionPrediction`, no remote code; the picture's patches are inserted
 after BOS without placeholder tokens), Llava-family models (`<image>` placeholders, one per
 visual token) and PaliGemma-family models (placeholders before BOS, prefix-LM token types),
-by hub id or local path. The `tiny` preset is a Llava model (SigLIP vision + Llama text) built from
-a config with a byte-level BPE tokenizer trained offline; it is written to a directory
-with `save_pretrained` and then loaded by `load_vla` like any local model.
+by hub id or local path. The `tiny` preset is OpenVLA's own architecture at tiny size with
+random weights and a Llama-style tokenizer trained offline, written to a directory in the
+published layout and then loaded by `load_vla` like any OpenVLA checkpoint.
 """
 
 from __future__ import annotations
@@ -37,12 +37,19 @@ class ModelError(ConfigError):
 # ---- the tiny preset ---------------------------------------------------------------------
 
 PRESETS = {
-    # ~1.1M parameters; 64x64 image -> 64 visual tokens (8-pixel patches: with 16-pixel ones,
-    # 16 tokens, a patch can hold two cubes and the preset never learned which cube a colour
-    # names). For tests, CPU runs and the demo.
-    "tiny": dict(vision_hidden=96, vision_layers=3, vision_heads=4, patch=8,
-                 text_hidden=128, text_layers=3, text_heads=4, text_ffn=384, bpe_vocab=768),
+    # OpenVLA's architecture (DINOv2 + SigLIP towers fused channel-wise, MLP projector, Llama)
+    # at ~1.3M parameters: 64x64 picture -> 64 patches of 8 pixels per tower (with 16-pixel
+    # ones, 16 patches, a patch can hold two cubes and a preset never learned which cube a
+    # colour names). Each tower runs all but its last block, as OpenVLA's do. For tests, CPU
+    # runs and the demo.
+    "tiny": dict(towers=[dict(embed_dim=48, depth=4, num_heads=4, patch_size=8),
+                         dict(embed_dim=48, depth=4, num_heads=4, patch_size=8)],
+                 text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=4, max_position_embeddings=1024),
+                 text_vocab=768, vocab=1024),
 }
+# The marker token after which a preset's prompt may put the picture (--image-position)
+IMAGE_MARKER = "<image>"
 
 _CORPUS = """In: What action should the robot take to reach the red cube?
 Out: pick up the blue block and place it in the box. Pick and place the object.
@@ -166,63 +173,38 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def _train_tokenizer(bpe_vocab: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<image>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=bpe_vocab, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
-    # Append 256 tokens no text can produce: the action tokens are the last 256 of the vocabulary.
-    spec = json.loads(tok.to_str())
-    vocab = spec["model"]["vocab"]
-    base = len(vocab)
-    for i in range(256):
-        vocab[f"<act_{i:03d}>"] = base + i
-    tok = Tokenizer.from_str(json.dumps(spec))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   extra_special_tokens={"image_token": "<image>"})
-
-
 def materialize_preset(name: str, dest, *, image_size: tuple[int, int], seed: int = 0) -> Path:
-    """Build preset `name` for `image_size` and save it (model, tokenizer, image processor) to `dest`."""
-    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig
+    """Build preset `name` for `image_size` (random weights from `seed`) and write it to `dest`
+    in the published OpenVLA layout: config.json, model.safetensors, the processor's settings
+    and a Llama-style tokenizer whose last 256 pieces no text produces (the action tokens),
+    with `<PAD>` and the picture marker added after them."""
+    from crane_x7_vla.backends.openvla.layout import write_processor, write_tokenizer
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAConfig, OpenVLAForActionPrediction
 
     if name not in PRESETS:
         raise ModelError(f"unknown preset '{name}' (presets: {sorted(PRESETS)})")
     p = PRESETS[name]
+    patch = p["towers"][0]["patch_size"]
     w, h = image_size
-    if w != h or w % p["patch"]:
+    if w != h or w % patch:
         raise ModelError(
-            f"the '{name}' preset needs a square image whose side is a multiple of {p['patch']} "
+            f"the '{name}' preset needs a square image whose side is a multiple of {patch} "
             f"(got --image-size {w}x{h}; e.g. 64x64, 96x96, 128x128)"
         )
-    tokenizer = _train_tokenizer(p["bpe_vocab"])
-    n_patches = (w // p["patch"]) ** 2
-    vision = SiglipVisionConfig(hidden_size=p["vision_hidden"], intermediate_size=2 * p["vision_hidden"],
-                                num_hidden_layers=p["vision_layers"], num_attention_heads=p["vision_heads"],
-                                image_size=w, patch_size=p["patch"], vision_use_head=False)
-    text = LlamaConfig(hidden_size=p["text_hidden"], intermediate_size=p["text_ffn"],
-                       num_hidden_layers=p["text_layers"], num_attention_heads=p["text_heads"],
-                       num_key_value_heads=p["text_heads"], vocab_size=tokenizer.vocab_size,
-                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=n_patches, vision_feature_select_strategy="full",
-                         vision_feature_layer=-1)
+    dest = Path(dest)
+    vocab, pad_to = p["vocab"], 64
+    write_tokenizer(dest, _CORPUS, vocab, p["text_vocab"], extra_tokens=[IMAGE_MARKER])
+    pad_id, marker = vocab, vocab + 1  # added after the vocabulary, as OpenVLA adds <PAD>
+    config = OpenVLAConfig(
+        vision_backbone_id="dinosiglip-vit-so-224px", image_sizes=[w, w], vision_tower_overrides=p["towers"],
+        text_config=dict(p["text"], vocab_size=vocab + pad_to, pad_token_id=pad_id, bos_token_id=1, eos_token_id=2),
+        pad_token_id=pad_id, pad_to_multiple_of=pad_to, image_token_index=marker, norm_stats={},
+        llm_max_length=p["text"]["max_position_embeddings"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+        model = OpenVLAForActionPrediction(config)
     model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    SiglipImageProcessor(size={"height": h, "width": w}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(dest)
+    write_processor(dest, w)
     return dest
 
 
@@ -237,7 +219,8 @@ class VLA:
     source: str  # path or hub id it was loaded from
     image_size: tuple[int, int]
     image_token_id: int | None
-    num_image_tokens: int  # placeholders in input_ids (0 for openvla)
+    # placeholders in input_ids: for openvla 0, or 1 (the marker after which the picture may go)
+    num_image_tokens: int
     pixel_stats: list[tuple[list[float], list[float]]]  # (mean, std) per stacked vision backbone
     cache_kw: str  # forward keyword of the KV cache ("cache" or "past_key_values")
     dtype: torch.dtype
@@ -376,8 +359,13 @@ def _load_openvla(source: str, *, image_size, dtype, attn_implementation, device
     if tokenizer.vocab_size != config.action_vocab_size:
         raise ModelError(f"model '{source}': the tokenizer has {tokenizer.vocab_size} tokens, config.json's "
                          f"text_config.vocab_size - pad_to_multiple_of is {config.action_vocab_size}")
+    marker = config.image_token_index
+    if marker is not None and not 0 <= marker < config.text_config.vocab_size:
+        raise ModelError(f"model '{source}': config.json's image_token_index {marker} is outside the embedding "
+                         f"({config.text_config.vocab_size} rows)")
     return VLA(model=model.to(device), tokenizer=tokenizer, family="openvla", source=str(source),
-               image_size=(side, side), image_token_id=None, num_image_tokens=0, pixel_stats=processing["stats"],
+               image_size=(side, side), image_token_id=marker, num_image_tokens=0 if marker is None else 1,
+               pixel_stats=processing["stats"],
                cache_kw="cache", dtype=dtype, processing=processing)
 
 
@@ -476,12 +464,14 @@ def pixel_values(vla: VLA, images: dict[str, np.ndarray], cameras: list[str], de
 
 def set_image_position(vla: VLA, position: str) -> None:
     """Where this model's prompts put the picture (prompt.IMAGE_POSITIONS); only Llava-family
-    models take it anywhere but first."""
+    models and OpenVLA models with a picture marker (the tiny preset) take it anywhere but first."""
     if position not in IMAGE_POSITIONS:
         raise ModelError(f"image position '{position}' is unknown (known: {', '.join(IMAGE_POSITIONS)})")
-    if position != IMAGE_FIRST and vla.family != "llava":
-        raise ModelError(f"--image-position {position} needs a Llava-family model ('{vla.source}' is "
-                         f"{vla.family}, whose picture goes first); use --image-position {IMAGE_FIRST}")
+    movable = vla.family == "llava" or (vla.family == "openvla" and vla.image_token_id is not None)
+    if position != IMAGE_FIRST and not movable:
+        raise ModelError(f"--image-position {position} needs a Llava-family model or an OpenVLA model with a "
+                         f"picture marker (the tiny preset) ('{vla.source}' is {vla.family}, whose picture goes "
+                         f"first); use --image-position {IMAGE_FIRST}")
     vla.image_position = position
 
 
@@ -501,8 +491,9 @@ def text_ids(vla: VLA, text: str) -> list[int]:
 def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False, goal_first: bool = False) -> list[int]:
     """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
     discretised joint state) go into the prompt when given; the image placeholders go where
-    `vla.image_position` says (Llava family). `bare`: the instruction is the whole text,
-    without the OpenVLA template, picture first (a pretraining lead-in only). `goal_first`:
+    `vla.image_position` says (Llava family, or an OpenVLA model's marker). `bare`: the
+    instruction is the whole text, without the OpenVLA template (nor its closing '▁'),
+    picture first (a pretraining lead-in only). `goal_first`:
     everything before the goal tokens, which come before the state (`state_ids` unused; they
     go into `middle_ids`)."""
     tok = vla.tokenizer
@@ -527,7 +518,7 @@ def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False
     if vla.family == "openvla":
         space = tok.convert_tokens_to_ids("\u2581")  # OpenVLA expects the prompt to end with '▁'
         ids = bos + text
-        if isinstance(space, int) and space != tok.unk_token_id and ids[-1] != space:
+        if not bare and isinstance(space, int) and space != tok.unk_token_id and ids[-1] != space:
             ids.append(space)
         return ids
     images = [vla.image_token_id] * (vla.num_image_tokens * vla.num_cameras)

@@ -129,9 +129,12 @@ class PointingHead(torch.nn.Module):
         return self.out(read[:, 0])
 
 
-def tower_features(tower, pixels: torch.Tensor, layer: int) -> torch.Tensor:
-    """The patch features a Llava model hands to its projector (hidden state `layer`)."""
-    return tower(pixel_values=pixels, output_hidden_states=True).hidden_states[layer]
+def vision_encoder(vla):
+    """The preset's vision backbone (both towers), the width of the patch features it hands
+    to the projector, and a head count that divides that width."""
+    backbone = vla.model.vision_backbone
+    heads = backbone.featurizer.blocks[0].attn.heads
+    return backbone, backbone.embed_dim, heads if backbone.embed_dim % heads == 0 else 1
 
 
 def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str = "reach", scenes: int = 3000,
@@ -201,10 +204,9 @@ def tower_stage(vla, data: Scenes, test: Scenes, *, steps: int, batch_size: int,
     returns the held-out error in pixels."""
     from tqdm import tqdm
 
-    tower = vla.model.model.vision_tower
-    layer = int(vla.model.config.vision_feature_layer)
+    tower, width, heads = vision_encoder(vla)
     names = sorted(set(data.text) | set(test.text))
-    head = PointingHead(names, tower.config.hidden_size, tower.config.num_attention_heads)
+    head = PointingHead(names, width, heads)
 
     def batch(part: Scenes, rows: np.ndarray):
         pix = pixel_values(vla, {CAMERA: part.images[part.scene[rows]]}, [CAMERA], torch.device("cpu"))
@@ -218,25 +220,25 @@ def tower_stage(vla, data: Scenes, test: Scenes, *, steps: int, batch_size: int,
     bar = tqdm(range(steps), desc="pretrain vision", unit="step", mininterval=2.0)
     for _ in bar:
         pix, ids, where = batch(data, rng.integers(len(data.text), size=batch_size))
-        loss = torch.nn.functional.mse_loss(head(tower_features(tower, pix, layer), ids), where)
+        loss = torch.nn.functional.mse_loss(head(tower(pix), ids), where)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return pointing_error(tower, head, layer, batch, test, vla.image_size)
+    return pointing_error(tower, head, batch, test, vla.image_size)
 
 
 @torch.no_grad()
-def pointing_error(tower, head, layer, batch, part: Scenes, image_size, chunk: int = 128) -> float:
+def pointing_error(tower, head, batch, part: Scenes, image_size, chunk: int = 128) -> float:
     """Mean distance (pixels of the model's picture) between pointed and true object centres."""
     tower.eval()
     scale = torch.tensor(image_size, dtype=torch.float32) / 2.0
     errors = []
     for i in range(0, len(part.text), chunk):
         pix, ids, where = batch(part, np.arange(i, min(i + chunk, len(part.text))))
-        errors.append(((head(tower_features(tower, pix, layer), ids) - where) * scale).norm(dim=1))
+        errors.append(((head(tower(pix), ids) - where) * scale).norm(dim=1))
     tower.train()
     return float(torch.cat(errors).mean())
 
@@ -280,7 +282,7 @@ def answer_stage(vla, data: Scenes, test: Scenes, *, steps: int, batch_size: int
         return build_batch(vla, [texts[i] for i in rows], answer, cpu, bare=lead_in), pix
 
     model = vla.model
-    tower = model.model.vision_tower
+    tower = model.vision_backbone
     tower.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()

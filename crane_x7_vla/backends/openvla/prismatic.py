@@ -16,8 +16,11 @@ projector as `projector.fc1/fc2/fc3`, the language model as `language_model.mode
 `image_sizes`, `use_fused_vision_backbone`, `text_config`, `pad_to_multiple_of`,
 `norm_stats`, `n_action_bins`, ...); the tower sizes come from the timm model ids. A
 checkpoint of ours may carry `vision_tower_overrides` (one mapping per tower, e.g.
-`{"embed_dim": 32, "depth": 3, "num_heads": 2}`) for towers smaller than the published
-ones (the tests' tiny checkpoints); the published model has none.
+`{"embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 8}`) for towers smaller than
+the published ones (the `tiny` preset, the tests' tiny checkpoints), and `image_token_index`:
+the id of a marker token after which a prompt row may place the picture instead of after
+`<s>` (the `tiny` preset's `--image-position after_instruction`). The published model has
+neither, and a row without the marker gets the picture after `<s>` as published.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ TOWERS: dict[str, dict] = {
         embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362, patch_size=14, class_token=False, reg_tokens=0,
         no_embed_class=False, layer_scale=False, attn_pool=True),
 }
-TOWER_OVERRIDES = ("embed_dim", "depth", "num_heads", "mlp_ratio")
+TOWER_OVERRIDES = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")
 
 # vision_backbone_id -> (timm model ids, image sizes), as the published configuration maps them
 VISION_BACKBONES: dict[str, tuple[list[str], list[int]]] = {
@@ -77,7 +80,8 @@ class OpenVLAConfig(PretrainedConfig):
                  image_resize_strategy: str = "resize-naive", text_config: dict | LlamaConfig | None = None,
                  llm_max_length: int = 2048, pad_token_id: int = 32000, pad_to_multiple_of: int = 64,
                  output_projector_states: bool = False, norm_stats: dict | None = None, n_action_bins: int = 256,
-                 vision_tower_overrides: list[dict] | None = None, **kwargs):
+                 vision_tower_overrides: list[dict] | None = None, image_token_index: int | None = None,
+                 **kwargs):
         if vision_backbone_id not in VISION_BACKBONES:
             raise ValueError(f"config.json: vision_backbone_id '{vision_backbone_id}' is not supported "
                              f"(supported: {', '.join(sorted(VISION_BACKBONES))})")
@@ -125,6 +129,7 @@ class OpenVLAConfig(PretrainedConfig):
                 raise ValueError(f"config.json: vision_tower_overrides: unknown key(s) {unknown} "
                                  f"(known: {', '.join(TOWER_OVERRIDES)})")
         self.vision_tower_overrides = overrides or None
+        self.image_token_index = None if image_token_index is None else int(image_token_index)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     def tower_specs(self) -> list[dict]:
@@ -151,8 +156,9 @@ class OpenVLAConfig(PretrainedConfig):
         """As the published config.json has it: `text_config` holds what differs from Llama's
         defaults (and its model_type, vocab_size and pad_token_id)."""
         out = super().to_dict()
-        if out.get("vision_tower_overrides") is None:
-            out.pop("vision_tower_overrides", None)
+        for extension in ("vision_tower_overrides", "image_token_index"):  # absent from the published config
+            if out.get(extension) is None:
+                out.pop(extension, None)
         text = self.text_config.to_dict()
         defaults = LlamaConfig().to_dict()
         compact = {k: v for k, v in text.items()
@@ -316,7 +322,8 @@ class OpenVLAForActionPrediction(PreTrainedModel):
     """OpenVLA: vision towers + projector + Llama, with the published parameter names.
 
     forward(input_ids, attention_mask, pixel_values, labels, cache (or past_key_values), use_cache):
-    with pixel values, the projected patches go right after the first token (`<s>`), the
+    with pixel values, the projected patches go right after the first token (`<s>`), or after
+    the row's marker token where the config has `image_token_index` and the row holds it; the
     attention mask and labels are widened to match (labels ignored on the patches), and the
     logits cover the whole sequence (patches included). Without pixel values the language
     model runs on the text alone; with a non-empty cache only the new tokens are fed, and an
@@ -390,7 +397,8 @@ class OpenVLAForActionPrediction(PreTrainedModel):
         return self.config.num_patches
 
     def _widen_mask(self, mask: torch.Tensor | None, total: int) -> torch.Tensor | None:
-        """An attention mask over the text -> one over text and patches (ones after the first token)."""
+        """An attention mask over the text -> one over text and patches (ones after the first
+        token; the same as after a marker wherever the rows are not left-padded)."""
         if mask is None or mask.shape[1] == total:
             return mask
         if mask.shape[1] + self.num_patches != total:
@@ -398,6 +406,35 @@ class OpenVLAForActionPrediction(PreTrainedModel):
                              f"({self.num_patches} of them image patches)")
         ones = torch.ones((mask.shape[0], self.num_patches), dtype=mask.dtype, device=mask.device)
         return torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
+
+    def image_offsets(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) the position after which each row's patches go: its marker token
+        (config.image_token_index) where the row has one, else its first token (`<s>`)."""
+        marker = self.config.image_token_index
+        if marker is None:
+            return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        found = input_ids == marker
+        if bool((found.sum(1) > 1).any()):
+            raise ValueError(f"a prompt holds the image marker (token {marker}) more than once")
+        return torch.where(found.any(1), found.long().argmax(1), torch.zeros_like(found[:, 0], dtype=torch.long))
+
+    @staticmethod
+    def _insert(text: torch.Tensor, patches: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """(B, L, ...) text and (B, N, ...) patches -> (B, L + N, ...): row b's patches right
+        after its text position after[b]."""
+        b, n, length = text.shape[0], patches.shape[1], text.shape[1]
+        j = torch.arange(length + n, device=text.device).expand(b, -1)
+        start = after[:, None] + 1
+        is_patch = (j >= start) & (j < start + n)
+        text_index = torch.where(j < start, j, j - n).clamp(0, length - 1)
+        patch_index = (j - start).clamp(0, n - 1)
+        shape = (b, length + n) + (1,) * (text.dim() - 2)
+        tail = text.shape[2:]
+
+        def take(src, index):
+            return src.gather(1, index.view(shape).expand(shape[:2] + tail))
+
+        return torch.where(is_patch.view(shape), take(patches, patch_index), take(text, text_index))
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.FloatTensor | None = None, labels: torch.LongTensor | None = None,
@@ -417,12 +454,17 @@ class OpenVLAForActionPrediction(PreTrainedModel):
                              f"give one picture per prompt")
         patches = self.projector(self.vision_backbone(pixel_values.to(self.projector.fc1.weight.dtype)))
         embeds = self.get_input_embeddings()(input_ids)
-        embeds = torch.cat([embeds[:, :1], patches.to(embeds.dtype), embeds[:, 1:]], dim=1)
-        attention_mask = self._widen_mask(attention_mask, embeds.shape[1])
+        after = self.image_offsets(input_ids)
+        embeds = self._insert(embeds, patches.to(embeds.dtype), after)
+        if attention_mask is not None and attention_mask.shape[1] != embeds.shape[1]:
+            if attention_mask.shape[1] != input_ids.shape[1]:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, input_ids "
+                                 f"{input_ids.shape[1]}")
+            ones = torch.ones(patches.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask = self._insert(attention_mask, ones, after)
         if labels is not None:
-            ignore = torch.full((labels.shape[0], patches.shape[1]), IGNORE_INDEX, dtype=labels.dtype,
-                                device=labels.device)
-            labels = torch.cat([labels[:, :1], ignore, labels[:, 1:]], dim=1)
+            ignore = torch.full(patches.shape[:2], IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+            labels = self._insert(labels, ignore, after)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    cache=cache, use_cache=use_cache, **kwargs)
 
