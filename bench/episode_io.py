@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from crane_x7_vla import robot
 from crane_x7_vla.episode import EpisodeWriter, iter_steps, list_episodes, schema
 from crane_x7_vla.episode.synthetic import joint_path
 from crane_x7_vla.preprocess import ImageSpec, prepare_image

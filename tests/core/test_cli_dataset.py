@@ -1,7 +1,6 @@
 import json
 import subprocess
 
-import pytest
 
 from conftest import cli_path
 from crane_x7_vla.cli import main

@@ -1,9 +1,7 @@
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np

@@ -369,8 +369,8 @@ def test_links_and_anchors_resolve(guide):
 def test_both_guides_link_the_same_documents():
     def targets(guide):
         text = guide.read_text()
-        return {(guide.parent / l.partition("#")[0]).resolve() for l in re.findall(r"\]\(([^)#\s][^)\s]*)\)", text)
-                if not l.startswith("http")}
+        return {(guide.parent / link.partition("#")[0]).resolve()
+                for link in re.findall(r"\]\(([^)#\s][^)\s]*)\)", text) if not link.startswith("http")}
     en = targets(README) - {README_JA.resolve()}
     ja = targets(README_JA) - {README.resolve()}
     assert en == ja

@@ -8,7 +8,6 @@ is not expected to solve anything; the full demo measures that).
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
