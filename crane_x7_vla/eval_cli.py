@@ -4,6 +4,13 @@ Runs the checkpoint through the real inference node against the simulated CRANE-
 (separate processes over DDS, a private ROS_DOMAIN_ID), on held-out seeds, and the same
 seeds with two baselines so the number means something: `hold` (the arm stays where it
 starts) and `mean` (replays the mean demonstrated trajectory of the training episodes).
+
+The simulator runs on its own clock in lockstep with the inference node: it advances a
+control tick only once the node has published the command for that tick, and the node calls
+the policy at simulated instants on the frames of those instants. The outcome of each seed
+therefore does not depend on how busy the machine is (only how long it takes); episode
+times and the time limit are simulated seconds. The summary gives the rates the node
+achieved in simulated and in wall-clock time, and how often a lockstep wait ran out.
 """
 
 from __future__ import annotations
@@ -18,13 +25,17 @@ import numpy as np
 
 from crane_x7_vla import robot
 from crane_x7_vla.cli_args import folder, non_negative_int, positive_float, positive_int, sim_task
+from crane_x7_vla.policy.devices import ACCEPTED, device_arg
 from crane_x7_vla.evaluation import EpisodeOutcome, format_achieved_rates, format_rate, summarize_episodes
 
 # Where the simulated CRANE-X7 (crane_x7_sim's defaults) publishes each camera.
 SIM_CAMERA_TOPICS = {"wrist": robot.DEFAULT_IMAGE_TOPIC, "primary": "/scene_camera/color/image_raw"}
 SIM_CAMERA_FRAMES = {"wrist": "camera_color_optical_frame", "primary": "scene_camera_optical_frame"}
 HELD_OUT_FIRST_SEED = 100_000  # collection uses small seeds; evaluation never overlaps them
-CONTROL_RATE = 30.0  # commands per second the inference node is asked for
+CONTROL_RATE = 25.0  # commands per simulated second: every 4th step of the simulator's 100 Hz physics
+STEP_TIMEOUT = 60.0  # wall-clock seconds the simulator waits for the node's command of one tick
+STEP_TOPIC = "/crane_x7_sim/step"
+ANSWER_TOPIC = "/vla_inference_node/commanded"
 
 
 class EvaluationError(RuntimeError):
@@ -63,12 +74,14 @@ def run_closed_loop(
     control_rate: float = CONTROL_RATE,
     max_joint_velocity: float = 1.5,
     frames: bool = True,
+    device: str = "cpu",
 ) -> list[EpisodeOutcome]:
     """Start sim + inference node + runner, run the episodes, stop everything.
 
     The node calls the policy at the rate its demonstrations were recorded at (the
     checkpoint's control_rate_hz): a one-step policy called less often would move in
-    bursts with holds between them."""
+    bursts with holds between them. The simulator waits at every control tick until the
+    node's command for it has arrived (lockstep; `timeout` is in simulated seconds)."""
     from crane_x7_vla.ros.processes import NodeGroup, domain_lease, ros_env
 
     config = _read_config(checkpoint)
@@ -81,12 +94,17 @@ def run_closed_loop(
         rendered = sorted(set(cameras) | {"primary"})
         group.start("crane_x7_sim", {"task": task, "seed": first_seed, "expert": False, "cameras": rendered,
                                      "camera_topics": [SIM_CAMERA_TOPICS[c] for c in rendered],
-                                     "camera_frames": [SIM_CAMERA_FRAMES[c] for c in rendered]})
+                                     "camera_frames": [SIM_CAMERA_FRAMES[c] for c in rendered],
+                                     # lockstep: a tick waits for the node's command of that tick
+                                     "publish_clock": True, "step_rate": control_rate,
+                                     "step_ack_topic": ANSWER_TOPIC, "step_timeout": STEP_TIMEOUT})
         group.start(
             "vla_inference_node",
             {
                 "model_path": str(Path(checkpoint).resolve()),
-                "device": "cpu",
+                "device": device,
+                "use_sim_time": True,
+                "step_topic": STEP_TOPIC,
                 # one model thread: the simulator and the runner share the CPU, and two torch
                 # threads waiting for each other beside them took 2.5x as long (bench/inference_threads.py)
                 "cpu_threads": 1,
@@ -106,16 +124,25 @@ def run_closed_loop(
                 "episode_timeout": timeout,
                 "results_path": str(results),
                 "frames_dir": str(out_dir / "frames") if frames else "",
+                "use_sim_time": True,
             },
         )
-        limit = time.monotonic() + 240 + episodes * (timeout + 10)
+        # Wall-clock time is what a busy machine stretches: the limit is on progress, one
+        # episode at a time (the first also loads the model).
+        per_episode = max(600.0, 40.0 * timeout)
+        limit = time.monotonic() + 240 + per_episode
+        done = 0
         while runner.alive():
             try:
                 group.check_alive_except(runner)
             except RuntimeError as exc:
                 raise EvaluationError(str(exc)) from None
+            written = _episodes_written(results)
+            if written > done:
+                done, limit = written, time.monotonic() + per_episode
             if time.monotonic() > limit:
-                raise EvaluationError(f"eval_runner did not finish {episodes} episodes in time; see {out_dir / 'logs'}")
+                raise EvaluationError(f"eval_runner finished no episode in {per_episode:.0f} s (after {done} of "
+                                      f"{episodes}); see {out_dir / 'logs'}")
             time.sleep(0.5)
         rows = json.loads(results.read_text()) if results.exists() else []
         if runner.proc.returncode != 0:
@@ -132,6 +159,13 @@ def run_closed_loop(
     return [EpisodeOutcome(**row) for row in rows]
 
 
+def _episodes_written(results: Path) -> int:
+    try:
+        return len(json.loads(results.read_text()))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
 def make_baselines(config: dict, data_root: Path, out_dir: Path) -> dict[str, Path]:
     from crane_x7_vla.policy.baselines import HoldPolicy, MeanTrajectoryPolicy
 
@@ -143,7 +177,7 @@ def make_baselines(config: dict, data_root: Path, out_dir: Path) -> dict[str, Pa
 
 
 def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, timeout: float, out_dir: Path,
-             data_root: Path | None = None, baselines: bool = True, log=print) -> dict:
+             data_root: Path | None = None, baselines: bool = True, device: str = "cpu", log=print) -> dict:
     """Closed-loop success of the checkpoint and the baselines on the same seeds."""
     config = _read_config(checkpoint)
     if baselines:  # the mean-trajectory baseline reads the training episodes: found before anything runs
@@ -159,13 +193,14 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
     results = {}
     log(f"evaluating {checkpoint} on '{task}', {episodes} held-out seeds from {first_seed}")
     outcomes = run_closed_loop(checkpoint, task=task, episodes=episodes, first_seed=first_seed, timeout=timeout,
-                               out_dir=out_dir / "policy")
+                               out_dir=out_dir / "policy", device=device)
     results["policy"] = summarize_episodes(outcomes)
     log(f"  policy: {format_rate(results['policy'])}")
     achieved = format_achieved_rates(results["policy"])
     if achieved:
         log(f"  the inference node achieved {achieved}; it was asked for "
-            f"{float(config.get('control_rate_hz') or 10.0):g} Hz and {CONTROL_RATE:g} Hz")
+            f"{float(config.get('control_rate_hz') or 10.0):g} Hz and {CONTROL_RATE:g} Hz (simulated time)")
+    _warn_timeouts("policy", results["policy"], log)
     if baselines:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -179,8 +214,17 @@ def evaluate(checkpoint: Path, *, task: str, episodes: int, first_seed: int, tim
             for name, future in runs.items():
                 results[name] = summarize_episodes(future.result())
                 log(f"  {name}: {format_rate(results[name])}")
+                _warn_timeouts(name, results[name], log)
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _warn_timeouts(name: str, summary: dict, log) -> None:
+    """A lockstep wait that ran out let the simulation go on without the node's command: say so."""
+    missed = summary.get("lockstep_timeouts") or 0
+    if missed:
+        log(f"  warning: {name}: {missed} lockstep wait(s) ran out (the simulator went on without the node's "
+            f"command, or the node without its inputs); these episodes' outcomes may depend on the machine's load")
 
 
 def _run(args) -> int:
@@ -188,7 +232,7 @@ def _run(args) -> int:
     try:
         results = evaluate(Path(args.checkpoint), task=args.task, episodes=args.episodes, first_seed=args.first_seed,
                            timeout=args.timeout, out_dir=out, data_root=args.data_root,
-                           baselines=not args.no_baselines)
+                           baselines=not args.no_baselines, device=args.device)
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -196,6 +240,9 @@ def _run(args) -> int:
     print(f"success rate {format_rate(policy)}; mean time to success "
           f"{policy['mean_time_to_success_s'] if policy['mean_time_to_success_s'] is None else round(policy['mean_time_to_success_s'], 2)} s; "
           f"safety interventions {policy['safety_interventions']}")
+    achieved = format_achieved_rates(policy)
+    if achieved:
+        print(f"achieved {achieved}; lockstep waits that ran out: {policy.get('lockstep_timeouts') or 0}")
     print(f"results: {out / 'evaluation.json'}")
     return 0
 
@@ -207,7 +254,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", type=sim_task, default="reach", help="simulated task (reach, pick_place; default reach)")
     p.add_argument("--episodes", type=positive_int, default=20, help="held-out seeds to run (default 20)")
     p.add_argument("--first-seed", type=non_negative_int, default=HELD_OUT_FIRST_SEED, help="first held-out seed")
-    p.add_argument("--timeout", type=positive_float, default=15.0, help="seconds per episode (default 15)")
+    p.add_argument("--timeout", type=positive_float, default=15.0,
+                   help="simulated seconds per episode (default 15)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help=f"device for the policy in the inference node: {ACCEPTED} (default cpu)")
     p.add_argument("--data-root", type=folder, default=None, help="episodes for the mean-trajectory baseline "
                    "(default: the checkpoint's training data)")
     p.add_argument("--no-baselines", action="store_true", help="skip the hold-still and mean-trajectory baselines")

@@ -20,7 +20,7 @@ class EpisodeOutcome:
     seed: int
     success: bool
     time_to_success: float | None  # seconds from start, None if not solved
-    duration: float
+    duration: float  # seconds the episode ran (simulated seconds in a lockstep evaluation)
     interventions: dict = field(default_factory=dict)  # safety-filter counts by kind
     instruction: str = ""
     inferences: int = 0  # policy calls during the episode
@@ -28,6 +28,12 @@ class EpisodeOutcome:
     final_distance_m: float | None = None  # how far from success the episode ended (the task's distance)
     inference_hz: float | None = None  # policy calls per second the inference node achieved in the episode
     control_hz: float | None = None  # commands per second it published
+    # the same per wall-clock second, and the episode's wall-clock length (the machine's pace)
+    wall_duration: float | None = None
+    inference_hz_wall: float | None = None
+    control_hz_wall: float | None = None
+    # lockstep waits that ran out in the episode: the simulator's for a command, the node's for its inputs
+    lockstep_timeouts: int = 0
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -61,6 +67,9 @@ def summarize_episodes(outcomes: list[EpisodeOutcome]) -> dict:
         # what the inference node achieved, per episode: the figure holds for these rates
         "achieved_inference_hz": _spread([o.inference_hz for o in outcomes]),
         "achieved_control_hz": _spread([o.control_hz for o in outcomes]),
+        "achieved_inference_hz_wall": _spread([o.inference_hz_wall for o in outcomes]),
+        "achieved_control_hz_wall": _spread([o.control_hz_wall for o in outcomes]),
+        "lockstep_timeouts": int(sum(o.lockstep_timeouts for o in outcomes)),
         "per_seed": [asdict(o) for o in outcomes],
     }
 
@@ -78,12 +87,18 @@ def _median(values: list) -> float | None:
 
 
 def format_achieved_rates(summary: dict) -> str:
-    """'policy calls 9.8 Hz, commands 29.9 Hz (medians; lowest 9.1 and 28.7)' or ''."""
+    """'policy calls 9.8 Hz, commands 24.9 Hz (medians; lowest 9.1 and 24.7), per wall-clock second
+    3.1 and 7.8 Hz' or ''."""
     calls, commands = summary.get("achieved_inference_hz"), summary.get("achieved_control_hz")
     if not calls or not commands:
         return ""
-    return (f"policy calls {calls['median']:.1f} Hz, commands {commands['median']:.1f} Hz (medians over the "
+    text = (f"policy calls {calls['median']:.1f} Hz, commands {commands['median']:.1f} Hz (medians over the "
             f"episodes; lowest {calls['min']:.1f} and {commands['min']:.1f})")
+    calls_wall, commands_wall = summary.get("achieved_inference_hz_wall"), summary.get("achieved_control_hz_wall")
+    if calls_wall and commands_wall:
+        text += (f"; per wall-clock second {calls_wall['median']:.1f} and {commands_wall['median']:.1f} Hz "
+                 f"(lowest {calls_wall['min']:.1f} and {commands_wall['min']:.1f})")
+    return text
 
 
 def format_rate(summary: dict) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
-from crane_x7_vla.evaluation import format_rate
+from crane_x7_vla.evaluation import format_achieved_rates, format_rate
 
 
 def _plt():
@@ -144,6 +144,12 @@ def write_report(run_dir: Path, summary: dict, pictures: dict[str, Path | None])
             f"| {name} | {format_rate(res)} | {'-' if tts is None else f'{tts:.1f} s'} | "
             f"{'-' if miss is None else f'{miss * 100:.1f} cm'} | {sum(res.get('safety_interventions', {}).values())} |"
         )
+    lines.append("")
+    for name, res in summary.get("evaluation", {}).items():
+        achieved = format_achieved_rates(res)
+        if achieved:
+            lines.append(f"- {name}: the inference node achieved {achieved}; lockstep waits that ran out: "
+                         f"{res.get('lockstep_timeouts') or 0}")
     lines.append("")
     for key in ("episodes_collected", "demo_success_rate", "train_steps", "train_seconds", "final_train_loss", "checkpoint"):
         if key in summary:

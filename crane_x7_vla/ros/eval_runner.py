@@ -7,18 +7,25 @@ scene flow and the node reports the instruction, start it, and wait for the task
 check or the time limit; then pause it and wait for its diagnostics of the pause, whose
 counters close the episode. Writes one JSON with the outcome of every episode (seed,
 success, time to success, how far from the goal it ended, safety-filter interventions,
-policy calls and commands per second the node achieved) and the first/last scene frames
-as .npy.
+policy calls and commands per second the node achieved, in the episode's own time and per
+wall-clock second, and lockstep waits that ran out) and the first/last scene frames as .npy.
+
+Time is the simulator's (run with use_sim_time:=true beside a simulator that publishes
+/clock): the time limit counts simulated seconds from the node's first command of the
+episode, and success and its time are the simulator's own record (~/check_success's
+`commanded_s` and `solved_after_s`), so a busy machine changes how long an episode takes,
+not its outcome.
 
 Started by `crane-x7-vla eval`; parameters:
     sim_node, inference_node   node names (default crane_x7_sim, vla_inference_node)
     episodes                   number of episodes
     first_seed                 seed of the first episode (-1: the simulator's own count)
-    episode_timeout            seconds per episode
+    episode_timeout            seconds per episode (simulated seconds on the simulator's clock)
     results_path               JSON output
     frames_dir                 where first/last frames go ("" = none)
     scene_image_topic          camera the frames are taken from
     service_timeout            seconds a service may take to appear and to answer
+    clock_timeout              wall-clock seconds the simulated clock may stand still in an episode
 
 A failure ends the runner with exit code 1 and one error line in its log naming the node or
 service (`crane-x7-vla eval` shows that line).
@@ -67,6 +74,8 @@ class EvalRunner(Node):
         scene_topic = p("scene_image_topic", "/scene_camera/color/image_raw", "Camera for the frames")
         self.service_timeout = float(p("service_timeout", 30.0, "Seconds a service of the simulator or the "
                                        "inference node may take to appear and to answer"))
+        self.clock_timeout = float(p("clock_timeout", 180.0, "Wall-clock seconds the simulated clock may stand "
+                                     "still during an episode before the evaluation ends with an error"))
         self._success = False
         self._success_lock = threading.Lock()
         self._scene: Image | None = None
@@ -176,65 +185,115 @@ class EvalRunner(Node):
             time.sleep(0.5)
         raise RuntimeError(f"/{self.inference} did not become ready within {timeout:g} s: {last}")
 
+    def _sim_now(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def wait_simulated(self, until_ns: int) -> None:
+        """Until the success flag is up or the clock reaches until_ns; an error naming the
+        simulator when its clock stands still for clock_timeout wall-clock seconds."""
+        last, moved = self._sim_now(), time.monotonic()
+        while True:
+            with self._success_lock:
+                if self._success:
+                    return
+            now = self._sim_now()
+            if now >= until_ns:
+                return
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved > self.clock_timeout:
+                raise RuntimeError(f"the clock of /{self.sim} stood still for {self.clock_timeout:g} s in an episode")
+            time.sleep(0.02)
+
+    def run_episode(self, index: int) -> dict:
+        self.call("pause")
+        if self.first_seed >= 0:
+            self.set_seed(self.first_seed + index)
+        reset = self.call("reset")
+        if not reset.success:
+            raise RuntimeError(f"simulator reset failed: {reset.message}")
+        info = json.loads(reset.message)
+        reset_ns = int(info.get("stamp_ns") or self._sim_now())
+        self._instruction_pub.publish(String(data=info["instruction"]))
+        self.wait_for_scene(reset_ns, info["instruction"])
+        with self._success_lock:
+            self._success = False
+        self._frame("first", index)
+        before = self._interventions()
+        counts_before = dict(self._diag.get("counts", {}))
+        sim_before = json.loads(self.call("check").message)
+        start = self.call("start")
+        if not start.success:
+            raise RuntimeError(f"inference node refused to start: {start.message}")
+        t0 = time.monotonic()
+        sim0 = self._sim_now()
+        limit_ns = int(self.timeout * 1e9)
+        until = sim0 + limit_ns
+        while True:
+            self.wait_simulated(until)
+            check = json.loads(self.call("check").message)
+            solved, commanded = check.get("solved_after_s"), check.get("commanded_s")
+            if solved is not None:
+                break
+            if commanded is None:  # no stamped command (a node not in lockstep): the runner's clock decides
+                if self._sim_now() >= sim0 + limit_ns:
+                    break
+            elif commanded >= self.timeout:
+                break
+            else:  # the node's first command came after sim0: wait for the rest of its time
+                until = max(until, self._sim_now()) + int((self.timeout - commanded) * 1e9)
+            with self._success_lock:
+                self._success = False  # a flag of the previous scene, or one not confirmed above
+        wall = time.monotonic() - t0
+        self.call("pause")
+        after_check = json.loads(self.call("check").message)
+        diag = self.diagnostics_after_pause()
+        counts = diag.get("counts", {})
+        after = self._interventions()
+        self._frame("last", index)
+        done = {k: int(counts.get(k, 0)) - int(counts_before.get(k, 0))
+                for k in ("inferences", "commands", "lockstep_input_timeouts")}
+        success = solved is not None and solved <= self.timeout
+        # the episode's own length: the node's ticks from its start to its pause (simulated
+        # seconds in lockstep); the simulator's count when the node does not say
+        duration = diag.get("running_s") or commanded or wall
+        missed = int(after_check.get("step_timeouts", 0)) - int(sim_before.get("step_timeouts", 0))
+        return {
+            "seed": int(info["seed"]),
+            "instruction": info["instruction"],
+            "success": success,
+            "time_to_success": round(solved, 4) if success else None,
+            "duration": round(duration, 4),
+            "final_distance_m": check.get("distance_to_goal_m"),
+            "interventions": {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after},
+            # policy calls in the episode and the node's latency percentiles (its recent window)
+            "inferences": done["inferences"],
+            "latency_ms": self._diag.get("latency_ms", {}),
+            # what the node achieved in this episode (its parameters ask for inference_rate and
+            # control_rate), in the episode's time and per wall-clock second: a busy machine shows
+            # in the second
+            "inference_hz": round(done["inferences"] / duration, 2) if duration > 0 else None,
+            "control_hz": round(done["commands"] / duration, 2) if duration > 0 else None,
+            "wall_duration": round(wall, 3),
+            "inference_hz_wall": round(done["inferences"] / wall, 2) if wall > 0 else None,
+            "control_hz_wall": round(done["commands"] / wall, 2) if wall > 0 else None,
+            "lockstep_timeouts": missed + done["lockstep_input_timeouts"],
+        }
+
     def run_episodes(self) -> list[dict]:
         self.wait_until_ready()
         outcomes = []
         for index in range(self.episodes):
-            self.call("pause")
-            if self.first_seed >= 0:
-                self.set_seed(self.first_seed + index)
-            reset = self.call("reset")
-            if not reset.success:
-                raise RuntimeError(f"simulator reset failed: {reset.message}")
-            reset_ns = self.get_clock().now().nanoseconds
-            info = json.loads(reset.message)
-            self._instruction_pub.publish(String(data=info["instruction"]))
-            self.wait_for_scene(reset_ns, info["instruction"])
-            with self._success_lock:
-                self._success = False
-            self._frame("first", index)
-            before = self._interventions()
-            counts_before = dict(self._diag.get("counts", {}))
-            start = self.call("start")
-            if not start.success:
-                raise RuntimeError(f"inference node refused to start: {start.message}")
-            t0 = time.monotonic()
-            solved_at = None
-            while time.monotonic() - t0 < self.timeout:
-                with self._success_lock:
-                    if self._success:
-                        solved_at = time.monotonic() - t0
-                        break
-                time.sleep(0.02)
-            duration = time.monotonic() - t0
-            self.call("pause")
-            check = json.loads(self.call("check").message)
-            counts = self.diagnostics_after_pause().get("counts", {})
-            after = self._interventions()
-            self._frame("last", index)
-            done = {k: int(counts.get(k, 0)) - int(counts_before.get(k, 0)) for k in ("inferences", "commands")}
-            outcome = {
-                "seed": int(info["seed"]),
-                "instruction": info["instruction"],
-                "success": solved_at is not None,
-                "time_to_success": solved_at,
-                "duration": duration,
-                "final_distance_m": check.get("distance_to_goal_m"),
-                "interventions": {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after},
-                # policy calls in the episode and the node's latency percentiles (its recent window)
-                "inferences": done["inferences"],
-                "latency_ms": self._diag.get("latency_ms", {}),
-                # what the node achieved in this episode (its parameters ask for inference_rate and
-                # control_rate): a busy machine shows here
-                "inference_hz": round(done["inferences"] / duration, 2) if duration > 0 else None,
-                "control_hz": round(done["commands"] / duration, 2) if duration > 0 else None,
-            }
+            outcome = self.run_episode(index)
             outcomes.append(outcome)
+            solved_at = outcome["time_to_success"]
             self.get_logger().info(
                 f"episode {index + 1}/{self.episodes} seed {outcome['seed']}: "
-                f"{'success in %.1f s' % solved_at if solved_at is not None else 'failed'}, "
+                f"{'success in %.2f s' % solved_at if solved_at is not None else 'failed'}, "
                 f"{outcome['final_distance_m']} m from the goal at the end, {outcome['inference_hz']} policy calls/s, "
-                f"{outcome['control_hz']} commands/s"
+                f"{outcome['control_hz']} commands/s ({outcome['inference_hz_wall']} and {outcome['control_hz_wall']} "
+                f"per wall-clock second, {outcome['wall_duration']:.1f} s), "
+                f"{outcome['lockstep_timeouts']} lockstep waits ran out"
             )
             self.results_path.write_text(json.dumps(outcomes, indent=2))
         return outcomes

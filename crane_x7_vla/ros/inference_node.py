@@ -18,6 +18,18 @@ Diagnostics: diagnostic_msgs/DiagnosticArray on /diagnostics and the same figure
 Model inference never runs in a ROS callback: a worker thread loads the policy and runs it
 at ``inference_rate``; callbacks only store the newest messages, and the control timer only
 samples the executor and publishes, so a slow model never blocks them.
+
+Lockstep with a simulator (``step_topic``, e.g. /crane_x7_sim/step, with ``use_sim_time``;
+off by default, so a robot never sees it): the node then keeps no time of its own. Each
+instant the simulator publishes on ``step_topic`` is one control tick at that simulated time:
+the node waits for the joint state (and, at an inference instant, the frames) stamped with
+that instant, calls the policy there (every 1/inference_rate simulated seconds), publishes the
+instant's command stamped with it, and answers on ``~/commanded`` (std_msgs/Header: the
+instant; frame_id ``arm=1 gripper=N``, whether a trajectory went out and how many gripper goals
+so far). The simulator holds its time until the answer and those commands have arrived, so
+the closed loop runs the same whatever the machine's load; only its wall-clock pace changes.
+Inputs missing for ``step_input_timeout`` wall-clock seconds are counted
+(``lockstep_input_timeouts`` in the diagnostics) and the tick goes on with what it has.
 """
 
 from __future__ import annotations
@@ -112,7 +124,12 @@ class InferenceNode(Node):
         self.camera_names = list(p("camera_names", [""], "Camera names with their own topic (with camera_topics); "
                                    "the checkpoint's first camera defaults to image_topic"))
         self.camera_topics = list(p("camera_topics", [""], "Image topic of each entry of camera_names, same order"))
+        self.step_topic = p("step_topic", "", "Simulator instants (std_msgs/Header) to run in lockstep with, e.g. "
+                            "/crane_x7_sim/step; needs use_sim_time. Empty (the default): the node's own timing")
+        self.step_input_timeout = float(p("step_input_timeout", 5.0, "Lockstep: wall-clock seconds to wait for the "
+                                          "inputs stamped with an instant before going on without them"))
         self._check_config()
+        self.lockstep = bool(self.step_topic)
 
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -134,7 +151,16 @@ class InferenceNode(Node):
         self.timing = {k: deque(maxlen=WINDOW) for k in
                        ("image_wait_ms", "preprocess_ms", "model_ms", "postprocess_ms", "publish_ms", "image_to_command_ms", "inference_ms")}
         self.counts = {"inferences": 0, "inference_errors": 0, "rejected_chunks": 0, "commands": 0,
-                       "hold_commands": 0, "gripper_goals": 0}
+                       "hold_commands": 0, "gripper_goals": 0, "lockstep_input_timeouts": 0}
+        self._inputs_cv = threading.Condition(self._lock)  # lockstep: an input arrived
+        self._state_ns = 0  # stamp of the newest joint state (lockstep)
+        self._steps: deque = deque()  # lockstep: instants (ns) not yet handled
+        self._steps_cv = threading.Condition()
+        self._last_step_ns = -1
+        self._last_answer = None
+        self._start_pending = False
+        self._next_inference = 0.0
+        self._last_command_time: float | None = None  # node time of the newest command
         self._pending_chunk: tuple[float, float] | None = None  # (capture time, arrival time)
         self._tick_times: deque = deque(maxlen=WINDOW)
         self._last_goal_pos: float | None = None
@@ -151,6 +177,13 @@ class InferenceNode(Node):
         topic = "~/dry_run/joint_trajectory" if self.dry_run else self.trajectory_topic
         self._traj_pub = self.create_publisher(JointTrajectory, topic, msgs.STATE_QOS)
         self._diag_json = self.create_publisher(String, "~/diagnostics", 10)
+        if self.lockstep:
+            from std_msgs.msg import Header
+
+            self._header_type = Header
+            self._answer_pub = self.create_publisher(Header, "~/commanded", msgs.STATE_QOS)
+            self.create_subscription(Header, self.step_topic, self._on_step, msgs.STATE_QOS,
+                                     callback_group=self._inputs)
         self._diag_pub = self._make_diagnostics_publisher()
         for name, fn in (("~/start", self._srv_start), ("~/pause", self._srv_pause),
                          ("~/estop", self._srv_estop), ("~/reset", self._srv_reset)):
@@ -166,7 +199,8 @@ class InferenceNode(Node):
             self._read_local_config()  # fast checks now; the weights load in the worker
         # The control loop has its own thread with absolute deadlines: executor scheduling (a
         # Python wait-set per callback) would add its latency to every command period.
-        self._control_thread = threading.Thread(target=self._control_main, name="vla-control", daemon=True)
+        self._control_thread = threading.Thread(target=self._lockstep_main if self.lockstep else self._control_main,
+                                                name="vla-control", daemon=True)
         self._control_thread.start()
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group)
         self._worker = threading.Thread(target=self._worker_main, name="vla-inference", daemon=True)
@@ -176,6 +210,7 @@ class InferenceNode(Node):
             f"policy {source}; commands -> {self.resolve_topic_name(topic)} at {self.control_rate:g} Hz, "
             f"inference at most {self.inference_rate:g} Hz, max {self.max_velocity:g} rad/s"
             f"{' (DRY RUN)' if self.dry_run else ''}; {'autostart' if self.autostart else 'paused: call ~/start'}"
+            f"{'; in lockstep with ' + self.step_topic if self.lockstep else ''}"
         )
 
     # --- configuration -----------------------------------------------------------------------
@@ -202,6 +237,16 @@ class InferenceNode(Node):
                               f"{len(self.camera_topics)}: give one topic per camera")
         if self.lookahead_points < 1:
             raise ConfigError("parameter 'lookahead_points' must be at least 1")
+        if self.step_topic and not self.get_parameter("use_sim_time").value:
+            raise ConfigError("step_topic needs use_sim_time:=true: in lockstep the node runs on the simulator's /clock")
+        if not np.isfinite(self.step_input_timeout) or self.step_input_timeout <= 0:
+            raise ConfigError(f"parameter 'step_input_timeout' must be a positive number, got {self.step_input_timeout}")
+        from crane_x7_vla.policy.devices import DeviceError, check_device
+
+        try:
+            check_device(self.device, parameter="parameter 'device'")
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _expected_fingerprint(self) -> str | None:
         if not self.expected_statistics:
@@ -259,6 +304,12 @@ class InferenceNode(Node):
                             expected_fingerprint=self._expected_fingerprint())
 
     # --- inputs -------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        """The node's time base (s): the monotonic clock, or in lockstep the simulated time."""
+        if self.lockstep:
+            return self.get_clock().now().nanoseconds * 1e-9
+        return time.monotonic()
+
     def _arrival_age(self, stamp, what: str) -> float | None:
         """Age (s) of a message's stamp on the node clock, or None (logged) when it is stale:
         older than stale_timeout or stamped in the future. An unset stamp counts from arrival."""
@@ -271,6 +322,12 @@ class InferenceNode(Node):
         return None
 
     def _on_image(self, inp: CameraInput, msg: Image) -> None:
+        if self.lockstep:  # taken at its stamp, on the simulated clock; the tick judges its age
+            with self._lock:
+                inp.msg, inp.recv_time = msg, self._now()
+                inp.capture_time = msgs.stamp_to_ns(msg.header.stamp) * 1e-9
+                self._inputs_cv.notify_all()
+            return
         now = time.monotonic()
         age = self._arrival_age(msg.header.stamp, f"a frame of camera '{inp.name}' on {inp.topic}")
         with self._lock:
@@ -287,6 +344,12 @@ class InferenceNode(Node):
             self.state_rejected += 1
             self.get_logger().warning(f"ignored a joint state on {self.joint_states_topic}: {exc}",
                                       throttle_duration_sec=5.0)
+            return
+        if self.lockstep:
+            with self._lock:
+                self._state_ns = msgs.stamp_to_ns(msg.header.stamp)
+                self.state, self.state_time = q, self._state_ns * 1e-9
+                self._inputs_cv.notify_all()
             return
         age = self._arrival_age(msg.header.stamp, f"a joint state on {self.joint_states_topic}")
         with self._lock:
@@ -330,7 +393,9 @@ class InferenceNode(Node):
                 return False, f"no joint state on {self.joint_states_topic} yet"
             self.filter.reset(self.state)
             self.executor_.clear()
-            self.start_time = time.monotonic()
+            self.start_time = self._now()
+            self._last_command_time = None
+            self._start_pending = self.lockstep  # the episode begins at the next instant
             self._last_goal_pos = None
             reset = getattr(self.policy, "reset", None)
             if reset is not None:
@@ -395,6 +460,8 @@ class InferenceNode(Node):
                                    f"{policy.config.get('control_rate_hz')} Hz)")
             if self.autostart:
                 self._autostart_wait()
+        if self.lockstep:
+            return  # the lockstep thread calls the policy at the simulator's instants
         period = 1.0 / self.inference_rate
         next_time = time.monotonic()
         while not self._stop.is_set():
@@ -427,9 +494,9 @@ class InferenceNode(Node):
             self.get_logger().info(f"autostart waiting: {why}", throttle_duration_sec=5.0)
             self._stop.wait(0.1)
 
-    def _snapshot(self):
-        """The newest inputs if they are complete and fresh, else None."""
-        now = time.monotonic()
+    def _snapshot(self, now: float | None = None):
+        """The newest inputs if they are complete and fresh at `now` (default: the node's time), else None."""
+        now = self._now() if now is None else now
         with self._lock:
             if not self.running or self.state is None or not fresh(now - self.state_time, self.stale_timeout):
                 return None
@@ -440,8 +507,10 @@ class InferenceNode(Node):
                 frames[name] = (inp.msg, inp.capture_time)
             return frames, self.state.copy(), self.instruction, self.start_time
 
-    def _infer_once(self) -> None:
-        snap = self._snapshot()
+    def _infer_once(self, now: float | None = None) -> None:
+        """One policy call on the newest inputs; `now` (lockstep) is the instant the chunk counts
+        as computed at, else the node's clock when it arrives."""
+        snap = self._snapshot(now)
         if snap is None:
             return
         frames, state, instruction, start_time = snap
@@ -454,7 +523,7 @@ class InferenceNode(Node):
                 self.cameras[name].rejected += 1
                 self.get_logger().error(f"camera '{name}': {exc}", throttle_duration_sec=5.0)
                 return
-        capture = min((c for _, c in frames.values()), default=time.monotonic())
+        capture = min((c for _, c in frames.values()), default=self._now() if now is None else now)
         obs = {"images": images, "state": state, "instruction": instruction,
                "episode_time": max(0.0, capture - start_time)}
         t1 = time.perf_counter()
@@ -482,7 +551,7 @@ class InferenceNode(Node):
         with self._lock:
             if not self.running or start_time != self.start_time:
                 return  # paused or restarted while the model ran
-            arrival = time.monotonic()
+            arrival = self._now() if now is None else now
             self.executor_.add_chunk(actions, capture, arrival, state=state)
             self._pending_chunk = (capture, arrival)
         t3 = time.perf_counter()
@@ -528,13 +597,16 @@ class InferenceNode(Node):
             if next_time < time.monotonic() - period:  # fell behind by more than a period: resync
                 next_time = time.monotonic() + period
 
-    def _control_tick(self) -> None:
-        now = time.monotonic()
+    def _control_tick(self, now: float | None = None, stamp_ns: int | None = None) -> bool:
+        """One command at `now` (default: the monotonic clock), stamped stamp_ns (lockstep: the
+        simulator's instant, exact); whether a trajectory went out."""
+        stamp = None if stamp_ns is None else msgs.ns_to_stamp(stamp_ns)
+        now = time.monotonic() if now is None else now
         self._tick_times.append(now)
         dt = 1.0 / self.control_rate
         with self._lock:
             if not self.running or self.state is None or self.executor_ is None:
-                return
+                return False
             state_age = now - self.state_time
             image_age = max((now - c.capture_time for c in self.cameras.values()), default=0.0)
             self.executor_.prune(now)
@@ -544,22 +616,101 @@ class InferenceNode(Node):
             if not result.held and self.lookahead_points > 1:
                 ahead = [self.executor_.sample(now + k * dt) for k in range(2, self.lookahead_points + 1)]
                 points.extend(self.filter.preview(ahead, dt))
-            self._publish_arm(points)
+            self._publish_arm(points, stamp)
             self.counts["commands"] += 1
+            self._last_command_time = now
             if result.held:
                 self.counts["hold_commands"] += 1
             pending, self._pending_chunk = self._pending_chunk, None
             gripper = float(result.command[-1])
-        done = time.monotonic()
+        done = time.monotonic() if stamp_ns is None else now
         if pending is not None:
             self.timing["publish_ms"].append((done - pending[1]) * 1e3)
             self.timing["image_to_command_ms"].append((done - pending[0]) * 1e3)
         if self._gripper is not None and not result.held:
             self._send_gripper(gripper, now)
+        return True
 
-    def _publish_arm(self, points) -> None:
+    # --- lockstep with a simulator ----------------------------------------------------------------------
+    def _on_step(self, msg) -> None:
+        with self._steps_cv:
+            self._steps.append(msgs.stamp_to_ns(msg.stamp))
+            self._steps_cv.notify()
+
+    def _lockstep_main(self) -> None:
+        while not self._stop.is_set():
+            with self._steps_cv:
+                if not self._steps:
+                    self._steps_cv.wait(0.1)
+                    continue
+                t_ns = self._steps.popleft()
+            if t_ns <= self._last_step_ns:  # the simulator sent it again: it may not have our answer
+                if t_ns == self._last_step_ns and self._last_answer is not None:
+                    self._answer_pub.publish(self._last_answer)
+                continue
+            try:
+                arm = self._lockstep_tick(t_ns)
+            except Exception as exc:  # noqa: BLE001 - reported; the instant is still answered
+                arm = False
+                self.get_logger().error(f"control tick failed: {exc}", throttle_duration_sec=2.0)
+            self._last_step_ns = t_ns
+            self._last_answer = self._header_type(stamp=msgs.ns_to_stamp(t_ns),
+                                                  frame_id=f"arm={int(arm)} gripper={self.counts['gripper_goals']}")
+            self._answer_pub.publish(self._last_answer)
+
+    def _lockstep_tick(self, t_ns: int) -> bool:
+        """The control tick (and, when due, the policy call) of the simulated instant t_ns."""
+        t = t_ns * 1e-9
+        with self._lock:
+            if not self.running or self.policy is None:
+                return False
+            if self._start_pending:  # the episode's first instant: everything starts here
+                self._start_pending = False
+                self._inputs_ready(t_ns, frames=False)
+                if self.state is not None:
+                    self.filter.reset(self.state)
+                self.executor_.clear()
+                self.start_time = self._next_inference = t
+                reset = getattr(self.policy, "reset", None)
+                if reset is not None:
+                    reset()
+            infer = t >= self._next_inference - 1e-6
+            if not self._inputs_ready(t_ns, frames=infer):
+                self.counts["lockstep_input_timeouts"] += 1
+                self.get_logger().warning(
+                    f"lockstep: no joint state{' and frames' if infer else ''} stamped {t:.3f} s within "
+                    f"{self.step_input_timeout:g} s; the tick goes on without them", throttle_duration_sec=5.0)
+        if infer:
+            while self._next_inference <= t + 1e-6:
+                self._next_inference += 1.0 / self.inference_rate
+            try:
+                self._infer_once(now=t)
+            except Exception as exc:  # noqa: BLE001 - a failed call must not end inference
+                self.counts["inference_errors"] += 1
+                self.get_logger().error(f"inference failed: {exc}", throttle_duration_sec=2.0)
+        return self._control_tick(now=t, stamp_ns=t_ns)
+
+    def _inputs_ready(self, t_ns: int, *, frames: bool) -> bool:
+        """Wait (holding the node lock's condition) until the joint state, and the frames when asked,
+        stamped t_ns or later have arrived; False after step_input_timeout wall-clock seconds."""
+        def ready():
+            if self._state_ns < t_ns:
+                return False
+            return not frames or all(c.msg is not None and c.capture_time * 1e9 >= t_ns - 1000
+                                     for c in self.cameras.values())
+        deadline = time.monotonic() + self.step_input_timeout
+        while not ready():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
+                return False
+            self._inputs_cv.wait(min(left, 0.1))
+        return True
+
+    def _publish_arm(self, points, stamp=None) -> None:
         dt = 1.0 / self.control_rate
         msg = JointTrajectory()  # zero stamp: the controller starts it on arrival
+        if stamp is not None:  # lockstep: the instant it was computed for (the simulated time now)
+            msg.header.stamp = stamp
         msg.joint_names = list(robot.ARM_JOINTS)
         for k, q in enumerate(points, start=1):
             pt = JointTrajectoryPoint()
@@ -593,7 +744,7 @@ class InferenceNode(Node):
         return self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def diagnostics(self) -> dict:
-        now = time.monotonic()
+        now = self._now()
         with self._lock:
             ticks = np.diff(np.asarray(self._tick_times)) * 1e3 if len(self._tick_times) > 2 else np.zeros(0)
             mode = ("emergency_stop" if self.filter.estopped else "running" if self.running else
@@ -608,6 +759,9 @@ class InferenceNode(Node):
                 "image_age_s": {n: (round(now - c.capture_time, 4) if c.msg is not None else None)
                                 for n, c in self.cameras.items()},
                 "joint_state_age_s": round(now - self.state_time, 4) if self.state is not None else None,
+                # from the start to the newest command, on the node's clock (simulated in lockstep)
+                "running_s": None if self._last_command_time is None
+                else round(self._last_command_time - self.start_time + 1.0 / self.control_rate, 4),
                 "interventions": self.filter.interventions,
                 "counts": dict(self.counts, state_rejected=self.state_rejected, state_stale=self.state_stale,
                                images_rejected={n: c.rejected for n, c in self.cameras.items()},

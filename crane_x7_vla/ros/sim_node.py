@@ -19,7 +19,8 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
     ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
                               switching to the `task` parameter's task; message = JSON
                               {task, seed, instruction, start_state (the 8 joint positions),
-                              start ("home", or "near cube" for a recovery start: `start_near`)}
+                              start ("home", or "near cube" for a recovery start: `start_near`),
+                              stamp_ns (the node clock's stamp of the new scene)}
     ~/start_expert            std_srvs/Trigger: with `expert_waits_for_start`, the expert moves
                               `expert_start_delay` s after this call instead of after the reset
     ~/step                    std_msgs/Header (with `step_rate`): the recording instants, see below
@@ -39,7 +40,21 @@ every 0.2 s, with the instant's joint state and frames, for a recorder that join
 lost a frame (images are best effort). The recording then holds one step per instant, at
 its rate in simulated time, however long the recorder takes: the simulation slows down
 instead. Without a node on `step_ack_topic` nothing waits; an answer missing for
-`step_timeout` wall-clock seconds is logged and the simulation goes on.
+`step_timeout` wall-clock seconds is logged, counted (`step_timeouts` in ~/check_success's
+JSON) and the simulation goes on.
+
+The same lockstep paces the simulator to the inference node in an evaluation (`step_rate` =
+the node's control rate, `step_ack_topic` = the node's ~/commanded, the node's `step_topic` =
+this node's ~/step): the node answers each instant once it has published that instant's
+command, saying so in the answer's frame_id (`arm=1 gripper=N`: a trajectory stamped with
+the instant went out, and N gripper goals so far); the simulated time then waits until that
+trajectory and those gripper goals have reached the simulation too, so every command acts
+from the instant it was computed for, however slow the node or the machine.
+
+Episode timing in simulated time (~/check_success's JSON): `commanded_s`, the simulated
+seconds since the first stamped trajectory after the reset (the inference node's first
+command of the episode), and `solved_after_s`, when the task's check first held after that
+(checked at every physics step), or null.
 
 With `expert:=true` the node also runs the scripted expert (crane_x7_vla.sim.ScriptedExpert)
 and publishes its LEADER joint states on `leader_joint_states_topic`. The expert reads the
@@ -156,6 +171,12 @@ class SimNode(Node):
                       "step_timeouts": 0}
         self._acked = threading.Condition()
         self._acked_ns = -1  # newest ~/step stamp the recorder answered
+        self._acked_needs: dict = {}  # what the answer to that stamp says was sent: arm (0/1), gripper (count)
+        self._traj_ns = -1  # newest stamp of a received trajectory
+        self._gripper_lag = 0  # gripper goals an answer counted that never arrived (after a timeout)
+        self._episode_stamp_ns = 0  # stamp of the current episode's reset
+        self._commanded_ns: int | None = None  # simulated time of the episode's first stamped command
+        self._solved_ns: int | None = None  # simulated time its success check first held after that
 
         group = ReentrantCallbackGroup()
         self._js_pub = self.create_publisher(JointState, self.joint_states_topic, msgs.STATE_QOS)
@@ -316,8 +337,11 @@ class SimNode(Node):
             self._set_expert_state("waiting")
         self._instr_pub.publish(String(data=env.instruction))
         self._start_state = env.joint_positions().copy()
+        stamp_ns = msgs.stamp_to_ns(self._stamp())
+        self._episode_stamp_ns, self._commanded_ns, self._solved_ns = stamp_ns, None, None
         result = {"task": env.task, "seed": env.seed, "instruction": env.instruction,
-                  "start_state": [round(float(v), 6) for v in self._start_state], "start": start}
+                  "start_state": [round(float(v), 6) for v in self._start_state], "start": start,
+                  "stamp_ns": stamp_ns}
         self.get_logger().info(f"reset: {json.dumps(result)}")
         return result
 
@@ -351,14 +375,32 @@ class SimNode(Node):
         with self._lock:
             env = self._env
             response.success = bool(env.success())
+            commanded, solved = self._commanded_ns, self._solved_ns
             response.message = json.dumps(
                 {"task": env.task, "seed": env.seed, "instruction": env.instruction, "time": env.time,
-                 "expert": self._expert_state, "distance_to_goal_m": round(env.distance_to_goal(), 4)}
+                 "expert": self._expert_state, "distance_to_goal_m": round(env.distance_to_goal(), 4),
+                 "commanded_s": None if commanded is None else (self._sim_ns - commanded) * 1e-9,
+                 "solved_after_s": None if solved is None else (solved - commanded) * 1e-9,
+                 "steps": self.stats["steps"], "step_timeouts": self.stats["step_timeouts"],
+                 "step_wait_s": round(self.stats["step_wait_s"], 3)}
             )
         return response
 
     # -- commands -------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            self._apply_trajectory(msg)
+        finally:
+            stamp_ns = msgs.stamp_to_ns(msg.header.stamp)
+            if stamp_ns:
+                with self._lock:
+                    if self._commanded_ns is None and stamp_ns >= self._episode_stamp_ns:
+                        self._commanded_ns = self._sim_ns
+                with self._acked:
+                    self._traj_ns = max(self._traj_ns, stamp_ns)
+                    self._acked.notify_all()
+
+    def _apply_trajectory(self, msg: JointTrajectory) -> None:
         names = list(msg.joint_names)
         unknown = [n for n in names if n not in robot.ARM_JOINTS]
         missing = [n for n in robot.ARM_JOINTS if n not in names]
@@ -405,6 +447,9 @@ class SimNode(Node):
                 self.get_logger().warning(f"rejected a gripper goal: {exc}")
                 goal_handle.abort()
                 return result
+            finally:
+                with self._acked:
+                    self._acked.notify_all()
             target = float(np.clip(cmd.position, *robot.GRIPPER_RANGE))
         # Stall and time-out count simulated seconds: a slowed simulation moves the fingers slowly.
         start = last_move = self._sim_ns * 1e-9
@@ -465,9 +510,25 @@ class SimNode(Node):
         return msgs.ns_to_stamp(self._sim_ns)
 
     def _on_step_ack(self, msg) -> None:
+        stamp_ns = msgs.stamp_to_ns(msg.stamp)
+        needs = {}
+        for word in msg.frame_id.split():  # "arm=1 gripper=3" from the inference node; "" from the logger
+            key, _, value = word.partition("=")
+            if key in ("arm", "gripper") and value.isdigit():
+                needs[key] = int(value)
         with self._acked:
-            self._acked_ns = max(self._acked_ns, msgs.stamp_to_ns(msg.stamp))
+            if stamp_ns >= self._acked_ns:
+                self._acked_ns, self._acked_needs = stamp_ns, needs
             self._acked.notify_all()
+
+    def _answered(self, stamp_ns: int) -> bool:
+        """Whether the step at stamp_ns is answered and what the answer says was sent has arrived:
+        the trajectory stamped with that instant, and as many gripper goals. Caller holds _acked."""
+        if self._acked_ns < stamp_ns:
+            return False
+        if self._acked_needs.get("arm") and self._traj_ns < stamp_ns:
+            return False
+        return self._gripper_seq + self._gripper_lag >= self._acked_needs.get("gripper", 0)
 
     def _await_step(self, stamp, data: list) -> None:
         """Publish a recording instant on ~/step and wait until the recorder answers it. While
@@ -483,10 +544,13 @@ class SimNode(Node):
         t0 = time.monotonic()
         resend = t0 + 0.2
         with self._acked:
-            while self._acked_ns < stamp_ns and self._running:
+            while not self._answered(stamp_ns) and self._running:
                 now = time.monotonic()
                 if now - t0 > self.step_timeout:
                     self.stats["step_timeouts"] += 1
+                    # goals counted but lost would hold every later step: count from here on
+                    self._gripper_lag = max(self._gripper_lag,
+                                            self._acked_needs.get("gripper", 0) - self._gripper_seq)
                     self.get_logger().warning(
                         f"no answer on {self.step_ack_topic} to the step at {stamp_ns * 1e-9:.3f} s within "
                         f"{self.step_timeout:g} s; going on", throttle_duration_sec=5.0)
@@ -538,6 +602,9 @@ class SimNode(Node):
                         leader = self._start_state
                     next_leader = sim_s + 1.0 / self.expert_rate - 1e-9
                 success = env.success() if sim_s >= next_success else None
+                if self._commanded_ns is not None and self._solved_ns is None and self._sim_ns > self._commanded_ns:
+                    if success if success is not None else env.success():
+                        self._solved_ns = self._sim_ns
             self.stats["control_steps"] += 1
             stamp = self._stamp()
             if self._clock_pub is not None:

@@ -21,7 +21,7 @@ import pytest
 from conftest import cli_path
 from crane_x7_vla.episode import schema
 from crane_x7_vla.episode.synthetic import write_synthetic_dataset
-from crane_x7_vla.policy.baselines import HoldPolicy
+from crane_x7_vla.policy.baselines import HoldPolicy, MeanTrajectoryPolicy
 
 TIMEOUT_S = 60  # a command still running then has accepted its arguments
 WORKERS = 2
@@ -54,6 +54,10 @@ def places(tmp_path_factory) -> dict:
     (unrelated / "thesis.tex").write_text("months of work\n")
 
     ckpt = HoldPolicy(horizon=1, control_rate_hz=10.0, cameras=("primary",)).save(root / "ckpt")
+    mean = MeanTrajectoryPolicy.from_dataset(data, horizon=4).save(root / "mean")
+    published = root / "published"  # OpenVLA's published layout: config.json, no policy_config.json
+    published.mkdir()
+    (published / "config.json").write_text(json.dumps({"model_type": "openvla"}))
     bad_json = root / "ckpt_bad_json"
     bad_json.mkdir()
     (bad_json / "policy_config.json").write_text('{"backend": "baseline", "image_')
@@ -75,7 +79,8 @@ def places(tmp_path_factory) -> dict:
     yaml_list.write_text("- batch_size\n- 8\n")
     return {
         "data": data, "corrupt": corrupt, "damaged": damaged, "wrong_meta": wrong_meta, "wrong": wrong,
-        "notes": notes, "empty": empty, "unrelated": unrelated, "ckpt": ckpt, "bad_json": bad_json,
+        "notes": notes, "empty": empty, "unrelated": unrelated, "ckpt": ckpt, "mean": mean, "published": published,
+        "bad_json": bad_json,
         "bad_values": bad_values, "not_object": not_object, "yaml_broken": yaml_broken,
         "yaml_values": yaml_values, "yaml_list": yaml_list, "root": root,
     }
@@ -164,6 +169,7 @@ CASES = [
     ("train-data-root-file", "train --backend openvla --model tiny --data-root {notes}", "{notes}"),
     ("train-data-root-missing", "train --backend openvla --model tiny --data-root {root}/nowhere", "nowhere"),
     ("train-device-unknown", "train --backend openvla --model tiny --data-root {data} --device nosuch", "--device"),
+    ("train-openpi-device-unknown", "train --backend openpi --model tiny --data-root {data} --device gpu7", "--device"),
     ("train-config-broken", "train --backend openvla --config {yaml_broken}", "{yaml_broken}"),
     ("train-config-values", "train --backend openvla --config {yaml_values}", "batch"),
     ("train-config-missing", "train --backend openvla --config {root}/none.yaml", "none.yaml"),
@@ -181,6 +187,7 @@ CASES = [
     ("merge-lora-output-file", "merge-lora {ckpt} --output {notes}", "--output"),
     # training.cli as a module
     ("module-train-batch-negative", "-m train --backend openpi --batch-size -2", "--batch-size"),
+    ("module-train-device-unknown", "-m train --backend openpi --data-root {data} --device nosuch", "--device"),
     ("module-train-config-broken", "-m train --backend openpi --config {yaml_broken}", "{yaml_broken}"),
     # serve
     ("serve-file", "serve {notes}", "{notes}"),
@@ -189,6 +196,11 @@ CASES = [
     ("serve-bad-values", "serve {bad_values}", "{bad_values}"),
     ("serve-max-message-0", "serve {ckpt} --max-message-mb 0", "--max-message-mb"),
     ("serve-port", "serve {ckpt} --port 70000", "--port"),
+    ("serve-device-unknown", "serve {ckpt} --device nosuch", "--device"),
+    ("serve-device-long", "serve {ckpt} --device " + LONG, "--device"),
+    ("serve-device-index-text", "serve {ckpt} --device cuda:first", "--device"),
+    ("serve-mean-device-unknown", "serve {mean} --device tpu", "--device"),
+    ("serve-published-device-unknown", "serve {published} --device nosuch", "--device"),
     ("serve-token-file-missing", "serve {ckpt} --token-file {root}/no_token", "no_token"),
     # eval
     ("eval-episodes-negative", "eval {ckpt} --episodes -1", "--episodes"),
@@ -204,6 +216,8 @@ CASES = [
     ("eval-out-file", "eval {ckpt} --out {notes}", "{notes}"),
     ("eval-first-seed-negative", "eval {ckpt} --first-seed -4", "--first-seed"),
     ("eval-no-training-data", "eval {ckpt}", "--data-root"),
+    ("eval-device-unknown", "eval {ckpt} --no-baselines --device nosuch", "--device"),
+    ("eval-mean-device-unknown", "eval {mean} --no-baselines --device gpu", "--device"),
     # demo
     ("demo-episodes-negative", "demo --episodes -1 --out {root}", "--episodes"),
     ("demo-eval-episodes-0", "demo --eval-episodes 0 --out {root}", "--eval-episodes"),
@@ -234,12 +248,12 @@ def test_the_simulated_cameras_are_the_simulators():
     assert set(SIM_CAMERAS) == set(CAMERA_TOPICS) == set(SIM_CAMERA_TOPICS)
 
 
-def _run(command: list[str], cwd) -> tuple[subprocess.CompletedProcess, bool]:
+def _run(command: list[str], cwd, env=None) -> tuple[subprocess.CompletedProcess, bool]:
     """Run a command in its own session: (its result, whether it was still running after
     TIMEOUT_S, having accepted its arguments; it is then stopped as Ctrl-C would stop it,
     so the nodes it started end with it)."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
         return subprocess.CompletedProcess(command, proc.returncode, out, err), False
@@ -281,3 +295,22 @@ def test_bad_input_is_one_line(outcomes, case):
     last = lines[-1]
     assert needle in last, result.stderr[-3000:]
     assert len(last) <= MAX_LINE, f"{len(last)} characters: {last[:200]}..."
+
+
+@pytest.mark.parametrize("value", ["nosuch", "cuda:x", LONG])
+def test_the_inference_nodes_device_parameter_is_checked_at_start(places, value):
+    """The node refuses a device name before it loads anything: one line naming the parameter."""
+    pytest.importorskip("rclpy")
+    from crane_x7_vla.ros.processes import domain_lease, ros_env
+
+    node = os.path.join(os.path.dirname(sys.executable), "vla_inference_node")
+    with domain_lease() as domain:
+        result, timed_out = _run([node, "--ros-args", "-p", f"model_path:={places['mean']}", "-p",
+                                  f"device:={value}", "-p", "use_gripper:=false"], places["root"], env=ros_env(domain))
+    assert not timed_out, "the node started with a device no backend knows"
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out, out[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: parameter 'device' must be auto, cpu, cuda or cuda:N (got "), lines
+    assert len(lines[-1]) <= MAX_LINE
