@@ -28,7 +28,8 @@ def openvla_predict_action(model, tokenizer, image: np.ndarray, instruction: str
     """OpenVLA's processor + predict_action: the picture resized (PIL bicubic) to 224 and
     normalised per tower with the processor's tvf_normalize_params, the prompt
     'In: What action should the robot take to {instruction.lower()}?\\nOut:' with <s> and the
-    space token appended, 7/8 greedy steps over the whole vocabulary, token t -> bin centre
+    space token appended, 7/8 greedy steps over the whole vocabulary (fewer when `</s>` is
+    written: the last 7/8 ids of prompt and written tokens are read), token t -> bin centre
     clip(vocab - t - 1, 0, 254), un-normalised with q01/q99 where the mask is set. `restrict`:
     each step's argmax over the 256 action tokens only (as our trainer's policies decode)."""
     from PIL import Image
@@ -54,6 +55,8 @@ def openvla_predict_action(model, tokenizer, image: np.ndarray, instruction: str
             else:
                 step = last.argmax(-1, keepdim=True)
             ids = torch.cat([ids, step], dim=1)
+            if int(step) == model.config.text_config.eos_token_id:  # generate stops at </s>
+                break
     tokens = ids[0, -dim:].numpy()
     vocab = model.config.text_config.vocab_size - model.config.pad_to_multiple_of
     edges = np.linspace(-1, 1, 256)

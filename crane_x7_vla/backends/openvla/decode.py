@@ -61,9 +61,12 @@ def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_s
 
 @torch.no_grad()
 def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_tokens: int, first_id: int,
-                        middle_after: int = 0, whole_vocabulary: bool = False) -> torch.Tensor:
+                        middle_after: int = 0, whole_vocabulary: bool = False,
+                        stop_ids: tuple[int, ...] = ()) -> torch.Tensor:
     """Greedy decoding of `n_tokens` tokens, each restricted to ids [first_id, vocab_size)
     (with `whole_vocabulary`, over every row of the logits, as OpenVLA's predict_action).
+    `stop_ids` (the end-of-sequence ids of OpenVLA's `generate`): decoding ends after the
+    step at which every row has written one of them, so fewer than `n_tokens` may come back.
 
     `batch` holds prompts of equal length (no padding). With `middle_after` > 0 and
     `batch['middle_ids']` (B, M) (the goal written before the state, see
@@ -75,13 +78,16 @@ def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_to
     extra = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=True, **extra)
     chosen = []
+    stopped = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for k in range(n_tokens):
         if whole_vocabulary:
             tok = out.logits[:, -1].float().argmax(-1)
         else:
             tok = out.logits[:, -1, first_id : vla.vocab_size].float().argmax(-1) + first_id
         chosen.append(tok)
-        if k == n_tokens - 1:
+        for stop in stop_ids:
+            stopped |= tok == stop
+        if k == n_tokens - 1 or (stop_ids and bool(stopped.all())):
             break
         step = tok[:, None]
         if middle is not None and k == middle_after - 1:

@@ -21,6 +21,7 @@ from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.model import (apply_adapter, build_batch, checkpoint_model_source, load_vla,
                                                  pixel_values, set_image_position, torch_device)
 from crane_x7_vla.backends.openvla.prismatic import openvla_image
+from crane_x7_vla.backends.openvla.published import stop_ids
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
 from crane_x7_vla.training.checkpoint import CheckpointError
@@ -50,6 +51,8 @@ class OpenVLAPolicy:
         if not self.published and not (d / "model").is_dir():  # checkpoint_model_source made sure adapter/ is there
             self.vla.model = apply_adapter(self.vla.model, d / "adapter")
         self.vla.model.eval()
+        # a published folder is decoded as OpenVLA's generate does: it stops at `</s>`
+        self.stop_ids = stop_ids(d, self.vla.model.config.text_config) if self.published else ()
         self.vla.num_cameras = len(self.cameras)
         try:
             set_image_position(self.vla, info.get("image_position", IMAGE_FIRST))
@@ -105,9 +108,13 @@ class OpenVLAPolicy:
         batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state),
                             goal_first=self.codec.goal_first)
         batch.pop("labels")
-        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, self.codec.n_tokens(self.horizon),
-                                         self.codec.first_id, middle_after=self.codec.goal_first,
-                                         whole_vocabulary=self.published).cpu().numpy()
+        n = self.codec.n_tokens(self.horizon)
+        ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, n, self.codec.first_id,
+                                         middle_after=self.codec.goal_first, whole_vocabulary=self.published,
+                                         stop_ids=self.stop_ids).cpu()
+        if self.published:  # predict_action reads the last n ids of the prompt and what generate wrote
+            ids = torch.cat([batch["input_ids"].cpu(), ids], dim=1)[:, -n:]
+        ids = ids.numpy()
         self.last_ids = ids[0]
         goal = self.codec.decode_goal(ids)
         self.last_goal = None if goal is None else goal[0]  # where the model says the hand is going (m)

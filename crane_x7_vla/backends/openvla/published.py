@@ -12,8 +12,9 @@ unchanged, and its `*_prismatic.py` files when the base folder has them. OpenVLA
 `published_policy_config`: a folder in that layout (no policy_config.json) described as a
 policy, so `crane-x7-vla serve DIR` serves it as it is: its own statistics (`--unnorm-key`,
 else "crane_x7", else its only key), OpenVLA's own image processing (no crop) and OpenVLA's
-greedy decoding over the whole vocabulary, token ids mapped to actions as `predict_action`
-maps them. This module reads JSON only; the model is loaded by the policy.
+greedy decoding over the whole vocabulary, ending early at `</s>` as its `generate` does,
+and the last 8 ids of prompt and written tokens mapped to actions as `predict_action` maps
+them. This module reads JSON only; the model is loaded by the policy.
 """
 
 from __future__ import annotations
@@ -99,6 +100,26 @@ def write_published(model, vla, config: dict, out, checkpoint_dir) -> Path:
         if (base / name).is_file():
             shutil.copyfile(base / name, out / name)
     return out
+
+
+def stop_ids(model_dir, text_config) -> tuple[int, ...]:
+    """The end-of-sequence ids at which OpenVLA's `generate` stops writing: the folder's
+    generation_config.json `eos_token_id` where it has one, else config.json's, else that of
+    its language model (`text_config`, Llama's `</s>` by default)."""
+    model_dir = Path(model_dir)
+    found = None
+    for name in ("generation_config.json", "config.json"):
+        try:
+            found = json.loads((model_dir / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError):
+            continue
+        if found is not None:
+            break
+    if found is None:
+        found = getattr(text_config, "eos_token_id", None)
+    if found is None:
+        return ()
+    return tuple(int(i) for i in (found if isinstance(found, (list, tuple)) else [found]))
 
 
 def is_published_dir(path) -> bool:
