@@ -21,8 +21,8 @@ from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.model import (apply_adapter, build_batch, checkpoint_model_source, load_vla,
                                                  pixel_values, set_image_position, torch_device)
 from crane_x7_vla.backends.openvla.prismatic import openvla_image
-from crane_x7_vla.backends.openvla.published import stop_ids
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
+from crane_x7_vla.backends.openvla.published import stop_ids
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
 from crane_x7_vla.training.checkpoint import CheckpointError
 
