@@ -103,7 +103,9 @@ def make_arch(depth_override: int = 0, width_divisor: int = 1) -> Arch:
         raise SystemExit(f"--width-divisor must be >= 1 (got {width_divisor})")
     a = Arch()
     if depth_override:
-        a = replace(a, text_layers=depth_override, vision_layers=depth_override, siglip_layers=depth_override)
+        # a tower runs all its blocks but the last: at least 2, so that one runs
+        tower = max(2, depth_override)
+        a = replace(a, text_layers=depth_override, vision_layers=tower, siglip_layers=tower)
     if width_divisor > 1:
         th, tn, tf = _shrink(a.text_hidden, a.text_heads, a.text_ffn, width_divisor)
         vh, vn, _ = _shrink(a.vision_hidden, a.vision_heads, 0, width_divisor)
@@ -310,7 +312,8 @@ def _train_measure(args, arch: Arch, device, cfg, result: dict) -> None:
     images = {"primary": rng.integers(0, 256, (args.batch_size, arch.image, arch.image, 3), dtype=np.uint8)}
     pix = pixel_values(vla, images, ["primary"], device)
     inputs = build_batch(vla, [args.instruction] * args.batch_size, atok.encode(actions), device)
-    result["sequence_tokens"] = int(inputs["input_ids"].shape[1])
+    # the prompt and action tokens, and the picture's patches the model inserts after <s>
+    result["sequence_tokens"] = int(inputs["input_ids"].shape[1]) + (arch.image // arch.patch) ** 2
 
     losses = []
 
@@ -434,7 +437,8 @@ def main(argv=None) -> int:
     p.add_argument("--infer-actions", type=int, default=20, help="timed predictions after two warm-up ones")
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--depth-override", type=int, default=0,
-                   help="layers in the text model AND both vision towers (0: 32 / 24 / 27)")
+                   help="layers in the text model and both vision towers (at least 2 there, as a tower "
+                        "never runs its last one; 0: 32 / 24 / 27)")
     p.add_argument("--width-divisor", type=int, default=1, help="divide hidden and MLP sizes by this (1: full)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPU, fp32 on CPU")

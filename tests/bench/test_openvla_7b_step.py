@@ -25,7 +25,7 @@ def test_reduced_model_trains_with_and_without_checkpointing_and_predicts(tmp_pa
     figures = json.loads(out.read_text())
     assert figures["device"] == "cpu" and figures["functional_check_only"] is True and figures["full_size"] is False
     arch = figures["architecture"]
-    assert arch["text_layers"] == arch["vision_layers"] == arch["siglip_layers"] == 1
+    assert arch["text_layers"] == 1 and arch["vision_layers"] == arch["siglip_layers"] == 2
     assert arch["text_hidden"] == 4096 // 64 and arch["vision_hidden"] == 1024 // 64 and arch["vocab_rows"] == 32064
     assert arch["siglip_hidden"] == 16  # 1152 // 64, rounded down to a multiple of 16
 
