@@ -213,11 +213,22 @@ class Launch:
         assert not any("Traceback" in line for line in ours), output[-4000:]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.stop()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
+        """Ctrl-C, then whatever of the session is still alive is killed, also when ros2 launch
+        does not end in time (a test that failed must not leave its nodes running)."""
+        try:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(30.0)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in self.session_processes():  # one that left the process group, not the session
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5.0)
+            self._log.close()
 
 
 @pytest.fixture
