@@ -1,5 +1,6 @@
 """What every command shares for its arguments: value types that refuse nonsense in one line
-and a parser whose error line stays short (`clip` and `one_line` are crane_x7_vla.messages').
+and a parser whose error line stays short (`clip` and `one_line`, for any message, are in
+crane_x7_vla.messages).
 
 An argparse type raises ArgumentTypeError; argparse then prints the usage and
 ``<prog>: error: argument --frames: must be at least 1 (got 0)`` and exits with code 2.
