@@ -1,6 +1,6 @@
 """The `crane-x7-vla` command: one module per command (main dispatches to the others).
 
-    main      the top-level parser, dispatch and one-line errors (`crane-x7-vla`, `python -m crane_x7_vla.cli`)
+    main      the top-level parser, dispatch, one-line errors (`crane-x7-vla`, `python -m crane_x7_vla.cli`)
     args      argument types and the parser class every command shares
     demo      crane-x7-vla demo
     collect   crane-x7-vla collect, logger-keys

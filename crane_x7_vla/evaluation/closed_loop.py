@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from crane_x7_vla import robot
-from crane_x7_vla.evaluation.summary import EpisodeOutcome, format_achieved_rates, format_rate, summarize_episodes
+from crane_x7_vla.evaluation.summary import (
+    EpisodeOutcome, format_achieved_rates, format_rate, summarize_episodes,
+)
 
 # Where the simulated CRANE-X7 (crane_x7_sim's defaults) publishes each camera.
 SIM_CAMERA_TOPICS = {"wrist": robot.DEFAULT_IMAGE_TOPIC, "primary": "/scene_camera/color/image_raw"}
