@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
-from crane_x7_vla.cli_args import clip
+from crane_x7_vla.messages import clip
 from crane_x7_vla.episode import jpeg
 from crane_x7_vla.episode.reader import DatasetError
 from crane_x7_vla.episode.schema import CameraInfo

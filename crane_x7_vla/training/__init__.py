@@ -1,1 +1,1 @@
-"""Training: the backend-neutral CLI, config, loop and checkpoints."""
+"""Training: the backend-neutral config, loop and checkpoints (the `train` command: crane_x7_vla.cli.train)."""

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crane_x7_vla.cli_args import clip
+from crane_x7_vla.messages import clip
 from crane_x7_vla.backends.openvla.prompt import IMAGE_AFTER_INSTRUCTION, IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.preprocess import ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS, ImageSpec, parse_image_size
 

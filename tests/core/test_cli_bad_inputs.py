@@ -241,8 +241,8 @@ def _command(args: str, places: dict) -> list[str]:
 
 
 def test_the_simulated_cameras_are_the_simulators():
-    from crane_x7_vla.collect import SIM_CAMERAS
-    from crane_x7_vla.eval_cli import SIM_CAMERA_TOPICS
+    from crane_x7_vla.cli.collect import SIM_CAMERAS
+    from crane_x7_vla.evaluation.closed_loop import SIM_CAMERA_TOPICS
     from crane_x7_vla.ros.collect_driver import CAMERA_TOPICS
 
     assert set(SIM_CAMERAS) == set(CAMERA_TOPICS) == set(SIM_CAMERA_TOPICS)

@@ -1,6 +1,6 @@
 """The collection summary points at episodes a busy machine recorded too slowly."""
 
-from crane_x7_vla.collect import SLOW_SHARE, slow_episodes
+from crane_x7_vla.cli.collect import SLOW_SHARE, slow_episodes
 from crane_x7_vla.ros.collect_driver import EpisodeResult
 
 

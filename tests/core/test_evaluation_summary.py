@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from crane_x7_vla.evaluation import EpisodeOutcome, summarize_episodes, wilson_interval
-from crane_x7_vla.report import write_report
+from crane_x7_vla.evaluation.report import write_report
+from crane_x7_vla.evaluation.summary import EpisodeOutcome, summarize_episodes, wilson_interval
 
 
 def _outcome(seed, success, distance):

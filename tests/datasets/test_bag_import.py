@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from crane_x7_vla.dataset_io_cli import register
+from crane_x7_vla.cli.dataset import register_conversions
 from crane_x7_vla.episode import jpeg, list_episodes, load_episode
 from crane_x7_vla.episode.bag import BagImportOptions, import_bag, parse_image_topic
 from crane_x7_vla.episode.reader import DatasetError
@@ -98,7 +98,7 @@ def test_clear_errors(tmp_path):
 def test_cli_import_bag_and_export(tmp_path, capsys):
     bag = write_bag(tmp_path / "bag.d", storage="sqlite3")
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
+    register_conversions(parser.add_subparsers())
     args = parser.parse_args([
         "import-bag", str(bag), "--out", str(tmp_path / "eps"), "--instruction", "pick up the red cube",
         "--image-topic", "primary=/camera/color/image_raw", "--image-topic", "wrist=/wrist/image_raw/compressed",
@@ -173,7 +173,7 @@ def test_episodes_carry_the_recording_time_and_a_bag_is_imported_once(tmp_path, 
     assert [r.name for r in list_episodes(out)] == [r.name for r in refs]
 
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
+    register_conversions(parser.add_subparsers())
     args = parser.parse_args(["import-bag", str(bag), "--out", str(out), "--instruction", "pick up the red cube",
                               "--image-topic", f"primary={CAMERAS['primary']}", "--no-progress"])
     assert args.func(args) == 0

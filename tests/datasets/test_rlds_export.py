@@ -90,7 +90,7 @@ def test_mixed_camera_layouts_are_named(episodes_dir, tmp_path):
 
 
 def test_cli_export_rlds_flags_reach_the_writer(episodes_dir, tmp_path, capsys):
-    from crane_x7_vla.dataset_io_cli import main_parser
+    from crane_x7_vla.cli.dataset import main_parser
 
     parser = main_parser()
     args = parser.parse_args(["export", str(episodes_dir), "--format", "rlds", "--out", str(tmp_path / "r"),

@@ -19,7 +19,7 @@ from crane_x7_vla.policy import wire
 from crane_x7_vla.policy.baselines import HoldPolicy
 from crane_x7_vla.policy.client import RemotePolicy, RemotePolicyError
 from crane_x7_vla.policy.loader import load_policy
-from crane_x7_vla.policy.serve_cli import TokenError, resolve_token
+from crane_x7_vla.cli.serve import TokenError, resolve_token
 from crane_x7_vla.policy.server import PolicyServer
 
 from .conftest import observation
@@ -109,7 +109,7 @@ def test_token_is_required_when_set(mean_ckpt):
 
 def test_serve_command_binds_localhost_and_answers(mean_ckpt):
     port = 18000 + (int(time.time() * 1000) % 2000)
-    proc = subprocess.Popen([sys.executable, "-m", "crane_x7_vla.policy.serve_cli", str(mean_ckpt),
+    proc = subprocess.Popen([sys.executable, "-m", "crane_x7_vla.cli.serve", str(mean_ckpt),
                              "--port", str(port), "--token", "tk"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -131,7 +131,7 @@ def test_serve_command_binds_localhost_and_answers(mean_ckpt):
 
 
 def test_serve_command_refuses_a_bad_checkpoint(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "crane_x7_vla.policy.serve_cli", str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli.serve", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "policy_config.json: missing" in res.stderr
 

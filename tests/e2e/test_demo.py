@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from crane_x7_vla.demo import DEFAULTS
+from crane_x7_vla.cli.demo import DEFAULTS
 from crane_x7_vla.episode.validate import validate_dataset
 from crane_x7_vla.sim.poses import recovery_start
 

@@ -138,7 +138,7 @@ def test_what_the_directory_cannot_tell_is_a_one_line_error_naming_the_flag(open
     # the options belong to openpi directories only
     with pytest.raises(PolicyLoadError, match="apply to a directory in openpi's layout"):
         load_policy(tmp_path, "cpu", openpi={"asset_id": "x"})
-    res = subprocess.run([sys.executable, "-m", "crane_x7_vla.policy.serve_cli", str(step_dir), "--port", "0"],
+    res = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli.serve", str(step_dir), "--port", "0"],
                          capture_output=True, text=True, timeout=120)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr

@@ -37,7 +37,7 @@ def processes_in_domain(domain_id: int) -> list[int]:
 
 
 def collect_cmd(out, domain, *extra):
-    return [sys.executable, "-m", "crane_x7_vla.collect", "collect", "--sim", "--out", str(out),
+    return [sys.executable, "-m", "crane_x7_vla.cli.collect", "collect", "--sim", "--out", str(out),
             "--domain-id", str(domain), *extra]
 
 

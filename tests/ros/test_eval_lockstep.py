@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from crane_x7_vla.eval_cli import CONTROL_RATE, run_closed_loop
+from crane_x7_vla.evaluation.closed_loop import CONTROL_RATE, run_closed_loop
 from crane_x7_vla.policy.baselines import TRAJECTORY_FILE, MeanTrajectoryPolicy, baseline_config
 
 SEEDS = 4

@@ -6,6 +6,7 @@
     crane-x7-vla pretrain ...  pretrain a tiny preset's vision on simulated scenes
     crane-x7-vla train ...     fine-tune a policy (same as python -m crane_x7_vla.training.cli train)
     crane-x7-vla serve CKPT    serve a checkpoint over openpi's websocket protocol
+    crane-x7-vla eval CKPT     closed-loop success on the simulated CRANE-X7, with baselines
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import importlib
 import sys
 
 from crane_x7_vla import __version__
-from crane_x7_vla.cli_args import ArgumentParser, one_line
+from crane_x7_vla.cli.args import ArgumentParser
+from crane_x7_vla.messages import one_line
 
 # Each module exposes register(subparsers); the order is the order of `--help`.
 COMMAND_MODULES = (
-    "crane_x7_vla.demo",
-    "crane_x7_vla.collect",
-    "crane_x7_vla.dataset_cli",
-    "crane_x7_vla.pretrain_cli",
-    "crane_x7_vla.training.cli",
-    "crane_x7_vla.policy.serve_cli",
-    "crane_x7_vla.eval_cli",
+    "crane_x7_vla.cli.demo",
+    "crane_x7_vla.cli.collect",
+    "crane_x7_vla.cli.dataset",
+    "crane_x7_vla.cli.pretrain",
+    "crane_x7_vla.cli.train",
+    "crane_x7_vla.cli.serve",
+    "crane_x7_vla.cli.eval",
 )
 
 

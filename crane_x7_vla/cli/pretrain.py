@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from crane_x7_vla.cli_args import folder, image_size, non_negative_int, positive_float, positive_int, sim_task
+from crane_x7_vla.cli.args import folder, image_size, non_negative_int, positive_float, positive_int, sim_task
 
 
 def _run(args) -> int:

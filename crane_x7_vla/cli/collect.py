@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from crane_x7_vla.cli_args import (
+from crane_x7_vla.cli.args import (
     ArgumentParser, camera_list, file_name, float_in, folder, image_size, int_between, non_negative_int,
     positive_float, positive_int, ros_node_name, share, sim_task,
 )

@@ -1,16 +1,13 @@
-"""Success statistics and the run report (plain Python; no ROS, torch or jax).
+"""Success statistics of evaluation episodes (plain Python; no ROS, torch or jax).
 
 `summarize_episodes` turns per-episode outcomes into a success rate with a 95% Wilson
-interval and mean time to success; `write_report` writes report.json, report.md and
-the PNGs of a demo or evaluation run.
+interval and mean time to success; `format_rate` and `format_achieved_rates` say them in a line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 

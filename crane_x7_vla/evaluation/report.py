@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
-from crane_x7_vla.evaluation import format_achieved_rates, format_rate
+from crane_x7_vla.evaluation.summary import format_achieved_rates, format_rate
 
 
 def _plt():

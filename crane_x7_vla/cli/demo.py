@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crane_x7_vla.cli_args import (
+from crane_x7_vla.cli.args import (
     camera_list, float_in, folder, non_negative_int, positive_float, positive_int, share, sim_task,
 )
-from crane_x7_vla.collect import MAX_SPEED, SIM_CAMERAS
-from crane_x7_vla.evaluation import format_rate
+from crane_x7_vla.cli.collect import MAX_SPEED, SIM_CAMERAS
+from crane_x7_vla.evaluation.summary import format_rate
 
 # Per-backend training settings of the demo. The tiny OpenVLA preset starts from random
 # weights, so it trains all of them (LoRA adapters on a random model barely learn), sees the
@@ -115,7 +115,7 @@ def _predicted_vs_demonstrated(checkpoint: Path, data_root: Path, out: Path):
     from crane_x7_vla.episode import list_episodes, load_episode
     from crane_x7_vla.episode import jpeg
     from crane_x7_vla.policy.loader import load_policy
-    from crane_x7_vla.report import plot_predicted_vs_demonstrated
+    from crane_x7_vla.evaluation.report import plot_predicted_vs_demonstrated
 
     policy = load_policy(checkpoint)
     cfg = json.loads((checkpoint / "policy_config.json").read_text())
@@ -136,7 +136,7 @@ def _predicted_vs_demonstrated(checkpoint: Path, data_root: Path, out: Path):
 
 
 def _frames(eval_dir: Path, outcomes: list[dict], out: Path):
-    from crane_x7_vla.report import plot_frames
+    from crane_x7_vla.evaluation.report import plot_frames
 
     frames = []
     wins = [i for i, o in enumerate(outcomes) if o["success"]][:2]
@@ -151,7 +151,7 @@ def _frames(eval_dir: Path, outcomes: list[dict], out: Path):
 
 
 def _run(args) -> int:
-    from crane_x7_vla import report
+    from crane_x7_vla.evaluation import report
 
     preset = DEFAULTS[args.backend]
     steps = args.train_steps or preset["steps"]

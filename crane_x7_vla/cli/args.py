@@ -1,5 +1,6 @@
-"""What every command shares for its arguments: value types that refuse nonsense in one line,
-a parser whose error line stays short, and `one_line` for the error messages of the commands.
+"""What every command shares for its arguments: value types that refuse nonsense in one line
+and a parser whose error line stays short (`clip` and `one_line`, for any message, are in
+crane_x7_vla.messages).
 
 An argparse type raises ArgumentTypeError; argparse then prints the usage and
 ``<prog>: error: argument --frames: must be at least 1 (got 0)`` and exits with code 2.
@@ -12,24 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-ECHO_CHARS = 80  # of a value the user typed, in an error line
-WORD_CHARS = 240  # a longer run of characters without a space is clipped (a path fits)
-LINE_CHARS = 500  # an error line longer than this is clipped
-
-
-def clip(text, limit: int = ECHO_CHARS) -> str:
-    """`text` for an error line: at most `limit` characters, the rest counted."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
-
-
-def one_line(message, limit: int = LINE_CHARS) -> str:
-    """An error message as one line: line breaks become spaces, very long words and lines are clipped."""
-    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    text = re.sub(rf"\S{{{WORD_CHARS + 1},}}", lambda m: clip(m.group(0), WORD_CHARS - 40), text)
-    return clip(text, limit)
+from crane_x7_vla.messages import WORD_CHARS, clip, one_line
 
 
 class ArgumentParser(argparse.ArgumentParser):
