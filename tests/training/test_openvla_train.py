@@ -206,7 +206,7 @@ def test_a_damaged_adapter_or_an_unknown_device_is_one_line(lora_run, dataset_di
     final = lora_run / "checkpoint-final"
     cases = [
         (["merge-lora", str(damaged), "--output", str(tmp_path / "merged")], str(damaged / "adapter")),
-        (["serve", str(final), "--device", "nosuch"], "'nosuch' is not a device"),
+        (["serve", str(final), "--device", "nosuch"], "--device: must be auto, cpu, cuda or cuda:N (got 'nosuch')"),
         (["train", *COMMON[1:], "--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "run"),
           "--max-steps", "24", "--resume-from-checkpoint", str(damaged)], str(weights)),
     ]
