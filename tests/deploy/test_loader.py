@@ -95,6 +95,69 @@ def test_other_config_errors_name_the_field(edit_ckpt):
     with pytest.raises(CheckpointError, match="format_version 7"):
         load_policy(edit_ckpt(lambda c: c.__setitem__("format_version", 7)))
 
+    with pytest.raises(CheckpointError, match=r"field 'joint_names' must be a list, found str"):
+        load_policy(edit_ckpt(lambda c: c.__setitem__("joint_names", "shoulder")))
+    with pytest.raises(CheckpointError, match=r"a field holds a value of the wrong kind"):
+        load_policy(edit_ckpt(lambda c: c.__setitem__("normalization", "q01_q99")))
+    with pytest.raises(CheckpointError, match=r"baseline.kind must be 'hold' or 'mean_trajectory' \(got 'median'\)"):
+        load_policy(edit_ckpt(lambda c: c["baseline"].__setitem__("kind", "median")))
+
+
+def test_checkpoint_errors_are_config_errors():
+    from crane_x7_vla.errors import ConfigError
+    from crane_x7_vla.ros.node_main import ConfigError as NodeConfigError
+    from crane_x7_vla.training.config import ConfigError as TrainConfigError
+
+    assert ConfigError is NodeConfigError is TrainConfigError
+    assert issubclass(CheckpointError, ConfigError) and issubclass(ConfigError, ValueError)
+
+
+def test_policies_meet_the_protocol_and_backends_come_from_the_registry(edit_ckpt, monkeypatch):
+    from crane_x7_vla.policy.loader import BACKENDS, Policy, register_backend
+
+    policy = load_policy(edit_ckpt(lambda c: None))
+    assert isinstance(policy, Policy) and isinstance(policy, MeanTrajectoryPolicy)
+    assert sorted(BACKENDS) == ["baseline", "openpi", "openvla"]
+    with pytest.raises(CheckpointError, match=r"unknown backend 'replay' \(backends: baseline, openpi, openvla\)"):
+        load_policy(edit_ckpt(lambda c: c.__setitem__("backend", "replay")))
+    monkeypatch.setitem(BACKENDS, "replay", BACKENDS["baseline"])
+    register_backend("replay", "crane_x7_vla.backends.baseline.policy")
+    replay = load_policy(edit_ckpt(lambda c: c.__setitem__("backend", "replay")))
+    assert isinstance(replay, MeanTrajectoryPolicy) and replay.config["backend"] == "replay"
+
+
+IMPORTS = """
+import json, sys
+import crane_x7_vla.{name}
+print(json.dumps(sorted(m for m in sys.modules if m in ("torch", "jax") or m.startswith("crane_x7_vla."))))
+"""
+
+
+def _imported_modules(module: str) -> set[str]:
+    """Every module a module's source imports, at its top or inside a function."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("name, other", [("policy.loader", "policy.client"), ("policy.client", "policy.loader")])
+def test_loader_and_client_import_neither_each_other_nor_training_nor_heavy_libraries(name, other):
+    assert f"crane_x7_vla.{other}" not in _imported_modules(f"crane_x7_vla.{name}")
+    res = subprocess.run([sys.executable, "-c", IMPORTS.format(name=name)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    loaded = json.loads(res.stdout)
+    assert f"crane_x7_vla.{name}" in loaded and "crane_x7_vla.checkpoint_contract" in loaded
+    assert not [m for m in loaded if m in ("torch", "jax") or m.startswith("crane_x7_vla.training")], loaded
 
 # --- an OpenVLA checkpoint's parts are read from its directory, never from the model hub ---
 
