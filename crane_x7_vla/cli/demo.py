@@ -114,11 +114,12 @@ def _predicted_vs_demonstrated(checkpoint: Path, data_root: Path, out: Path):
     """Open-loop: the policy's action at every recorded step of a demonstration."""
     from crane_x7_vla.episode import list_episodes, load_episode
     from crane_x7_vla.episode import jpeg
+    from crane_x7_vla.checkpoint_contract import read_policy_config
     from crane_x7_vla.policy.loader import load_policy
     from crane_x7_vla.evaluation.report import plot_predicted_vs_demonstrated
 
     policy = load_policy(checkpoint)
-    cfg = json.loads((checkpoint / "policy_config.json").read_text())
+    cfg = read_policy_config(checkpoint)
     val = cfg.get("train_config", {}).get("val_episodes") or []
     refs = list_episodes(data_root)
     ref = next((r for r in refs if r.name in val), refs[-1])

@@ -59,17 +59,16 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     record, checkpoint or file problem exits with 1."""
     from crane_x7_vla.episode.reader import DatasetError
     from crane_x7_vla.episode.tfrecord import RecordError
-    from crane_x7_vla.policy.loader import PolicyLoadError
-    from crane_x7_vla.training.checkpoint import CheckpointError
-    from crane_x7_vla.training.config import ConfigError
+    from crane_x7_vla.checkpoint_contract import CheckpointError
+    from crane_x7_vla.errors import ConfigError
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        parser.exit(2, f"error: {one_line(exc)}\n")
-    except (DatasetError, RecordError, CheckpointError, PolicyLoadError) as exc:
+    except (DatasetError, RecordError, CheckpointError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        parser.exit(2, f"error: {one_line(exc)}\n")
     except OSError as exc:
         print(f"error: {one_line(describe_os_error(exc))}", file=sys.stderr)
         return 1

@@ -97,7 +97,8 @@ def resolve_token(token: str | None, token_file: str | None, environ=os.environ)
 
 
 def run(args) -> int:
-    from crane_x7_vla.policy.loader import PolicyLoadError, fingerprint_of, load_policy, warm_up
+    from crane_x7_vla.checkpoint_contract import CheckpointError, fingerprint_of
+    from crane_x7_vla.policy.loader import load_policy, warm_up
     from crane_x7_vla.policy.server import PolicyServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -130,7 +131,7 @@ def run(args) -> int:
                                                       "control_rate_hz")}
         policy = load_policy(args.checkpoint, args.device, expected_fingerprint=expected, unnorm_key=args.unnorm_key,
                              openpi=openpi)
-    except PolicyLoadError as exc:
+    except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

@@ -201,7 +201,7 @@ def run_train(args: argparse.Namespace):
 
 
 def run_merge(args: argparse.Namespace):
-    from crane_x7_vla.training.checkpoint import CheckpointError, read_policy_config
+    from crane_x7_vla.checkpoint_contract import CheckpointError, read_policy_config
 
     config = read_policy_config(args.checkpoint)
     if config["backend"] not in BACKENDS:

@@ -35,22 +35,16 @@ class EvaluationError(RuntimeError):
 
 
 def _read_config(checkpoint: Path) -> dict:
-    """The checkpoint's policy_config.json, checked as the inference node will check it, and
-    its cameras among the simulator's; PolicyLoadError naming the file otherwise."""
-    from crane_x7_vla.policy.loader import CONFIG_FILE, PolicyLoadError, read_policy_config, validate_config
+    """The checkpoint's policy config, checked as the inference node will check it, and its
+    cameras among the simulator's; CheckpointError naming the file otherwise."""
+    from crane_x7_vla.checkpoint_contract import CheckpointError, config_path, load_policy_config
 
-    config = read_policy_config(checkpoint)
-    where = Path(checkpoint) / CONFIG_FILE
-    try:
-        validate_config(config, where)
-    except PolicyLoadError:
-        raise
-    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
-        raise PolicyLoadError(f"{where}: a field holds a value of the wrong kind ({exc})") from None
+    config = load_policy_config(checkpoint)
     cameras = config.get("cameras") or ["wrist"]
     unknown = [c for c in cameras if c not in SIM_CAMERA_TOPICS]
     if unknown:
-        raise PolicyLoadError(f"{where}: camera(s) {unknown} do not exist in the simulator ({sorted(SIM_CAMERA_TOPICS)})")
+        raise CheckpointError(f"{config_path(checkpoint)}: camera(s) {unknown} do not exist in the simulator "
+                              f"({sorted(SIM_CAMERA_TOPICS)})")
     return config
 
 

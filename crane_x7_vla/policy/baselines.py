@@ -5,13 +5,12 @@
   time since the start of the episode (shorter episodes are held at their last step when
   averaging). It ignores the images; it is what "just replay the demonstrations" achieves.
 
-Both save as ordinary checkpoint directories (policy_config.json with backend "baseline"),
+Both save as ordinary checkpoint directories (a policy config with backend "baseline"),
 so `load_policy`, the policy server and the inference node load them like trained ones.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
+from crane_x7_vla.checkpoint_contract import build_policy_config, write_policy_config
 from crane_x7_vla.preprocess import ImageSpec
 
 TRAJECTORY_FILE = "mean_trajectory.npy"
@@ -27,25 +27,12 @@ TRAJECTORY_FILE = "mean_trajectory.npy"
 
 def baseline_config(kind: str, *, horizon: int, control_rate_hz: float, cameras=("primary",),
                     stats: dict | None = None, instruction: str = "", extra: dict | None = None) -> dict:
-    """A policy_config.json dict for a baseline policy."""
-    return {
-        "format_version": 1,
-        "backend": "baseline",
-        "base_model": kind,
-        "image_spec": ImageSpec().to_dict(),
-        "cameras": list(cameras),
-        "joint_names": list(robot.JOINT_NAMES),
-        "action_space": {"dim": robot.ACTION_DIM, "horizon": int(horizon),
-                         "kind": "absolute_joint_positions", "representation": "absolute"},
-        "normalization": {"mode": "q01_q99" if stats is not None else "none"},
-        "dataset_statistics": stats,
-        "statistics_fingerprint": stats.get("fingerprint") if stats else None,
-        "default_instruction": instruction,
-        "control_rate_hz": float(control_rate_hz),
-        "step": 0,
-        "train_config": dict(extra or {}),
-        "baseline": {"kind": kind},
-    }
+    """The policy config of a baseline policy (no statistics: actions are not normalised)."""
+    return build_policy_config(
+        backend="baseline", base_model=kind, image_spec=ImageSpec().to_dict(), cameras=list(cameras),
+        horizon=horizon, statistics=stats, default_instruction=instruction, control_rate_hz=float(control_rate_hz),
+        step=0, train_config=dict(extra or {}), extra={"baseline": {"kind": kind}},
+    )
 
 
 def _state_of(observation: dict) -> np.ndarray:
@@ -79,7 +66,7 @@ class HoldPolicy:
     def save(self, directory: str | os.PathLike) -> Path:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "policy_config.json").write_text(json.dumps(self.config, indent=2))
+        write_policy_config(out, self.config)
         return out
 
 
@@ -156,7 +143,7 @@ class MeanTrajectoryPolicy:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / TRAJECTORY_FILE, self.trajectory)
-        (out / "policy_config.json").write_text(json.dumps(self.config, indent=2))
+        write_policy_config(out, self.config)
         return out
 
     @classmethod

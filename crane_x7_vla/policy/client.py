@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from crane_x7_vla import robot
+from crane_x7_vla.checkpoint_contract import validate_config
 from crane_x7_vla.policy import wire
 
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the server to acknowledge a close
@@ -49,8 +50,6 @@ class RemotePolicy:
         config = self.server_metadata.get("policy_config")
         self._server_config = config if isinstance(config, dict) else None
         if isinstance(config, dict) and config:
-            from crane_x7_vla.policy.loader import validate_config
-
             validate_config(config, f"policy server {self.url}", expected_joint_names=expected_joint_names,
                             expected_fingerprint=expected_fingerprint)
             self.config = dict(config)

@@ -251,19 +251,15 @@ class InferenceNode(Node):
     def _expected_fingerprint(self) -> str | None:
         if not self.expected_statistics:
             return None
-        from crane_x7_vla.policy.loader import fingerprint_of
+        from crane_x7_vla.checkpoint_contract import fingerprint_of
 
         return fingerprint_of(self.expected_statistics)
 
     def _read_local_config(self) -> None:
-        from crane_x7_vla.policy.loader import PolicyLoadError, read_policy_config, validate_config
+        from crane_x7_vla.checkpoint_contract import load_policy_config
 
-        try:
-            config = read_policy_config(self.model_path)
-            validate_config(config, f"{self.model_path}/policy_config.json",
-                            expected_fingerprint=self._expected_fingerprint())
-        except PolicyLoadError as exc:
-            raise ConfigError(str(exc)) from None
+        # a checkpoint that does not fit is a CheckpointError, a ConfigError: the node stops naming it
+        config = load_policy_config(self.model_path, expected_fingerprint=self._expected_fingerprint())
         self._configure(config)
 
     def _configure(self, config: dict) -> None:

@@ -11,12 +11,10 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+from crane_x7_vla.errors import ConfigError
+
 #: Longest wait of the spin loop before it looks whether Ctrl-C / SIGTERM arrived (s).
 STOP_POLL_S = 0.1
-
-
-class ConfigError(ValueError):
-    """A parameter value the node cannot work with; the message says which and why."""
 
 
 def check_unknown_parameters(node) -> None:

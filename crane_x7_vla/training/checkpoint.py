@@ -1,11 +1,11 @@
-"""Checkpoint directories, `policy_config.json` and resume bookkeeping (both backends).
+"""Checkpoint directories and resume bookkeeping (both backends).
 
     {output_dir}/checkpoint-{step}/   every --save-steps
     {output_dir}/checkpoint-final/    at the end: everything deployment needs
 
-Each directory holds `policy_config.json` (self-describing: backend, base model, image
-preprocessing, joint order, action space, dataset statistics + fingerprint, default
-instruction, train config) and `trainer_state.json` (step, data position, ...); the backend
+Each directory holds the policy config (crane_x7_vla.checkpoint_contract: backend, base
+model, image preprocessing, joint order, action space, dataset statistics + fingerprint,
+default instruction, train config) and `trainer_state.json` (step, data position, ...); the backend
 adds its weights, optimizer, scheduler and RNG state. A checkpoint is written into a
 hidden temporary directory and renamed into place, so a crash never leaves a half-written
 `checkpoint-N` that resume would pick up.
@@ -19,17 +19,11 @@ import re
 import shutil
 from pathlib import Path
 
-from crane_x7_vla import robot
+from crane_x7_vla.checkpoint_contract import CheckpointError, has_policy_config, read_policy_config, write_json
 
-FORMAT_VERSION = 1
-POLICY_CONFIG = "policy_config.json"
 TRAINER_STATE = "trainer_state.json"
 FINAL_NAME = "checkpoint-final"
 _STEP_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged or does not fit this run; the message names it."""
 
 
 def checkpoint_dir(output_dir, step: int | None) -> Path:
@@ -44,92 +38,14 @@ def list_checkpoints(output_dir) -> list[tuple[int, Path]]:
     if root.is_dir():
         for p in root.iterdir():
             m = _STEP_RE.match(p.name)
-            if m and (p / POLICY_CONFIG).exists():
+            if m and has_policy_config(p):
                 out.append((int(m.group(1)), p))
     return sorted(out)
 
 
-def build_policy_config(
-    *,
-    backend: str,
-    base_model: str,
-    image_spec: dict,
-    cameras: list[str],
-    horizon: int,
-    statistics: dict,
-    default_instruction: str,
-    control_rate_hz: float | None,
-    step: int,
-    train_config: dict,
-    representation: str = "absolute",
-    extra: dict | None = None,
-) -> dict:
-    config = {
-        "format_version": FORMAT_VERSION,
-        "backend": backend,
-        "base_model": base_model,
-        "image_spec": dict(image_spec),
-        "cameras": list(cameras),
-        "joint_names": list(robot.JOINT_NAMES),
-        "action_space": {
-            "dim": robot.ACTION_DIM,
-            "horizon": int(horizon),
-            "kind": "absolute_joint_positions",
-            "representation": representation,
-        },
-        "normalization": {"mode": "q01_q99"},
-        "dataset_statistics": statistics,
-        "statistics_fingerprint": statistics.get("fingerprint"),
-        "default_instruction": default_instruction,
-        "control_rate_hz": control_rate_hz,
-        "step": int(step),
-        "train_config": train_config,
-    }
-    if extra:
-        config.update(extra)
-    return config
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def write_policy_config(directory, config: dict) -> Path:
-    path = Path(directory) / POLICY_CONFIG
-    _write_json(path, config)
-    return path
-
-
-def read_policy_config(directory) -> dict:
-    directory = Path(directory)
-    path = directory / POLICY_CONFIG
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
-    if not path.exists():
-        raise CheckpointError(f"{path} not found: {directory} is not a crane_x7_vla checkpoint")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object at the top level, found {type(config).__name__}")
-    for key in ("backend", "image_spec", "joint_names", "action_space", "dataset_statistics"):
-        if key not in config:
-            raise CheckpointError(f"{path}: '{key}' is missing")
-    for key, kind in (("backend", str), ("image_spec", dict), ("joint_names", list), ("action_space", dict)):
-        if not isinstance(config[key], kind):
-            raise CheckpointError(f"{path}: '{key}' must be {_KIND_WORDS[kind]}, found {type(config[key]).__name__}")
-    return config
-
-
-_KIND_WORDS = {str: "text", dict: "an object", list: "a list"}
-
-
 def write_trainer_state(directory, state: dict) -> Path:
     path = Path(directory) / TRAINER_STATE
-    _write_json(path, state)
+    write_json(path, state)
     return path
 
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crane_x7_vla.errors import ConfigError
 from crane_x7_vla.messages import clip
 from crane_x7_vla.backends.openvla.prompt import IMAGE_AFTER_INSTRUCTION, IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.preprocess import ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS, ImageSpec, parse_image_size
@@ -87,10 +88,6 @@ def preset_of(model: str | None) -> str | None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{marker}: not readable JSON ({exc})") from None
     return model
-
-
-class ConfigError(ValueError):
-    """A setting is missing, unknown, out of range or contradicts another one."""
 
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

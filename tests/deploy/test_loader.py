@@ -11,7 +11,8 @@ import pytest
 from crane_x7_vla import robot
 from crane_x7_vla.episode.reader import load_episode, list_episodes
 from crane_x7_vla.policy.baselines import HoldPolicy, MeanTrajectoryPolicy, mean_trajectory
-from crane_x7_vla.policy.loader import PolicyLoadError, fingerprint_of, load_policy
+from crane_x7_vla.checkpoint_contract import CheckpointError, fingerprint_of
+from crane_x7_vla.policy.loader import load_policy
 from crane_x7_vla.episode.stats import write_statistics
 from crane_x7_vla.episode.synthetic import write_synthetic_dataset
 
@@ -45,39 +46,39 @@ def test_hold_policy_checkpoint(tmp_path):
     policy = load_policy(tmp_path / "hold")
     state = robot.home_state()
     np.testing.assert_allclose(policy.predict(observation(state)), np.tile(state, (3, 1)))
-    with pytest.raises(PolicyLoadError, match="carries no dataset statistics"):
+    with pytest.raises(CheckpointError, match="carries no dataset statistics"):
         load_policy(tmp_path / "hold", expected_fingerprint="abcd")
 
 
 def test_missing_and_broken_config(tmp_path):
-    with pytest.raises(PolicyLoadError, match="no such checkpoint directory"):
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
         load_policy(tmp_path / "nope")
-    with pytest.raises(PolicyLoadError, match="policy_config.json: missing"):
+    with pytest.raises(CheckpointError, match="policy_config.json: missing"):
         load_policy(tmp_path)
     (tmp_path / "policy_config.json").write_text("{not json")
-    with pytest.raises(PolicyLoadError, match="not valid JSON"):
+    with pytest.raises(CheckpointError, match="not valid JSON"):
         load_policy(tmp_path)
 
 
 def test_joint_order_mismatch_is_refused(edit_ckpt):
     swapped = edit_ckpt(lambda c: c["joint_names"].__setitem__(slice(0, 2), c["joint_names"][1::-1]))
-    with pytest.raises(PolicyLoadError, match="orders the joints differently"):
+    with pytest.raises(CheckpointError, match="orders the joints differently"):
         load_policy(swapped)
     other = edit_ckpt(lambda c: c.__setitem__("joint_names", [f"j{i}" for i in range(8)]))
-    with pytest.raises(PolicyLoadError, match="trained for other joints"):
+    with pytest.raises(CheckpointError, match="trained for other joints"):
         load_policy(other)
 
 
 def test_statistics_problems_are_refused(edit_ckpt, mean_ckpt, dataset):
-    with pytest.raises(PolicyLoadError, match="fingerprint is missing"):
+    with pytest.raises(CheckpointError, match="fingerprint is missing"):
         load_policy(edit_ckpt(lambda c: c.pop("statistics_fingerprint")))
-    with pytest.raises(PolicyLoadError, match="does not match the fingerprint of the statistics"):
+    with pytest.raises(CheckpointError, match="does not match the fingerprint of the statistics"):
         load_policy(edit_ckpt(lambda c: c.__setitem__("statistics_fingerprint", "0123456789abcdef")))
-    with pytest.raises(PolicyLoadError, match="dataset_statistics.action.q99"):
+    with pytest.raises(CheckpointError, match="dataset_statistics.action.q99"):
         load_policy(edit_ckpt(lambda c: c["dataset_statistics"]["action"].__setitem__("q99", [1.0] * 7)))
-    with pytest.raises(PolicyLoadError, match="'dataset_statistics' is missing"):
+    with pytest.raises(CheckpointError, match="'dataset_statistics' is missing"):
         load_policy(edit_ckpt(lambda c: c.pop("dataset_statistics")))
-    with pytest.raises(PolicyLoadError, match="configured for ffff"):
+    with pytest.raises(CheckpointError, match="configured for ffff"):
         load_policy(mean_ckpt, expected_fingerprint="ffff")
     write_statistics(dataset)
     fp = fingerprint_of(dataset)
@@ -85,27 +86,91 @@ def test_statistics_problems_are_refused(edit_ckpt, mean_ckpt, dataset):
 
 
 def test_other_config_errors_name_the_field(edit_ckpt):
-    with pytest.raises(PolicyLoadError, match="unknown backend 'nosuch'"):
+    with pytest.raises(CheckpointError, match="unknown backend 'nosuch'"):
         load_policy(edit_ckpt(lambda c: c.__setitem__("backend", "nosuch")))
-    with pytest.raises(PolicyLoadError, match="control_rate_hz"):
+    with pytest.raises(CheckpointError, match="control_rate_hz"):
         load_policy(edit_ckpt(lambda c: c.__setitem__("control_rate_hz", 0)))
-    with pytest.raises(PolicyLoadError, match="horizon"):
+    with pytest.raises(CheckpointError, match="horizon"):
         load_policy(edit_ckpt(lambda c: c["action_space"].__setitem__("horizon", 0)))
-    with pytest.raises(PolicyLoadError, match="format_version 7"):
+    with pytest.raises(CheckpointError, match="format_version 7"):
         load_policy(edit_ckpt(lambda c: c.__setitem__("format_version", 7)))
 
+    with pytest.raises(CheckpointError, match=r"field 'joint_names' must be a list, found str"):
+        load_policy(edit_ckpt(lambda c: c.__setitem__("joint_names", "shoulder")))
+    with pytest.raises(CheckpointError, match=r"a field holds a value of the wrong kind"):
+        load_policy(edit_ckpt(lambda c: c.__setitem__("normalization", "q01_q99")))
+    with pytest.raises(CheckpointError, match=r"baseline.kind must be 'hold' or 'mean_trajectory' \(got 'median'\)"):
+        load_policy(edit_ckpt(lambda c: c["baseline"].__setitem__("kind", "median")))
+
+
+def test_checkpoint_errors_are_config_errors():
+    from crane_x7_vla.errors import ConfigError
+    from crane_x7_vla.ros.node_main import ConfigError as NodeConfigError
+    from crane_x7_vla.training.config import ConfigError as TrainConfigError
+
+    assert ConfigError is NodeConfigError is TrainConfigError
+    assert issubclass(CheckpointError, ConfigError) and issubclass(ConfigError, ValueError)
+
+
+def test_policies_meet_the_protocol_and_backends_come_from_the_registry(edit_ckpt, monkeypatch):
+    from crane_x7_vla.policy.loader import BACKENDS, Policy, register_backend
+
+    policy = load_policy(edit_ckpt(lambda c: None))
+    assert isinstance(policy, Policy) and isinstance(policy, MeanTrajectoryPolicy)
+    assert sorted(BACKENDS) == ["baseline", "openpi", "openvla"]
+    with pytest.raises(CheckpointError, match=r"unknown backend 'replay' \(backends: baseline, openpi, openvla\)"):
+        load_policy(edit_ckpt(lambda c: c.__setitem__("backend", "replay")))
+    monkeypatch.setitem(BACKENDS, "replay", BACKENDS["baseline"])
+    register_backend("replay", "crane_x7_vla.backends.baseline.policy")
+    replay = load_policy(edit_ckpt(lambda c: c.__setitem__("backend", "replay")))
+    assert isinstance(replay, MeanTrajectoryPolicy) and replay.config["backend"] == "replay"
+
+
+IMPORTS = """
+import json, sys
+import crane_x7_vla.{name}
+print(json.dumps(sorted(m for m in sys.modules if m in ("torch", "jax") or m.startswith("crane_x7_vla."))))
+"""
+
+
+def _imported_modules(module: str) -> set[str]:
+    """Every module a module's source imports, at its top or inside a function."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("name, other", [("policy.loader", "policy.client"), ("policy.client", "policy.loader")])
+def test_loader_and_client_import_neither_each_other_nor_training_nor_heavy_libraries(name, other):
+    assert f"crane_x7_vla.{other}" not in _imported_modules(f"crane_x7_vla.{name}")
+    res = subprocess.run([sys.executable, "-c", IMPORTS.format(name=name)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    loaded = json.loads(res.stdout)
+    assert f"crane_x7_vla.{name}" in loaded and "crane_x7_vla.checkpoint_contract" in loaded
+    assert not [m for m in loaded if m in ("torch", "jax") or m.startswith("crane_x7_vla.training")], loaded
 
 # --- an OpenVLA checkpoint's parts are read from its directory, never from the model hub ---
 
 LOAD_EACH = """
 import json, sys
-from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+from crane_x7_vla.checkpoint_contract import CheckpointError
+from crane_x7_vla.policy.loader import load_policy
 out = []
 for path in sys.argv[1:]:
     try:
         load_policy(path, "cpu")
         out.append("loaded")
-    except PolicyLoadError as exc:
+    except CheckpointError as exc:
         out.append(str(exc))
 print(json.dumps(out))
 """

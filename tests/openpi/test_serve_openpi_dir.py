@@ -12,7 +12,8 @@ import pytest
 
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openpi.presets import GemmaConfig, VisionConfig
-from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+from crane_x7_vla.checkpoint_contract import CheckpointError
+from crane_x7_vla.policy.loader import load_policy
 
 from .openpi_layout import norm_stats, openpi_tree, unwrap, write_checkpoint, write_spm_model
 from .test_conventions import GEMMA_LIKE_PIECES
@@ -118,25 +119,25 @@ def test_what_the_directory_cannot_tell_is_a_one_line_error_naming_the_flag(open
     import shutil
 
     step_dir, tokenizer, _ = openpi_dir
-    with pytest.raises(PolicyLoadError, match=r"carry no tokenizer; give PaliGemma's with --tokenizer PATH"):
+    with pytest.raises(CheckpointError, match=r"carry no tokenizer; give PaliGemma's with --tokenizer PATH"):
         load_policy(step_dir, "cpu")
-    with pytest.raises(PolicyLoadError, match=r"--action-dims: position 12 is beyond the 10 values of .*norm_stats.actions"):
+    with pytest.raises(CheckpointError, match=r"--action-dims: position 12 is beyond the 10 values of .*norm_stats.actions"):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, action_dims="0-6,12"))
-    with pytest.raises(PolicyLoadError, match=r"--state-dims: give 8 different positions"):
+    with pytest.raises(CheckpointError, match=r"--state-dims: give 8 different positions"):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, state_dims="0-6"))
-    with pytest.raises(PolicyLoadError, match=r"--image-slots: give a camera name or '-' for each"):
+    with pytest.raises(CheckpointError, match=r"--image-slots: give a camera name or '-' for each"):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, image_slots="primary"))
-    with pytest.raises(PolicyLoadError, match=r"--asset-id droid: .*not found \(assets with norm stats: other_robot\)"):
+    with pytest.raises(CheckpointError, match=r"--asset-id droid: .*not found \(assets with norm stats: other_robot\)"):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, asset_id="droid"))
-    with pytest.raises(PolicyLoadError, match="--action-horizon: must be a number above 0"):
+    with pytest.raises(CheckpointError, match="--action-horizon: must be a number above 0"):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, action_horizon=0))
     two = tmp_path / "two_assets"
     shutil.copytree(step_dir, two)
     shutil.copytree(two / "assets" / "other_robot", two / "assets" / "droid")
-    with pytest.raises(PolicyLoadError, match=r"norm stats of 2 assets \(droid, other_robot\); choose one with --asset-id"):
+    with pytest.raises(CheckpointError, match=r"norm stats of 2 assets \(droid, other_robot\); choose one with --asset-id"):
         load_policy(two, "cpu", openpi=_options(tokenizer))
     # the options belong to openpi directories only
-    with pytest.raises(PolicyLoadError, match="apply to a directory in openpi's layout"):
+    with pytest.raises(CheckpointError, match="apply to a directory in openpi's layout"):
         load_policy(tmp_path, "cpu", openpi={"asset_id": "x"})
     res = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli.serve", str(step_dir), "--port", "0"],
                          capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crane_x7_vla import robot
-from crane_x7_vla.training.checkpoint import CheckpointError
+from crane_x7_vla.checkpoint_contract import CheckpointError
 from crane_x7_vla.training.config import ConfigError
 from crane_x7_vla.training.metrics import read_metrics
 from crane_x7_vla.episode.reader import DatasetError

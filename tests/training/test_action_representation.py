@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import preprocess, robot
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.episode.reader import list_episodes, load_episode
-from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.cli import build_parser, config_from_args, main
 from crane_x7_vla.training.config import ConfigError
 from crane_x7_vla.training.data import SampleIndex, load_training_data, moving_steps
@@ -184,7 +184,7 @@ def delta_run(dataset_dir, tmp_path_factory):
 
 
 def test_checkpoint_records_representation_and_statistics(delta_run, dataset_dir):
-    cfg = ck.read_policy_config(delta_run / "checkpoint-final")
+    cfg = contract.read_policy_config(delta_run / "checkpoint-final")
     space = cfg["action_space"]
     assert space["representation"] == DELTA and space["delta_mask"] == [True] * 7 + [False]
     assert cfg["openvla"]["state_in_prompt"] is True
@@ -206,7 +206,7 @@ def test_policy_prompt_and_actions_match_training(delta_run, dataset_dir):
     from crane_x7_vla.training.config import TrainConfig
 
     d = delta_run / "checkpoint-final"
-    config = ck.read_policy_config(d)
+    config = contract.read_policy_config(d)
     pol = vla_policy.load(d, config, "cpu")
     train_cfg = TrainConfig.from_dict(config["train_config"])
     data = load_training_data(dataset_dir, val_ratio=0.2, seed=5)

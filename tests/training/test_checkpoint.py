@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.config import ConfigError, TrainConfig
@@ -9,12 +10,12 @@ from crane_x7_vla.training.config import ConfigError, TrainConfig
 
 def _write(out, step, backend="openvla"):
     with ck.CheckpointWriter(out, step) as d:
-        cfg = ck.build_policy_config(
+        cfg = contract.build_policy_config(
             backend=backend, base_model="tiny", image_spec={"width": 64, "height": 64, "crop_scale": 0.9, "color_jitter": 0.1},
             cameras=["primary"], horizon=1, statistics={"fingerprint": "abc", "action": {}}, default_instruction="go",
             control_rate_hz=10.0, step=step or 0, train_config=TrainConfig().to_dict(),
         )
-        ck.write_policy_config(d, cfg)
+        contract.write_policy_config(d, cfg)
         ck.write_trainer_state(d, {"step": step, "data_position": {"epoch": 0, "batch": 3}})
     return ck.checkpoint_dir(out, step)
 
@@ -24,7 +25,7 @@ def test_layout_and_round_trip(tmp_path):
     assert d.name == "checkpoint-5" and not list(tmp_path.glob(".*"))
     _write(tmp_path, None)
     assert (tmp_path / "checkpoint-final" / "policy_config.json").exists()
-    cfg = ck.read_policy_config(d)
+    cfg = contract.read_policy_config(d)
     assert cfg["joint_names"] == list(robot.JOINT_NAMES) and cfg["action_space"]["horizon"] == 1
     assert cfg["statistics_fingerprint"] == "abc" and cfg["format_version"] == 1
     assert ck.list_checkpoints(tmp_path) == [(5, d)]
@@ -41,16 +42,16 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_resume_refuses_other_backend_and_other_data(tmp_path):
     d = _write(tmp_path, 5, backend="openpi")
-    with pytest.raises(ck.CheckpointError, match="'openpi' backend.*--backend openpi"):
+    with pytest.raises(contract.CheckpointError, match="'openpi' backend.*--backend openpi"):
         ck.check_resume(d, backend="openvla")
     assert ck.check_resume(d, backend="openpi", fingerprint="abc")["step"] == 5
-    with pytest.raises(ck.CheckpointError, match="different dataset"):
+    with pytest.raises(contract.CheckpointError, match="different dataset"):
         ck.check_resume(d, backend="openpi", fingerprint="zzz")
-    with pytest.raises(ck.CheckpointError, match="policy_config.json not found"):
+    with pytest.raises(contract.CheckpointError, match="policy_config.json: missing"):
         ck.check_resume(tmp_path, backend="openpi")
     (d / "policy_config.json").write_text("{oops")
-    with pytest.raises(ck.CheckpointError, match="not valid JSON"):
-        ck.read_policy_config(d)
+    with pytest.raises(contract.CheckpointError, match="not valid JSON"):
+        contract.read_policy_config(d)
 
 
 def test_config_defaults_per_backend():

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla.episode import schema, tfrecord
 from crane_x7_vla.episode.stats import write_statistics
 from crane_x7_vla.episode.writer import step_features
@@ -175,7 +176,7 @@ def test_missing_statistics(dataset_copy, tmp_path, capsys):
 def test_resume_from_other_backend(dataset_dir, tmp_path, capsys):
     other = tmp_path / "pi"
     other.mkdir()
-    ck.write_policy_config(other, ck.build_policy_config(
+    contract.write_policy_config(other, contract.build_policy_config(
         backend="openpi", base_model="tiny", image_spec={}, cameras=["primary"], horizon=10, statistics={},
         default_instruction="", control_rate_hz=10.0, step=5, train_config={}))
     ck.write_trainer_state(other, {"step": 5})

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import preprocess, robot
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.episode.reader import EpisodeData, list_episodes, load_episode
-from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.cli import build_parser, config_from_args, main
 from crane_x7_vla.training.config import ConfigError
 from crane_x7_vla.training.metrics import read_metrics
@@ -215,7 +215,7 @@ def test_checkpoint_and_policy_carry_the_goal(goal_run, dataset_dir):
     from crane_x7_vla.training.data import load_training_data
 
     d = goal_run / "checkpoint-final"
-    config = ck.read_policy_config(d)
+    config = contract.read_policy_config(d)
     assert config["openvla"]["goal_tokens"] is True and config["openvla"]["action_token_count"] == 3 + 8
     assert config["train_config"]["goal_scenes"] == 12 and config["train_config"]["goal_scenes_alone"] == 0.5
     final_eval = [r for r in read_metrics(goal_run) if "val/goal_error_m" in r]
@@ -248,7 +248,7 @@ def test_goal_is_written_before_the_state_is_read(goal_run, dataset_dir):
     from crane_x7_vla.preprocess import prepare_image
 
     d = goal_run / "checkpoint-final"
-    config = ck.read_policy_config(d)
+    config = contract.read_policy_config(d)
     assert config["openvla"]["goal_before_state"] is True  # the tiny preset's default with goal tokens
     pol = vla_policy.load(d, config, "cpu")
     assert pol.codec.goal_first == 3 and pol.metadata["goal_before_state"] is True

@@ -154,7 +154,8 @@ def test_the_export_predicts_what_the_checkpoint_predicts_and_what_openvla_compu
 
 
 def test_a_base_model_is_served_zero_shot_with_its_own_statistics(tmp_path, dataset_dir):
-    from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+    from crane_x7_vla.checkpoint_contract import CheckpointError
+    from crane_x7_vla.policy.loader import load_policy
 
     folder = layout.write_checkpoint(tmp_path / "base", seed=4, stats={**layout.norm_stats(), **crane_stats()})
     policy = load_policy(folder, "cpu")
@@ -167,12 +168,12 @@ def test_a_base_model_is_served_zero_shot_with_its_own_statistics(tmp_path, data
                                                   config["norm_stats"], "crane_x7")
         np.testing.assert_array_equal(policy.last_ids, tokens)
         np.testing.assert_allclose(action[0], robot.clamp_to_limits(expected), atol=1e-9)
-    with pytest.raises(PolicyLoadError, match="norm_stats\\['bridge_orig'\\].action has 7 dimensions"):
+    with pytest.raises(CheckpointError, match="norm_stats\\['bridge_orig'\\].action has 7 dimensions"):
         load_policy(folder, "cpu", unnorm_key="bridge_orig")
-    with pytest.raises(PolicyLoadError, match="norm_stats has no 'libero'"):
+    with pytest.raises(CheckpointError, match="norm_stats has no 'libero'"):
         load_policy(folder, "cpu", unnorm_key="libero")
     only_bridge = layout.write_checkpoint(tmp_path / "bridge", seed=4)
-    with pytest.raises(PolicyLoadError, match="7 dimensions; this robot takes 8 joint targets"):
+    with pytest.raises(CheckpointError, match="7 dimensions; this robot takes 8 joint targets"):
         load_policy(only_bridge, "cpu")
 
 

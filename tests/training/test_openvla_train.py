@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.cli import main
@@ -48,7 +49,7 @@ def test_loss_falls_and_metrics_are_logged(lora_run):
 
 def test_checkpoints_describe_themselves(lora_run, dataset_dir):
     assert (lora_run / "checkpoint-12").is_dir() and (lora_run / "checkpoint-final").is_dir()
-    cfg = ck.read_policy_config(lora_run / "checkpoint-final")
+    cfg = contract.read_policy_config(lora_run / "checkpoint-final")
     assert cfg["backend"] == "openvla" and cfg["base_model"] == "tiny" and cfg["step"] == 24
     assert cfg["image_spec"]["width"] == 64 and cfg["image_spec"]["height"] == 64
     assert cfg["cameras"] == ["primary"] and cfg["joint_names"] == list(robot.JOINT_NAMES)
@@ -93,7 +94,7 @@ def test_policy_predicts_absolute_targets(lora_run, dataset_dir):
     from crane_x7_vla.episode import jpeg
 
     d = lora_run / "checkpoint-final"
-    pol = vla_policy.load(d, ck.read_policy_config(d), "cpu")
+    pol = vla_policy.load(d, contract.read_policy_config(d), "cpu")
     ep = load_episode(list_episodes(dataset_dir)[0].path)
     obs = {"images": {"primary": jpeg.decode(ep.images["primary"][3])}, "state": ep.proprio[3], "instruction": ep.instruction}
     action = pol.predict(obs)
@@ -114,7 +115,7 @@ def test_cpu_threads_reach_torch_and_change_no_action(lora_run, dataset_dir):
 
     from crane_x7_vla.episode import jpeg
     from crane_x7_vla.episode.reader import list_episodes, load_episode
-    from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+    from crane_x7_vla.policy.loader import load_policy
 
     d = lora_run / "checkpoint-final"
     ep = load_episode(list_episodes(dataset_dir)[0].path)
@@ -127,7 +128,7 @@ def test_cpu_threads_reach_torch_and_change_no_action(lora_run, dataset_dir):
         one = load_policy(d, "cpu", cpu_threads=1)
         assert torch.get_num_threads() == 1
         np.testing.assert_allclose(one.predict(obs), default, atol=1e-9)
-        with pytest.raises(PolicyLoadError, match="cpu_threads"):
+        with pytest.raises(contract.CheckpointError, match="cpu_threads"):
             load_policy(d, "cpu", cpu_threads=-1)
     finally:
         torch.set_num_threads(before)
@@ -195,13 +196,13 @@ def test_a_damaged_adapter_or_an_unknown_device_is_one_line(lora_run, dataset_di
     import subprocess
 
     from conftest import cli_path
-    from crane_x7_vla.policy.loader import PolicyLoadError, load_policy
+    from crane_x7_vla.policy.loader import load_policy
 
     damaged = tmp_path / "damaged"
     shutil.copytree(lora_run / "checkpoint-12", damaged)
     weights = damaged / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:64])  # cut short, as by a full disk or an interrupted copy
-    with pytest.raises(PolicyLoadError, match=f"^{damaged / 'adapter'}: the LoRA adapter cannot be loaded"):
+    with pytest.raises(contract.CheckpointError, match=f"^{damaged / 'adapter'}: the LoRA adapter cannot be loaded"):
         load_policy(damaged, "cpu")
     final = lora_run / "checkpoint-final"
     cases = [

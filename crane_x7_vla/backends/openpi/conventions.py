@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from crane_x7_vla.checkpoint_contract import CONFIG_FILE
+
 #: openpi's π0 image slots (models/model.py IMAGE_KEYS there), in the order the model sees them.
 OPENPI_IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 CHOICES = ("auto", "openpi", "crane_x7")
@@ -44,7 +46,7 @@ class Conventions:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict | None, where: str = "policy_config.json openpi.conventions") -> "Conventions":
+    def from_dict(cls, data: dict | None, where: str = f"{CONFIG_FILE} openpi.conventions") -> "Conventions":
         data = dict(data or {})
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:

@@ -64,11 +64,11 @@ def export(checkpoint_dir, out_dir, asset_id: str = "crane_x7") -> Path:
     from crane_x7_vla.backends.openpi.conventions import Conventions
     from crane_x7_vla.backends.openpi.presets import ModelConfig
     from crane_x7_vla.backends.openpi.transforms import ActionSpace
-    from crane_x7_vla.policy.loader import read_policy_config
+    from crane_x7_vla.checkpoint_contract import config_path, read_policy_config
 
     ckpt, out = Path(checkpoint_dir), Path(out_dir)
     config = read_policy_config(ckpt)
-    where = ckpt / "policy_config.json"
+    where = config_path(ckpt)
     block = config.get("openpi")
     if config.get("backend") != "openpi" or not isinstance(block, dict) or "model_config" not in block:
         raise ExportError(f"{where}: not a checkpoint of the openpi backend")

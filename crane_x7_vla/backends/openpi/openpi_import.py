@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crane_x7_vla.checkpoint_contract import has_policy_config
+
 _VIT = "PaliGemma/img/Transformer/encoderblock"
 _ATTN = f"{_VIT}/MultiHeadDotProductAttention_0"
 _LLM = "PaliGemma/llm"
@@ -336,7 +338,7 @@ class OpenpiCheckpoint:
         path = Path(path).expanduser().resolve()
         if not path.is_dir():
             raise OpenpiCheckpointError(f"{path}: no such directory")
-        if (path / "policy_config.json").is_file():
+        if has_policy_config(path):
             raise OpenpiCheckpointError(
                 f"{path}: a crane-x7-vla checkpoint, not an openpi one; continue it with --resume-from-checkpoint"
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
+from crane_x7_vla.checkpoint_contract import config_path
 from crane_x7_vla.preprocess import ImageSpec, prepare_image
 
 
@@ -32,7 +33,7 @@ class OpenPIPolicy:
         from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
         from crane_x7_vla.backends.openpi.transforms import ActionSpace
 
-        where = Path(checkpoint_dir) / "policy_config.json"
+        where = config_path(checkpoint_dir)
         block = config.get("openpi")
         if not isinstance(block, dict) or "model_config" not in block:
             raise PolicyError(f"{where}: the 'openpi' entry (model_config) is missing; not an OpenPI checkpoint")
@@ -146,7 +147,7 @@ def _device(device: str | None):
 def load(checkpoint_dir, config: dict, device: str | None = None) -> OpenPIPolicy:
     """The policy of an OpenPI checkpoint; a checkpoint or device it cannot use is a CheckpointError
     (one line, which load_policy passes on)."""
-    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.checkpoint_contract import CheckpointError
 
     try:
         return OpenPIPolicy(Path(checkpoint_dir), config, device)

@@ -44,7 +44,7 @@ import numpy as np
 
 from crane_x7_vla.backends.openpi.openpi_import import (OpenpiCheckpoint, OpenpiCheckpointError, _is_orbax,
                                                       infer_config, read_norm_stats)
-from crane_x7_vla.training.checkpoint import CheckpointError
+from crane_x7_vla.checkpoint_contract import FORMAT_VERSION, CheckpointError, has_policy_config
 
 LAYOUT = "openpi"  # policy_config.json's openpi.layout for a directory served as it is
 EXPORT_FILE = "crane_x7_vla_export.json"
@@ -67,7 +67,7 @@ class OpenpiDirError(CheckpointError):
 def is_openpi_dir(path) -> bool:
     """A directory with openpi parameters (params/ as an orbax directory) and no policy_config.json."""
     path = Path(path)
-    if (path / "policy_config.json").exists() or not path.is_dir():
+    if has_policy_config(path) or not path.is_dir():
         return False
     params = path / "params"
     return params.is_dir() and _is_orbax(params)
@@ -254,7 +254,7 @@ def openpi_policy_config(directory, options: dict | None = None, *, joint_names=
     q01, q99 = state_stats.get("q01", mean - 3 * std), state_stats.get("q99", mean + 3 * std)
     absolute = {"q01": [float(x) for x in q01], "q99": [float(x) for x in q99]}
     config = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "backend": "openpi",
         "base_model": str(directory),
         "image_spec": {"width": mcfg.image_width, "height": mcfg.image_height, "crop_scale": 1.0, "color_jitter": 0.0,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 
@@ -213,7 +214,7 @@ def train(cfg: TrainConfig) -> Path:
             try:
                 saved = ModelConfig.from_dict(saved).to_dict()
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{pre.resume_dir}: policy_config.json openpi.model_config: {exc}") from None
+                raise ConfigError(f"{pre.resume_dir}: {contract.CONFIG_FILE} openpi.model_config: {exc}") from None
         if saved and saved != mcfg.to_dict():
             diff = sorted(k for k in saved if saved[k] != mcfg.to_dict().get(k))
             raise ConfigError(f"{pre.resume_dir}: trained with other model settings ({', '.join(diff)}); resume with the same flags")
@@ -336,7 +337,7 @@ class _Run:
 
     def policy_config(self, step: int, space) -> dict:
         cfg = self.cfg
-        return ckpt.build_policy_config(
+        return contract.build_policy_config(
             backend="openpi",
             base_model=str(cfg.model),
             image_spec=self.spec.to_dict(),
@@ -488,7 +489,7 @@ class _Run:
             ckpt_io.save_train_state(d, nnx.to_pure_dict(trainable), nnx.to_pure_dict(ema), opt_state)
             tokenizer.save(d / self.tokenizer_file)
             config = self.policy_config(real_step, space)
-            ckpt.write_policy_config(d, config)
+            contract.write_policy_config(d, config)
             ckpt.write_trainer_state(d, {"step": real_step, "data_position": position.to_dict(),
                                          "backend": "openpi", "seed": self.cfg.seed})
             if step is None and self.cfg.merge_lora and self.mcfg.has_lora:
@@ -498,7 +499,7 @@ class _Run:
                 ckpt_io.save_params(m, ckpt_io.nest(merged))
                 mconfig = dict(config)
                 mconfig["openpi"] = dict(config["openpi"], model_config=self.mcfg.without_lora().to_dict())
-                ckpt.write_policy_config(m, mconfig)
+                contract.write_policy_config(m, mconfig)
                 shutil.copy(d / self.tokenizer_file, m / self.tokenizer_file)
         return ckpt.checkpoint_dir(self.out, step)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crane_x7_vla.checkpoint_contract import CONFIG_FILE
 from crane_x7_vla.preprocess import (  # shared with the openvla backend
     DELTA_ARM_ABSOLUTE_GRIPPER as REPRESENTATION,
     DELTA_MASK,
@@ -124,7 +125,7 @@ class ActionSpace:
 
     @classmethod
     def from_config(cls, config: dict) -> "ActionSpace":
-        where = "policy_config.json"
+        where = CONFIG_FILE
         space = config.get("action_space") or {}
         if space.get("representation") != REPRESENTATION or "model_statistics" not in space:
             raise ValueError(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crane_x7_vla.checkpoint_contract import CONFIG_FILE
 from crane_x7_vla.preprocess import (ABSOLUTE, GOAL_BOUNDS, REPRESENTATIONS, Normalizer, delta_mask, to_absolute,
                                       to_delta)
 
@@ -206,7 +207,7 @@ class ActionCodec:
         return out
 
     @classmethod
-    def from_policy_config(cls, vocab_size: int, config: dict, where: str = "policy_config.json") -> "ActionCodec":
+    def from_policy_config(cls, vocab_size: int, config: dict, where: str = CONFIG_FILE) -> "ActionCodec":
         space = config.get("action_space") or {}
         representation = space.get("representation", ABSOLUTE)
         if representation not in REPRESENTATIONS:

@@ -82,10 +82,10 @@ def checkpoint_model_source(checkpoint_dir, config: dict) -> tuple[str, bool]:
     base model as policy_config.json names it: a preset (which the training always writes
     into base/) or a folder must be on this machine, and their absence is an error naming
     the missing path; only a hub id given to ``train --model`` is looked up on the model hub."""
-    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.checkpoint_contract import CheckpointError, config_path
 
     d = Path(checkpoint_dir)
-    where = d / "policy_config.json"
+    where = config_path(d)
     info = config.get("openvla") or {}
     if (d / "model").is_dir():
         return str(d / "model"), True
@@ -124,7 +124,7 @@ def apply_adapter(model, adapter_dir, *, merge: bool = True):
     merge=True); an unreadable or mismatching adapter is a CheckpointError naming its files."""
     from peft import PeftModel
 
-    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.checkpoint_contract import CheckpointError
 
     adapter_dir = Path(adapter_dir)
     try:
@@ -141,7 +141,7 @@ def load_adapter_weights(model, weights_file) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from crane_x7_vla.training.checkpoint import CheckpointError
+    from crane_x7_vla.checkpoint_contract import CheckpointError
 
     try:
         set_peft_model_state_dict(model, load_file(str(weights_file)))

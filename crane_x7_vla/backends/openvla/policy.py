@@ -24,7 +24,7 @@ from crane_x7_vla.backends.openvla.prismatic import openvla_image
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.backends.openvla.published import stop_ids
 from crane_x7_vla.preprocess import ABSOLUTE, ImageSpec, prepare_image
-from crane_x7_vla.training.checkpoint import CheckpointError
+from crane_x7_vla.checkpoint_contract import CheckpointError, config_path
 
 
 class OpenVLAPolicy:
@@ -57,14 +57,14 @@ class OpenVLAPolicy:
         try:
             set_image_position(self.vla, info.get("image_position", IMAGE_FIRST))
         except ValueError as exc:
-            raise CheckpointError(f"{d / 'policy_config.json'}: openvla.image_position: {exc}") from None
+            raise CheckpointError(f"{config_path(d)}: openvla.image_position: {exc}") from None
         if info.get("vocab_size") not in (None, self.vla.vocab_size):
             raise CheckpointError(
                 f"{d}: trained with a vocabulary of {info['vocab_size']} tokens, the loaded tokenizer has "
                 f"{self.vla.vocab_size}; the base model '{source}' is not the one it was trained on"
             )
         try:
-            self.codec = ActionCodec.from_policy_config(self.vla.vocab_size, config, where=str(d / "policy_config.json"))
+            self.codec = ActionCodec.from_policy_config(self.vla.vocab_size, config, where=str(config_path(d)))
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
         self.needs_state = self.codec.state_in_prompt or self.codec.representation != ABSOLUTE

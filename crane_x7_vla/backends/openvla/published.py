@@ -24,7 +24,7 @@ import json
 import shutil
 from pathlib import Path
 
-from crane_x7_vla.training.checkpoint import CheckpointError
+from crane_x7_vla.checkpoint_contract import FORMAT_VERSION, CheckpointError, has_policy_config
 
 UNNORM_KEY = "crane_x7"
 LAYOUT = "published"  # policy_config.json's openvla.layout for a folder served as it is
@@ -125,7 +125,7 @@ def stop_ids(model_dir, text_config) -> tuple[int, ...]:
 def is_published_dir(path) -> bool:
     """A folder with an OpenVLA config.json (model_type "openvla") and no policy_config.json."""
     path = Path(path)
-    if (path / "policy_config.json").exists() or not (path / "config.json").is_file():
+    if has_policy_config(path) or not (path / "config.json").is_file():
         return False
     try:
         return json.loads((path / "config.json").read_text()).get("model_type") == "openvla"
@@ -178,7 +178,7 @@ def published_policy_config(model_dir, unnorm_key: str | None = None, *, joint_n
     side = int((model_config.get("image_sizes") or [224])[0])
     mask = action.get("mask")
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "backend": "openvla",
         "base_model": str(model_dir),
         "image_spec": {"width": side, "height": side, "crop_scale": 1.0, "color_jitter": 0.0},

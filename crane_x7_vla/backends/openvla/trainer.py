@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
@@ -338,7 +339,7 @@ def _base_record(cfg, bundled: bool) -> dict:
 
 
 def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step, bundled_base: bool = False) -> dict:
-    config = ckpt.build_policy_config(
+    config = contract.build_policy_config(
         backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras,
         horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction,
         control_rate_hz=data.fps,
@@ -411,8 +412,8 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, s
             if warmup_position is not None:
                 state["goal_warmup_position"] = warmup_position.to_dict()
             ckpt.write_trainer_state(d, state)
-            ckpt.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step,
-                                                       bundled_base=base_dir is not None))
+            contract.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step,
+                                                           bundled_base=base_dir is not None))
     dist_.barrier()
     return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
 
@@ -421,9 +422,9 @@ def merge_lora(checkpoint_dir, output=None) -> Path:
     """Fold a LoRA checkpoint's adapter into the base weights; writes a loadable model dir (for
     an OpenVLA base model, in the published layout: published.write_published)."""
     checkpoint_dir = Path(checkpoint_dir)
-    config = ckpt.read_policy_config(checkpoint_dir)
+    config = contract.read_policy_config(checkpoint_dir)
     if not (checkpoint_dir / "adapter").exists():
-        raise ckpt.CheckpointError(f"{checkpoint_dir} holds no LoRA adapter (trained with --no-use-lora?)")
+        raise contract.CheckpointError(f"{checkpoint_dir} holds no LoRA adapter (trained with --no-use-lora?)")
     tc = config.get("train_config") or {}
     source, _ = checkpoint_model_source(checkpoint_dir, config)
     spec = config["image_spec"]
