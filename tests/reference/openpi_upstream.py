@@ -24,6 +24,7 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -115,8 +116,8 @@ def main(export_dir: str, inputs: str, out: str) -> None:
         "tokenized_prompt": x["tokens"][None].astype(np.int32),
         "tokenized_prompt_mask": x["token_mask"][None].astype(bool),
     }
-    obs = _model.Observation.from_dict(jax.tree.map(np.asarray, batch))
-    actions = np.asarray(model.sample_actions(jax.random.key(0), obs, num_steps=10, noise=x["noise"]))[0]
+    obs = _model.Observation.from_dict(jax.tree.map(jnp.asarray, batch))
+    actions = np.asarray(model.sample_actions(jax.random.key(0), obs, num_steps=10, noise=jnp.asarray(x["noise"])))[0]
     result = T.Unnormalize(stats, use_quantiles=False)({"state": x["state"], "actions": actions})
     n = len(x["state"])
     mask = info["action_space"]["delta_mask"]
