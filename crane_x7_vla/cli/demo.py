@@ -35,40 +35,17 @@ from crane_x7_vla.cli.args import (
 from crane_x7_vla.cli.collect import MAX_SPEED, SIM_CAMERAS
 from crane_x7_vla.evaluation.summary import format_rate
 
-# Per-backend training settings of the demo. The tiny OpenVLA preset starts from random
-# weights, so it trains all of them (LoRA adapters on a random model barely learn), sees the
-# scene camera uncropped (the whole table, where the named cube is) and predicts chunks of
-# 5 steps (0.5 s): a chunk commits to a direction, where one-step targets wavered
-# (closed-loop reach on 20 held-out seeds, 800 demonstrations: 15 % one step, 25 % chunks).
-# OpenVLA's tiny preset gets what a real VLA brings from its pretraining, in miniature:
-# `crane-x7-vla pretrain` first teaches its vision tower to point at named objects in
-# rendered scenes (trained on a few hundred demonstrations only, the tower memorises the
-# table layouts: bench/vision_probe.py); training then keeps that tower (--freeze-vision),
-# has the model write the goal point before its actions (--goal-tokens) and also teaches
-# that goal on simulated pictures without demonstrations (--goal-scenes). Given the goal,
-# the preset reaches the named cube on 20 of 20 held-out seeds; from the demonstrations
-# alone it could not learn where the named cube is (4 of 20). Whether training learned it was
-# a matter of chance (val/first_goal_error_m 1.2 cm in one run, 9.1 in the next): at 1e-3 the
-# goal tokens sit on a plateau. The first 1,500 steps therefore learn the goal from the goal
-# scenes only, at 3e-4, with 8-bin goal labels and a third of the scenes showing the named
-# cube alone; two seeds on the same demonstrations: 1.1 cm both, 13 and 15 of 20, the failures
-# creeping down above the named cube. With the expert's reach made one flowing motion (no stop
-# above the cube), a whole fresh demo run reached 16 of 20, and 20 of 20 once the inference node
-# ran the model on one thread beside the simulator (6,500 training and 4,000 pretraining steps,
-# 76 min). With 4,000 and 2,500 a whole fresh run reached 18 of 20 in 48 min (README); the
-# warm-up cannot shrink with them: at 750 steps the goal tokens stayed on their plateau.
-# A third of the goal scenes show the hand near a cube: without them the written goal followed
-# the hand once it came close, and reaches stopped 4-6 cm beside the cube (same data and seed:
-# 14 -> 18 of 20; a whole fresh run with them: 17 of 20 in 26.6 min on a faster machine).
-# No-op steps are those moving no joint by 0.01 rad (the tiny preset's default is 0.002): the
-# expert's reach passes 3-6 cm from the cube at about 0.05 rad a step, then rests at 1-3 cm for
-# several times as many steps, which with 0.002 still trained "stay" near the cube; on that
-# run's demonstrations, seeds 0 and 1: 17 and 15 of 20 (0.002: 17 and 14), mean time to success
-# 2.3 and 2.1 s instead of 3.6 and 4.7 (no more creeping towards the cube).
-# A quarter of the demonstrations start with the hand a few cm from a cube (collect
-# --start-near): the failures end there, a picture no demonstration from home shows. Same
-# collection seeds and base model, training seeds 0 and 1: 18 and 16 of 20 with them, 17 and
-# 16 without (a whole fresh run with them: 18 of 20 in 25.9 min); no measurable change yet.
+# Per-backend training settings of the demo (how each was chosen, with its figures:
+# docs/results.md). The tiny OpenVLA preset starts from random weights, so it trains all of them,
+# sees the scene camera uncropped and predicts chunks of 5 steps. It first gets, in miniature,
+# what a real VLA brings from pretraining: `crane-x7-vla pretrain` teaches its vision backbone to
+# point at named objects in rendered scenes, and training keeps it (--freeze-vision). The model
+# writes the goal point before its actions (--goal-tokens); simulated pictures without
+# demonstrations teach that goal too (--goal-scenes, a third showing the named cube alone, a
+# third with the hand near a cube), the first 1,500 steps on those pictures only at 3e-4
+# (--goal-warmup-steps/-lr) with 8-bin goal labels. Steps moving no joint by 0.01 rad are left
+# out (--noop-threshold), and a quarter of the demonstrations start with the hand near a cube
+# (collect --start-near).
 DEFAULT_PRETRAIN_SCENES = 3000
 DEFAULT_PRETRAIN_ANSWER_STEPS = 0
 DEFAULTS = {
