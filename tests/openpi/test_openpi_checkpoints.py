@@ -31,11 +31,11 @@ def openpi_lora_ckpt(tiny_cfg, tmp_path_factory):
     return step_dir, tokenizer, unwrap(tree)
 
 
-def _settings(episodes_dir, out, step_dir, tokenizer, **overrides):
+def _settings(episodes_dir, out, step_dir, tokenizer_file, **overrides):
     from crane_x7_vla.training.config import TrainConfig
 
     default = TrainConfig()  # LoRA settings left at their defaults: the checkpoint's adapters decide
-    settings = dict(model=str(step_dir), tokenizer=str(tokenizer), norm_stats_asset="crane_x7",
+    settings = dict(model=str(step_dir), tokenizer=str(tokenizer_file), norm_stats_asset="crane_x7",
                     max_steps=2, save_steps=100,
                     eval_samples=4, merge_lora=True, lora_rank=default.lora_rank, lora_alpha=default.lora_alpha,
                     lora_dropout=default.lora_dropout)

@@ -5,7 +5,6 @@ Imports no jax: the `train` flags are built from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from crane_x7_vla.backends.openpi.conventions import CHOICES
 from crane_x7_vla.preprocess import DELTA_ARM_ABSOLUTE_GRIPPER
@@ -47,7 +46,5 @@ class OpenPIConfig(TrainConfig):
             raise ConfigError(f"--ema-decay must be in [0, 1) (got {self.ema_decay})")
         self.positive("num_inference_steps")
         self.positive("tokenizer_vocab")
-        if self.tokenizer and not Path(self.tokenizer).is_file():
-            raise ConfigError(f"--tokenizer: {self.tokenizer} not found")
         if self.conventions not in CHOICES:
             raise ConfigError(f"--conventions must be one of {CHOICES} (got {self.conventions!r})")

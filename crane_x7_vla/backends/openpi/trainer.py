@@ -147,6 +147,8 @@ def train(cfg: TrainConfig) -> Path:
     from crane_x7_vla.training.preflight import preflight
 
     cfg: OpenPIConfig = cfg.resolved()
+    if cfg.tokenizer and not Path(cfg.tokenizer).is_file():
+        raise ConfigError(f"--tokenizer: {cfg.tokenizer} not found")
     pre = preflight(cfg)  # data, statistics, resume checkpoint: clear errors, nothing built yet
     data = pre.data
     devices = select_devices(cfg.device)
