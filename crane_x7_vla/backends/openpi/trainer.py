@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.backends.openpi.config import OpenPIConfig
+from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 
 def _given(cfg: TrainConfig, name: str) -> bool:
