@@ -248,13 +248,13 @@ def _gpu_peak(device) -> dict:
 
 
 def train_bench(args, arch: Arch, device, checkpointing: bool, out_dir: str) -> dict:
-    from crane_x7_vla.training.config import TrainConfig
+    from crane_x7_vla.backends.openvla.config import OpenVLAConfig
 
-    cfg = TrainConfig(backend="openvla", model=MODEL_NAME, image_size=f"{arch.image}x{arch.image}",
-                      batch_size=args.batch_size, max_steps=args.steps + 1, gradient_checkpointing=checkpointing,
-                      lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, precision=args.precision,
-                      attn_implementation=args.attn_implementation, device=str(device), output_dir=out_dir,
-                      num_workers=0).resolved()
+    cfg = OpenVLAConfig(backend="openvla", model=MODEL_NAME, image_size=f"{arch.image}x{arch.image}",
+                        batch_size=args.batch_size, max_steps=args.steps + 1, gradient_checkpointing=checkpointing,
+                        lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, precision=args.precision,
+                        attn_implementation=args.attn_implementation, device=str(device), output_dir=out_dir,
+                        num_workers=0).resolved()
     result = {"gradient_checkpointing": checkpointing, "status": "ok"}
     _guarded(device, result, lambda: _train_measure(args, arch, device, cfg, result))
     return result

@@ -74,8 +74,8 @@ def trainer_run(root: Path, out: Path, steps: int, batch: int, size: int, worker
                       batch_size=batch, max_steps=steps, save_steps=10 * steps, logging_steps=1, eval_samples=8,
                       learning_rate=2e-3, device="cpu", num_workers=workers, val_ratio=0.0)
     train(cfg)
-    rows = [r for r in read_metrics(out) if "perf/step_seconds" in r][3:]  # skip warm-up steps
-    step = np.array([r["perf/step_seconds"] for r in rows])
+    rows = [r for r in read_metrics(out) if "perf/step_time_s" in r][3:]  # skip warm-up steps
+    step = np.array([r["perf/step_time_s"] for r in rows])
     wait = np.array([r["perf/data_wait_share"] for r in rows])
     return {
         "steps_measured": len(rows),

@@ -208,7 +208,9 @@ def _run(args) -> int:
     results = json.loads((eval_out / "evaluation.json").read_text())
     print("\n== 5/5 report", flush=True)
     metrics = report.read_metrics(train_out / "metrics.jsonl")
-    losses = [m.get("train/loss", m.get("loss")) for m in metrics if "train/loss" in m or "loss" in m]
+    from crane_x7_vla.training.metrics import LOSS
+
+    losses = [m[LOSS] for m in metrics if LOSS in m]
     pictures = {
         "training curves": report.plot_training_curves(metrics, run / "training_curves.png"),
         "success per seed": report.plot_success_per_seed(results, run / "success_per_seed.png"),

@@ -10,6 +10,7 @@ import numpy as np
 
 from crane_x7_vla import robot
 from crane_x7_vla.evaluation.summary import format_achieved_rates, format_rate
+from crane_x7_vla.training.metrics import is_curve
 
 
 def _plt():
@@ -42,9 +43,7 @@ def plot_training_curves(rows: list[dict], out: Path) -> Path | None:
     if not rows:
         return None
     keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    # losses and accuracies, not timings or the learning rate
-    keys = [k for k in keys if k.split("/")[0] in ("train", "val", "train_eval")] or [
-        k for k in keys if k.split("/")[-1] in ("loss", "grad_norm", "action_accuracy", "l1")] or keys
+    keys = [k for k in keys if is_curve(k)] or keys  # losses and accuracies, not timings or the learning rate
     families: dict[str, list[str]] = {}
     for k in keys:
         base = k.split("/")[-1]

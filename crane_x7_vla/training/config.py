@@ -1,4 +1,9 @@
-"""`TrainConfig`: every setting of a training run, shared by both backends.
+"""`TrainConfig`: the settings of a training run that every backend has; each backend's own
+dataclass (backends/<name>/config.py) adds its settings to them.
+
+Every setting is a field made by `setting()`: its help text, flag group, per-backend
+default and flag form live there, and the `train` flags (add_arguments), the YAML keys
+(load_yaml) and the README's flag table (flag_table) are made from these fields.
 
 Precedence: dataclass defaults < per-backend defaults < `--config FILE.yaml` < flags.
 The config is stored in every checkpoint (`policy_config.json` -> "train_config"),
@@ -17,45 +22,34 @@ from pathlib import Path
 
 from crane_x7_vla.errors import ConfigError
 from crane_x7_vla.messages import clip
-from crane_x7_vla.backends.openvla.prompt import IMAGE_AFTER_INSTRUCTION, IMAGE_FIRST, IMAGE_POSITIONS
+from crane_x7_vla.backends.openvla.prompt import IMAGE_AFTER_INSTRUCTION
 from crane_x7_vla.preprocess import ABSOLUTE, DELTA_ARM_ABSOLUTE_GRIPPER, REPRESENTATIONS, ImageSpec, parse_image_size
 
 BACKENDS = ("openvla", "openpi")
 
-# Values that differ between backends; `None` in TrainConfig means "take it from here".
-BACKEND_DEFAULTS: dict[str, dict] = {
-    "openvla": {
-        "batch_size": 16,
-        "learning_rate": 5e-4,
-        "model": "openvla/openvla-7b",
-        "action_horizon": 1,
-        # as OpenVLA-7B was trained: absolute targets from image + instruction only
-        "action_representation": ABSOLUTE,
-        "state_in_prompt": False,
-        "noop_threshold": 0.0,
-        "action_label_sigma": 0.0,  # one-hot bin targets, as OpenVLA
-        "image_position": IMAGE_FIRST,  # as Llava-family models are trained
-        "goal_tokens": False,  # as OpenVLA-7B was trained: actions only
-        "goal_before_state": True,  # with goal tokens and the state in the prompt (prompt.GOAL_FIRST_TEMPLATE)
-        "normalize_gripper": True,  # every action dimension normalised with q01/q99
-    },
-    "openpi": {
-        "batch_size": 32,
-        "learning_rate": 3e-4,
-        "model": "pi0",
-        "action_horizon": 10,
-        "action_representation": DELTA_ARM_ABSOLUTE_GRIPPER,  # the only one the openpi backend has
-        "state_in_prompt": False,  # the state is a model input of its own
-        "noop_threshold": 0.0,
-        "action_label_sigma": 0.0,  # continuous actions: no bins
-        "goal_tokens": False,
-        "goal_before_state": False,
-        "normalize_gripper": True,
-    },
-}
+# The groups of the `train` flags, in the order of the help text and the README's flag table.
+GROUPS = ("data", "optimisation", "model", "output")
+
+
+def setting(default=None, help: str = "", *, group: str = "model", per_backend: dict | None = None,
+            metavar: str | None = None, choices=None, negatable: bool = False, default_text: str | None = None,
+            flag: bool = True):
+    """A TrainConfig field with what its flag, its YAML key and the README's flag table need.
+
+    `per_backend`: the value a field left at None takes for each backend ({"openvla": 16,
+    "openpi": 32}); a preset's own values (PRESET_DEFAULTS) win over it. `negatable`: a
+    boolean flag with a --no- form; other booleans are switches that turn a setting on.
+    `default_text`: the help text's default where it is not a plain value. `flag=False`: a
+    setting of YAML files only."""
+    meta = dict(help=help, group=group, per_backend=per_backend or {}, metavar=metavar, choices=choices,
+                negatable=negatable, default_text=default_text, flag=flag)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 # Defaults of a built-in preset (a model trained from scratch, so no pretrained prompt or
-# action format to stay compatible with); they take precedence over BACKEND_DEFAULTS.
+# action format to stay compatible with); they take precedence over a field's per_backend value.
 # The tiny preset learns far better with the state in its prompt and delta arm actions:
 # from 64x64 pixels alone it cannot tell the arm's pose precisely enough to name the next
 # absolute target, while "move by this much from the given state" is what the
@@ -92,28 +86,72 @@ def preset_of(model: str | None) -> str | None:
 
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
-# What a setting's value may be, by the type written in TrainConfig (None where it says "| None").
+# What a setting's value may be, by the type written in the dataclass (None where it says "| None").
 _KINDS = {
     "str": ((str,), "text"),
     "int": ((int,), "a whole number"),
     "float": ((int, float), "a number"),
     "bool": ((bool,), "true or false"),
     "list[str]": ((list,), "a list of names"),
-    "dict": ((dict,), "a mapping"),
+    "list[str | None]": ((list,), "a list of names or nulls"),
 }
 
 
-def check_kinds(data: dict, where: str) -> dict:
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_class(backend: str) -> type["TrainConfig"]:
+    """The settings dataclass of a backend (each backend module owns its own)."""
+    if backend == "openvla":
+        from crane_x7_vla.backends.openvla.config import OpenVLAConfig
+
+        return OpenVLAConfig
+    if backend == "openpi":
+        from crane_x7_vla.backends.openpi.config import OpenPIConfig
+
+        return OpenPIConfig
+    raise ConfigError(f"backend must be one of {BACKENDS} (got '{clip(backend)}')")
+
+
+def all_fields() -> list[dataclasses.Field]:
+    """Every setting of every backend once: the shared ones, then each backend's own."""
+    out = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for backend in BACKENDS:
+        for f in dataclasses.fields(config_class(backend)):
+            out.setdefault(f.name, f)
+    return list(out.values())
+
+
+def owner_of(name: str) -> str | None:
+    """The backend a setting belongs to (None: shared by all, or unknown)."""
+    if name in {f.name for f in dataclasses.fields(TrainConfig)}:
+        return None
+    for backend in BACKENDS:
+        if name in {f.name for f in dataclasses.fields(config_class(backend))}:
+            return backend
+    return None
+
+
+def backend_defaults(backend: str) -> dict:
+    """The value each setting left at None takes for `backend` (without a preset's)."""
+    return {f.name: f.metadata["per_backend"][backend] for f in dataclasses.fields(config_class(backend))
+            if backend in f.metadata.get("per_backend", {})}
+
+
+def check_kinds(data: dict, where: str, fields=None) -> dict:
     """`data` with each value checked against its setting's kind; ConfigError naming `where`
     and the setting otherwise (a YAML file can hold anything: 'batch_size: lots'). A number
     written as text, such as YAML's 1e-4, is taken as that number."""
     out = dict(data)
-    for f in dataclasses.fields(TrainConfig):
+    for f in fields if fields is not None else all_fields():
         if f.name not in data:
             continue
         value = data[f.name]
-        kind, _, none = str(f.type).partition(" | ")
-        if value is None and none == "None":
+        kind, none = str(f.type), False
+        if kind.endswith(" | None"):
+            kind, none = kind[: -len(" | None")], True
+        if value is None and none:
             continue
         types, what = _KINDS[kind]
         if kind == "float" and isinstance(value, str):
@@ -124,75 +162,96 @@ def check_kinds(data: dict, where: str) -> dict:
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if ok and kind == "list[str]":
             ok = all(isinstance(v, str) for v in value)
+        if ok and kind == "list[str | None]":
+            ok = all(v is None or isinstance(v, str) for v in value)
         if ok and kind == "float":
             ok = math.isfinite(value)
         if not ok:
-            flag = "--" + f.name.replace("_", "-")
-            raise ConfigError(f"{where}: {f.name} ({flag}) must be {what}, got {clip(json.dumps(value, default=str))}")
+            raise ConfigError(f"{where}: {f.name} ({flag_of(f.name)}) must be {what}, "
+                              f"got {clip(json.dumps(value, default=str))}")
     return out
+
+
+def _given_flag(name: str, value) -> str:
+    """The flag as the user gave it: --no-x for a negatable setting turned off."""
+    return "--no-" + name.replace("_", "-") if value is False else flag_of(name)
 
 
 @dataclass
 class TrainConfig:
-    backend: str = "openvla"
-    data_root: str = "/workspace/data/tfrecord_logs"
-    instruction: str = "Pick and place the object"  # used where an episode has none
-    image_size: str = "224x224"  # WIDTHxHEIGHT fed to the model
-    crop_scale: float = 0.9  # area kept by the training crop (centre crop at inference)
-    color_jitter: float = 0.1  # brightness/contrast jitter at training, 0 = off
-    cameras: list[str] | None = None  # camera names fed to the model; None = all in the episodes
-    batch_size: int | None = None  # per process (per GPU)
-    num_epochs: int = 100
-    max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
-    learning_rate: float | None = None
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"  # cosine | linear | constant (after warmup)
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    grad_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    use_lora: bool = True
-    lora_rank: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.1
-    merge_lora: bool = False  # also write merged full weights into checkpoint-final/merged
-    model: str | None = None  # preset name, hub id or local path of the base model
-    attn_implementation: str | None = None  # e.g. flash_attention_2, sdpa, eager
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    action_horizon: int | None = None
-    # absolute | delta_arm_absolute_gripper (arm joints relative to the current state, gripper absolute)
-    action_representation: str | None = None
-    state_in_prompt: bool | None = None  # openvla: the current joint state as 8 tokens in the prompt
-    image_position: str | None = None  # openvla, Llava family: first | after_instruction (the image tokens)
-    freeze_vision: bool = False  # keep the image encoder's weights as the base model has them
-    goal_tokens: bool | None = None  # openvla: write the goal point (3 tokens) before the actions
-    goal_before_state: bool | None = None  # openvla, goal tokens + state in prompt: the goal comes before the state
-    normalize_gripper: bool | None = None  # openvla: normalise the gripper with q01/q99 too (OpenVLA's mask)
-    goal_scenes: int = 0  # openvla with goal_tokens: simulated pictures of goal_scenes_task labelled with the goal
-    goal_scenes_task: str = "reach"  # the simulated task those pictures show
-    goal_scenes_alone: float = 0.0  # share of the goal scenes that show the named cube alone
-    goal_scenes_near: float = 0.0  # share of the goal scenes with the hand near a cube
-    goal_warmup_steps: int = 0  # the first N steps train on the goal scenes only
-    goal_warmup_lr: float | None = None  # their constant learning rate (None: learning_rate)
-    experiment_name: str | None = None  # crane_x7_{backend}
-    output_dir: str | None = None  # /workspace/outputs/{experiment_name}
-    save_steps: int = 500
-    logging_steps: int = 10
-    eval_steps: int = 0  # validation every N optimizer steps (0: only at the end)
-    eval_samples: int = 64  # samples per split for validation metrics
-    use_wandb: bool = False
-    wandb_project: str = "crane_x7_vla"
-    wandb_entity: str | None = None
-    resume_from_checkpoint: str | None = None
-    seed: int = 42
-    val_ratio: float = 0.1  # share of EPISODES held out for validation
-    noop_threshold: float | None = None  # rad; train only on steps whose action moves a joint more than this
-    action_label_sigma: float | None = None  # bins; Gaussian soft targets over neighbouring action bins (0: one-hot)
-    goal_label_sigma: float | None = None  # bins, on the goal tokens (None: as action_label_sigma)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 2  # threads preparing samples in the background
-    prefetch_batches: int = 4
-    extra: dict = field(default_factory=dict)  # backend-specific settings
+    """The settings every backend has. Each backend's dataclass (config_class) adds its own."""
+
+    backend: str = setting("openvla", "model family to fine-tune (required)", group="", choices=BACKENDS)
+    # ---- data
+    data_root: str = setting("/workspace/data/tfrecord_logs", "episode directory (with `dataset_statistics.json`)",
+                             group="data", metavar="PATH")
+    instruction: str = setting("Pick and place the object", "instruction for episodes recorded without one",
+                               group="data", metavar="TEXT")
+    image_size: str = setting("224x224", "model input size", group="data", metavar="WxH")
+    crop_scale: float = setting(0.9, "image area kept by the random training crop; the same centre crop at inference",
+                                group="data")
+    color_jitter: float = setting(0.1, "brightness/contrast jitter while training, 0 = off", group="data")
+    cameras: list[str] | None = setting(
+        None, "cameras fed to the model, in order; not set: every camera the episodes share", group="data",
+        metavar="NAME")
+    val_ratio: float = setting(0.1, "share of episodes held out for validation", group="data")
+    noop_threshold: float | None = setting(
+        None, "leave out steps whose action moves no joint by more than RAD (waiting, pauses, holding at the goal); "
+        "0 keeps every step; `0.002` for the openvla `tiny` preset", group="data", metavar="RAD",
+        per_backend={"openvla": 0.0, "openpi": 0.0})
+    num_workers: int = setting(2, "threads preparing batches ahead of the trainer", group="data")
+    prefetch_batches: int = setting(4, "batches prepared ahead", group="data", flag=False)
+    # ---- optimisation
+    batch_size: int | None = setting(None, "samples per optimizer micro-step and process (per GPU for openvla)",
+                                     group="optimisation", per_backend={"openvla": 16, "openpi": 32})
+    num_epochs: int = setting(100, "passes over the training episodes", group="optimisation")
+    max_steps: int | None = setting(None, "optimizer steps; when given, replaces `--num-epochs`", group="optimisation")
+    learning_rate: float | None = setting(None, "peak learning rate (AdamW)", group="optimisation",
+                                          per_backend={"openvla": 5e-4, "openpi": 3e-4})
+    lr_scheduler: str = setting("cosine", "decay after warmup", group="optimisation",
+                                choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = setting(0.1, "share of steps with a linear warmup", group="optimisation")
+    weight_decay: float = setting(0.0, "AdamW weight decay", group="optimisation")
+    max_grad_norm: float = setting(1.0, "gradient clipping, 0 = off", group="optimisation")
+    grad_accumulation_steps: int = setting(1, "batches per optimizer step", group="optimisation")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory",
+                                           group="optimisation")
+    seed: int = setting(42, "seed for split, order, augmentation and initialisation", group="optimisation")
+    # ---- model
+    model: str | None = setting(None, "base model: a preset (`tiny` runs on a CPU), a local path or a hub id",
+                                metavar="NAME|PATH|HUB_ID", per_backend={"openvla": "openvla/openvla-7b", "openpi": "pi0"})
+    use_lora: bool = setting(True, "train LoRA adapters instead of all weights", negatable=True)
+    lora_rank: int = setting(32, "LoRA rank")
+    lora_alpha: int = setting(64, "LoRA alpha")
+    lora_dropout: float = setting(0.1, "LoRA dropout")
+    merge_lora: bool = setting(False, "also write LoRA-merged full weights to `checkpoint-final/merged`")
+    action_horizon: int | None = setting(
+        None, "actions predicted per call, a chunk of future steps (openvla: 8 tokens per chunk step; OpenVLA-7B was "
+        "trained with 1)", per_backend={"openvla": 1, "openpi": 10})
+    action_representation: str | None = setting(
+        None, "what the model predicts: absolute joint targets, or arm deltas from the current state with the "
+        "gripper absolute (delta statistics computed at training start, stored in the checkpoint); the openvla "
+        "`tiny` preset uses `delta_arm_absolute_gripper`; openpi predicts `delta_arm_absolute_gripper` only",
+        choices=REPRESENTATIONS, per_backend={"openvla": ABSOLUTE, "openpi": DELTA_ARM_ABSOLUTE_GRIPPER})
+    freeze_vision: bool = setting(
+        False, "keep the image encoder as the base model has it (a pretrained one, e.g. from `crane-x7-vla "
+        "pretrain`); only the rest of the model learns")
+    precision: str = setting("auto", "`auto` = bf16 on a GPU, fp32 on a CPU", choices=("auto", "bf16", "fp32"))
+    device: str = setting("auto", "`auto`, `cpu`, `cuda` or `cuda:N`")
+    # ---- output
+    experiment_name: str | None = setting(None, "run name", group="output", metavar="NAME",
+                                          default_text="crane_x7_{backend}")
+    output_dir: str | None = setting(None, "where checkpoints and logs go (`/workspace/outputs/{experiment_name}`)",
+                                     group="output", metavar="PATH", default_text="/workspace/outputs/{experiment_name}")
+    save_steps: int = setting(500, "write `checkpoint-N` every N optimizer steps", group="output")
+    logging_steps: int = setting(10, "log metrics every N steps", group="output")
+    eval_steps: int = setting(0, "validation metrics every N steps, 0 = at the end only", group="output")
+    eval_samples: int = setting(64, "samples per split for validation metrics", group="output")
+    use_wandb: bool = setting(False, "also log to Weights & Biases (offline without an API key)", group="output")
+    wandb_project: str = setting("crane_x7_vla", "W&B project", group="output")
+    wandb_entity: str | None = setting(None, "W&B entity; not set: your default entity", group="output")
+    resume_from_checkpoint: str | None = setting(None, "continue a run exactly from its `checkpoint-N` directory",
+                                                 group="output", metavar="PATH")
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -205,21 +264,68 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "config") -> "TrainConfig":
+        """The settings of `data` (flat, as flags and YAML keys name them) in the dataclass of
+        their backend. A setting of another backend or an unknown one is a ConfigError."""
+        data = dict(data)
+        if cls is TrainConfig:
+            backend = data.get("backend", "openvla")
+            if backend not in BACKENDS:
+                raise ConfigError(f"{where}: backend must be one of {BACKENDS} (got '{clip(backend)}')")
+            cls = config_class(backend)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
+        backend = data.get("backend", cls.backend)
+        for name in unknown:
+            owner = owner_of(name)
+            if owner is not None and owner != backend:
+                raise ConfigError(f"{where}: {_given_flag(name, data[name])} is for the {owner} backend "
+                                  f"(this run is --backend {backend})")
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**check_kinds(data, where))
+        return cls(**check_kinds(data, where, dataclasses.fields(cls)))
+
+    @classmethod
+    def from_checkpoint(cls, data: dict, *, where: str = "train_config") -> "TrainConfig":
+        """A checkpoint's stored settings, also as older checkpoints stored them: every
+        backend's settings in one flat mapping and the openpi settings under `extra`."""
+        data = dict(data)
+        extra = data.pop("extra", None) or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{where}: extra must be a mapping (got {clip(json.dumps(extra, default=str))})")
+        backend = data.get("backend", "openvla")
+        target = config_class(backend) if backend in BACKENDS else TrainConfig
+        names = {f.name for f in dataclasses.fields(target)}
+        for name in list(data):
+            owner = owner_of(name)
+            if owner is not None and owner != backend:
+                data.pop(name)  # stored at its neutral value by a checkpoint of the other backend
+        for key, value in extra.items():
+            if key == "freeze_vision":
+                data["freeze_vision"] = bool(data.get("freeze_vision")) or bool(value)
+            elif key in names:
+                data[key] = value
+            else:
+                raise ConfigError(f"{where}: extra.{key} is not a setting of the {backend} backend")
+        return TrainConfig.from_dict(data, where=where)
 
     def resolved(self) -> "TrainConfig":
-        """Fill per-backend defaults and check every value; returns a new config."""
+        """Fill per-backend and preset defaults and check every value; returns a new config of
+        the backend's own dataclass."""
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS} (got '{self.backend}')")
-        cfg = dataclasses.replace(self, extra=dict(self.extra), cameras=None if self.cameras is None else list(self.cameras))
+        cls = config_class(self.backend)
+        own = {f.name for f in dataclasses.fields(cls)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        stray = sorted(n for n in values if n not in own)
+        if stray:
+            raise ConfigError(f"{_given_flag(stray[0], values[stray[0]])} is for the {owner_of(stray[0])} backend "
+                              f"(this run is --backend {self.backend})")
+        values = {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
+        cfg = cls(**values)
         if cfg.model is None:
-            cfg.model = BACKEND_DEFAULTS[cfg.backend]["model"]
+            cfg.model = backend_defaults(cfg.backend)["model"]
         preset = preset_of(cfg.model)
-        defaults = {**BACKEND_DEFAULTS[cfg.backend], **PRESET_DEFAULTS.get((cfg.backend, preset), {})}
+        defaults = {**backend_defaults(cfg.backend), **PRESET_DEFAULTS.get((cfg.backend, preset), {})}
         for key, value in defaults.items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -230,12 +336,14 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
-    def validate(self) -> None:
-        def positive(name, allow_zero=False):
-            v = getattr(self, name)
-            if v is None or v < 0 or (v == 0 and not allow_zero):
-                raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'} (got {v})")
+    def positive(self, name: str, allow_zero: bool = False) -> None:
+        """ConfigError unless the setting is > 0 (>= 0 with allow_zero)."""
+        v = getattr(self, name)
+        if v is None or v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"{flag_of(name)} must be {'>= 0' if allow_zero else '> 0'} (got {v})")
 
+    def validate(self) -> None:
+        positive = self.positive
         try:
             parse_image_size(self.image_size)
         except ValueError as exc:
@@ -244,13 +352,8 @@ class TrainConfig:
                      "logging_steps", "lora_rank", "lora_alpha", "action_horizon", "eval_samples",
                      "prefetch_batches"):
             positive(name)
-        for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm", "noop_threshold",
-                     "action_label_sigma"):
+        for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm", "noop_threshold"):
             positive(name, allow_zero=True)
-        positive("goal_warmup_steps", allow_zero=True)
-        for name in ("goal_label_sigma", "goal_warmup_lr"):  # None: as --action-label-sigma / --learning-rate
-            if getattr(self, name) is not None:
-                positive(name, allow_zero=name == "goal_label_sigma")
         if self.max_steps is not None:
             positive("max_steps")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -272,35 +375,6 @@ class TrainConfig:
         if self.action_representation is not None and self.action_representation not in REPRESENTATIONS:
             raise ConfigError(f"--action-representation must be one of {', '.join(REPRESENTATIONS)} "
                               f"(got '{self.action_representation}')")
-        if self.backend == "openpi" and self.action_representation not in (None, DELTA_ARM_ABSOLUTE_GRIPPER):
-            raise ConfigError(f"the openpi backend predicts {DELTA_ARM_ABSOLUTE_GRIPPER} actions only "
-                              f"(got --action-representation {self.action_representation})")
-        if self.backend == "openpi" and self.action_label_sigma:
-            raise ConfigError("--action-label-sigma is for the openvla backend (action bins); openpi actions are continuous")
-        if self.backend == "openpi" and self.state_in_prompt:
-            raise ConfigError("--state-in-prompt is for the openvla backend; openpi feeds the state to the model itself")
-        if self.image_position is not None and self.image_position not in IMAGE_POSITIONS:
-            raise ConfigError(f"--image-position must be one of {', '.join(IMAGE_POSITIONS)} "
-                              f"(got '{self.image_position}')")
-        if self.backend == "openpi" and self.image_position not in (None, IMAGE_FIRST):
-            raise ConfigError("--image-position is for the openvla backend; openpi places the picture itself")
-        if self.goal_scenes < 0:
-            raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
-        if self.goal_warmup_steps and not self.goal_scenes:
-            raise ConfigError("--goal-warmup-steps trains on the goal scenes first: it needs --goal-scenes N")
-        if self.goal_warmup_steps and self.max_steps and self.goal_warmup_steps >= self.max_steps:
-            raise ConfigError(f"--goal-warmup-steps ({self.goal_warmup_steps}) must be fewer than --max-steps "
-                              f"({self.max_steps}): the actions are learned after it")
-        for flag in ("alone", "near"):
-            share = getattr(self, f"goal_scenes_{flag}")
-            if not 0.0 <= share <= 1.0:
-                raise ConfigError(f"--goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
-        if self.backend == "openpi" and self.normalize_gripper is False:
-            raise ConfigError("--no-normalize-gripper is for the openvla backend (action bins)")
-        if self.backend == "openpi" and (self.goal_tokens or self.goal_scenes):
-            raise ConfigError("--goal-tokens and --goal-scenes are for the openvla backend")
-        if self.goal_scenes and self.goal_tokens is False:
-            raise ConfigError("--goal-scenes teaches the goal tokens; it needs --goal-tokens")
         if self.cameras is not None and not self.cameras:
             raise ConfigError("--cameras needs at least one camera name")
         if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():
@@ -311,6 +385,143 @@ class TrainConfig:
             raise ConfigError(f"--output-dir {self.output_dir} is a file; checkpoints are written into a folder")
         if not str(self.data_root).strip():
             raise ConfigError("--data-root is empty: give the folder of recorded episodes")
+
+
+# ---- flags and the README's flag table, from the field definitions ------------------------------
+
+
+def _kind(f: dataclasses.Field) -> str:
+    """The field's type without its "| None"."""
+    kind = str(f.type)
+    return kind[: -len(" | None")] if kind.endswith(" | None") else kind
+
+
+def meaning(f: dataclasses.Field) -> str:
+    """A setting's help text, naming the backend a backend's own setting belongs to."""
+    owner, text = owner_of(f.name), f.metadata["help"]
+    if owner is None:
+        return text
+    return f"{owner} {text}" if text.startswith("with ") else f"{owner}: {text}"
+
+
+def _flag_type(f: dataclasses.Field):
+    kind = _kind(f)
+    if kind == "int":
+        return lambda text: _parse_number(text, int)
+    if kind == "float":
+        return lambda text: _parse_number(text, float)
+    if kind == "list[str | None]":
+        return lambda text: None if text.lower() in ("none", "null") else text
+    return None
+
+
+def _parse_number(text: str, kind):
+    import argparse
+
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {clip(text)!r}") from None
+
+
+def _show(value) -> str:
+    return " / ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def default_text(f: dataclasses.Field) -> str | None:
+    """A setting's default as the help text shows it."""
+    meta = f.metadata
+    if meta["default_text"]:
+        return meta["default_text"]
+    per = meta["per_backend"]
+    if per:
+        backends = [b for b in BACKENDS if b in per]
+        if len(backends) == 1:
+            return _render(per[backends[0]])
+        if len({str(per[b]) for b in backends}) == 1:
+            return _render(per[backends[0]])
+        return f"{' / '.join(str(per[b]) for b in backends)} for {' / '.join(backends)}"
+    return None if f.default is None else _render(f.default)
+
+
+def _render(value) -> str:
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return str(value)
+
+
+def add_arguments(parser) -> None:
+    """The `train` flags of every setting with a flag. Defaults are NOT set here (the help text
+    shows them), so a flag the user did not give can be told apart from one that repeats a default."""
+    import argparse
+
+    S = argparse.SUPPRESS
+    groups = {"": parser}
+    for f in all_fields():
+        meta = f.metadata
+        if not meta["flag"]:
+            continue
+        group = meta["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        kw: dict = {"help": meaning(f).replace("`", "").replace("%", "%%")}
+        if f.name == "backend":
+            groups[group].add_argument(flag_of(f.name), choices=meta["choices"], required=True, **kw)
+            parser.add_argument("--config", metavar="FILE.yaml", default=S,
+                                help="settings file (keys as the flags, e.g. batch_size: 8); flags override it")
+            continue
+        shown = default_text(f)
+        kw["help"] += f" (default: {shown if shown is not None else 'not set'})"
+        kind = _kind(f)
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction if meta["negatable"] else "store_true"
+        else:
+            if meta["choices"]:
+                kw["choices"] = meta["choices"]
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+            if kind.startswith("list"):
+                kw["nargs"] = "+"
+            if _flag_type(f) is not None:
+                kw["type"] = _flag_type(f)
+        groups[group].add_argument(flag_of(f.name), default=S, **kw)
+
+
+def _label(f: dataclasses.Field) -> str:
+    meta, flag = f.metadata, flag_of(f.name)
+    if meta["negatable"]:
+        return f"`{flag}` / `--no-{flag[2:]}`"
+    if meta["metavar"]:
+        value = meta["metavar"].replace("|", "\\|")
+        return f"`{flag} {value} [{value} ...]`" if _kind(f).startswith("list") else f"`{flag} {value}`"
+    if meta["choices"] and f.name != "backend":
+        return f"`{flag} {{{','.join(meta['choices'])}}}`"
+    return f"`{flag}`"
+
+
+def flag_table() -> str:
+    """The README's `train` flag table: one row per flag with its default for each backend
+    (— where it is not set or not a setting of that backend) and its meaning."""
+    resolved = {b: TrainConfig(backend=b).resolved() for b in BACKENDS}
+
+    def cell(backend, f):
+        value = getattr(resolved[backend], f.name, None)
+        if value is None:
+            return "—"
+        return _render(value) if isinstance(value, bool) else f"`{_show(value)}`"
+
+    rows = ["| flag | openvla | openpi | meaning |", "|---|---|---|---|"]
+    fields = sorted((f for f in all_fields() if f.metadata["flag"]),
+                    key=lambda f: (GROUPS.index(f.metadata["group"]) + 1 if f.metadata["group"] else 0))
+    for f in fields:
+        text = meaning(f).replace("|", "\\|")
+        rows.append(f"| {_label(f)} | {cell('openvla', f)} | {cell('openpi', f)} | {text} |")
+        if f.name == "backend":
+            rows.append("| `--config FILE.yaml` | — | — | settings file; flags given on the command line override it |")
+    return "\n".join(rows) + "\n"
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -334,7 +545,10 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting: value at the top level")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if isinstance(data.get("extra"), dict):
+        keys = ", ".join(f"{k}: ..." for k in data["extra"]) or "each setting"
+        raise ConfigError(f"{path}: `extra:` holds no settings; write {keys} at the top level")
+    names = {f.name for f in all_fields()}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {unknown}")

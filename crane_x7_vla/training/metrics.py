@@ -3,6 +3,11 @@
 W&B runs offline (files under output_dir/wandb, `wandb sync` later) when no API key is
 configured, and any W&B failure turns into a warning: logging never stops a training run.
 Only the main process (rank 0) writes.
+
+Both trainers log the names below, so W&B, TensorBoard and the report see one set of
+metrics whichever backend trained: `train/...` for the training batches, `val/...` and
+`train_eval/...` for the validation metrics of the held-out and the training episodes,
+`perf/...` for timings.
 """
 
 from __future__ import annotations
@@ -13,6 +18,42 @@ import os
 import sys
 import time
 from pathlib import Path
+
+
+# ---- metric names ------------------------------------------------------------------------------
+
+LOSS = "train/loss"  # training loss, mean over the logging window
+GRAD_NORM = "train/grad_norm"  # gradient norm before clipping
+LEARNING_RATE = "train/learning_rate"  # the rate of the window's last optimizer step
+EPOCH = "epoch"  # passes over the training episodes so far
+STEP_TIME = "perf/step_time_s"  # seconds per optimizer step
+DATA_WAIT = "perf/data_wait_s"  # seconds per step spent waiting for a batch
+DATA_WAIT_SHARE = "perf/data_wait_share"  # DATA_WAIT / STEP_TIME
+SAMPLES_PER_SECOND = "perf/samples_per_second"  # training samples per second, all processes
+
+#: logged by every trainer at each logging step
+TRAINING_METRICS = (LOSS, GRAD_NORM, LEARNING_RATE, EPOCH, STEP_TIME, DATA_WAIT, DATA_WAIT_SHARE, SAMPLES_PER_SECOND)
+#: logged by every trainer for each split of each validation
+EVAL_METRICS = ("loss", "l1")
+
+VAL = "val"  # validation on the held-out episodes
+TRAIN_EVAL = "train_eval"  # the same metrics on the training episodes
+EVAL_SPLITS = (VAL, TRAIN_EVAL)
+
+
+def train_metric(name: str) -> str:
+    """A training-batch metric (e.g. `train/l1`)."""
+    return f"train/{name}"
+
+
+def eval_metric(split: str, name: str) -> str:
+    """A validation metric of a split (VAL or TRAIN_EVAL), e.g. `val/loss`."""
+    return f"{split}/{name}"
+
+
+def is_curve(name: str) -> bool:
+    """Whether a metric is a training curve (a loss, accuracy or error), not a timing or a rate."""
+    return name.split("/")[0] in ("train", *EVAL_SPLITS) and name not in (LEARNING_RATE, EPOCH)
 
 
 def _wandb_has_key() -> bool:

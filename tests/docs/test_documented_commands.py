@@ -308,6 +308,19 @@ def test_flag_table_matches_the_parser_and_its_defaults(guide):
     assert not missing, f"{guide}: flags missing from the table: {missing}"
 
 
+def test_flag_table_is_the_generated_one():
+    """README.md's table is flag_table()'s, made from the settings' field definitions."""
+    from crane_x7_vla.training.config import flag_table
+
+    lines = README.read_text().splitlines()
+    start = lines.index("| flag | openvla | openpi | meaning |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    expected = flag_table().splitlines()
+    assert lines[start:end] == expected, (
+        "README.md's train flag table differs from the settings' definitions; replace it with the output of\n"
+        "  python -c 'from crane_x7_vla.training.config import flag_table; print(flag_table(), end=\"\")'")
+
+
 # ---- English and Japanese guides ---------------------------------------------------------------------
 
 

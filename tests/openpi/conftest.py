@@ -63,4 +63,4 @@ def tiny_train_config(data_root, output_dir, **overrides):
         val_ratio=0.25, lora_rank=4, lora_alpha=8, seed=3,
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_dict(settings)

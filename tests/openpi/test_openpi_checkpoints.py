@@ -31,11 +31,11 @@ def openpi_lora_ckpt(tiny_cfg, tmp_path_factory):
     return step_dir, tokenizer, unwrap(tree)
 
 
-def _settings(episodes_dir, out, step_dir, tokenizer, **overrides):
+def _settings(episodes_dir, out, step_dir, tokenizer_file, **overrides):
     from crane_x7_vla.training.config import TrainConfig
 
     default = TrainConfig()  # LoRA settings left at their defaults: the checkpoint's adapters decide
-    settings = dict(model=str(step_dir), extra={"tokenizer": str(tokenizer), "norm_stats_asset": "crane_x7"},
+    settings = dict(model=str(step_dir), tokenizer=str(tokenizer_file), norm_stats_asset="crane_x7",
                     max_steps=2, save_steps=100,
                     eval_samples=4, merge_lora=True, lora_rank=default.lora_rank, lora_alpha=default.lora_alpha,
                     lora_dropout=default.lora_dropout)
@@ -106,16 +106,16 @@ def policy_image(policy, obs):
 
 
 def test_conventions_follow_the_model_unless_told(episodes_dir, tmp_path):
-    from crane_x7_vla.backends.openpi.trainer import _conventions, backend_settings
+    from crane_x7_vla.backends.openpi.trainer import _conventions
     from crane_x7_vla.training.preflight import preflight
 
-    for extra, expected in (({}, "crane_x7"), ({"conventions": "openpi"}, "openpi")):
-        cfg = tiny_train_config(episodes_dir, tmp_path / "o", extra=extra).resolved()  # the tiny preset
+    for given, expected in (({}, "crane_x7"), ({"conventions": "openpi"}, "openpi")):
+        cfg = tiny_train_config(episodes_dir, tmp_path / "o", **given).resolved()  # the tiny preset
         pre = preflight(cfg)
-        assert _conventions(cfg, backend_settings(cfg), pre, pre.data.cameras).name == expected
-    cfg = tiny_train_config(episodes_dir, tmp_path / "o", extra={"image_slots": ["primary", None, None]}).resolved()
-    with pytest.raises(ConfigError, match="needs conventions openpi"):
-        _conventions(cfg, backend_settings(cfg), preflight(cfg), ["primary"])
+        assert _conventions(cfg, pre, pre.data.cameras).name == expected
+    cfg = tiny_train_config(episodes_dir, tmp_path / "o", image_slots=["primary", None, None]).resolved()
+    with pytest.raises(ConfigError, match="needs --conventions openpi"):
+        _conventions(cfg, preflight(cfg), ["primary"])
 
 
 def test_openpi_checkpoint_settings_refused_before_building(openpi_lora_ckpt, episodes_dir, tmp_path):
@@ -127,14 +127,13 @@ def test_openpi_checkpoint_settings_refused_before_building(openpi_lora_ckpt, ep
     with pytest.raises(ConfigError, match="carries LoRA adapters"):
         train(_settings(episodes_dir, tmp_path / "b", step_dir, tokenizer, use_lora=False, merge_lora=False))
     with pytest.raises(ConfigError, match="PaliGemma's tokenizer"):
-        train(_settings(episodes_dir, tmp_path / "c", step_dir, tokenizer, extra={}))
+        train(_settings(episodes_dir, tmp_path / "c", step_dir, tokenizer, tokenizer=None, norm_stats_asset=None))
     with pytest.raises(ConfigError, match=r"pos_embedding.*--image-size 32x32"):
         train(_settings(episodes_dir, tmp_path / "d", step_dir, tokenizer, image_size="64x64"))
     with pytest.raises(ConfigError, match=r"step\(s\) 2000"):
         train(_settings(episodes_dir, tmp_path / "e", step_dir.parent, tokenizer))
-    with pytest.raises(ConfigError, match=r"norm_stats_asset 'droid'.*assets with norm stats: crane_x7"):
-        train(_settings(episodes_dir, tmp_path / "f", step_dir, tokenizer,
-                        extra={"tokenizer": str(tokenizer), "norm_stats_asset": "droid"}))
+    with pytest.raises(ConfigError, match=r"--norm-stats-asset 'droid'.*assets with norm stats: crane_x7"):
+        train(_settings(episodes_dir, tmp_path / "f", step_dir, tokenizer, norm_stats_asset="droid"))
 
 
 def test_export_in_openpis_layout_imports_back(openpi_run, tmp_path):
@@ -195,7 +194,7 @@ def test_train_from_openpi_base_checkpoint_places_lora_as_openpi(tiny_cfg, episo
     step_dir = write_checkpoint(tmp_path / "run", 30000, openpi_tree(cfg, np.random.default_rng(5)), norm_stats())
     words = ("pick", "up", "the", "red", "cube", "push", "blue", "block")
     tok = paligemma_like_tokenizer(tmp_path / "tokenizer.json", words)
-    final = train(_settings(episodes_dir, tmp_path / "out", step_dir, tok, extra={"tokenizer": str(tok)},
+    final = train(_settings(episodes_dir, tmp_path / "out", step_dir, tok, tokenizer=str(tok), norm_stats_asset=None,
                             max_steps=1, merge_lora=False))
     config = json.loads((final / "policy_config.json").read_text())
     mc = config["openpi"]["model_config"]

@@ -12,6 +12,7 @@ import pytest
 from crane_x7_vla import robot
 from crane_x7_vla.checkpoint_contract import CheckpointError
 from crane_x7_vla.training.config import ConfigError
+from crane_x7_vla.training import metrics as mn
 from crane_x7_vla.training.metrics import read_metrics
 from crane_x7_vla.episode.reader import DatasetError
 
@@ -30,7 +31,7 @@ def full_run(episodes_dir, tmp_path_factory):
 
 
 def _losses(out):
-    return {r["step"]: r["loss"] for r in read_metrics(out) if "loss" in r}
+    return {r["step"]: r["train/loss"] for r in read_metrics(out) if "train/loss" in r}
 
 
 def test_loss_falls_and_checkpoints(full_run):
@@ -49,9 +50,12 @@ def test_loss_falls_and_checkpoints(full_run):
     # the tiny preset keeps this backend's own conventions
     assert cfg["openpi"]["conventions"]["prompt"] == "lowercase" and cfg["image_spec"]["resize"] == "crop"
     assert cfg["action_space"]["normalization"] == "quantile" and cfg["openpi"]["tokenizer_file"] == "tokenizer.json"
-    evals = [r for r in read_metrics(out) if "val_l1" in r]
-    assert evals and np.isfinite(evals[-1]["val_l1"]) and np.isfinite(evals[-1]["train_eval_loss"])
+    evals = [r for r in read_metrics(out) if "val/l1" in r]
+    assert evals and np.isfinite(evals[-1]["val/l1"]) and np.isfinite(evals[-1]["train_eval/loss"])
     assert (out / "tensorboard").is_dir()
+    # the names both backends log (tests/training/test_openvla_train.py checks the same)
+    shared = {*mn.TRAINING_METRICS, *(mn.eval_metric(s, m) for s in mn.EVAL_SPLITS for m in mn.EVAL_METRICS)}
+    assert shared <= {k for r in read_metrics(out) for k in r}
 
 
 def test_resume_continues_exactly(full_run, episodes_dir, tmp_path):
@@ -88,7 +92,7 @@ def test_policy_from_checkpoint_final(full_run):
     # this backend's own conventions are not exported in openpi's layout (openpi would feed it other inputs)
     from crane_x7_vla.backends.openpi.export import ExportError, export
 
-    with pytest.raises(ExportError, match="extra.conventions: openpi"):
+    with pytest.raises(ExportError, match="--conventions openpi"):
         export(final, final.parent / "exported")
     # LoRA folded into the weights: the merged export predicts the same chunk
     merged = load_policy(final / "merged", device="cpu")
@@ -102,8 +106,8 @@ def test_bad_input_is_refused_before_building(episodes_dir, tmp_path):
         train(tiny_train_config(tmp_path / "nowhere", tmp_path / "o1"))
     with pytest.raises(ConfigError, match="patch size"):
         train(tiny_train_config(episodes_dir, tmp_path / "o2", image_size="40x40"))
-    with pytest.raises(ConfigError, match="unknown openpi setting"):
-        train(tiny_train_config(episodes_dir, tmp_path / "o3", extra={"ema": 0.9}))
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['ema'\]"):
+        train(tiny_train_config(episodes_dir, tmp_path / "o3", ema=0.9))
     with pytest.raises(ConfigError, match="--model 'gpt'"):
         train(tiny_train_config(episodes_dir, tmp_path / "o4", model="gpt"))
     other = tmp_path / "openvla_ckpt"

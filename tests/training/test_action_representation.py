@@ -40,9 +40,10 @@ def test_defaults_keep_openvla_7b_format_and_tiny_preset_uses_state_and_deltas()
     tiny = parse("--backend", "openvla", "--model", "tiny")
     assert (tiny.action_representation, tiny.state_in_prompt, tiny.noop_threshold) == (DELTA, True, 0.002)
     pi = parse("--backend", "openpi")
-    assert (pi.action_representation, pi.state_in_prompt, pi.noop_threshold) == (DELTA, False, 0.0)
+    assert (pi.action_representation, pi.noop_threshold) == (DELTA, 0.0)
     # the picture: first for pretrained models, after the instruction for the preset trained from scratch
-    assert (big.image_position, tiny.image_position, pi.image_position) == ("first", "after_instruction", None)
+    assert (big.image_position, tiny.image_position) == ("first", "after_instruction")
+    assert not hasattr(pi, "image_position")  # an openvla setting
     assert parse("--backend", "openvla", "--model", "tiny", "--image-position", "first").image_position == "first"
 
 

@@ -5,7 +5,7 @@ import pytest
 from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.training import checkpoint as ck
-from crane_x7_vla.training.config import ConfigError, TrainConfig
+from crane_x7_vla.training.config import ConfigError, TrainConfig, config_class
 
 
 def _write(out, step, backend="openvla"):
@@ -29,7 +29,7 @@ def test_layout_and_round_trip(tmp_path):
     assert cfg["joint_names"] == list(robot.JOINT_NAMES) and cfg["action_space"]["horizon"] == 1
     assert cfg["statistics_fingerprint"] == "abc" and cfg["format_version"] == 1
     assert ck.list_checkpoints(tmp_path) == [(5, d)]
-    assert TrainConfig.from_dict(cfg["train_config"]) == TrainConfig()
+    assert TrainConfig.from_dict(cfg["train_config"]) == config_class("openvla")()
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -65,3 +65,28 @@ def test_config_defaults_per_backend():
     with pytest.raises(ConfigError, match="unknown setting"):
         TrainConfig.from_dict({"bogus": 1})
     assert json.loads(json.dumps(vla.to_dict()))["lora_rank"] == 32
+    assert TrainConfig.from_dict(pi.to_dict()) == pi and TrainConfig.from_dict(vla.to_dict()) == vla
+    with pytest.raises(ConfigError, match="--goal-tokens is for the openvla backend"):
+        TrainConfig.from_dict({"backend": "openpi", "goal_tokens": True})
+    with pytest.raises(ConfigError, match="--ema-decay is for the openpi backend"):
+        TrainConfig.from_dict({"backend": "openvla", "ema_decay": 0.5})
+
+
+# the train_config of checkpoints written when every backend's settings were one flat mapping,
+# the openpi ones under `extra`
+LEGACY_SHARED = {"backend": "openpi", "model": "tiny", "batch_size": 8, "learning_rate": 1e-3, "lora_rank": 4,
+                 "freeze_vision": False, "state_in_prompt": False, "image_position": None, "goal_tokens": False,
+                 "goal_before_state": False, "normalize_gripper": True, "goal_scenes": 0, "goal_scenes_task": "reach",
+                 "action_label_sigma": 0.0, "goal_label_sigma": None, "attn_implementation": None}
+
+
+def test_train_config_of_older_checkpoints_reads():
+    pi = TrainConfig.from_checkpoint({**LEGACY_SHARED, "extra": {"ema_decay": 0.9, "freeze_vision": True,
+                                                                  "conventions": "openpi"}})
+    assert type(pi) is config_class("openpi")
+    assert (pi.ema_decay, pi.freeze_vision, pi.conventions, pi.lora_rank) == (0.9, True, "openpi", 4)
+    vla = TrainConfig.from_checkpoint({**LEGACY_SHARED, "backend": "openvla", "goal_tokens": True, "extra": {}})
+    assert type(vla) is config_class("openvla") and vla.goal_tokens and vla.lora_rank == 4
+    assert TrainConfig.from_checkpoint(pi.to_dict()) == pi  # and as written now
+    with pytest.raises(ConfigError, match=r"train_config: extra.ema is not a setting of the openpi backend"):
+        TrainConfig.from_checkpoint({**LEGACY_SHARED, "extra": {"ema": 0.9}})

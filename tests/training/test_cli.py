@@ -98,6 +98,26 @@ def test_yaml_config_and_flags_override(tmp_path):
 def test_shipped_default_config_loads(repo_root):
     cfg = parse("--backend", "openvla", "--config", str(repo_root / "vla_training" / "openvla" / "default.yaml"))
     assert cfg.backend == "openvla" and cfg.model == "openvla/openvla-7b"
+    pi = parse("--backend", "openpi", "--config", str(repo_root / "vla_training" / "openpi" / "default.yaml"))
+    assert (pi.backend, pi.model, pi.ema_decay, pi.num_inference_steps, pi.lora_rank) == ("openpi", "pi0", 0.99, 10, 16)
+
+
+def test_backend_settings_as_flags_and_yaml_keys(tmp_path):
+    pi = parse("--backend", "openpi", "--ema-decay", "0.5", "--image-slots", "primary", "none", "wrist",
+               "--conventions", "openpi", "--freeze-prefix")
+    assert (pi.ema_decay, pi.image_slots, pi.conventions, pi.freeze_prefix) == (0.5, ["primary", None, "wrist"],
+                                                                                  "openpi", True)
+    path = tmp_path / "c.yaml"
+    path.write_text("backend: openpi\nema_decay: 0.9\nimage_slots: [primary, null, null]\n")
+    pi = parse("--backend", "openpi", "--config", str(path))
+    assert (pi.ema_decay, pi.image_slots) == (0.9, ["primary", None, None])
+    path.write_text("backend: openpi\nextra:\n  ema_decay: 0.9\n")
+    with pytest.raises(ConfigError, match="`extra:` holds no settings; write ema_decay: ... at the top level"):
+        parse("--backend", "openpi", "--config", str(path))
+    with pytest.raises(ConfigError, match="--ema-decay is for the openpi backend"):
+        parse("--backend", "openvla", "--ema-decay", "0.5")
+    with pytest.raises(ConfigError, match="--ema-decay must be in"):
+        parse("--backend", "openpi", "--ema-decay", "1.5")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -349,8 +349,9 @@ def test_goal_warmup_trains_on_the_goal_scenes_first_and_resumes_exactly(dataset
     assert all(rows[s]["train/l1"] == 0.0 for s in (1, 2, 3))
     assert all(rows[s]["train/l1"] > 0.0 for s in (4, 5, 6))
     # at its own constant rate; then the schedule of --learning-rate 3e-3 starts
-    assert [rows[s]["lr"] for s in (1, 2, 3)] == [1e-3] * 3
-    assert rows[4]["lr"] == pytest.approx(3e-3) and rows[6]["lr"] < rows[4]["lr"]
+    assert [rows[s]["train/learning_rate"] for s in (1, 2, 3)] == [1e-3] * 3
+    lr = {s: rows[s]["train/learning_rate"] for s in rows}
+    assert lr[4] == pytest.approx(3e-3) and lr[6] < lr[4]
     state = json.loads((straight / "checkpoint-2" / "trainer_state.json").read_text())
     assert "goal_warmup_position" in state
     # resumed inside the warm-up, the run continues as the uninterrupted one did

@@ -9,6 +9,7 @@ from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.cli import main
+from crane_x7_vla.training import metrics as mn
 from crane_x7_vla.training.metrics import read_metrics
 
 COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
@@ -42,9 +43,12 @@ def test_loss_falls_and_metrics_are_logged(lora_run):
     final = {k: v for r in rows if r["step"] == 24 for k, v in r.items()}
     for key in ("val/l1", "val/action_accuracy", "val/loss", "train_eval/l1", "train/l1", "train/action_accuracy"):
         assert key in final and np.isfinite(final[key])
-    lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    lr = {r["step"]: r["train/learning_rate"] for r in rows if "train/learning_rate" in r}
     assert lr[1] < 0.5 * 3e-3 and lr[7] == pytest.approx(3e-3) and lr[24] < lr[12] < lr[7]  # warmup, cosine
     assert list((lora_run / "tensorboard").glob("events.out.tfevents.*"))
+    # the names both backends log (tests/openpi/test_train.py checks the same)
+    shared = {*mn.TRAINING_METRICS, *(mn.eval_metric(s, m) for s in mn.EVAL_SPLITS for m in mn.EVAL_METRICS)}
+    assert shared <= {k for r in rows for k in r}
 
 
 def test_checkpoints_describe_themselves(lora_run, dataset_dir):

@@ -1,6 +1,6 @@
 """How data meets the network: this backend's own conventions, or openpi's π0 ones.
 
-A run chooses with extra.conventions (auto | openpi | crane_x7; auto = openpi when --model
+A run chooses with --conventions (auto | openpi | crane_x7; auto = openpi when --model
 is an openpi checkpoint, crane_x7 for the presets). The choice is stored in the checkpoint
 (policy_config.json openpi.conventions) and deployment applies the same.
 
@@ -72,17 +72,17 @@ def openpi(cameras, slots=None) -> Conventions:
     if slots is None:
         if len(cameras) > len(OPENPI_IMAGE_SLOTS):
             raise ValueError(f"openpi's π0 takes {len(OPENPI_IMAGE_SLOTS)} pictures, the run has {len(cameras)} "
-                             f"cameras {cameras}; choose them with extra.image_slots")
+                             f"cameras {cameras}; choose them with --image-slots")
         slots = cameras + [None] * (len(OPENPI_IMAGE_SLOTS) - len(cameras))
     slots = [None if s in (None, "") else str(s) for s in slots]
     if len(slots) != len(OPENPI_IMAGE_SLOTS):
-        raise ValueError(f"extra.image_slots: give {len(OPENPI_IMAGE_SLOTS)} entries ({', '.join(OPENPI_IMAGE_SLOTS)}), "
+        raise ValueError(f"--image-slots: give {len(OPENPI_IMAGE_SLOTS)} entries ({', '.join(OPENPI_IMAGE_SLOTS)}), "
                          f"a camera name or null each (got {slots})")
     unknown = [s for s in slots if s is not None and s not in cameras]
     if unknown:
-        raise ValueError(f"extra.image_slots: camera(s) {unknown} are not among the run's cameras {cameras}")
+        raise ValueError(f"--image-slots: camera(s) {unknown} are not among the run's cameras {cameras}")
     if not any(slots):
-        raise ValueError("extra.image_slots: at least one slot needs a camera")
+        raise ValueError("--image-slots: at least one slot needs a camera")
     return Conventions("zscore", "openpi", "pad", tuple(slots), "all_dims")
 
 

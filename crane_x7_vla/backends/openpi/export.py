@@ -78,7 +78,7 @@ def export(checkpoint_dir, out_dir, asset_id: str = "crane_x7") -> Path:
         raise ExportError(
             f"{where}: trained with this backend's own conventions (normalization {conv.normalization}, prompt "
             f"{conv.prompt}, images {conv.image_resize}); openpi would feed it other inputs. Train with "
-            f"extra.conventions: openpi to export"
+            f"--conventions openpi to export"
         )
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out}: exists and is not empty")

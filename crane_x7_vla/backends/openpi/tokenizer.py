@@ -3,7 +3,7 @@
 The `tiny` preset trains a small BPE (`tokenizers` JSON) over the instructions of the
 dataset (plus a built-in word list) at training start; openpi weights use PaliGemma's
 tokenizer, given as openpi's SentencePiece model file (`paligemma_tokenizer.model`, read
-by spm.py) or as a `tokenizer.json` (extra.tokenizer), so text maps onto the released
+by spm.py) or as a `tokenizer.json` (--tokenizer), so text maps onto the released
 embedding table. The file used is copied into every checkpoint (`tokenizer.json` or
 `tokenizer.model`, policy_config.json openpi.tokenizer_file).
 

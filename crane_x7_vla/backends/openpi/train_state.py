@@ -5,8 +5,8 @@ Parameters are split once into `trainable` (float32, optimised, with an EMA copy
 
   * LoRA: the weights of each decoder that carries adapters (the prefix decoder, and the
     action expert when it has its own adapters, as openpi's freeze filter); adapters train.
-  * `extra.freeze_vision: true`: the image encoder.
-  * `extra.freeze_prefix: true`: image encoder and prefix decoder (only the action expert
+  * `--freeze-vision`: the image encoder.
+  * `--freeze-prefix`: image encoder and prefix decoder (only the action expert
     and the projections, plus LoRA adapters if any, train).
 
 One optimizer step = `grad_accumulation_steps` micro-batches (a scan inside one jitted

@@ -6,13 +6,8 @@ built or anything is compiled. Then: action statistics for the model space, toke
 model, optimizer, data-parallel step over all selected devices (Mesh + NamedSharding on
 the batch axis), checkpoints every --save-steps and `checkpoint-final`.
 
-Backend settings under `extra` (YAML `--config`): ema_decay (0.99; 0 = off),
-freeze_vision (false), freeze_prefix (false), tokenizer (PaliGemma's SentencePiece model
-or a tokenizers JSON file), num_inference_steps (10), tokenizer_vocab (512, local BPE size),
-conventions (auto | openpi | crane_x7, see conventions.py; auto = openpi for an openpi
-checkpoint), image_slots (a camera name or null for each of openpi's three image slots),
-norm_stats_asset (an asset id of --model's assets/: use its norm_stats.json instead of
-statistics of this run's data).
+Backend settings: OpenPIConfig (config.py), e.g. --ema-decay, --tokenizer, --conventions,
+--image-slots, --norm-stats-asset.
 `--model` is a preset (tiny, pi0) or an openpi π0 checkpoint directory (the network its
 weights describe, with those weights).
 """
@@ -29,43 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import checkpoint_contract as contract
+from crane_x7_vla.backends.openpi.config import OpenPIConfig
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
-
-EXTRA_DEFAULTS = {
-    "ema_decay": 0.99,
-    "freeze_vision": False,
-    "freeze_prefix": False,
-    "tokenizer": None,
-    "num_inference_steps": 10,
-    "tokenizer_vocab": 512,
-    "conventions": "auto",
-    "image_slots": None,
-    "norm_stats_asset": None,
-}
-
-
-def backend_settings(cfg: TrainConfig) -> dict:
-    unknown = sorted(set(cfg.extra) - set(EXTRA_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"extra: unknown openpi setting(s) {unknown}; known: {sorted(EXTRA_DEFAULTS)}")
-    s = {**EXTRA_DEFAULTS, **cfg.extra}
-    if not 0.0 <= float(s["ema_decay"]) < 1.0:
-        raise ConfigError(f"extra.ema_decay must be in [0, 1) (got {s['ema_decay']})")
-    if int(s["num_inference_steps"]) < 1:
-        raise ConfigError(f"extra.num_inference_steps must be >= 1 (got {s['num_inference_steps']})")
-    if s["tokenizer"] and not Path(s["tokenizer"]).is_file():
-        raise ConfigError(f"extra.tokenizer: {s['tokenizer']} not found")
-    from crane_x7_vla.backends.openpi.conventions import CHOICES
-
-    if s["conventions"] not in CHOICES:
-        raise ConfigError(f"extra.conventions must be one of {CHOICES} (got {s['conventions']!r})")
-    if s["image_slots"] is not None and not isinstance(s["image_slots"], list):
-        raise ConfigError(f"extra.image_slots must be a list of camera names or nulls (got {s['image_slots']!r})")
-    if cfg.attn_implementation:
-        raise ConfigError("--attn-implementation is an openvla setting; the openpi backend has one attention")
-    return s
-
 
 def _given(cfg: TrainConfig, name: str) -> bool:
     """Whether a setting differs from TrainConfig's default (was chosen for this run)."""
@@ -186,8 +147,9 @@ def _precision(cfg: TrainConfig, devices) -> str:
 def train(cfg: TrainConfig) -> Path:
     from crane_x7_vla.training.preflight import preflight
 
-    cfg = cfg.resolved()
-    settings = backend_settings(cfg)
+    cfg: OpenPIConfig = cfg.resolved()
+    if cfg.tokenizer and not Path(cfg.tokenizer).is_file():
+        raise ConfigError(f"--tokenizer: {cfg.tokenizer} not found")
     pre = preflight(cfg)  # data, statistics, resume checkpoint: clear errors, nothing built yet
     data = pre.data
     devices = select_devices(cfg.device)
@@ -197,13 +159,13 @@ def train(cfg: TrainConfig) -> Path:
             f"use a multiple of {len(devices)}"
         )
     precision = _precision(cfg, devices)
-    conv = _conventions(cfg, settings, pre, data.cameras)
+    conv = _conventions(cfg, pre, data.cameras)
     mcfg, weights_dir = model_config(cfg, conv.num_images(data.cameras), precision)
-    if settings["norm_stats_asset"] and weights_dir is None:
-        raise ConfigError("extra.norm_stats_asset names an asset of an openpi checkpoint; --model is none")
-    if weights_dir is not None and not settings["tokenizer"]:
+    if cfg.norm_stats_asset and weights_dir is None:
+        raise ConfigError("--norm-stats-asset names an asset of an openpi checkpoint; --model is none")
+    if weights_dir is not None and not cfg.tokenizer:
         raise ConfigError(
-            f"--model {weights_dir.path}: openpi weights expect PaliGemma's tokenizer; set extra.tokenizer to its "
+            f"--model {weights_dir.path}: openpi weights expect PaliGemma's tokenizer; set --tokenizer to its "
             f"SentencePiece model (paligemma_tokenizer.model) or tokenizer.json"
         )
     if pre.resume_config is not None:
@@ -218,13 +180,13 @@ def train(cfg: TrainConfig) -> Path:
         if saved and saved != mcfg.to_dict():
             diff = sorted(k for k in saved if saved[k] != mcfg.to_dict().get(k))
             raise ConfigError(f"{pre.resume_dir}: trained with other model settings ({', '.join(diff)}); resume with the same flags")
-    run = _Run(cfg, settings, pre, devices, mcfg, weights_dir, precision, conv)
+    run = _Run(cfg, pre, devices, mcfg, weights_dir, precision, conv)
     run.space = run._space()  # statistics (of the data or of the checkpoint's assets) checked before building
     return run.run()
 
 
-def _conventions(cfg: TrainConfig, settings: dict, pre, cameras):
-    """The run's Conventions: the resumed checkpoint's, or extra.conventions (auto: openpi
+def _conventions(cfg: OpenPIConfig, pre, cameras):
+    """The run's Conventions: the resumed checkpoint's, or --conventions (auto: openpi
     for an openpi checkpoint directory, this backend's own for a preset)."""
     from crane_x7_vla.backends.openpi import conventions as cv
     from crane_x7_vla.backends.openpi.presets import PRESETS
@@ -235,22 +197,22 @@ def _conventions(cfg: TrainConfig, settings: dict, pre, cameras):
                                             f"{pre.resume_dir}: openpi.conventions")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    choice = settings["conventions"]
+    choice = cfg.conventions
     if choice == "auto":
         choice = "crane_x7" if str(cfg.model) in PRESETS else "openpi"
     if choice == "crane_x7":
-        if settings["image_slots"] is not None:
-            raise ConfigError("extra.image_slots places cameras in openpi's image slots; it needs conventions openpi")
+        if cfg.image_slots is not None:
+            raise ConfigError("--image-slots places cameras in openpi's image slots; it needs --conventions openpi")
         return cv.CRANE_X7
     try:
-        return cv.openpi(cameras, settings["image_slots"])
+        return cv.openpi(cameras, cfg.image_slots)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 class _Run:
-    def __init__(self, cfg, settings, pre, devices, mcfg, weights_dir, precision, conv):
-        self.cfg, self.settings, self.pre, self.devices = cfg, settings, pre, devices
+    def __init__(self, cfg: OpenPIConfig, pre, devices, mcfg, weights_dir, precision, conv):
+        self.cfg, self.pre, self.devices = cfg, pre, devices
         self.mcfg, self.weights_dir, self.precision, self.conv = mcfg, weights_dir, precision, conv
         self.data = pre.data
         self.out = Path(cfg.output_dir)
@@ -274,14 +236,14 @@ class _Run:
         if self.pre.resume_dir is not None:
             name = (self.pre.resume_config.get("openpi") or {}).get("tokenizer_file", TOKENIZER_FILE)
             tok = PromptTokenizer.from_file(self.pre.resume_dir / name, L, fmt)
-        elif self.settings["tokenizer"]:
+        elif self.cfg.tokenizer:
             try:
-                tok = PromptTokenizer.from_file(self.settings["tokenizer"], L, fmt)
+                tok = PromptTokenizer.from_file(self.cfg.tokenizer, L, fmt)
             except ValueError as exc:
-                raise ConfigError(f"extra.tokenizer: {exc}") from None
+                raise ConfigError(f"--tokenizer: {exc}") from None
         else:
             texts = [e.instruction for e in self.data.train + self.data.val] + [self.cfg.instruction]
-            tok = PromptTokenizer.train(texts, min(int(self.settings["tokenizer_vocab"]), self.mcfg.vocab_size), L)
+            tok = PromptTokenizer.train(texts, min(int(self.cfg.tokenizer_vocab), self.mcfg.vocab_size), L)
         if tok.vocab_size > self.mcfg.vocab_size:
             raise ConfigError(
                 f"tokenizer {tok.source} has {tok.vocab_size} tokens, the model's embedding only {self.mcfg.vocab_size}"
@@ -296,7 +258,7 @@ class _Run:
 
         if self.pre.resume_config is not None:
             return ActionSpace.from_config(self.pre.resume_config)
-        kind, asset = self.conv.normalization, self.settings["norm_stats_asset"]
+        kind, asset = self.conv.normalization, self.cfg.norm_stats_asset
         if asset:
             return self._asset_space(asset, kind)
         stats = model_action_statistics(self.data.train, self.mcfg.action_horizon)
@@ -315,7 +277,7 @@ class _Run:
 
         ck = self.weights_dir
         if asset not in ck.asset_ids():
-            raise ConfigError(f"extra.norm_stats_asset {asset!r}: {ck.assets_dir / asset / 'norm_stats.json'} not found "
+            raise ConfigError(f"--norm-stats-asset {asset!r}: {ck.assets_dir / asset / 'norm_stats.json'} not found "
                               f"(assets with norm stats: {', '.join(ck.asset_ids()) or 'none'})")
         try:
             stats = ck.norm_stats(asset)
@@ -353,10 +315,10 @@ class _Run:
                 "action_space": space.to_dict(),
                 "openpi": {
                     "model_config": self.mcfg.to_dict(),
-                    "num_inference_steps": int(self.settings["num_inference_steps"]),
+                    "num_inference_steps": int(cfg.num_inference_steps),
                     "tokenizer_file": self.tokenizer_file,
                     "conventions": self.conv.to_dict(),
-                    "ema_decay": float(self.settings["ema_decay"]),
+                    "ema_decay": float(cfg.ema_decay),
                     "precision": self.precision,
                 },
             },
@@ -371,6 +333,7 @@ class _Run:
         from crane_x7_vla.backends.openpi import ckpt_io, train_state as ts
         from crane_x7_vla.backends.openpi.batching import Batcher, stack_micro
         from crane_x7_vla.training.data import BatchStream, DataPosition, SampleIndex
+        from crane_x7_vla.training import metrics as mn
         from crane_x7_vla.training.metrics import MetricsLogger
 
         cfg, mcfg, data = self.cfg, self.mcfg, self.data
@@ -385,8 +348,7 @@ class _Run:
         total = int(cfg.max_steps) if cfg.max_steps else int(cfg.num_epochs) * max(1, per_epoch // accum)
 
         # model + optimizer
-        freeze = dict(freeze_vision=bool(self.settings["freeze_vision"] or cfg.freeze_vision),
-                      freeze_prefix=bool(self.settings["freeze_prefix"]))
+        freeze = dict(freeze_vision=bool(cfg.freeze_vision), freeze_prefix=bool(cfg.freeze_prefix))
         init = None
         if self.weights_dir is not None and self.pre.resume_dir is None:
             from crane_x7_vla.backends.openpi.openpi_import import import_params
@@ -416,12 +378,12 @@ class _Run:
         batch_sh = NamedSharding(mesh, P(None, "data"))
         trainable, frozen, ema, opt_state = jax.device_put((trainable, frozen, ema, opt_state), rep)
         step_fn = jax.jit(
-            ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(self.settings["ema_decay"]), all_dims),
+            ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims),
             in_shardings=(rep, rep, rep, rep, batch_sh, rep),
             out_shardings=(rep, rep, rep, rep),
             donate_argnums=(0, 2, 3),
         )
-        evaluator = _Evaluator(parts.graphdef, mcfg, batcher, space, data, cfg, mesh, int(self.settings["num_inference_steps"]),
+        evaluator = _Evaluator(parts.graphdef, mcfg, batcher, space, data, cfg, mesh, int(cfg.num_inference_steps),
                                self.spec, self.cameras, all_dims)
 
         logger = MetricsLogger(
@@ -443,7 +405,7 @@ class _Run:
         )
         bar = tqdm(total=total, initial=start_step, desc="train openpi", disable=None, file=sys.stderr)
         step = start_step
-        t_log, wait_log = time.perf_counter(), 0.0
+        t_log, wait_log, step_log = time.perf_counter(), 0.0, start_step
         try:
             while step < total:
                 micro = [batcher.training(next(stream)[1]) for _ in range(accum)]
@@ -452,17 +414,21 @@ class _Run:
                 step += 1
                 bar.update(1)
                 if step % cfg.logging_steps == 0 or step == total:
-                    m = {k: float(v) for k, v in metrics.items()}
-                    if not math.isfinite(m["loss"]):
+                    loss = float(metrics["loss"])
+                    if not math.isfinite(loss):
                         raise FloatingPointError(
-                            f"training loss became {m['loss']} at step {step}; lower --learning-rate or check the data"
+                            f"training loss became {loss} at step {step}; lower --learning-rate or check the data"
                         )
                     now = time.perf_counter()
-                    m.update(learning_rate=float(schedule(step - 1)), data_wait_s=stream.wait_seconds - wait_log,
-                             step_time_s=(now - t_log) / max(1, cfg.logging_steps), epoch=stream.position.epoch)
-                    t_log, wait_log = now, stream.wait_seconds
-                    logger.log(step, m)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}")
+                    n, seconds, wait = step - step_log, now - t_log, stream.wait_seconds - wait_log
+                    logger.log(step, {
+                        mn.LOSS: loss, mn.GRAD_NORM: float(metrics["grad_norm"]),
+                        mn.LEARNING_RATE: float(schedule(step - 1)), mn.EPOCH: stream.position.epoch,
+                        mn.STEP_TIME: seconds / n, mn.DATA_WAIT: wait / n, mn.DATA_WAIT_SHARE: wait / max(seconds, 1e-9),
+                        mn.SAMPLES_PER_SECOND: n * cfg.batch_size * accum / max(seconds, 1e-9),
+                    })
+                    t_log, wait_log, step_log = now, stream.wait_seconds, step
+                    bar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total:
                     logger.log(step, evaluator(trainable, ema, frozen))
                 if step % cfg.save_steps == 0 and step < total:
@@ -527,6 +493,7 @@ class _Evaluator:
         import jax
 
         from crane_x7_vla.training.data import eval_batches
+        from crane_x7_vla.training.metrics import eval_metric
 
         if not episodes:
             return {}
@@ -540,9 +507,11 @@ class _Evaluator:
             obs = {k: v for k, v in mb.items() if k != "actions"}
             pred = self.space.decode_actions(np.asarray(self.sample(obs, key, ema, frozen)), b["state"])
             l1.append(np.abs(pred - b["actions"]).mean(axis=(1, 2)))
-        return {f"{prefix}_loss": float(np.mean(losses)), f"{prefix}_l1": float(np.concatenate(l1).mean())}
+        return {eval_metric(prefix, "loss"): float(np.mean(losses)), eval_metric(prefix, "l1"): float(np.concatenate(l1).mean())}
 
     def __call__(self, trainable, ema, frozen) -> dict:
-        out = self._split(self.data.train, "train_eval", trainable, ema, frozen)
-        out.update(self._split(self.data.val, "val", trainable, ema, frozen))
+        from crane_x7_vla.training.metrics import TRAIN_EVAL, VAL
+
+        out = self._split(self.data.train, TRAIN_EVAL, trainable, ema, frozen)
+        out.update(self._split(self.data.val, VAL, trainable, ema, frozen))
         return out

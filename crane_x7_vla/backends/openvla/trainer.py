@@ -33,6 +33,7 @@ from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistic
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 from crane_x7_vla.training.data import BatchStream, DataPosition, eval_batches
+from crane_x7_vla.training import metrics as mn
 from crane_x7_vla.training.metrics import MetricsLogger
 from crane_x7_vla.training.preflight import preflight
 
@@ -568,17 +569,17 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 warm = None
                 _set_lr(optimizer, scheduler.get_last_lr())  # the schedule starts (with its own warm-up)
             wait = stream.wait_seconds - wait0
-            values = dist_.mean({"train/loss": sums["loss"], "train/action_accuracy": sums["correct"] / sums["count"],
-                                 "train/l1": sums["l1"], "train/grad_norm": grad_norm or 0.0})
-            values.update({"lr": lr, "perf/step_seconds": step_time, "perf/data_wait_share": wait / max(step_time, 1e-9),
-                           "perf/samples_per_second": sums["samples"] * dist_.world / max(step_time, 1e-9),
-                           "epoch": stream.position.epoch})
+            values = dist_.mean({mn.LOSS: sums["loss"], mn.train_metric("action_accuracy"): sums["correct"] / sums["count"],
+                                 mn.train_metric("l1"): sums["l1"], mn.GRAD_NORM: grad_norm or 0.0})
+            values.update({mn.STEP_TIME: step_time, mn.DATA_WAIT: wait, mn.DATA_WAIT_SHARE: wait / max(step_time, 1e-9),
+                           mn.SAMPLES_PER_SECOND: sums["samples"] * dist_.world / max(step_time, 1e-9)})
             for k, v in values.items():
                 window.setdefault(k, []).append(v)
             bar.update(1)
-            bar.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/action_accuracy']:.2f}")
+            bar.set_postfix(loss=f"{values[mn.LOSS]:.3f}", acc=f"{values[mn.train_metric('action_accuracy')]:.2f}")
             if step % cfg.logging_steps == 0 or step == total_steps:
-                logger.log(step, {k: float(np.mean(v)) for k, v in window.items()})
+                logger.log(step, {**{k: float(np.mean(v)) for k, v in window.items()},
+                                  mn.LEARNING_RATE: lr, mn.EPOCH: stream.position.epoch})
                 window = {}
             if step % cfg.save_steps == 0 and step < total_steps:
                 save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
@@ -611,9 +612,9 @@ def _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_
     if dist_.main:
         values = {}
         try:
-            for split, episodes in (("val", data.val), ("train_eval", data.train)):
+            for split, episodes in ((mn.VAL, data.val), (mn.TRAIN_EVAL, data.train)):
                 for k, v in evaluate(vla, model, episodes, cameras, cfg, codec, device).items():
-                    values[f"{split}/{k}"] = v
+                    values[mn.eval_metric(split, k)] = v
         except Exception as exc:  # noqa: BLE001 (any failure of the evaluation, reported and survived)
             values = {}
             if device.type == "cuda":

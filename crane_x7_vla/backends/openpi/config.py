@@ -1,0 +1,50 @@
+"""`OpenPIConfig`: the settings of an OpenPI training run (the shared ones and its own).
+
+Imports no jax: the `train` flags are built from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crane_x7_vla.backends.openpi.conventions import CHOICES
+from crane_x7_vla.preprocess import DELTA_ARM_ABSOLUTE_GRIPPER
+from crane_x7_vla.training.config import ConfigError, TrainConfig, setting
+
+
+@dataclass
+class OpenPIConfig(TrainConfig):
+    backend: str = setting("openpi", "model family to fine-tune (required)", group="", choices=("openvla", "openpi"))
+    ema_decay: float = setting(
+        0.99, "decay of the exponential moving average of the trained weights, which the checkpoints hold (0 = off)")
+    freeze_prefix: bool = setting(
+        False, "keep the image encoder and the prefix decoder as the base model has them; only the action expert "
+        "learns")
+    tokenizer: str | None = setting(
+        None, "the prompt tokenizer: PaliGemma's SentencePiece model (`paligemma_tokenizer.model`) or a "
+        "`tokenizer.json`; needed with openpi π0 weights; not set: one trained on this run's instructions",
+        metavar="PATH")
+    tokenizer_vocab: int = setting(512, "vocabulary size of the tokenizer trained on this run's instructions")
+    num_inference_steps: int = setting(10, "flow-matching integration steps per predicted chunk")
+    conventions: str = setting(
+        "auto", "how data meets the network: this backend's own (`crane_x7`) or openpi's π0 conventions; `auto`: "
+        "`openpi` for an openpi checkpoint, `crane_x7` for a preset", choices=CHOICES)
+    image_slots: list[str | None] | None = setting(
+        None, "with openpi's conventions: the camera in each of openpi's three image slots (base, left wrist, right "
+        "wrist), `none` for an empty slot; not set: the cameras in order", metavar="NAME")
+    norm_stats_asset: str | None = setting(
+        None, "an asset id of `--model`'s `assets/`: its `norm_stats.json` normalises states and actions instead of "
+        "statistics of this run's data", metavar="ASSET")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.backend != "openpi":
+            raise ConfigError(f"the openpi settings were given --backend {self.backend}")
+        if self.action_representation not in (None, DELTA_ARM_ABSOLUTE_GRIPPER):
+            raise ConfigError(f"the openpi backend predicts {DELTA_ARM_ABSOLUTE_GRIPPER} actions only "
+                              f"(got --action-representation {self.action_representation})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1) (got {self.ema_decay})")
+        self.positive("num_inference_steps")
+        self.positive("tokenizer_vocab")
+        if self.conventions not in CHOICES:
+            raise ConfigError(f"--conventions must be one of {CHOICES} (got {self.conventions!r})")
