@@ -34,8 +34,15 @@ def main(argv=None) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else baseline_checkpoint()
     session = Session(image_size=(320, 240))
     try:
-        session.start_node(model_path=str(ckpt), control_rate=args.rate, inference_rate=10.0, autostart=True,
-                           use_gripper=False, max_joint_velocity=1.0, control_priority=args.priority)
+        session.start_node(
+            model_path=str(ckpt),
+            control_rate=args.rate,
+            inference_rate=10.0,
+            autostart=True,
+            use_gripper=False,
+            max_joint_velocity=1.0,
+            control_priority=args.priority,
+        )
         session.wait_running(timeout=300)
         t0 = time.monotonic()
         time.sleep(args.seconds)
@@ -45,21 +52,35 @@ def main(argv=None) -> int:
         session.close()
     period_ms = 1e3 / args.rate
     intervals = np.diff(arrivals) * 1e3
-    received = {"rate_hz": float(len(arrivals) / args.seconds), "interval_ms": percentiles(intervals),
-                "jitter_ms": percentiles(np.abs(intervals - period_ms))}
+    received = {
+        "rate_hz": float(len(arrivals) / args.seconds),
+        "interval_ms": percentiles(intervals),
+        "jitter_ms": percentiles(np.abs(intervals - period_ms)),
+    }
     node_period = diag["control_period_ms"]
     node_jitter_p99 = None
     if node_period.get("n"):
         node_jitter_p99 = max(abs(node_period["p99"] - period_ms), abs(node_period["p50"] - period_ms))
-    result = {"control_rate_hz": args.rate, "seconds": args.seconds, "control_priority": args.priority, "received": received,
-              "node_timer_period_ms": node_period, "target_p99_jitter_ms": TARGET_P99_MS}
+    result = {
+        "control_rate_hz": args.rate,
+        "seconds": args.seconds,
+        "control_priority": args.priority,
+        "received": received,
+        "node_timer_period_ms": node_period,
+        "target_p99_jitter_ms": TARGET_P99_MS,
+    }
     r = received
     print(f"control_rate {args.rate:g} Hz for {args.seconds:g} s (period {period_ms:.2f} ms)")
-    print(f"received over DDS: {r['rate_hz']:.2f} msg/s, interval p50 {r['interval_ms']['p50']:.2f} ms, "
-          f"jitter p50 {r['jitter_ms']['p50']:.2f} ms p99 {r['jitter_ms']['p99']:.2f} ms max {r['jitter_ms']['max']:.2f} ms")
+    print(
+        f"received over DDS: {r['rate_hz']:.2f} msg/s, interval p50 {r['interval_ms']['p50']:.2f} ms, "
+        f"jitter p50 {r['jitter_ms']['p50']:.2f} ms p99 {r['jitter_ms']['p99']:.2f} ms "
+        f"max {r['jitter_ms']['max']:.2f} ms"
+    )
     if node_period.get("n"):
-        print(f"node timer period: p50 {node_period['p50']:.2f} ms p99 {node_period['p99']:.2f} ms "
-              f"(last {node_period['n']} ticks; |p99 - period| = {node_jitter_p99:.2f} ms)")
+        print(
+            f"node timer period: p50 {node_period['p50']:.2f} ms p99 {node_period['p99']:.2f} ms "
+            f"(last {node_period['n']} ticks; |p99 - period| = {node_jitter_p99:.2f} ms)"
+        )
     ok = r["jitter_ms"]["p99"] < TARGET_P99_MS
     print(f"target p99 jitter < {TARGET_P99_MS} ms: {'met' if ok else 'NOT met'} (received)")
     result["target_met"] = bool(ok)

@@ -49,7 +49,11 @@ def bench_writer(root: Path, steps: int) -> dict:
         writer.add_step(q, {"primary": frames[t % 8], "wrist": frames[(t + 3) % 8]}, timestamp_ns=t + 1)
     writer.close()
     dt = time.perf_counter() - t0
-    return {"writer_steps_per_s": steps / dt, "writer_target_steps_per_s": 300.0, "writer_realtime_factor_30hz": steps / dt / 30}
+    return {
+        "writer_steps_per_s": steps / dt,
+        "writer_target_steps_per_s": 300.0,
+        "writer_realtime_factor_30hz": steps / dt / 30,
+    }
 
 
 def bench_reader(root: Path, spec: ImageSpec) -> dict:
@@ -123,12 +127,16 @@ def main(argv=None) -> dict:
         tf_rate = bench_tf_reader(root, spec)
     figures["tfdata_samples_per_s"] = tf_rate
     figures["reader_vs_tfdata"] = figures["reader_samples_per_s"] / tf_rate if tf_rate else None
-    print(f"writer : {figures['writer_steps_per_s']:8.1f} steps/s with 2 x 640x480 JPEG "
-          f"({figures['writer_realtime_factor_30hz']:.1f}x the 30 Hz rate; target 10x)")
+    print(
+        f"writer : {figures['writer_steps_per_s']:8.1f} steps/s with 2 x 640x480 JPEG "
+        f"({figures['writer_realtime_factor_30hz']:.1f}x the 30 Hz rate; target 10x)"
+    )
     print(f"reader : {figures['reader_samples_per_s']:8.1f} decoded 224x224 samples/s (one core)")
     if tf_rate:
-        print(f"tf.data: {tf_rate:8.1f} decoded 224x224 samples/s (one core) -> ours is "
-              f"{figures['reader_vs_tfdata']:.2f}x (target 1.5x)")
+        print(
+            f"tf.data: {tf_rate:8.1f} decoded 224x224 samples/s (one core) -> ours is "
+            f"{figures['reader_vs_tfdata']:.2f}x (target 1.5x)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return figures

@@ -89,7 +89,11 @@ def main(argv=None) -> int:
             seconds, summary = timed(fn, tmp / "episodes", tmp / name, **kw)
             assert summary["steps"] == total
             size_mb = sum(p.stat().st_size for p in (tmp / name).rglob("*") if p.is_file()) / 1024**2
-            results[name] = {"seconds": round(seconds, 3), "steps_per_s": round(total / seconds, 1), "output_mb": round(size_mb, 2)}
+            results[name] = {
+                "seconds": round(seconds, 3),
+                "steps_per_s": round(total / seconds, 1),
+                "output_mb": round(size_mb, 2),
+            }
     report = {
         "benchmark": "export_throughput",
         "episodes": args.episodes,

@@ -50,7 +50,7 @@ def publisher(fps: float, joint_hz: float) -> None:
     frames = []
     for k in range(30):
         f = base.copy()
-        f[100:220, 20 * k:20 * k + 120] = (200, 30, 30)
+        f[100:220, 20 * k : 20 * k + 120] = (200, 30, 30)
         frames.append(f)
 
     def joints():
@@ -94,8 +94,13 @@ def run(seconds: float, rate: float, fps: float, out: Path, logs: Path) -> dict:
     domain = pick_domain_id()
     env = ros_env(domain)
     group = NodeGroup(env, logs)
-    pub = subprocess.Popen([sys.executable, __file__, "--publisher", "--fps", str(fps)], env=env,
-                           stdout=open(logs / "publisher.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    pub = subprocess.Popen(
+        [sys.executable, __file__, "--publisher", "--fps", str(fps)],
+        env=env,
+        stdout=open(logs / "publisher.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
     node = Node("bench_client", context=ctx)
@@ -111,10 +116,16 @@ def run(seconds: float, rate: float, fps: float, out: Path, logs: Path) -> dict:
         return fut.result()
 
     try:
-        logger = group.start("data_logger", {
-            "output_dir": str(out), "rate": rate, "camera_names": list(CAMERAS),
-            "camera_topics": list(CAMERAS.values()), "keyboard": False,
-        })
+        logger = group.start(
+            "data_logger",
+            {
+                "output_dir": str(out),
+                "rate": rate,
+                "camera_names": list(CAMERAS),
+                "camera_topics": list(CAMERAS.values()),
+                "keyboard": False,
+            },
+        )
         deadline = time.monotonic() + 60
         while True:
             res = call("/data_logger/start")
@@ -179,14 +190,23 @@ def main(argv=None) -> int:
 
         count, problems = validate_dataset(tmp / "episodes")
         result["episode_valid"] = count == 1 and not problems
-    print(f"logger {result['requested_hz']:g} Hz, {result['cameras']} at {result['camera_fps']:g} fps, "
-          f"{result['seconds']:.0f} s:")
+    print(
+        f"logger {result['requested_hz']:g} Hz, {result['cameras']} at {result['camera_fps']:g} fps, "
+        f"{result['seconds']:.0f} s:"
+    )
     print(f"  achieved rate      {result['achieved_hz']} Hz ({result['steps']} steps)")
-    print(f"  steps lost         {result['steps_lost']} (dropped ticks {result['dropped_steps']}, "
-          f"missed ticks {result['ticks_missed']}); stale frames {result['stale_frames']}")
-    print(f"  logger CPU         {result['logger_cpu_percent_of_one_core']} % of one core "
-          f"(machine: {result['machine_cpus']} CPUs, load {result['load_average_1min']})")
-    print(f"  writer backlog     {result['writer_backlog_at_stop']} steps at stop; episode valid: {result['episode_valid']}")
+    print(
+        f"  steps lost         {result['steps_lost']} (dropped ticks {result['dropped_steps']}, "
+        f"missed ticks {result['ticks_missed']}); stale frames {result['stale_frames']}"
+    )
+    print(
+        f"  logger CPU         {result['logger_cpu_percent_of_one_core']} % of one core "
+        f"(machine: {result['machine_cpus']} CPUs, load {result['load_average_1min']})"
+    )
+    print(
+        f"  writer backlog     {result['writer_backlog_at_stop']} steps at stop; "
+        f"episode valid: {result['episode_valid']}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

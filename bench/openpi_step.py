@@ -44,9 +44,15 @@ def model_bench(args) -> dict:
     dev = jax.devices()[0]
     on_gpu = dev.platform == "gpu"
     cfg = replace(
-        get_preset(args.preset), image_width=w, image_height=h, num_cameras=args.cameras,
-        action_horizon=args.action_horizon, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank or 1),
-        remat=args.remat, dtype="bfloat16" if (on_gpu and args.precision != "fp32") else "float32",
+        get_preset(args.preset),
+        image_width=w,
+        image_height=h,
+        num_cameras=args.cameras,
+        action_horizon=args.action_horizon,
+        lora_rank=args.lora_rank,
+        lora_alpha=float(args.lora_rank or 1),
+        remat=args.remat,
+        dtype="bfloat16" if (on_gpu and args.precision != "fp32") else "float32",
     )
     if args.depth_override:
         cfg = with_depth(cfg, args.depth_override)
@@ -98,13 +104,27 @@ def model_bench(args) -> dict:
         peak = stats.get("peak_bytes_in_use")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
-        "preset": args.preset, "device": str(dev), "platform": dev.platform, "dtype": cfg.dtype,
-        "depth_override": args.depth_override, "image_size": args.image_size, "batch_size": B,
-        "action_horizon": H, "lora_rank": cfg.lora_rank, "remat": cfg.remat, "freeze_vision": args.freeze_vision,
-        "params_total": int(n_all), "params_trained": int(n_train), "init_s": init_s,
-        "train_compile_s": compile_s, "train_step_s": step_s, "samples_per_s": B / step_s,
-        "infer_compile_s": sample_compile_s, "infer_chunk_s": infer_s,
-        "peak_device_bytes": peak, "peak_host_rss_bytes": rss,
+        "preset": args.preset,
+        "device": str(dev),
+        "platform": dev.platform,
+        "dtype": cfg.dtype,
+        "depth_override": args.depth_override,
+        "image_size": args.image_size,
+        "batch_size": B,
+        "action_horizon": H,
+        "lora_rank": cfg.lora_rank,
+        "remat": cfg.remat,
+        "freeze_vision": args.freeze_vision,
+        "params_total": int(n_all),
+        "params_trained": int(n_train),
+        "init_s": init_s,
+        "train_compile_s": compile_s,
+        "train_step_s": step_s,
+        "samples_per_s": B / step_s,
+        "infer_compile_s": sample_compile_s,
+        "infer_chunk_s": infer_s,
+        "peak_device_bytes": peak,
+        "peak_host_rss_bytes": rss,
     }
 
 
@@ -123,21 +143,35 @@ def pipeline_bench(args, step_s: float) -> dict:
         write_synthetic_dataset(tmp, episodes=4, steps=60, cameras={"primary": (640, 480)})
         write_statistics(tmp)
         data = load_training_data(tmp, val_ratio=0.0)
-        space = ActionSpace(args.action_horizon, 32, model_action_statistics(data.train, args.action_horizon),
-                            data.statistics["proprio"])
+        space = ActionSpace(
+            args.action_horizon,
+            32,
+            model_action_statistics(data.train, args.action_horizon),
+            data.statistics["proprio"],
+        )
         batcher = Batcher(space, PromptTokenizer.train([e.instruction for e in data.train], 512, 16), data.cameras)
         spec = ImageSpec(width=w, height=h)
         n = 10
-        with BatchStream(data.train, cameras=data.cameras, spec=spec, horizon=args.action_horizon,
-                         batch_size=args.batch_size, seed=0, num_workers=args.num_workers, prefetch=2) as stream:
+        with BatchStream(
+            data.train,
+            cameras=data.cameras,
+            spec=spec,
+            horizon=args.action_horizon,
+            batch_size=args.batch_size,
+            seed=0,
+            num_workers=args.num_workers,
+            prefetch=2,
+        ) as stream:
             batcher.training(next(stream)[1])
             t0 = time.perf_counter()
             for _ in range(n):
                 batcher.training(next(stream)[1])
             per_batch = (time.perf_counter() - t0) / n
     return {
-        "pipeline_source": "640x480 JPEG episodes", "pipeline_workers": args.num_workers,
-        "pipeline_batch_s": per_batch, "pipeline_samples_per_s": args.batch_size / per_batch,
+        "pipeline_source": "640x480 JPEG episodes",
+        "pipeline_workers": args.num_workers,
+        "pipeline_batch_s": per_batch,
+        "pipeline_samples_per_s": args.batch_size / per_batch,
         "pipeline_headroom": step_s / per_batch,
     }
 
@@ -170,16 +204,25 @@ def main(argv=None) -> int:
     if not args.no_pipeline:
         result.update(pipeline_bench(args, result["train_step_s"]))
     gb = lambda b: f"{b / 2**30:.2f} GiB" if b else "n/a"  # noqa: E731
-    print(f"openpi {result['preset']}{' depth ' + str(args.depth_override) if args.depth_override else ''} on "
-          f"{result['device']} ({result['dtype']}), {result['params_total'] / 1e6:.1f}M params, "
-          f"{result['params_trained'] / 1e6:.2f}M trained (LoRA rank {result['lora_rank']})")
-    print(f"  train step: {result['train_step_s'] * 1e3:.1f} ms at batch {args.batch_size} "
-          f"({result['samples_per_s']:.1f} samples/s), compile {result['train_compile_s']:.1f} s")
-    print(f"  inference: {result['infer_chunk_s'] * 1e3:.1f} ms per chunk of {args.action_horizon} (10 Euler steps, batch 1)")
+    print(
+        f"openpi {result['preset']}{' depth ' + str(args.depth_override) if args.depth_override else ''} on "
+        f"{result['device']} ({result['dtype']}), {result['params_total'] / 1e6:.1f}M params, "
+        f"{result['params_trained'] / 1e6:.2f}M trained (LoRA rank {result['lora_rank']})"
+    )
+    print(
+        f"  train step: {result['train_step_s'] * 1e3:.1f} ms at batch {args.batch_size} "
+        f"({result['samples_per_s']:.1f} samples/s), compile {result['train_compile_s']:.1f} s"
+    )
+    print(
+        f"  inference: {result['infer_chunk_s'] * 1e3:.1f} ms per chunk of {args.action_horizon} "
+        f"(10 Euler steps, batch 1)"
+    )
     print(f"  peak device memory: {gb(result['peak_device_bytes'])}; host RSS peak {gb(result['peak_host_rss_bytes'])}")
     if "pipeline_headroom" in result:
-        print(f"  data pipeline: {result['pipeline_samples_per_s']:.0f} samples/s with {args.num_workers} workers, "
-              f"headroom x{result['pipeline_headroom']:.1f} over the train step")
+        print(
+            f"  data pipeline: {result['pipeline_samples_per_s']:.0f} samples/s with {args.num_workers} workers, "
+            f"headroom x{result['pipeline_headroom']:.1f} over the train step"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

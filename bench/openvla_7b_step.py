@@ -60,7 +60,7 @@ VOCAB_ROWS = 32064  # OpenVLA-7B's Llama-2 vocabulary (32000) padded to a multip
 ANCHOR_TRAIN_BYTES = 72e9
 ANCHORS = {
     "train_peak_memory_no_checkpointing": "~72 GB at batch 16 without gradient checkpointing "
-                                          "(OpenVLA authors, LoRA fine-tuning of OpenVLA-7B)",
+    "(OpenVLA authors, LoRA fine-tuning of OpenVLA-7B)",
     "inference_actions_per_s": "~6 actions/s on an RTX 4090 (OpenVLA authors, bf16)",
 }
 CPU_PARAM_LIMIT = 1_000_000_000  # above this a CPU build needs --allow-large-cpu
@@ -110,8 +110,16 @@ def make_arch(depth_override: int = 0, width_divisor: int = 1) -> Arch:
         th, tn, tf = _shrink(a.text_hidden, a.text_heads, a.text_ffn, width_divisor)
         vh, vn, _ = _shrink(a.vision_hidden, a.vision_heads, 0, width_divisor)
         sh, sn, _ = _shrink(a.siglip_hidden, a.siglip_heads, 0, width_divisor)
-        a = replace(a, text_hidden=th, text_heads=tn, text_ffn=tf, vision_hidden=vh, vision_heads=vn,
-                    siglip_hidden=sh, siglip_heads=sn)
+        a = replace(
+            a,
+            text_hidden=th,
+            text_heads=tn,
+            text_ffn=tf,
+            vision_hidden=vh,
+            vision_heads=vn,
+            siglip_hidden=sh,
+            siglip_heads=sn,
+        )
     return a
 
 
@@ -140,15 +148,31 @@ def openvla_config(arch: Arch):
 
     overrides = None
     if not arch.full_size:
-        overrides = [dict(embed_dim=arch.vision_hidden, depth=arch.vision_layers, num_heads=arch.vision_heads),
-                     dict(embed_dim=arch.siglip_hidden, depth=arch.siglip_layers, num_heads=arch.siglip_heads)]
+        overrides = [
+            dict(embed_dim=arch.vision_hidden, depth=arch.vision_layers, num_heads=arch.vision_heads),
+            dict(embed_dim=arch.siglip_hidden, depth=arch.siglip_layers, num_heads=arch.siglip_heads),
+        ]
     pad = VOCAB_ROWS - 64
-    text = dict(hidden_size=arch.text_hidden, intermediate_size=arch.text_ffn, num_hidden_layers=arch.text_layers,
-                num_attention_heads=arch.text_heads, num_key_value_heads=arch.text_heads, vocab_size=arch.vocab_rows,
-                max_position_embeddings=4096, pad_token_id=pad, bos_token_id=1, eos_token_id=2)
-    return OpenVLAConfig(vision_backbone_id="dinosiglip-vit-so-224px", image_sizes=[arch.image, arch.image],
-                         text_config=text, pad_token_id=pad, pad_to_multiple_of=arch.vocab_rows - pad,
-                         vision_tower_overrides=overrides)
+    text = dict(
+        hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_ffn,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        num_key_value_heads=arch.text_heads,
+        vocab_size=arch.vocab_rows,
+        max_position_embeddings=4096,
+        pad_token_id=pad,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return OpenVLAConfig(
+        vision_backbone_id="dinosiglip-vit-so-224px",
+        image_sizes=[arch.image, arch.image],
+        text_config=text,
+        pad_token_id=pad,
+        pad_to_multiple_of=arch.vocab_rows - pad,
+        vision_tower_overrides=overrides,
+    )
 
 
 def count_params(arch: Arch) -> int:
@@ -173,8 +197,9 @@ def random_weights_loader(arch: Arch):
         from crane_x7_vla.backends.openvla.prismatic import OpenVLAForActionPrediction
 
         if source != MODEL_NAME and Path(source).name != "model":
-            raise ModelError(f"the benchmark's loader builds '{MODEL_NAME}' or a checkpoint's model/ only "
-                             f"(asked for '{source}')")
+            raise ModelError(
+                f"the benchmark's loader builds '{MODEL_NAME}' or a checkpoint's model/ only (asked for '{source}')"
+            )
         if tuple(image_size) != (arch.image, arch.image):
             raise ModelError(f"the benchmark model takes {arch.image}x{arch.image} images (asked {image_size})")
         dtype = dtype or torch.float32
@@ -192,9 +217,18 @@ def random_weights_loader(arch: Arch):
             raise RuntimeError(f"parameters were created on {wrong}, not on {device}")
         if tokenizer.vocab_size != config.action_vocab_size:
             raise RuntimeError(f"the tokenizer has {tokenizer.vocab_size} pieces, the model {config.action_vocab_size}")
-        return VLA(model=model, tokenizer=tokenizer, family="openvla", source=MODEL_NAME, image_size=tuple(image_size),
-                   image_token_id=None, num_image_tokens=0, pixel_stats=[(list(m), list(s)) for m, s in TVF_STATS],
-                   cache_kw="cache", dtype=dtype)
+        return VLA(
+            model=model,
+            tokenizer=tokenizer,
+            family="openvla",
+            source=MODEL_NAME,
+            image_size=tuple(image_size),
+            image_token_id=None,
+            num_image_tokens=0,
+            pixel_stats=[(list(m), list(s)) for m, s in TVF_STATS],
+            cache_kw="cache",
+            dtype=dtype,
+        )
 
     return load
 
@@ -215,8 +249,14 @@ def statistics_from_limits() -> dict:
     from crane_x7_vla import robot
 
     lo, hi = np.asarray(robot.LOWER_LIMITS, float), np.asarray(robot.UPPER_LIMITS, float)
-    entry = {"q01": lo.tolist(), "q99": hi.tolist(), "min": lo.tolist(), "max": hi.tolist(),
-             "mean": ((lo + hi) / 2).tolist(), "std": ((hi - lo) / 4).tolist()}
+    entry = {
+        "q01": lo.tolist(),
+        "q99": hi.tolist(),
+        "min": lo.tolist(),
+        "max": hi.tolist(),
+        "mean": ((lo + hi) / 2).tolist(),
+        "std": ((hi - lo) / 4).tolist(),
+    }
     return {"action": entry, "proprio": entry}
 
 
@@ -243,18 +283,30 @@ def _gpu_peak(device) -> dict:
 
     if device.type != "cuda":
         return {"peak_gpu_bytes": None, "peak_gpu_reserved_bytes": None}
-    return {"peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device)),
-            "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved(device))}
+    return {
+        "peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device)),
+        "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+    }
 
 
 def train_bench(args, arch: Arch, device, checkpointing: bool, out_dir: str) -> dict:
     from crane_x7_vla.backends.openvla.config import OpenVLAConfig
 
-    cfg = OpenVLAConfig(backend="openvla", model=MODEL_NAME, image_size=f"{arch.image}x{arch.image}",
-                        batch_size=args.batch_size, max_steps=args.steps + 1, gradient_checkpointing=checkpointing,
-                        lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, precision=args.precision,
-                        attn_implementation=args.attn_implementation, device=str(device), output_dir=out_dir,
-                        num_workers=0).resolved()
+    cfg = OpenVLAConfig(
+        backend="openvla",
+        model=MODEL_NAME,
+        image_size=f"{arch.image}x{arch.image}",
+        batch_size=args.batch_size,
+        max_steps=args.steps + 1,
+        gradient_checkpointing=checkpointing,
+        lora_rank=args.lora_rank,
+        lora_alpha=2 * args.lora_rank,
+        precision=args.precision,
+        attn_implementation=args.attn_implementation,
+        device=str(device),
+        output_dir=out_dir,
+        num_workers=0,
+    ).resolved()
     result = {"gradient_checkpointing": checkpointing, "status": "ok"}
     _guarded(device, result, lambda: _train_measure(args, arch, device, cfg, result))
     return result
@@ -293,7 +345,11 @@ def _train_measure(args, arch: Arch, device, cfg, result: dict) -> None:
     model = vla.model
     model.train()
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    flag = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(type(inner), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
     result["checkpointing_active"] = bool(getattr(inner, flag))
     result["dtype"] = str(vla.dtype).replace("torch.", "")
     if device.type == "cuda":
@@ -337,8 +393,12 @@ def _train_measure(args, arch: Arch, device, cfg, result: dict) -> None:
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    result.update(step_time_s=statistics.median(times), step_times_s=times,
-                  samples_per_s=args.batch_size / statistics.median(times), losses=losses)
+    result.update(
+        step_time_s=statistics.median(times),
+        step_times_s=times,
+        samples_per_s=args.batch_size / statistics.median(times),
+        losses=losses,
+    )
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"the training loss is not finite: {losses}")
 
@@ -348,8 +408,12 @@ def infer_bench(args, arch: Arch, device) -> dict:
 
     config = {
         "image_spec": {"width": arch.image, "height": arch.image, "crop_scale": 0.9, "color_jitter": 0.0},
-        "cameras": ["primary"], "action_space": {"horizon": 1}, "dataset_statistics": statistics_from_limits(),
-        "default_instruction": args.instruction, "base_model": MODEL_NAME, "joint_names": list(robot.JOINT_NAMES),
+        "cameras": ["primary"],
+        "action_space": {"horizon": 1},
+        "dataset_statistics": statistics_from_limits(),
+        "default_instruction": args.instruction,
+        "base_model": MODEL_NAME,
+        "joint_names": list(robot.JOINT_NAMES),
         "openvla": {"family": "openvla", "use_lora": True, "action_token_count": 8, "n_bins": 256, "weights": "model"},
     }
     result = {"status": "ok", "batch_size": 1, "action_tokens": robot.ACTION_DIM}
@@ -383,9 +447,13 @@ def _infer_measure(args, arch: Arch, device, config: dict, result: dict) -> None
         times.append(time.perf_counter() - t0)
     if action.shape != (1, robot.ACTION_DIM) or not np.all(robot.within_limits(action[0])):
         raise RuntimeError(f"the policy returned {action} (shape {action.shape}), not one action within limits")
-    result.update(action_time_s=statistics.median(times), action_times_s=times,
-                  actions_per_s=1.0 / statistics.median(times), last_action=action[0].tolist(),
-                  deterministic=bool(np.array_equal(first, action)))
+    result.update(
+        action_time_s=statistics.median(times),
+        action_times_s=times,
+        actions_per_s=1.0 / statistics.median(times),
+        last_action=action[0].tolist(),
+        deterministic=bool(np.array_equal(first, action)),
+    )
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -397,32 +465,60 @@ def _gb(b):
 
 def print_report(r: dict) -> None:
     a = r["architecture"]
-    print(f"OpenVLA-7B-sized model (OpenVLA's architecture), random weights: text {a['text_layers']}x"
-          f"{a['text_hidden']} (MLP {a['text_ffn']}, {a['text_heads']} heads), DINOv2 {a['vision_layers']}x"
-          f"{a['vision_hidden']} ({a['vision_heads']} heads) + SigLIP {a['siglip_layers']}x{a['siglip_hidden']} "
-          f"({a['siglip_heads']} heads), {r['params_total'] / 1e9:.3f}B params, on {r['device_name']}")
+    print(
+        f"OpenVLA-7B-sized model (OpenVLA's architecture), random weights: text {a['text_layers']}x"
+        f"{a['text_hidden']} (MLP {a['text_ffn']}, {a['text_heads']} heads), DINOv2 {a['vision_layers']}x"
+        f"{a['vision_hidden']} ({a['vision_heads']} heads) + SigLIP {a['siglip_layers']}x{a['siglip_hidden']} "
+        f"({a['siglip_heads']} heads), {r['params_total'] / 1e9:.3f}B params, on {r['device_name']}"
+    )
     rows = []
     for mode, t in r.get("train", {}).items():
         label = f"train LoRA r{r['lora_rank']}, batch {r['batch_size']}, checkpointing {mode}"
         if t["status"] != "ok":
-            rows.append((label, t["status"], _gb(t["peak_gpu_bytes"]), ANCHORS["train_peak_memory_no_checkpointing"]
-                         if mode == "off" else ""))
+            rows.append(
+                (
+                    label,
+                    t["status"],
+                    _gb(t["peak_gpu_bytes"]),
+                    ANCHORS["train_peak_memory_no_checkpointing"] if mode == "off" else "",
+                )
+            )
             continue
-        rows.append((label, f"{t['step_time_s']:.3f} s/step ({t['samples_per_s']:.1f} samples/s)",
-                     _gb(t["peak_gpu_bytes"]), ANCHORS["train_peak_memory_no_checkpointing"] if mode == "off" else ""))
+        rows.append(
+            (
+                label,
+                f"{t['step_time_s']:.3f} s/step ({t['samples_per_s']:.1f} samples/s)",
+                _gb(t["peak_gpu_bytes"]),
+                ANCHORS["train_peak_memory_no_checkpointing"] if mode == "off" else "",
+            )
+        )
     if "inference" in r:
         i = r["inference"]
-        value = i["status"] if i["status"] != "ok" else f"{i['actions_per_s']:.2f} actions/s ({i['action_time_s'] * 1e3:.0f} ms)"
-        rows.append(("inference, batch 1, 8 action tokens greedy", value, _gb(i["peak_gpu_bytes"]),
-                     ANCHORS["inference_actions_per_s"]))
-    widths = [max(len(str(row[c])) for row in rows + [("measurement", "figure", "peak GPU memory", "anchor")])
-              for c in range(4)]
+        value = (
+            i["status"]
+            if i["status"] != "ok"
+            else f"{i['actions_per_s']:.2f} actions/s ({i['action_time_s'] * 1e3:.0f} ms)"
+        )
+        rows.append(
+            (
+                "inference, batch 1, 8 action tokens greedy",
+                value,
+                _gb(i["peak_gpu_bytes"]),
+                ANCHORS["inference_actions_per_s"],
+            )
+        )
+    widths = [
+        max(len(str(row[c])) for row in rows + [("measurement", "figure", "peak GPU memory", "anchor")])
+        for c in range(4)
+    ]
     for row in [("measurement", "figure", "peak GPU memory", "anchor")] + rows:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     for mode, t in r.get("train", {}).items():
         if t["status"] == "ok":
-            print(f"  (checkpointing {mode}: {t['sequence_tokens']} tokens/sample, {t['params_trained'] / 1e6:.1f}M "
-                  f"trained params, {t['dtype']}, first step {t['first_step_s']:.2f} s)")
+            print(
+                f"  (checkpointing {mode}: {t['sequence_tokens']} tokens/sample, {t['params_trained'] / 1e6:.1f}M "
+                f"trained params, {t['dtype']}, first step {t['first_step_s']:.2f} s)"
+            )
     print(f"  peak host memory (RSS): {r['peak_host_rss_bytes'] / 1e9:.2f} GB")
     if r["functional_check_only"]:
         print("  NOTE: " + r["note"])
@@ -436,12 +532,18 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed training steps after one warm-up step")
     p.add_argument("--infer-actions", type=int, default=20, help="timed predictions after two warm-up ones")
     p.add_argument("--lora-rank", type=int, default=32)
-    p.add_argument("--depth-override", type=int, default=0,
-                   help="layers in the text model and both vision towers (at least 2 there, as a tower "
-                        "never runs its last one; 0: 32 / 24 / 27)")
+    p.add_argument(
+        "--depth-override",
+        type=int,
+        default=0,
+        help="layers in the text model and both vision towers (at least 2 there, as a tower "
+        "never runs its last one; 0: 32 / 24 / 27)",
+    )
     p.add_argument("--width-divisor", type=int, default=1, help="divide hidden and MLP sizes by this (1: full)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument(
+        "--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPU, fp32 on CPU"
+    )
     p.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager, flash_attention_2")
     p.add_argument("--instruction", default="pick up the red cube and place it in the box")
     p.add_argument("--allow-large-cpu", action="store_true", help="allow a build of more than 1B params on a CPU")
@@ -463,9 +565,11 @@ def main(argv=None) -> int:
         torch.cuda.set_device(device)
     n_params = count_params(arch)
     if device.type == "cpu" and n_params > CPU_PARAM_LIMIT and not args.allow_large_cpu:
-        message = (f"no GPU here: the {n_params / 1e9:.2f}B-parameter model is not built on a CPU "
-                   f"(~{n_params * 4 / 1e9:.0f} GB in fp32). For a functional check on a CPU pass e.g. "
-                   f"--depth-override 1 --width-divisor 64 --batch-size 2 --steps 1")
+        message = (
+            f"no GPU here: the {n_params / 1e9:.2f}B-parameter model is not built on a CPU "
+            f"(~{n_params * 4 / 1e9:.0f} GB in fp32). For a functional check on a CPU pass e.g. "
+            f"--depth-override 1 --width-divisor 64 --batch-size 2 --steps 1"
+        )
         if auto:  # nothing to measure on this machine: say so and write it down, not a failure
             print(f"openvla_7b_step skipped: {message}")
             if args.json:
@@ -478,16 +582,22 @@ def main(argv=None) -> int:
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-        "architecture": asdict(arch), "full_size": arch.full_size, "params_total": n_params,
-        "batch_size": args.batch_size, "lora_rank": args.lora_rank, "steps": args.steps,
-        "depth_override": args.depth_override, "width_divisor": args.width_divisor,
-        "precision": args.precision, "attn_implementation": args.attn_implementation,
+        "architecture": asdict(arch),
+        "full_size": arch.full_size,
+        "params_total": n_params,
+        "batch_size": args.batch_size,
+        "lora_rank": args.lora_rank,
+        "steps": args.steps,
+        "depth_override": args.depth_override,
+        "width_divisor": args.width_divisor,
+        "precision": args.precision,
+        "attn_implementation": args.attn_implementation,
         "functional_check_only": on_cpu or not arch.full_size,
         "note": ("CPU run" if on_cpu else "reduced-size model") + ": these figures check that the code runs "
-                "end to end; they are not the full-size GPU figures the anchors refer to",
+        "end to end; they are not the full-size GPU figures the anchors refer to",
         "anchors": ANCHORS,
         "memory_fields": "peak_gpu_bytes = torch.cuda.max_memory_allocated over build + steps (None on a CPU); "
-                         "peak_host_rss_bytes = peak resident memory of this process",
+        "peak_host_rss_bytes = peak resident memory of this process",
     }
     if args.mode in ("all", "train"):
         modes = ["off", "on"] if args.gradient_checkpointing == "both" else [args.gradient_checkpointing]

@@ -47,8 +47,14 @@ def starts(task: str, first_seed: int, n: int, cameras):
         for seed in range(first_seed, first_seed + n):
             env.reset(seed)
             cube = env.cube_position(env.layout.target_cube)
-            out.append({"images": {c: env.render(c) for c in cameras}, "state": env.joint_positions(),
-                        "instruction": env.instruction, "bearing": math.atan2(cube[1], cube[0])})
+            out.append(
+                {
+                    "images": {c: env.render(c) for c in cameras},
+                    "state": env.joint_positions(),
+                    "instruction": env.instruction,
+                    "bearing": math.atan2(cube[1], cube[0]),
+                }
+            )
     finally:
         env.close()
     return out
@@ -76,8 +82,9 @@ def figures_of(grid: np.ndarray, bearings: np.ndarray) -> dict:
         "spread_across_pictures_rad": [round(float(v), 4) for v in across_pictures],
         "spread_across_states_rad": [round(float(v), 4) for v in across_states],
         # None: the answer does not depend on the state at all (no state in the model's input)
-        "picture_to_state_ratio": (round(float(across_pictures.sum() / across_states.sum()), 3)
-                                   if across_states.sum() > 1e-6 else None),
+        "picture_to_state_ratio": (
+            round(float(across_pictures.sum() / across_states.sum()), 3) if across_states.sum() > 1e-6 else None
+        ),
         "base_turn_vs_target_bearing_correlation": round(corr, 3),
     }
 
@@ -97,17 +104,30 @@ def main(argv=None) -> int:
     cameras = list(policy.config.get("cameras") or ["primary"])
     scenes = starts(args.task, args.first_seed, args.seeds, cameras)
     grid = displacement_grid(policy, scenes)
-    figures = {"checkpoint": str(args.checkpoint), "task": args.task, "seeds": args.seeds,
-               **figures_of(grid, np.array([s["bearing"] for s in scenes])),
-               "seconds": round(time.monotonic() - t0, 1)}
-    print(f"{args.seeds} held-out starts of '{args.task}', {args.seeds ** 2} predictions")
+    figures = {
+        "checkpoint": str(args.checkpoint),
+        "task": args.task,
+        "seeds": args.seeds,
+        **figures_of(grid, np.array([s["bearing"] for s in scenes])),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    print(f"{args.seeds} held-out starts of '{args.task}', {args.seeds**2} predictions")
     print("joint                      " + " ".join(f"{k + 1:>7d}" for k in range(ARM)))
     print("spread across pictures     " + " ".join(f"{v:7.4f}" for v in figures["spread_across_pictures_rad"]))
     print("spread across start states " + " ".join(f"{v:7.4f}" for v in figures["spread_across_states_rad"]))
     ratio = figures["picture_to_state_ratio"]
-    print("pictures / states: " + ("the state does not change the answer" if ratio is None else
-                                   f"{ratio} (below 1: the answer follows the state more than the scene)"))
-    print(f"base joint turn vs bearing of the named cube: correlation {figures['base_turn_vs_target_bearing_correlation']}")
+    print(
+        "pictures / states: "
+        + (
+            "the state does not change the answer"
+            if ratio is None
+            else f"{ratio} (below 1: the answer follows the state more than the scene)"
+        )
+    )
+    print(
+        "base joint turn vs bearing of the named cube: correlation "
+        f"{figures['base_turn_vs_target_bearing_correlation']}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -33,8 +33,11 @@ BENCHMARKS = {
     "export_throughput": ("export_throughput.py", [], ["--episodes", "2", "--steps", "50"]),
     "train_data_pipeline": ("train_data_pipeline.py", [], ["--steps", "20"]),
     "openpi_step": ("openpi_step.py", [], ["--steps", "5"]),
-    "openvla_7b_step": ("openvla_7b_step.py", [], ["--depth-override", "1", "--width-divisor", "64", "--batch-size", "2",
-                                                   "--steps", "1", "--infer-actions", "3"]),
+    "openvla_7b_step": (
+        "openvla_7b_step.py",
+        [],
+        ["--depth-override", "1", "--width-divisor", "64", "--batch-size", "2", "--steps", "1", "--infer-actions", "3"],
+    ),
     "inference_latency": ("inference_latency.py", ["--seconds", "20"], ["--seconds", "8"]),
     "inference_threads": ("inference_threads.py", [], ["--calls", "5"]),
     "control_jitter": ("control_jitter.py", ["--seconds", "20"], ["--seconds", "8"]),
@@ -64,13 +67,19 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run just these")
     parser.add_argument("--json", default="bench_results.json", help="where the gathered figures go")
     args = parser.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": commit or None,
         "quick": args.quick,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
         "benchmarks": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,8 +87,10 @@ def main(argv=None) -> int:
             report["benchmarks"][name] = run_one(name, args.quick, Path(tmp))
             Path(args.json).write_text(json.dumps(report, indent=2))
     failed = [n for n, e in report["benchmarks"].items() if e["exit_code"] != 0]
-    print(f"\nwrote {args.json}: {len(report['benchmarks']) - len(failed)} benchmark(s) ok"
-          + (f", FAILED: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\nwrote {args.json}: {len(report['benchmarks']) - len(failed)} benchmark(s) ok"
+        + (f", FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -56,8 +56,16 @@ def write_dataset(root: Path, episodes: int, steps: int) -> None:
 
 def pipeline_rate(data, size: int, batch: int, workers: int, batches: int) -> float:
     spec = ImageSpec(size, size)
-    with BatchStream(data.train, cameras=data.cameras, spec=spec, horizon=1, batch_size=batch, seed=0,
-                     num_workers=workers, prefetch=4) as stream:
+    with BatchStream(
+        data.train,
+        cameras=data.cameras,
+        spec=spec,
+        horizon=1,
+        batch_size=batch,
+        seed=0,
+        num_workers=workers,
+        prefetch=4,
+    ) as stream:
         next(stream)  # start-up
         t0 = time.perf_counter()
         for _ in range(batches):
@@ -70,9 +78,22 @@ def trainer_run(root: Path, out: Path, steps: int, batch: int, size: int, worker
     from crane_x7_vla.training.config import TrainConfig
     from crane_x7_vla.training.metrics import read_metrics
 
-    cfg = TrainConfig(backend="openvla", model="tiny", data_root=str(root), output_dir=str(out), image_size=f"{size}x{size}",
-                      batch_size=batch, max_steps=steps, save_steps=10 * steps, logging_steps=1, eval_samples=8,
-                      learning_rate=2e-3, device="cpu", num_workers=workers, val_ratio=0.0)
+    cfg = TrainConfig(
+        backend="openvla",
+        model="tiny",
+        data_root=str(root),
+        output_dir=str(out),
+        image_size=f"{size}x{size}",
+        batch_size=batch,
+        max_steps=steps,
+        save_steps=10 * steps,
+        logging_steps=1,
+        eval_samples=8,
+        learning_rate=2e-3,
+        device="cpu",
+        num_workers=workers,
+        val_ratio=0.0,
+    )
     train(cfg)
     rows = [r for r in read_metrics(out) if "perf/step_time_s" in r][3:]  # skip warm-up steps
     step = np.array([r["perf/step_time_s"] for r in rows])
@@ -94,8 +115,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="tiny-preset batch")
     ap.add_argument("--image-size", type=int, default=64, help="tiny-preset input side")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--assumed-7b-step-seconds", type=float, default=1.5,
-                    help="ASSUMED OpenVLA-7B LoRA step time at batch 16 (A100-class GPU); not measured here")
+    ap.add_argument(
+        "--assumed-7b-step-seconds",
+        type=float,
+        default=1.5,
+        help="ASSUMED OpenVLA-7B LoRA step time at batch 16 (A100-class GPU); not measured here",
+    )
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
 
@@ -125,13 +150,20 @@ def main(argv=None) -> int:
     }
     print(f"data pipeline ({result['cpu_cores']} cores, {args.workers} workers, 640x480 JPEG sources):")
     print(f"  {tiny_rate:8.1f} samples/s at {args.image_size}x{args.image_size}, {big_rate:8.1f} samples/s at 224x224")
-    print(f"tiny preset trainer on CPU (batch {args.batch_size}, {args.image_size}px): "
-          f"{run['step_seconds_median'] * 1000:.0f} ms/step median, {run['samples_per_second_consumed']:.1f} samples/s")
-    print(f"  waiting on data: {100 * run['data_wait_share_mean']:.2f} % of step time on average "
-          f"(max {100 * run['data_wait_share_max']:.1f} %), target < 5 %: {'met' if result['meets_target'] else 'NOT met'}")
+    print(
+        f"tiny preset trainer on CPU (batch {args.batch_size}, {args.image_size}px): "
+        f"{run['step_seconds_median'] * 1000:.0f} ms/step median, {run['samples_per_second_consumed']:.1f} samples/s"
+    )
+    print(
+        f"  waiting on data: {100 * run['data_wait_share_mean']:.2f} % of step time on average "
+        f"(max {100 * run['data_wait_share_max']:.1f} %), "
+        f"target < 5 %: {'met' if result['meets_target'] else 'NOT met'}"
+    )
     print(f"  pipeline / trainer headroom: {result['tiny_headroom_factor']}x")
-    print(f"7B step (ASSUMED {args.assumed_7b_step_seconds} s at batch 16 = {consumed_7b:.1f} samples/s): "
-          f"224px pipeline headroom {result['headroom_factor_7b']}x")
+    print(
+        f"7B step (ASSUMED {args.assumed_7b_step_seconds} s at batch 16 = {consumed_7b:.1f} samples/s): "
+        f"224px pipeline headroom {result['headroom_factor_7b']}x"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

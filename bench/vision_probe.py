@@ -64,9 +64,15 @@ def tower_error(train, test, steps: int, seed: int = 0) -> np.ndarray:
     torch.set_num_threads(1)
     p = PRESETS["tiny"]
     size = train[0].shape[1]
-    cfg = SiglipVisionConfig(hidden_size=p["vision_hidden"], intermediate_size=2 * p["vision_hidden"],
-                             num_hidden_layers=p["vision_layers"], num_attention_heads=p["vision_heads"],
-                             image_size=size, patch_size=p["patch"], vision_use_head=False)
+    cfg = SiglipVisionConfig(
+        hidden_size=p["vision_hidden"],
+        intermediate_size=2 * p["vision_hidden"],
+        num_hidden_layers=p["vision_layers"],
+        num_attention_heads=p["vision_heads"],
+        image_size=size,
+        patch_size=p["patch"],
+        vision_use_head=False,
+    )
 
     class Probe(torch.nn.Module):
         def __init__(self):
@@ -118,13 +124,21 @@ def main(argv=None) -> int:
         train = scenes(env, 0, n, 64)
         cm = 100 * centroid_error(train, test)
         tw = 100 * tower_error(train, test, args.steps)
-        results[n] = {"tower_cm": float(tw.mean()), "tower_within_4cm": float((tw < 4).mean()),
-                      "centroid_cm": float(cm.mean()), "centroid_within_4cm": float((cm < 4).mean()),
-                      "seconds": round(time.perf_counter() - t0, 1)}
+        results[n] = {
+            "tower_cm": float(tw.mean()),
+            "tower_within_4cm": float((tw < 4).mean()),
+            "centroid_cm": float(cm.mean()),
+            "centroid_within_4cm": float((cm < 4).mean()),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         r = results[n]
-        print(f"{n:5d} scenes: tiny vision tower {r['tower_cm']:.1f} cm ({100 * r['tower_within_4cm']:.0f}% within 4 cm), "
-              f"colour centroid {r['centroid_cm']:.1f} cm ({100 * r['centroid_within_4cm']:.0f}%)  [{r['seconds']:.0f} s]",
-              flush=True)
+        print(
+            f"{n:5d} scenes: tiny vision tower {r['tower_cm']:.1f} cm "
+            f"({100 * r['tower_within_4cm']:.0f}% within 4 cm), "
+            f"colour centroid {r['centroid_cm']:.1f} cm ({100 * r['centroid_within_4cm']:.0f}%)  "
+            f"[{r['seconds']:.0f} s]",
+            flush=True,
+        )
     env.close()
     if args.json:
         with open(args.json, "w") as f:

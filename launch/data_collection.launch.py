@@ -12,8 +12,9 @@ Started here:
   (/leader/joint_states, ...). Both arms use the same joint names, so only the namespace
   keeps them apart: the relay reads the leader's namespaced joint states, the logger
   records the follower's. Each vendor launch runs in its own scope and gets only the
-  arguments given to it here, so nothing set for one arm reaches the other; Give the leader a servo configuration that lets a person move
-  it by hand (low position gain) with leader_manipulator_config;
+  arguments given to it here, so nothing set for one arm reaches the other. Give the leader a
+  servo configuration that lets a person move it by hand (low position gain) with
+  leader_manipulator_config;
 * a RealSense (realsense2_camera) named `camera` in the root namespace, which
   publishes /camera/color/image_raw (the logger's image_topic);
 * teleop_relay (leader -> follower, clamped, velocity-limited) and data_logger. When either
@@ -64,8 +65,12 @@ def _vendor_control(namespace=None, **arguments):
         return GroupAction([include], scoped=True, forwarding=False, launch_configurations=arguments)
     # PushRosNamespace keeps the namespace in the launch configuration 'ros_namespace': the
     # scope passes that one on, too.
-    scope = GroupAction([include], scoped=True, forwarding=False,
-                        launch_configurations={**arguments, "ros_namespace": LaunchConfiguration("ros_namespace")})
+    scope = GroupAction(
+        [include],
+        scoped=True,
+        forwarding=False,
+        launch_configurations={**arguments, "ros_namespace": LaunchConfiguration("ros_namespace")},
+    )
     return GroupAction([PushRosNamespace(namespace), scope])
 
 
@@ -80,7 +85,8 @@ def generate_launch_description():
     follower = _vendor_control(port_name=LaunchConfiguration("port_follower"), baudrate=baudrate, use_d435="true")
     leader = _vendor_control(
         LaunchConfiguration("leader_namespace"),
-        port_name=LaunchConfiguration("port_leader"), baudrate=baudrate,
+        port_name=LaunchConfiguration("port_leader"),
+        baudrate=baudrate,
         manipulator_config_file_path=LaunchConfiguration("leader_manipulator_config"),
     )
     camera = Node(
@@ -89,35 +95,44 @@ def generate_launch_description():
         name="camera",
         output="screen",
         ros_arguments=string_parameter("serial_no", "camera_serial"),
-        parameters=[{
-            "enable_color": True,
-            "enable_depth": False,
-            "rgb_camera.color_profile": param("camera_profile", ARGUMENTS),
-        }],
+        parameters=[
+            {
+                "enable_color": True,
+                "enable_depth": False,
+                "rgb_camera.color_profile": param("camera_profile", ARGUMENTS),
+            }
+        ],
     )
     relay = Node(
         package="crane_x7_vla",
         executable="teleop_relay",
         name="teleop_relay",
         output="screen",
-        parameters=[{
-            "leader_joint_states_topic": PathJoinSubstitution(["/", LaunchConfiguration("leader_namespace"), "joint_states"]),
-            "follower_joint_states_topic": "/joint_states",
-            "rate": param("relay_rate", ARGUMENTS),
-            "max_velocity": param("max_velocity", ARGUMENTS),
-        }],
+        parameters=[
+            {
+                "leader_joint_states_topic": PathJoinSubstitution(
+                    ["/", LaunchConfiguration("leader_namespace"), "joint_states"]
+                ),
+                "follower_joint_states_topic": "/joint_states",
+                "rate": param("relay_rate", ARGUMENTS),
+                "max_velocity": param("max_velocity", ARGUMENTS),
+            }
+        ],
     )
     logger = Node(
         package="crane_x7_vla",
         executable="data_logger",
         name="data_logger",
         output="screen",
-        parameters=[{
-            **params(("output_dir", "instruction", "rate"), ARGUMENTS),
-            "joint_states_topic": "/joint_states",
-            "camera_names": one_item_list("camera_name"),
-            "camera_topics": one_item_list("image_topic"),
-        }],
+        parameters=[
+            {
+                **params(("output_dir", "instruction", "rate"), ARGUMENTS),
+                "joint_states_topic": "/joint_states",
+                "camera_names": one_item_list("camera_name"),
+                "camera_topics": one_item_list("image_topic"),
+            }
+        ],
     )
-    return LaunchDescription([*declare(ARGUMENTS), fastdds, follower, leader, camera, *essential(relay),
-                              *essential(logger)])
+    return LaunchDescription(
+        [*declare(ARGUMENTS), fastdds, follower, leader, camera, *essential(relay), *essential(logger)]
+    )

@@ -30,8 +30,9 @@ ARGUMENTS = {
     "camera_height": Arg("240", "simulated camera height (pixels)", int),
     "output_dir": Arg("~/crane_x7_sim_data", "directory the episodes are written into"),
     "rate": Arg("10.0", "steps recorded per second (Hz)", float),
-    "start_near": Arg("0.0", "share 0..1 of the resets that start with the hand a few cm from a cube "
-                             "(recovery demonstrations)", float),
+    "start_near": Arg(
+        "0.0", "share 0..1 of the resets that start with the hand a few cm from a cube (recovery demonstrations)", float
+    ),
 }
 
 CAMERAS = ["wrist", "primary"]
@@ -50,30 +51,36 @@ def generate_launch_description():
         executable="scripted_expert",
         name="crane_x7_sim",
         output="screen",
-        parameters=[{
-            **params(("task", "seed", "start_near", "camera_width", "camera_height"), ARGUMENTS),
-            "cameras": CAMERAS,
-            "camera_topics": CAMERA_TOPICS,
-            "leader_joint_states_topic": "/leader/joint_states",
-        }],
+        parameters=[
+            {
+                **params(("task", "seed", "start_near", "camera_width", "camera_height"), ARGUMENTS),
+                "cameras": CAMERAS,
+                "camera_topics": CAMERA_TOPICS,
+                "leader_joint_states_topic": "/leader/joint_states",
+            }
+        ],
     )
     relay = Node(
         package="crane_x7_vla",
         executable="teleop_relay",
         name="teleop_relay",
         output="screen",
-        parameters=[{"leader_joint_states_topic": "/leader/joint_states", "follower_joint_states_topic": "/joint_states"}],
+        parameters=[
+            {"leader_joint_states_topic": "/leader/joint_states", "follower_joint_states_topic": "/joint_states"}
+        ],
     )
     logger = Node(
         package="crane_x7_vla",
         executable="data_logger",
         name="data_logger",
         output="screen",
-        parameters=[{
-            **params(("output_dir", "rate", "task"), ARGUMENTS),
-            "camera_names": CAMERAS,
-            "camera_topics": CAMERA_TOPICS,
-            "success_topic": "/crane_x7_sim/success",
-        }],
+        parameters=[
+            {
+                **params(("output_dir", "rate", "task"), ARGUMENTS),
+                "camera_names": CAMERAS,
+                "camera_topics": CAMERA_TOPICS,
+                "success_topic": "/crane_x7_sim/success",
+            }
+        ],
     )
     return LaunchDescription([*declare(ARGUMENTS), fastdds, *essential(sim), *essential(relay), *essential(logger)])

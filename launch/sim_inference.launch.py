@@ -20,11 +20,13 @@ from crane_x7_vla.ros.launch_args import Arg, declare
 
 #: Arguments whose defaults differ from vla_inference.launch.py's for the simulated arm.
 ARGUMENTS = {
-    "cpu_threads": Arg("1", "CPU threads of an openvla model on the CPU (the simulator shares the CPU; 0 = one per core)",
-                       int),
+    "cpu_threads": Arg(
+        "1", "CPU threads of an openvla model on the CPU (the simulator shares the CPU; 0 = one per core)", int
+    ),
     "camera_names": Arg("['wrist', 'primary']", "camera names as sim_collection.launch.py records them", list),
-    "camera_topics": Arg("['/camera/color/image_raw', '/scene_camera/color/image_raw']", "their topics, same order",
-                         list),
+    "camera_topics": Arg(
+        "['/camera/color/image_raw', '/scene_camera/color/image_raw']", "their topics, same order", list
+    ),
     "autostart": Arg("true", "start moving without waiting for ~/start", bool),
 }
 

@@ -32,8 +32,9 @@ ARGUMENTS = {
     "control_rate": Arg("30.0", "commands per second (Hz)", float),
     "inference_rate": Arg("5.0", "policy calls per second at most (Hz)", float),
     "max_joint_velocity": Arg("1.0", "largest joint speed commanded (rad/s)", float),
-    "stale_timeout": Arg("0.5", "hold when the image or joint state is older than this or stamped in the future (s)",
-                         float),
+    "stale_timeout": Arg(
+        "0.5", "hold when the image or joint state is older than this or stamped in the future (s)", float
+    ),
     "dry_run": Arg("false", "compute commands without sending them to the controllers", bool),
     "autostart": Arg("false", "start moving without waiting for ~/start", bool),
     "use_sim": Arg("false", "also start the simulated CRANE-X7 (crane_x7_sim)", bool),
@@ -43,8 +44,21 @@ ARGUMENTS = {
 
 #: Launch arguments that are parameters of the inference node under the same name.
 NODE_PARAMETERS = (
-    "model_path", "policy_server", "policy_token", "instruction", "device", "cpu_threads", "image_topic", "camera_names",
-    "camera_topics", "control_rate", "inference_rate", "max_joint_velocity", "stale_timeout", "dry_run", "autostart",
+    "model_path",
+    "policy_server",
+    "policy_token",
+    "instruction",
+    "device",
+    "cpu_threads",
+    "image_topic",
+    "camera_names",
+    "camera_topics",
+    "control_rate",
+    "inference_rate",
+    "max_joint_velocity",
+    "stale_timeout",
+    "dry_run",
+    "autostart",
 )
 
 

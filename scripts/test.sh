@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite, in separate pytest processes:
+# The linter, then the test suite in separate pytest processes:
 #   - TensorFlow and MuJoCo's renderer cannot share one process (it segfaults), so the tests
 #     that run TensorFlow in-process (RLDS export) get their own;
 #   - the real-DDS tests (tests/ros, tests/ros_deploy, tests/ros_launch) play the robot in the test process at
@@ -13,6 +13,8 @@ OWN_PROCESS=(tests/datasets tests/ros tests/ros_deploy tests/ros_launch)
 ignore=()
 for t in "${OWN_PROCESS[@]}"; do ignore+=("--ignore=$t"); done
 failed=()
+echo "[test] lint (ruff, settings in ruff.toml)"
+"$PY" -m ruff check . || failed+=("lint")
 echo "[test] main suite"
 "$PY" -m pytest -q "$@" tests "${ignore[@]}" || failed+=("main")
 for t in "${OWN_PROCESS[@]}"; do

@@ -105,7 +105,8 @@ def folder(text: str) -> str:
         if parent.exists():
             if not parent.is_dir():
                 raise argparse.ArgumentTypeError(
-                    f"{clip(text, WORD_CHARS)}: {parent} is a file, so it holds no folders")
+                    f"{clip(text, WORD_CHARS)}: {parent} is a file, so it holds no folders"
+                )
             break
     return text
 
@@ -136,7 +137,9 @@ def sim_task(text: str) -> str:
     from crane_x7_vla.sim.tasks import TASKS
 
     if text not in TASKS:
-        raise argparse.ArgumentTypeError(f"{clip(text)!r} is not a simulated task; choose from {', '.join(sorted(TASKS))}")
+        raise argparse.ArgumentTypeError(
+            f"{clip(text)!r} is not a simulated task; choose from {', '.join(sorted(TASKS))}"
+        )
     return text
 
 
@@ -148,7 +151,8 @@ def camera_list(known):
         unknown = [c for c in names if c not in known]
         if unknown or not names:
             raise argparse.ArgumentTypeError(
-                f"{clip(text)!r}: cameras are chosen from {', '.join(sorted(known))}, comma-separated")
+                f"{clip(text)!r}: cameras are chosen from {', '.join(sorted(known))}, comma-separated"
+            )
         return ",".join(names)
 
     parse.__name__ = "camera list"
@@ -162,6 +166,6 @@ def ros_node_name(text: str) -> str:
     """A ROS node name such as /data_logger or /robot/data_logger."""
     if not _NODE_NAME.match(text):
         raise argparse.ArgumentTypeError(
-            f"{clip(text)!r} is not a ROS node name (letters, digits and _, parts separated by /)")
+            f"{clip(text)!r} is not a ROS node name (letters, digits and _, parts separated by /)"
+        )
     return text
-

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from crane_x7_vla import robot
 from crane_x7_vla.cli.args import (
-    ArgumentParser, file_name, folder, int_between, non_negative_int, positive_float, positive_int,
+    ArgumentParser,
+    file_name,
+    folder,
+    int_between,
+    non_negative_int,
+    positive_float,
+    positive_int,
 )
 from crane_x7_vla.episode import reader, schema
 
@@ -63,7 +69,7 @@ def _info(args) -> int:
     print(f"  success flags: {dict(successes)}")
     print("  instructions:")
     for text, count in instructions.most_common():
-        print(f"    {count:4d} x \"{text}\"")
+        print(f'    {count:4d} x "{text}"')
     if partial:
         print(f"  {len(partial)} unfinished episode(s): `crane-x7-vla dataset recover {args.dir}`")
     if not summary["statistics_file"]:
@@ -204,24 +210,39 @@ def _export(args) -> int:
         from crane_x7_vla.episode.rlds import export_rlds
 
         summary = export_rlds(
-            args.dir, args.out, overwrite=args.overwrite, fps=args.fps, episodes_per_shard=args.episodes_per_shard,
+            args.dir,
+            args.out,
+            overwrite=args.overwrite,
+            fps=args.fps,
+            episodes_per_shard=args.episodes_per_shard,
             progress=not args.no_progress,
         )
     else:
         from crane_x7_vla.episode.lerobot import export_lerobot
 
         summary = export_lerobot(
-            args.dir, args.out, overwrite=args.overwrite, fps=args.fps, vcodec=args.vcodec, crf=args.crf,
-            gop=args.gop, progress=not args.no_progress,
+            args.dir,
+            args.out,
+            overwrite=args.overwrite,
+            fps=args.fps,
+            vcodec=args.vcodec,
+            crf=args.crf,
+            gop=args.gop,
+            progress=not args.no_progress,
         )
     if args.json:
         print(json.dumps(summary))
         return 0
     cams = ", ".join(f"{c} {s}" for c, s in summary["cameras"].items())
-    print(f"wrote {summary['format']} dataset {summary['out']}: {summary['episodes']} episode(s), {summary['steps']} steps, cameras {cams}")
+    print(
+        f"wrote {summary['format']} dataset {summary['out']}: {summary['episodes']} episode(s), "
+        f"{summary['steps']} steps, cameras {cams}"
+    )
     if args.format == "rlds":
-        print(f"  read it with tensorflow_datasets.builder('crane_x7', data_dir='{summary['out']}')"
-              f".as_dataset(split='train') (the dataset: {summary['dataset']})")
+        print(
+            f"  read it with tensorflow_datasets.builder('crane_x7', data_dir='{summary['out']}')"
+            f".as_dataset(split='train') (the dataset: {summary['dataset']})"
+        )
         print(f"  statistics: {summary['statistics']} (fingerprint {summary['fingerprint']})")
     else:
         print(f"  {summary['tasks']} task(s), {summary['fps']} fps, video codec {summary['video_codec']}")
@@ -273,17 +294,36 @@ def register_conversions(subparsers) -> None:
     p = subparsers.add_parser("export", help="write episodes as an RLDS (TFDS) or LeRobot v3.0 dataset")
     p.add_argument("dir", type=folder, help="folder of episodes")
     p.add_argument("--format", required=True, choices=("rlds", "lerobot"))
-    p.add_argument("--out", type=folder, required=True,
-                   help="output folder (new or empty); written beside it first and moved into place when complete")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier export at --out (a folder holding anything else is never replaced)")
+    p.add_argument(
+        "--out",
+        type=folder,
+        required=True,
+        help="output folder (new or empty); written beside it first and moved into place when complete",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export at --out (a folder holding anything else is never replaced)",
+    )
     p.add_argument("--fps", type=positive_float, default=None, help="recording rate, for episodes without metadata")
-    p.add_argument("--episodes-per-shard", type=positive_int, default=None,
-                   help="rlds: episodes per TFRecord shard (default: ~256 MB shards)")
-    p.add_argument("--vcodec", choices=("av1", "h264"), default="av1", help="lerobot: video codec (default av1, as LeRobot)")
-    p.add_argument("--crf", type=int_between(0, 63), default=30,
-                   help="lerobot: video quality, lower is better: 0..63 for av1, 0..51 for h264 (default 30)")
-    p.add_argument("--gop", type=positive_int, default=2, help="lerobot: frames between key frames (default 2, fast seeking)")
+    p.add_argument(
+        "--episodes-per-shard",
+        type=positive_int,
+        default=None,
+        help="rlds: episodes per TFRecord shard (default: ~256 MB shards)",
+    )
+    p.add_argument(
+        "--vcodec", choices=("av1", "h264"), default="av1", help="lerobot: video codec (default av1, as LeRobot)"
+    )
+    p.add_argument(
+        "--crf",
+        type=int_between(0, 63),
+        default=30,
+        help="lerobot: video quality, lower is better: 0..63 for av1, 0..51 for h264 (default 30)",
+    )
+    p.add_argument(
+        "--gop", type=positive_int, default=2, help="lerobot: frames between key frames (default 2, fast seeking)"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
@@ -292,20 +332,44 @@ def register_conversions(subparsers) -> None:
     p.add_argument("bag", help="rosbag2 folder, or its .mcap / .db3 file")
     p.add_argument("--out", type=folder, required=True, help="episode folder to write into")
     p.add_argument("--instruction", required=True, help="language instruction of the recorded task")
-    p.add_argument("--joint-topic", default=robot.JOINT_STATES_TOPIC, help=f"sensor_msgs/JointState topic (default {robot.JOINT_STATES_TOPIC})")
     p.add_argument(
-        "--image-topic", action="append", metavar="NAME=TOPIC",
-        help=f"camera name and Image/CompressedImage topic; repeat per camera (default primary={robot.DEFAULT_IMAGE_TOPIC})",
+        "--joint-topic",
+        default=robot.JOINT_STATES_TOPIC,
+        help=f"sensor_msgs/JointState topic (default {robot.JOINT_STATES_TOPIC})",
     )
-    p.add_argument("--rate", type=positive_float, default=None,
-                   help="steps per second (default: one step per image of the first camera)")
-    p.add_argument("--tolerance", type=positive_float, default=None,
-                   help="max seconds between a step and its joint state/images (default half a step)")
-    p.add_argument("--split-gap", type=positive_float, default=1.0,
-                   help="start a new episode after a pause longer than this many seconds (default 1)")
+    p.add_argument(
+        "--image-topic",
+        action="append",
+        metavar="NAME=TOPIC",
+        help="camera name and Image/CompressedImage topic; repeat per camera "
+        f"(default primary={robot.DEFAULT_IMAGE_TOPIC})",
+    )
+    p.add_argument(
+        "--rate",
+        type=positive_float,
+        default=None,
+        help="steps per second (default: one step per image of the first camera)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=positive_float,
+        default=None,
+        help="max seconds between a step and its joint state/images (default half a step)",
+    )
+    p.add_argument(
+        "--split-gap",
+        type=positive_float,
+        default=1.0,
+        help="start a new episode after a pause longer than this many seconds (default 1)",
+    )
     p.add_argument("--max-steps", type=positive_int, default=None, help="start a new episode after this many steps")
     p.add_argument("--min-steps", type=positive_int, default=2, help="skip episodes shorter than this (default 2)")
-    p.add_argument("--time-source", choices=("header", "receive"), default="header", help="message header stamps (default) or bag receive times")
+    p.add_argument(
+        "--time-source",
+        choices=("header", "receive"),
+        default="header",
+        help="message header stamps (default) or bag receive times",
+    )
     p.add_argument("--task", default="", help="task name stored in the episode metadata")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

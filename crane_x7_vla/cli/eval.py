@@ -28,16 +28,27 @@ from crane_x7_vla.policy.devices import ACCEPTED, device_arg
 def _run(args) -> int:
     out = Path(args.out or Path(args.checkpoint) / "eval")
     try:
-        results = evaluate(Path(args.checkpoint), task=args.task, episodes=args.episodes, first_seed=args.first_seed,
-                           timeout=args.timeout, out_dir=out, data_root=args.data_root,
-                           baselines=not args.no_baselines, device=args.device)
+        results = evaluate(
+            Path(args.checkpoint),
+            task=args.task,
+            episodes=args.episodes,
+            first_seed=args.first_seed,
+            timeout=args.timeout,
+            out_dir=out,
+            data_root=args.data_root,
+            baselines=not args.no_baselines,
+            device=args.device,
+        )
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     policy = results["policy"]
-    print(f"success rate {format_rate(policy)}; mean time to success "
-          f"{policy['mean_time_to_success_s'] if policy['mean_time_to_success_s'] is None else round(policy['mean_time_to_success_s'], 2)} s; "
-          f"safety interventions {policy['safety_interventions']}")
+    mean_s = policy["mean_time_to_success_s"]
+    print(
+        f"success rate {format_rate(policy)}; mean time to success "
+        f"{mean_s if mean_s is None else round(mean_s, 2)} s; "
+        f"safety interventions {policy['safety_interventions']}"
+    )
     achieved = format_achieved_rates(policy)
     if achieved:
         print(f"achieved {achieved}; lockstep waits that ran out: {policy.get('lockstep_timeouts') or 0}")
@@ -46,18 +57,29 @@ def _run(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="closed-loop success rate on the simulated CRANE-X7, with baselines",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "eval",
+        help="closed-loop success rate on the simulated CRANE-X7, with baselines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("checkpoint", type=folder, help="checkpoint directory, e.g. outputs/run/checkpoint-final")
     p.add_argument("--task", type=sim_task, default="reach", help="simulated task (reach, pick_place; default reach)")
     p.add_argument("--episodes", type=positive_int, default=20, help="held-out seeds to run (default 20)")
     p.add_argument("--first-seed", type=non_negative_int, default=HELD_OUT_FIRST_SEED, help="first held-out seed")
-    p.add_argument("--timeout", type=positive_float, default=15.0,
-                   help="simulated seconds per episode (default 15)")
-    p.add_argument("--device", type=device_arg, default="cpu",
-                   help=f"device for the policy in the inference node: {ACCEPTED} (default cpu)")
-    p.add_argument("--data-root", type=folder, default=None, help="episodes for the mean-trajectory baseline "
-                   "(default: the checkpoint's training data)")
+    p.add_argument("--timeout", type=positive_float, default=15.0, help="simulated seconds per episode (default 15)")
+    p.add_argument(
+        "--device",
+        type=device_arg,
+        default="cpu",
+        help=f"device for the policy in the inference node: {ACCEPTED} (default cpu)",
+    )
+    p.add_argument(
+        "--data-root",
+        type=folder,
+        default=None,
+        help="episodes for the mean-trajectory baseline (default: the checkpoint's training data)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the hold-still and mean-trajectory baselines")
     p.add_argument("--out", type=folder, default=None, help="output folder (default CHECKPOINT/eval)")
     p.set_defaults(func=_run)

@@ -87,7 +87,9 @@ def parse_image_topic(text: str) -> tuple[str, str]:
     if not sep or not name or not topic.startswith("/"):
         raise DatasetError(f"--image-topic {clip(text)!r}: expected NAME=/topic, e.g. primary=/camera/color/image_raw")
     if not name.replace("_", "").isalnum():
-        raise DatasetError(f"--image-topic {clip(text)!r}: camera name {clip(name)!r} may hold letters, digits and _ only")
+        raise DatasetError(
+            f"--image-topic {clip(text)!r}: camera name {clip(name)!r} may hold letters, digits and _ only"
+        )
     return name, topic
 
 
@@ -130,9 +132,7 @@ def image_to_rgb_or_jpeg(msg, msgtype: str, *, where: str) -> np.ndarray | bytes
         raise DatasetError(f"{where}: CompressedImage format {msg.format!r} is not supported (jpeg or png)")
     encoding = msg.encoding.lower()
     if encoding not in RAW_ENCODINGS:
-        raise DatasetError(
-            f"{where}: image encoding {msg.encoding!r} is not supported ({', '.join(RAW_ENCODINGS)})"
-        )
+        raise DatasetError(f"{where}: image encoding {msg.encoding!r} is not supported ({', '.join(RAW_ENCODINGS)})")
     channels, bgr = RAW_ENCODINGS[encoding]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     buf = np.asarray(msg.data, dtype=np.uint8)
@@ -173,7 +173,9 @@ class Step:
     images: dict[str, int]  # camera -> image message index (per topic, bag order)
 
 
-def pair_steps(streams: Streams, cameras: list[str], *, rate: float | None, tolerance_ns: int) -> tuple[list[Step], int]:
+def pair_steps(
+    streams: Streams, cameras: list[str], *, rate: float | None, tolerance_ns: int
+) -> tuple[list[Step], int]:
     """Kept steps (in time order) and the number of dropped ticks."""
     sorted_times = {c: streams.image_times[c][streams.image_order[c]] for c in cameras}
     if rate is not None:
@@ -205,8 +207,10 @@ def pair_steps(streams: Streams, cameras: list[str], *, rate: float | None, tole
 def split_episodes(steps: list[Step], *, split_gap_ns: int, max_steps: int | None) -> list[list[Step]]:
     episodes: list[list[Step]] = []
     for step in steps:
-        if not episodes or step.time - episodes[-1][-1].time > split_gap_ns or (
-            max_steps is not None and len(episodes[-1]) >= max_steps
+        if (
+            not episodes
+            or step.time - episodes[-1][-1].time > split_gap_ns
+            or (max_steps is not None and len(episodes[-1]) >= max_steps)
         ):
             episodes.append([])
         episodes[-1].append(step)
@@ -246,7 +250,9 @@ def _connections(reader, bag: Path, options: BagImportOptions):
     return joints, images
 
 
-def read_streams(reader, joint_conns, image_conns, options: BagImportOptions, tolerance_ns: int | None, progress) -> Streams:
+def read_streams(
+    reader, joint_conns, image_conns, options: BagImportOptions, tolerance_ns: int | None, progress
+) -> Streams:
     """Pass 1: every joint state (merged into full states) and every image's time."""
     topic_of = {c.id: ("joint", None) for c in joint_conns}
     for cam, conns in image_conns.items():
@@ -275,7 +281,9 @@ def read_streams(reader, joint_conns, image_conns, options: BagImportOptions, to
                 jr.append(int(received))
     if not jt:
         missing = [j for j in robot.JOINT_NAMES if j not in seen_names]
-        detail = f"missing joints {', '.join(missing)}" if missing else "joints never within the tolerance of each other"
+        detail = (
+            f"missing joints {', '.join(missing)}" if missing else "joints never within the tolerance of each other"
+        )
         raise DatasetError(
             f"topic {options.joint_topic}: no complete CRANE-X7 joint state ({detail}; names seen: "
             f"{', '.join(sorted(seen_names)) or 'none'})"
@@ -313,7 +321,9 @@ def _nominal_rate(measured: float) -> float:
 # ---------------------------------------------------------------- import
 
 
-def import_bag(bag: str | os.PathLike, out: str | os.PathLike, options: BagImportOptions, *, progress: bool = True) -> dict:
+def import_bag(
+    bag: str | os.PathLike, out: str | os.PathLike, options: BagImportOptions, *, progress: bool = True
+) -> dict:
     """Convert one rosbag2 recording into episodes under `out`; returns a summary."""
     from tqdm import tqdm
 
@@ -347,7 +357,16 @@ def import_bag(bag: str | os.PathLike, out: str | os.PathLike, options: BagImpor
             )
         fps = float(options.rate) if options.rate else _nominal_rate(rate)
         written = _write_episodes(
-            reader, bag, out, episodes, streams, joint_conns, image_conns, options, fps, bar("write episodes"),
+            reader,
+            bag,
+            out,
+            episodes,
+            streams,
+            joint_conns,
+            image_conns,
+            options,
+            fps,
+            bar("write episodes"),
             identity,
         )
     finally:
@@ -404,8 +423,9 @@ def _tolerance_ns(options: BagImportOptions, rate: float | None) -> int:
     return int(0.5e9 / (options.rate or rate))
 
 
-def _write_episodes(reader, bag, out, episodes, streams: Streams, joint_conns, image_conns, options, fps, progress,
-                    identity: dict) -> list[Path]:
+def _write_episodes(
+    reader, bag, out, episodes, streams: Streams, joint_conns, image_conns, options, fps, progress, identity: dict
+) -> list[Path]:
     """Pass 2: decode the chosen images and write the steps, episode by episode, in order."""
     wanted: dict[tuple[str, int], list[tuple[int, int]]] = {}  # (camera, msg index) -> [(episode, step)]
     for e, steps in enumerate(episodes):
@@ -459,7 +479,9 @@ def _write_episodes(reader, bag, out, episodes, streams: Streams, joint_conns, i
             image = image_to_rgb_or_jpeg(reader.deserialize(raw, conn.msgtype), conn.msgtype, where=where)
             size = jpeg.size_of(image) if isinstance(image, bytes) else (image.shape[1], image.shape[0])
             if sizes.setdefault(cam, size) != size:
-                raise DatasetError(f"{where}: image is {size[0]}x{size[1]}, earlier ones {sizes[cam][0]}x{sizes[cam][1]}")
+                raise DatasetError(
+                    f"{where}: image is {size[0]}x{size[1]}, earlier ones {sizes[cam][0]}x{sizes[cam][1]}"
+                )
             for target in targets:
                 pending.setdefault(target, {})[cam] = (image, t)
             flush()

@@ -97,7 +97,9 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, source: str | os.Pa
             raise DatasetError(f"--out {out} is a file; an export is written into a folder (choose another --out)")
         if any(out.iterdir()):
             if not overwrite:
-                raise DatasetError(f"--out {out} already exists and is not empty; choose another --out or pass --overwrite")
+                raise DatasetError(
+                    f"--out {out} already exists and is not empty; choose another --out or pass --overwrite"
+                )
             if not (out / EXPORT_MARKER).is_file():
                 raise DatasetError(
                     f"--out {out} holds files that no `crane-x7-vla dataset export` wrote (no {EXPORT_MARKER}); "

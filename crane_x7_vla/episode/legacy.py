@@ -22,9 +22,14 @@ from crane_x7_vla.episode.writer import EpisodeWriter
 def find_legacy_episodes(src: str | os.PathLike) -> list[Path]:
     src = Path(src)
     if not src.is_dir():
-        raise DatasetError(f"{src} is a file; a folder of episode_* folders is expected" if src.exists()
-                           else f"{src}: no such directory")
-    found = sorted(p for p in src.iterdir() if p.is_dir() and p.name.startswith("episode_") and (p / schema.RECORD_FILE).exists())
+        raise DatasetError(
+            f"{src} is a file; a folder of episode_* folders is expected"
+            if src.exists()
+            else f"{src}: no such directory"
+        )
+    found = sorted(
+        p for p in src.iterdir() if p.is_dir() and p.name.startswith("episode_") and (p / schema.RECORD_FILE).exists()
+    )
     if not found:
         raise DatasetError(f"{src}: no episode_*/{schema.RECORD_FILE} found (the earlier stack's layout)")
     return found

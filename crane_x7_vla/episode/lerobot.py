@@ -254,14 +254,28 @@ def write_tasks(path: Path, tasks: dict[str, int]) -> None:
     import pyarrow.parquet as pq
 
     names = list(tasks)
-    table = pa.table({"task_index": pa.array([tasks[n] for n in names], pa.int64()), "task": pa.array(names, pa.string())})
+    table = pa.table(
+        {"task_index": pa.array([tasks[n] for n in names], pa.int64()), "task": pa.array(names, pa.string())}
+    )
     pandas_meta = {
         "index_columns": ["task"],
         "column_indexes": [
-            {"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
         ],
         "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
             {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
         ],
         "creator": {"library": "pyarrow", "version": pa.__version__},
@@ -377,7 +391,9 @@ def _write_lerobot(out: Path, plan, rate: int, *, vcodec: str, crf: int, gop: in
 
     videos = {cam: new_video(cam) for cam in plan.cameras}
     try:
-        for episode_index, ref in enumerate(tqdm(plan.refs, desc="export lerobot", unit="episode", disable=not progress)):
+        for episode_index, ref in enumerate(
+            tqdm(plan.refs, desc="export lerobot", unit="episode", disable=not progress)
+        ):
             ep = load_for_export(ref, plan)
             n = len(ep)
             if not ep.instruction:

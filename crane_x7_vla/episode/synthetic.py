@@ -58,7 +58,9 @@ def write_synthetic_dataset(
     for e in range(episodes):
         colour = names[e % len(names)]
         path = joint_path(rng, steps)
-        writer = EpisodeWriter(root, fps=fps, instruction=f"reach the {colour} cube", cameras=cameras, task="synthetic", seed=seed + e)
+        writer = EpisodeWriter(
+            root, fps=fps, instruction=f"reach the {colour} cube", cameras=cameras, task="synthetic", seed=seed + e
+        )
         t0 = 1_000_000_000 * (e + 1)
         for t, q in enumerate(path):
             stamp = t0 + int(t * 1e9 / fps)

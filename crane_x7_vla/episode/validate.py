@@ -86,7 +86,9 @@ def validate_episode(path: str | os.PathLike, *, check_images: bool = True) -> l
                     if meta and cam in meta.cameras:
                         info = meta.cameras[cam]
                         if (w, h) != (info.width, info.height):
-                            problems.append(f"{where}: image '{cam}' is {w}x{h}, metadata says {info.width}x{info.height}")
+                            problems.append(
+                                f"{where}: image '{cam}' is {w}x{h}, metadata says {info.width}x{info.height}"
+                            )
             if len(problems) > 50:
                 problems.append(f"{record_path}: stopping after 50 problems")
                 return problems

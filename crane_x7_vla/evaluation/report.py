@@ -42,7 +42,14 @@ def plot_training_curves(rows: list[dict], out: Path) -> Path | None:
     rows = [r for r in rows if "step" in r]
     if not rows:
         return None
-    keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    keys = sorted(
+        {
+            k
+            for r in rows
+            for k, v in r.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     keys = [k for k in keys if is_curve(k)] or keys  # losses and accuracies, not timings or the learning rate
     families: dict[str, list[str]] = {}
     for k in keys:
@@ -60,7 +67,9 @@ def plot_training_curves(rows: list[dict], out: Path) -> Path | None:
         ax.set_title(base, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-        if base.startswith("loss") and all(v > 0 for k in members for r in rows if isinstance(r.get(k), (int, float)) for v in [r[k]]):
+        if base.startswith("loss") and all(
+            v > 0 for k in members for r in rows if isinstance(r.get(k), (int, float)) for v in [r[k]]
+        ):
             ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
@@ -106,7 +115,9 @@ def plot_frames(frames: list[tuple[str, np.ndarray]], out: Path, title: str = ""
     return out
 
 
-def plot_predicted_vs_demonstrated(predicted: np.ndarray, demonstrated: np.ndarray, fps: float, out: Path, title: str = "") -> Path:
+def plot_predicted_vs_demonstrated(
+    predicted: np.ndarray, demonstrated: np.ndarray, fps: float, out: Path, title: str = ""
+) -> Path:
     """Open-loop predictions on a held-out demonstration against its recorded actions."""
     plt = _plt()
     t = np.arange(len(demonstrated)) / fps
@@ -134,8 +145,9 @@ def write_report(run_dir: Path, summary: dict, pictures: dict[str, Path | None])
     if policy:
         lines.append(f"**Trained policy success: {format_rate(policy)}** over held-out seeds.")
         lines.append("")
-    lines.append("| policy | success | mean time to success | failures ended from the goal (median) "
-                 "| safety interventions |")
+    lines.append(
+        "| policy | success | mean time to success | failures ended from the goal (median) | safety interventions |"
+    )
     lines.append("|---|---|---|---|---|")
     for name, res in summary.get("evaluation", {}).items():
         tts, miss = res.get("mean_time_to_success_s"), res.get("median_failure_distance_m")
@@ -147,17 +159,28 @@ def write_report(run_dir: Path, summary: dict, pictures: dict[str, Path | None])
     for name, res in summary.get("evaluation", {}).items():
         achieved = format_achieved_rates(res)
         if achieved:
-            lines.append(f"- {name}: the inference node achieved {achieved}; lockstep waits that ran out: "
-                         f"{res.get('lockstep_timeouts') or 0}")
+            lines.append(
+                f"- {name}: the inference node achieved {achieved}; lockstep waits that ran out: "
+                f"{res.get('lockstep_timeouts') or 0}"
+            )
     lines.append("")
-    for key in ("episodes_collected", "demo_success_rate", "train_steps", "train_seconds", "final_train_loss", "checkpoint"):
+    for key in (
+        "episodes_collected",
+        "demo_success_rate",
+        "train_steps",
+        "train_seconds",
+        "final_train_loss",
+        "checkpoint",
+    ):
         if key in summary:
             lines.append(f"- {key.replace('_', ' ')}: {summary[key]}")
     pre = summary.get("pretraining")
     if pre:
-        lines.append(f"- vision stage: {pre['steps']} steps on {pre['scenes']} rendered scenes, held-out pointing "
-                     f"error {pre['held_out_error_pixels']:.1f} pixels of the {pre['image_size'][0]}x"
-                     f"{pre['image_size'][1]} picture")
+        lines.append(
+            f"- vision stage: {pre['steps']} steps on {pre['scenes']} rendered scenes, held-out pointing "
+            f"error {pre['held_out_error_pixels']:.1f} pixels of the {pre['image_size'][0]}x"
+            f"{pre['image_size'][1]} picture"
+        )
     lines.append("")
     for label, pic in pictures.items():
         if pic is not None:

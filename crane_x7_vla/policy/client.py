@@ -38,9 +38,17 @@ def _url(url: str) -> str:
 
 
 class RemotePolicy:
-    def __init__(self, url: str, token: str | None = None, *, cameras=None, control_rate_hz: float | None = None,
-                 open_timeout: float = 10.0, expected_joint_names=robot.JOINT_NAMES,
-                 expected_fingerprint: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        cameras=None,
+        control_rate_hz: float | None = None,
+        open_timeout: float = 10.0,
+        expected_joint_names=robot.JOINT_NAMES,
+        expected_fingerprint: str | None = None,
+    ):
         self.url = _url(url)
         self.token = token or None
         self.open_timeout = open_timeout
@@ -50,13 +58,21 @@ class RemotePolicy:
         config = self.server_metadata.get("policy_config")
         self._server_config = config if isinstance(config, dict) else None
         if isinstance(config, dict) and config:
-            validate_config(config, f"policy server {self.url}", expected_joint_names=expected_joint_names,
-                            expected_fingerprint=expected_fingerprint)
+            validate_config(
+                config,
+                f"policy server {self.url}",
+                expected_joint_names=expected_joint_names,
+                expected_fingerprint=expected_fingerprint,
+            )
             self.config = dict(config)
         else:
-            self.config = {"cameras": list(cameras or ["primary"]), "joint_names": list(expected_joint_names),
-                           "action_space": {"dim": len(expected_joint_names), "horizon": None},
-                           "control_rate_hz": float(control_rate_hz or 10.0), "backend": "remote"}
+            self.config = {
+                "cameras": list(cameras or ["primary"]),
+                "joint_names": list(expected_joint_names),
+                "action_space": {"dim": len(expected_joint_names), "horizon": None},
+                "control_rate_hz": float(control_rate_hz or 10.0),
+                "backend": "remote",
+            }
         if cameras is not None:
             self.config["cameras"] = list(cameras)
         if control_rate_hz is not None:
@@ -80,8 +96,15 @@ class RemotePolicy:
 
         headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
         try:
-            self._ws = connect(self.url, compression=None, max_size=None, additional_headers=headers,
-                               open_timeout=self.open_timeout, close_timeout=CLOSE_TIMEOUT, legacy=True)
+            self._ws = connect(
+                self.url,
+                compression=None,
+                max_size=None,
+                additional_headers=headers,
+                open_timeout=self.open_timeout,
+                close_timeout=CLOSE_TIMEOUT,
+                legacy=True,
+            )
         except InvalidStatus as exc:
             status = exc.response.status_code
             hint = " (wrong or missing token)" if status == 401 else ""
@@ -112,7 +135,8 @@ class RemotePolicy:
             after = config.get("statistics_fingerprint") if isinstance(config, dict) else None
             raise RemotePolicyError(
                 f"policy server {self.url} now serves another policy (statistics fingerprint {before} before, "
-                f"{after} now); make a new RemotePolicy to use it")
+                f"{after} now); make a new RemotePolicy to use it"
+            )
         self.server_metadata = meta
 
     def _drop(self) -> None:
@@ -142,12 +166,14 @@ class RemotePolicy:
             reply = self._ws.recv(timeout=timeout)
         except TimeoutError:
             self._drop()  # its late reply must not be read as the answer to the next observation
-            raise RemotePolicyError(f"policy server {self.url} did not answer within {timeout} s "
-                                    f"(the next call reconnects)") from None
+            raise RemotePolicyError(
+                f"policy server {self.url} did not answer within {timeout} s (the next call reconnects)"
+            ) from None
         except Exception as exc:
             self._drop()
-            raise RemotePolicyError(f"connection to the policy server {self.url} failed: {exc} "
-                                    f"(the next call reconnects)") from None
+            raise RemotePolicyError(
+                f"connection to the policy server {self.url} failed: {exc} (the next call reconnects)"
+            ) from None
         if isinstance(reply, str):
             raise RemotePolicyError(f"policy server {self.url}: {wire.clip(reply, 600)}")
         try:
@@ -162,14 +188,17 @@ class RemotePolicy:
                 self._drop()
                 raise RemotePolicyError(
                     f"policy server {self.url} answered request {answered[0]} (episode_time {answered[1]}) while "
-                    f"this client waited for request {rid} (episode_time {msg.get('episode_time')}); reply dropped")
+                    f"this client waited for request {rid} (episode_time {msg.get('episode_time')}); reply dropped"
+                )
             self.last_observation_time = msg.get("episode_time")
         actions = np.asarray(data["actions"], dtype=np.float64)
         if actions.ndim == 1:
             actions = actions[None]
         dim = len(self.config["joint_names"])
         if actions.ndim != 2 or actions.shape[1] < dim:
-            raise RemotePolicyError(f"policy server {self.url} sent actions of shape {actions.shape}; need (H, >={dim})")
+            raise RemotePolicyError(
+                f"policy server {self.url} sent actions of shape {actions.shape}; need (H, >={dim})"
+            )
         self.last_timing = dict(data.get("server_timing") or {})
         self.last_timing["round_trip_ms"] = (time.perf_counter() - t0) * 1e3
         return actions[:, :dim].copy()

@@ -29,7 +29,8 @@ Decoding never builds more than the message holds: arrays and scalars are accept
 as booleans, integers, floats or text (no void, object or complex dtypes), an array's
 ``data`` must hold exactly shape x item size bytes, a scalar's ``data`` must be a value of
 its dtype, and maps and lists are limited to a few dozen entries (an observation has about
-ten keys) and to about a thousand in the whole message, however deeply nested. ``decode_observation`` refuses prompts longer than its ``max_prompt_chars``.
+ten keys) and to about a thousand in the whole message, however deeply nested.
+``decode_observation`` refuses prompts longer than its ``max_prompt_chars``.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def _dtype(obj, what: str) -> np.dtype:
     if isinstance(spec, bytes):
         spec = spec.decode("ascii", errors="replace")
     if not isinstance(spec, str) or not 0 < len(spec) <= MAX_DTYPE_CHARS:
-        raise WireError(f"{what}: 'dtype' must be a NumPy type string such as '<f4' or '|u1', "
-                        f"got {clip(repr(spec), 40)}")
+        raise WireError(
+            f"{what}: 'dtype' must be a NumPy type string such as '<f4' or '|u1', got {clip(repr(spec), 40)}"
+        )
     try:
         dtype = np.dtype(spec)
     except (TypeError, ValueError):
@@ -97,9 +99,14 @@ def _decode(obj):
     if _ARRAY in obj:
         dtype = _dtype(obj, "array")
         shape, data = obj.get(b"shape"), obj.get(b"data")
-        if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS or \
-                not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-            raise WireError(f"array: 'shape' must be a list of at most {MAX_DIMS} sizes >= 0, got {clip(repr(shape), 80)}")
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) > MAX_DIMS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise WireError(
+                f"array: 'shape' must be a list of at most {MAX_DIMS} sizes >= 0, got {clip(repr(shape), 80)}"
+            )
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise WireError(f"array: 'data' must be raw bytes, got {type(data).__name__}")
         shape = tuple(shape)
@@ -112,7 +119,9 @@ def _decode(obj):
         data = obj.get(b"data")
         fits = {"U": (str,), "S": (bytes,), "b": (bool,)}.get(dtype.kind, (bool, int, float))
         if not isinstance(data, fits):
-            raise WireError(f"scalar of dtype {dtype.str}: 'data' must be a {fits[0].__name__}, got {type(data).__name__}")
+            raise WireError(
+                f"scalar of dtype {dtype.str}: 'data' must be a {fits[0].__name__}, got {type(data).__name__}"
+            )
         try:
             return dtype.type(data)
         except (OverflowError, ValueError):
@@ -134,12 +143,18 @@ def unpackb(data: bytes, *, limited: bool = False):
         def count(container):
             left[0] -= len(container)
             if left[0] < 0:
-                raise WireError(f"the message holds more than {MAX_ITEMS} list items and map entries in all "
-                                f"(an observation needs a few dozen)")
+                raise WireError(
+                    f"the message holds more than {MAX_ITEMS} list items and map entries in all "
+                    f"(an observation needs a few dozen)"
+                )
             return container
 
-        hooks = {"object_hook": lambda obj: _decode(count(obj)), "list_hook": count,
-                 "max_map_len": MAX_MAP_LEN, "max_array_len": MAX_ARRAY_LEN}
+        hooks = {
+            "object_hook": lambda obj: _decode(count(obj)),
+            "list_hook": count,
+            "max_map_len": MAX_MAP_LEN,
+            "max_array_len": MAX_ARRAY_LEN,
+        }
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, **hooks)
     except WireError:
@@ -147,8 +162,9 @@ def unpackb(data: bytes, *, limited: bool = False):
     except Exception as exc:  # msgpack raises many types for bad input
         detail = clip(exc) if str(exc) else "cannot be decoded"
         limits = f"; at most {MAX_MAP_LEN} keys per map and {MAX_ARRAY_LEN} items per list" if limited else ""
-        raise WireError(f"not a msgpack message{' within the limits' if limited else ''} "
-                        f"({type(exc).__name__}: {detail}{limits})") from None
+        raise WireError(
+            f"not a msgpack message{' within the limits' if limited else ''} ({type(exc).__name__}: {detail}{limits})"
+        ) from None
 
 
 def _text(value) -> str:
@@ -229,8 +245,10 @@ def decode_observation(msg, cameras, state_dim: int = 8, max_prompt_chars: int |
     except WireError as exc:
         raise WireError(f"'prompt': {exc}") from None
     if max_prompt_chars is not None and len(instruction) > max_prompt_chars:
-        raise WireError(f"'prompt' holds {len(instruction)} characters; this server accepts at most "
-                        f"{max_prompt_chars} (its max_prompt_chars, `crane-x7-vla serve --max-prompt-chars`)")
+        raise WireError(
+            f"'prompt' holds {len(instruction)} characters; this server accepts at most "
+            f"{max_prompt_chars} (its max_prompt_chars, `crane-x7-vla serve --max-prompt-chars`)"
+        )
     images: dict[str, np.ndarray] = {}
     native = msg.get("images")
     if isinstance(native, dict):
@@ -244,8 +262,8 @@ def decode_observation(msg, cameras, state_dim: int = 8, max_prompt_chars: int |
             images.setdefault(cameras[0], _image(value, key))
         elif key == "observation/wrist_image" and "wrist" in cameras:
             images.setdefault("wrist", _image(value, key))
-        elif key.startswith("observation/image_") and key[len("observation/image_"):] in cameras:
-            images.setdefault(key[len("observation/image_"):], _image(value, key))
+        elif key.startswith("observation/image_") and key[len("observation/image_") :] in cameras:
+            images.setdefault(key[len("observation/image_") :], _image(value, key))
     missing = [c for c in cameras if c not in images]
     if missing:
         wanted = ", ".join(camera_keys(cameras)[c] for c in missing)

@@ -156,38 +156,60 @@ class DataLogger(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("data_logger", **kwargs)
         p = lambda *a: msgs.declare(self, *a)  # noqa: E731
-        self.output_dir = Path(os.path.expanduser(p("output_dir", "~/crane_x7_data",
-                                                    "Directory the episodes are written into")))
+        self.output_dir = Path(
+            os.path.expanduser(p("output_dir", "~/crane_x7_data", "Directory the episodes are written into"))
+        )
         self.rate = float(p("rate", 10.0, "Steps recorded per second (Hz)"))
-        self.joint_topic = p("joint_states_topic", robot.JOINT_STATES_TOPIC,
-                             "JointState topic of the FOLLOWER arm (never the leader's)")
-        self.camera_names = list(p("camera_names", ["primary"],
-                                   "Camera names as stored in the episode (observation/image_<name>)"))
-        self.camera_topics = list(p("camera_topics", [robot.DEFAULT_IMAGE_TOPIC],
-                                    "Image topic of each camera, same order as camera_names"))
-        self.instruction_topic = p("instruction_topic", "/instruction",
-                                   "std_msgs/String topic (transient local) with the current instruction")
-        self.default_instruction = p("instruction", "",
-                                     "Instruction used when nothing was received on instruction_topic")
-        self.success_topic = p("success_topic", "",
-                               "std_msgs/Bool topic with the task's success check ('' = none); "
-                               "its last value during an episode becomes the episode's success flag")
-        self.sync_tolerance = float(p("sync_tolerance", 0.1,
-                                      "Largest |image stamp - joint state stamp| of one step (s)"))
-        self.state_timeout = float(p("state_timeout", 0.5,
-                                     "A joint state received longer ago than this is stale (s)"))
+        self.joint_topic = p(
+            "joint_states_topic", robot.JOINT_STATES_TOPIC, "JointState topic of the FOLLOWER arm (never the leader's)"
+        )
+        self.camera_names = list(
+            p("camera_names", ["primary"], "Camera names as stored in the episode (observation/image_<name>)")
+        )
+        self.camera_topics = list(
+            p("camera_topics", [robot.DEFAULT_IMAGE_TOPIC], "Image topic of each camera, same order as camera_names")
+        )
+        self.instruction_topic = p(
+            "instruction_topic", "/instruction", "std_msgs/String topic (transient local) with the current instruction"
+        )
+        self.default_instruction = p(
+            "instruction", "", "Instruction used when nothing was received on instruction_topic"
+        )
+        self.success_topic = p(
+            "success_topic",
+            "",
+            "std_msgs/Bool topic with the task's success check ('' = none); "
+            "its last value during an episode becomes the episode's success flag",
+        )
+        self.sync_tolerance = float(
+            p("sync_tolerance", 0.1, "Largest |image stamp - joint state stamp| of one step (s)")
+        )
+        self.state_timeout = float(p("state_timeout", 0.5, "A joint state received longer ago than this is stale (s)"))
         self.jpeg_quality = int(p("jpeg_quality", 90, "JPEG quality of stored images (1-100)"))
         self.image_buffer = int(p("image_buffer", 8, "Images kept per camera for pairing by time stamp"))
         p("task", "", "Task name stored in the episode metadata (read at each start)")
         p("seed", -1, "Seed stored in the episode metadata, -1 = none (read at each start)")
-        self.keyboard = bool(p("keyboard", True,
-                               "Read keys from the terminal when stdin is one (s start, e/space save, d discard, q quit)"))
-        self.step_topic = p("step_topic", "",
-                            "std_msgs/Header topic of recording instants (crane_x7_sim's ~/step): record one step "
-                            "per instant, answered on ~/recorded, instead of on the rate timer ('' = timer)")
-        self.step_wait = float(p("step_wait", 2.0,
-                                 "With step_topic: seconds (of this node running) to wait for a step's joint state "
-                                 "and images before pairing the nearest"))
+        self.keyboard = bool(
+            p(
+                "keyboard",
+                True,
+                "Read keys from the terminal when stdin is one (s start, e/space save, d discard, q quit)",
+            )
+        )
+        self.step_topic = p(
+            "step_topic",
+            "",
+            "std_msgs/Header topic of recording instants (crane_x7_sim's ~/step): record one step "
+            "per instant, answered on ~/recorded, instead of on the rate timer ('' = timer)",
+        )
+        self.step_wait = float(
+            p(
+                "step_wait",
+                2.0,
+                "With step_topic: seconds (of this node running) to wait for a step's joint state "
+                "and images before pairing the nearest",
+            )
+        )
         self._check_config()
 
         self._lock = threading.RLock()
@@ -314,8 +336,14 @@ class DataLogger(Node):
             return None
         chosen = {}
         for cam, info in self._episode.cameras.items():
-            img = next((m for s, m in reversed(self._images[cam])
-                        if s == stamp and m.width == info.width and m.height == info.height), None)
+            img = next(
+                (
+                    m
+                    for s, m in reversed(self._images[cam])
+                    if s == stamp and m.width == info.width and m.height == info.height
+                ),
+                None,
+            )
             if img is None:
                 return None
             chosen[cam] = img
@@ -359,7 +387,9 @@ class DataLogger(Node):
             if self._pending[1] * _PENDING_CHECK > self.step_wait:
                 self.get_logger().warning(
                     f"step at {self._pending[0] * 1e-9:.3f} s: its joint state or images did not all arrive "
-                    f"within {self.step_wait:g} s; pairing the nearest", throttle_duration_sec=5.0)
+                    f"within {self.step_wait:g} s; pairing the nearest",
+                    throttle_duration_sec=5.0,
+                )
                 self._record_pending()
 
     # -- recording on the timer ------------------------------------------------------------
@@ -436,8 +466,11 @@ class DataLogger(Node):
                 cameras[cam] = CameraInfo(width=int(last.width), height=int(last.height), topic=topic)
             seed = int(self.get_parameter("seed").value)
             kwargs = dict(
-                fps=self.rate, instruction=instruction, cameras=cameras,
-                task=str(self.get_parameter("task").value), seed=None if seed < 0 else seed,
+                fps=self.rate,
+                instruction=instruction,
+                cameras=cameras,
+                task=str(self.get_parameter("task").value),
+                seed=None if seed < 0 else seed,
                 jpeg_quality=self.jpeg_quality,
             )
             name = self._worker.submit(self._worker.open, self.output_dir, kwargs).result(_CLOSE_TIMEOUT)
@@ -479,10 +512,17 @@ class DataLogger(Node):
             self.get_logger().error(f"{ep.name} not saved: {exc} ({ep.dropped} of {ep.ticks} ticks dropped)")
             raise RuntimeError(f"{ep.name} not saved: {exc}") from exc
         summary = {
-            "path": str(path), "steps": steps, "requested_hz": self.rate, "achieved_hz": achieved,
-            "ticks": ep.ticks, "dropped_steps": ep.dropped, "stale_frames": dict(ep.stale),
-            "stale_joint_states": ep.stale_joint, "repeated_frames": dict(ep.repeated),
-            "success": ep.success, "writer_backlog_at_stop": backlog,
+            "path": str(path),
+            "steps": steps,
+            "requested_hz": self.rate,
+            "achieved_hz": achieved,
+            "ticks": ep.ticks,
+            "dropped_steps": ep.dropped,
+            "stale_frames": dict(ep.stale),
+            "stale_joint_states": ep.stale_joint,
+            "repeated_frames": dict(ep.repeated),
+            "success": ep.success,
+            "writer_backlog_at_stop": backlog,
         }
         self.saved.append(str(path))
         stale = ", ".join(f"{c} {n}" for c, n in ep.stale.items())

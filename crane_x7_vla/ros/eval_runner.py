@@ -65,17 +65,34 @@ class EvalRunner(Node):
         self.sim = p("sim_node", "crane_x7_sim", "Name of the simulator node")
         self.inference = p("inference_node", "vla_inference_node", "Name of the inference node")
         self.episodes = int(p("episodes", 20, "Number of episodes"))
-        self.first_seed = int(p("first_seed", -1, "Seed of the first episode, then one more each (-1: the "
-                                "simulator's own count, which its start-up scene has already used)"))
+        self.first_seed = int(
+            p(
+                "first_seed",
+                -1,
+                "Seed of the first episode, then one more each (-1: the "
+                "simulator's own count, which its start-up scene has already used)",
+            )
+        )
         self.timeout = float(p("episode_timeout", 20.0, "Seconds per episode before it counts as a failure"))
         self.results_path = Path(p("results_path", "eval_results.json", "Where the JSON of outcomes goes"))
         frames = p("frames_dir", "", "Folder for first/last scene frames (.npy); empty = none")
         self.frames_dir = Path(frames) if frames else None
         scene_topic = p("scene_image_topic", "/scene_camera/color/image_raw", "Camera for the frames")
-        self.service_timeout = float(p("service_timeout", 30.0, "Seconds a service of the simulator or the "
-                                       "inference node may take to appear and to answer"))
-        self.clock_timeout = float(p("clock_timeout", 180.0, "Wall-clock seconds the simulated clock may stand "
-                                     "still during an episode before the evaluation ends with an error"))
+        self.service_timeout = float(
+            p(
+                "service_timeout",
+                30.0,
+                "Seconds a service of the simulator or the inference node may take to appear and to answer",
+            )
+        )
+        self.clock_timeout = float(
+            p(
+                "clock_timeout",
+                180.0,
+                "Wall-clock seconds the simulated clock may stand "
+                "still during an episode before the evaluation ends with an error",
+            )
+        )
         self._success = False
         self._success_lock = threading.Lock()
         self._scene: Image | None = None
@@ -126,24 +143,40 @@ class EvalRunner(Node):
         """Until joint states and scene frames of the new scene have flowed for SCENE_SETTLE s
         (the inference node gets them the same way) and the node reports the instruction."""
         fresh = reset_ns + int(SCENE_SETTLE * 1e9)
-        self._wait(lambda: self._joint_stamp >= fresh and self._scene is not None
-                   and msgs.stamp_to_ns(self._scene.header.stamp) >= fresh, timeout,
-                   f"/{self.sim} sent no joint states and scene frames of the new scene")
-        self._wait(lambda: self._diag.get("instruction") == instruction, timeout,
-                   f"/{self.inference} did not report the instruction {instruction!r}")
+        self._wait(
+            lambda: (
+                self._joint_stamp >= fresh
+                and self._scene is not None
+                and msgs.stamp_to_ns(self._scene.header.stamp) >= fresh
+            ),
+            timeout,
+            f"/{self.sim} sent no joint states and scene frames of the new scene",
+        )
+        self._wait(
+            lambda: self._diag.get("instruction") == instruction,
+            timeout,
+            f"/{self.inference} did not report the instruction {instruction!r}",
+        )
 
     def diagnostics_after_pause(self, timeout: float = 30.0) -> dict:
         """The node's first diagnostics made after the pause: its counters are the episode's last."""
         seen = self._diag_count
-        self._wait(lambda: self._diag_count > seen and self._diag.get("mode") != "running", timeout,
-                   f"/{self.inference} published no diagnostics after the pause")
+        self._wait(
+            lambda: self._diag_count > seen and self._diag.get("mode") != "running",
+            timeout,
+            f"/{self.inference} published no diagnostics after the pause",
+        )
         return self._diag
 
     def call(self, name: str) -> Trigger.Response:
         # pause and check may be asked twice; reset and start may not
         repeatable = name in ("pause", "check")
-        return self._call(self._trigger_clients[name], Trigger.Request(), self.service_timeout,
-                          resend_after=RESEND_AFTER if repeatable else None)
+        return self._call(
+            self._trigger_clients[name],
+            Trigger.Request(),
+            self.service_timeout,
+            resend_after=RESEND_AFTER if repeatable else None,
+        )
 
     def set_seed(self, seed: int) -> None:
         request = SetParameters.Request(parameters=[Parameter("seed", value=seed).to_parameter_msg()])
@@ -155,10 +188,17 @@ class EvalRunner(Node):
         """Call a service and wait for the answer; a request that may be repeated is sent again
         after `resend_after` s without one."""
         if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} did not appear within {timeout:.0f} s: "
-                               f"is its node running in ROS domain {self.context.get_domain_id()}?")
-        return wait_for_reply(client, request, time.monotonic() + timeout, resend_after=resend_after,
-                              late=lambda: RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s"))
+            raise RuntimeError(
+                f"service {client.srv_name} did not appear within {timeout:.0f} s: "
+                f"is its node running in ROS domain {self.context.get_domain_id()}?"
+            )
+        return wait_for_reply(
+            client,
+            request,
+            time.monotonic() + timeout,
+            resend_after=resend_after,
+            late=lambda: RuntimeError(f"service {client.srv_name} did not answer within {timeout:.0f} s"),
+        )
 
     def _interventions(self) -> dict:
         return dict(self._diag.get("interventions", {}))
@@ -251,8 +291,10 @@ class EvalRunner(Node):
         counts = diag.get("counts", {})
         after = self._interventions()
         self._frame("last", index)
-        done = {k: int(counts.get(k, 0)) - int(counts_before.get(k, 0))
-                for k in ("inferences", "commands", "lockstep_input_timeouts")}
+        done = {
+            k: int(counts.get(k, 0)) - int(counts_before.get(k, 0))
+            for k in ("inferences", "commands", "lockstep_input_timeouts")
+        }
         success = solved is not None and solved <= self.timeout
         # the episode's own length: the node's ticks from its start to its pause (simulated
         # seconds in lockstep); the simulator's count when the node does not say

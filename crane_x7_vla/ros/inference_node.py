@@ -68,8 +68,11 @@ def _percentiles(values) -> dict:
     if not values:
         return {}
     arr = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3),
-            "n": int(arr.size)}
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p99": round(float(np.percentile(arr, 99)), 3),
+        "n": int(arr.size),
+    }
 
 
 class CameraInput:
@@ -89,45 +92,87 @@ class InferenceNode(Node):
         super().__init__("vla_inference_node", **kwargs)
         p = lambda *a: msgs.declare(self, *a)  # noqa: E731
         self.model_path = p("model_path", "", "Checkpoint directory (policy_config.json + weights)")
-        self.policy_server = p("policy_server", "", "Remote policy server URL, e.g. ws://gpu-host:8000 (instead of model_path)")
+        self.policy_server = p(
+            "policy_server", "", "Remote policy server URL, e.g. ws://gpu-host:8000 (instead of model_path)"
+        )
         self.policy_token = p("policy_token", "", "Token for the policy server (empty: none)")
         self.instruction = p("instruction", "", "Language instruction (empty: the checkpoint's default)")
         self.device = p("device", "", "Device for the model (cpu, cuda, cuda:0; empty: the backend's choice)")
-        self.cpu_threads = int(p("cpu_threads", 0, "CPU threads of a PyTorch (openvla) model on the CPU; 0 = one per "
-                                 "core. 1 where a simulator or other heavy nodes share the CPU (other backends "
-                                 "choose their own)"))
+        self.cpu_threads = int(
+            p(
+                "cpu_threads",
+                0,
+                "CPU threads of a PyTorch (openvla) model on the CPU; 0 = one per "
+                "core. 1 where a simulator or other heavy nodes share the CPU (other backends "
+                "choose their own)",
+            )
+        )
         self.image_topic = p("image_topic", robot.DEFAULT_IMAGE_TOPIC, "Image topic of the policy's first camera")
         self.joint_states_topic = p("joint_states_topic", robot.JOINT_STATES_TOPIC, "Follower arm JointState topic")
-        self.trajectory_topic = p("trajectory_topic", robot.ARM_TRAJECTORY_TOPIC, "Arm controller JointTrajectory topic")
+        self.trajectory_topic = p(
+            "trajectory_topic", robot.ARM_TRAJECTORY_TOPIC, "Arm controller JointTrajectory topic"
+        )
         self.gripper_action_name = p("gripper_action", robot.GRIPPER_ACTION, "Gripper controller GripperCommand action")
         self.control_rate = float(p("control_rate", 30.0, "Commands per second (Hz)"))
         self.inference_rate = float(p("inference_rate", 5.0, "Policy calls per second at most (Hz)"))
         self.max_velocity = float(p("max_joint_velocity", 1.0, "Largest joint speed commanded (rad/s)"))
-        self.max_acceleration = float(p("max_joint_acceleration", robot.MAX_ACCELERATION,
-                                        "Largest joint acceleration commanded (rad/s^2)"))
-        self.stale_timeout = float(p("stale_timeout", 0.5, "Hold when the image or joint state is older than this "
-                                     "or stamped in the future (s)"))
+        self.max_acceleration = float(
+            p("max_joint_acceleration", robot.MAX_ACCELERATION, "Largest joint acceleration commanded (rad/s^2)")
+        )
+        self.stale_timeout = float(
+            p(
+                "stale_timeout",
+                0.5,
+                "Hold when the image or joint state is older than this or stamped in the future (s)",
+            )
+        )
         self.dry_run = bool(p("dry_run", False, "Compute commands but publish them on ~/dry_run/joint_trajectory only"))
         self.autostart = bool(p("autostart", False, "Start moving once inputs arrive (else wait for ~/start)"))
         self.blend = p("blend", "crossfade", "Chunk blending: crossfade or replace")
         self.crossfade_time = float(p("crossfade_time", 0.2, "Cross-fade duration between chunks (s)"))
-        self.control_priority = int(p("control_priority", 0, "SCHED_FIFO priority (1-99) of the control thread; "
-                                      "0 = normal scheduling (needs CAP_SYS_NICE / rtprio)"))
-        self.lookahead_points = int(p("lookahead_points", 3, "Points per published trajectory (one control period apart)"))
+        self.control_priority = int(
+            p(
+                "control_priority",
+                0,
+                "SCHED_FIFO priority (1-99) of the control thread; 0 = normal scheduling (needs CAP_SYS_NICE / rtprio)",
+            )
+        )
+        self.lookahead_points = int(
+            p("lookahead_points", 3, "Points per published trajectory (one control period apart)")
+        )
         self.use_gripper = bool(p("use_gripper", True, "Send GripperCommand goals"))
         self.gripper_deadband = float(p("gripper_deadband", 0.02, "New gripper goal only after this change (rad)"))
         self.gripper_rate = float(p("gripper_rate", 5.0, "Most gripper goals per second"))
         self.gripper_max_effort = float(p("gripper_max_effort", 5.0, "max_effort of gripper goals"))
         self.estop_topic = p("estop_topic", "/emergency_stop", "std_msgs/Bool topic: true latches an emergency stop")
-        self.expected_statistics = p("expected_statistics", "",
-                                     "Dataset dir or dataset_statistics.json the checkpoint must match (empty: no check)")
-        self.camera_names = list(p("camera_names", [""], "Camera names with their own topic (with camera_topics); "
-                                   "the checkpoint's first camera defaults to image_topic"))
+        self.expected_statistics = p(
+            "expected_statistics",
+            "",
+            "Dataset dir or dataset_statistics.json the checkpoint must match (empty: no check)",
+        )
+        self.camera_names = list(
+            p(
+                "camera_names",
+                [""],
+                "Camera names with their own topic (with camera_topics); "
+                "the checkpoint's first camera defaults to image_topic",
+            )
+        )
         self.camera_topics = list(p("camera_topics", [""], "Image topic of each entry of camera_names, same order"))
-        self.step_topic = p("step_topic", "", "Simulator instants (std_msgs/Header) to run in lockstep with, e.g. "
-                            "/crane_x7_sim/step; needs use_sim_time. Empty (the default): the node's own timing")
-        self.step_input_timeout = float(p("step_input_timeout", 5.0, "Lockstep: wall-clock seconds to wait for the "
-                                          "inputs stamped with an instant before going on without them"))
+        self.step_topic = p(
+            "step_topic",
+            "",
+            "Simulator instants (std_msgs/Header) to run in lockstep with, e.g. "
+            "/crane_x7_sim/step; needs use_sim_time. Empty (the default): the node's own timing",
+        )
+        self.step_input_timeout = float(
+            p(
+                "step_input_timeout",
+                5.0,
+                "Lockstep: wall-clock seconds to wait for the "
+                "inputs stamped with an instant before going on without them",
+            )
+        )
         self._check_config()
         self.lockstep = bool(self.step_topic)
 
@@ -145,13 +190,31 @@ class InferenceNode(Node):
         self.state_time = 0.0
         self.state_rejected = 0
         self.state_stale = 0
-        self.filter = SafetyFilter(max_velocity=self.max_velocity, max_acceleration=self.max_acceleration,
-                                   stale_timeout=self.stale_timeout)
+        self.filter = SafetyFilter(
+            max_velocity=self.max_velocity, max_acceleration=self.max_acceleration, stale_timeout=self.stale_timeout
+        )
         self.executor_: ChunkExecutor | None = None
-        self.timing = {k: deque(maxlen=WINDOW) for k in
-                       ("image_wait_ms", "preprocess_ms", "model_ms", "postprocess_ms", "publish_ms", "image_to_command_ms", "inference_ms")}
-        self.counts = {"inferences": 0, "inference_errors": 0, "rejected_chunks": 0, "commands": 0,
-                       "hold_commands": 0, "gripper_goals": 0, "lockstep_input_timeouts": 0}
+        self.timing = {
+            k: deque(maxlen=WINDOW)
+            for k in (
+                "image_wait_ms",
+                "preprocess_ms",
+                "model_ms",
+                "postprocess_ms",
+                "publish_ms",
+                "image_to_command_ms",
+                "inference_ms",
+            )
+        }
+        self.counts = {
+            "inferences": 0,
+            "inference_errors": 0,
+            "rejected_chunks": 0,
+            "commands": 0,
+            "hold_commands": 0,
+            "gripper_goals": 0,
+            "lockstep_input_timeouts": 0,
+        }
         self._inputs_cv = threading.Condition(self._lock)  # lockstep: an input arrived
         self._state_ns = 0  # stamp of the newest joint state (lockstep)
         self._steps: deque = deque()  # lockstep: instants (ns) not yet handled
@@ -168,12 +231,15 @@ class InferenceNode(Node):
 
         self._inputs = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(JointState, self.joint_states_topic, self._on_joint_state, msgs.STATE_QOS,
-                                 callback_group=self._inputs)
-        self.create_subscription(String, "~/instruction", self._on_instruction, msgs.LATCHED_QOS,
-                                 callback_group=self._inputs)
-        self.create_subscription(Bool, self.estop_topic, self._on_estop_topic, msgs.STATE_QOS,
-                                 callback_group=self._service_group)
+        self.create_subscription(
+            JointState, self.joint_states_topic, self._on_joint_state, msgs.STATE_QOS, callback_group=self._inputs
+        )
+        self.create_subscription(
+            String, "~/instruction", self._on_instruction, msgs.LATCHED_QOS, callback_group=self._inputs
+        )
+        self.create_subscription(
+            Bool, self.estop_topic, self._on_estop_topic, msgs.STATE_QOS, callback_group=self._service_group
+        )
         topic = "~/dry_run/joint_trajectory" if self.dry_run else self.trajectory_topic
         self._traj_pub = self.create_publisher(JointTrajectory, topic, msgs.STATE_QOS)
         self._diag_json = self.create_publisher(String, "~/diagnostics", 10)
@@ -182,25 +248,32 @@ class InferenceNode(Node):
 
             self._header_type = Header
             self._answer_pub = self.create_publisher(Header, "~/commanded", msgs.STATE_QOS)
-            self.create_subscription(Header, self.step_topic, self._on_step, msgs.STATE_QOS,
-                                     callback_group=self._inputs)
+            self.create_subscription(
+                Header, self.step_topic, self._on_step, msgs.STATE_QOS, callback_group=self._inputs
+            )
         self._diag_pub = self._make_diagnostics_publisher()
-        for name, fn in (("~/start", self._srv_start), ("~/pause", self._srv_pause),
-                         ("~/estop", self._srv_estop), ("~/reset", self._srv_reset)):
+        for name, fn in (
+            ("~/start", self._srv_start),
+            ("~/pause", self._srv_pause),
+            ("~/estop", self._srv_estop),
+            ("~/reset", self._srv_reset),
+        ):
             self.create_service(Trigger, name, fn, callback_group=self._service_group)
         self._gripper = None
         if self.use_gripper and not self.dry_run:
             from rclpy.action import ActionClient
 
             self._gripper_type = _load_gripper_action()
-            self._gripper = ActionClient(self, self._gripper_type, self.gripper_action_name,
-                                         callback_group=self._service_group)
+            self._gripper = ActionClient(
+                self, self._gripper_type, self.gripper_action_name, callback_group=self._service_group
+            )
         if self.model_path:
             self._read_local_config()  # fast checks now; the weights load in the worker
         # The control loop has its own thread with absolute deadlines: executor scheduling (a
         # Python wait-set per callback) would add its latency to every command period.
-        self._control_thread = threading.Thread(target=self._lockstep_main if self.lockstep else self._control_main,
-                                                name="vla-control", daemon=True)
+        self._control_thread = threading.Thread(
+            target=self._lockstep_main if self.lockstep else self._control_main, name="vla-control", daemon=True
+        )
         self._control_thread.start()
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group)
         self._worker = threading.Thread(target=self._worker_main, name="vla-inference", daemon=True)
@@ -216,31 +289,49 @@ class InferenceNode(Node):
     # --- configuration -----------------------------------------------------------------------
     def _check_config(self) -> None:
         if bool(self.model_path) == bool(self.policy_server):
-            raise ConfigError("set exactly one of model_path (a checkpoint directory) or policy_server (ws://host:port)")
-        for name in ("control_rate", "inference_rate", "max_velocity", "max_acceleration", "stale_timeout",
-                     "crossfade_time", "gripper_rate"):
+            raise ConfigError(
+                "set exactly one of model_path (a checkpoint directory) or policy_server (ws://host:port)"
+            )
+        for name in (
+            "control_rate",
+            "inference_rate",
+            "max_velocity",
+            "max_acceleration",
+            "stale_timeout",
+            "crossfade_time",
+            "gripper_rate",
+        ):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ConfigError(f"parameter '{name}' must be a positive number, got {value}")
         if self.max_velocity > robot.MAX_VELOCITY:
-            raise ConfigError(f"max_joint_velocity {self.max_velocity} is above the CRANE-X7's limit "
-                              f"{robot.MAX_VELOCITY:.3f} rad/s")
+            raise ConfigError(
+                f"max_joint_velocity {self.max_velocity} is above the CRANE-X7's limit {robot.MAX_VELOCITY:.3f} rad/s"
+            )
         if self.max_acceleration > robot.MAX_ACCELERATION:
-            raise ConfigError(f"max_joint_acceleration {self.max_acceleration} is above the CRANE-X7's limit "
-                              f"{robot.MAX_ACCELERATION} rad/s^2")
+            raise ConfigError(
+                f"max_joint_acceleration {self.max_acceleration} is above the CRANE-X7's limit "
+                f"{robot.MAX_ACCELERATION} rad/s^2"
+            )
         if self.blend not in MODES:
             raise ConfigError(f"parameter 'blend' must be one of {', '.join(MODES)} (got '{self.blend}')")
         self.camera_names = [c for c in self.camera_names if c]
         self.camera_topics = [t for t in self.camera_topics if t]
         if len(self.camera_names) != len(self.camera_topics):
-            raise ConfigError(f"camera_names has {len(self.camera_names)} entries but camera_topics has "
-                              f"{len(self.camera_topics)}: give one topic per camera")
+            raise ConfigError(
+                f"camera_names has {len(self.camera_names)} entries but camera_topics has "
+                f"{len(self.camera_topics)}: give one topic per camera"
+            )
         if self.lookahead_points < 1:
             raise ConfigError("parameter 'lookahead_points' must be at least 1")
         if self.step_topic and not self.get_parameter("use_sim_time").value:
-            raise ConfigError("step_topic needs use_sim_time:=true: in lockstep the node runs on the simulator's /clock")
+            raise ConfigError(
+                "step_topic needs use_sim_time:=true: in lockstep the node runs on the simulator's /clock"
+            )
         if not np.isfinite(self.step_input_timeout) or self.step_input_timeout <= 0:
-            raise ConfigError(f"parameter 'step_input_timeout' must be a positive number, got {self.step_input_timeout}")
+            raise ConfigError(
+                f"parameter 'step_input_timeout' must be a positive number, got {self.step_input_timeout}"
+            )
         from crane_x7_vla.policy.devices import DeviceError, check_device
 
         try:
@@ -269,35 +360,43 @@ class InferenceNode(Node):
             self.policy_config = config
             if not self.instruction:
                 self.instruction = config.get("default_instruction", "") or ""
-            self.executor_ = ChunkExecutor(float(config["control_rate_hz"]), crossfade_s=self.crossfade_time,
-                                           mode=self.blend)
+            self.executor_ = ChunkExecutor(
+                float(config["control_rate_hz"]), crossfade_s=self.crossfade_time, mode=self.blend
+            )
         topics = dict(zip(self.camera_names, self.camera_topics))
         missing = [c for c in cameras[1:] if c not in topics]
         if missing:
             raise ConfigError(
                 f"the policy needs camera(s) {', '.join(missing)} besides '{cameras[0]}' (on image_topic): "
                 f"name their topics, e.g. -p camera_names:=\"['{missing[0]}']\" "
-                f"-p camera_topics:=\"['/{missing[0]}_camera/color/image_raw']\"")
+                f"-p camera_topics:=\"['/{missing[0]}_camera/color/image_raw']\""
+            )
         for i, cam in enumerate(cameras):
             if cam in self.cameras:
                 continue
             topic = topics.get(cam, self.image_topic)
             inp = CameraInput(cam, topic)
             self.cameras[cam] = inp
-            self.create_subscription(Image, topic, lambda m, inp=inp: self._on_image(inp, m), msgs.SENSOR_QOS,
-                                     callback_group=self._inputs)
+            self.create_subscription(
+                Image, topic, lambda m, inp=inp: self._on_image(inp, m), msgs.SENSOR_QOS, callback_group=self._inputs
+            )
             self.get_logger().info(f"camera '{cam}' <- {self.resolve_topic_name(topic)}")
 
     def _load_policy(self):
         if self.model_path:
             from crane_x7_vla.policy.loader import load_policy
 
-            return load_policy(self.model_path, self.device or None,
-                               expected_fingerprint=self._expected_fingerprint(), cpu_threads=self.cpu_threads)
+            return load_policy(
+                self.model_path,
+                self.device or None,
+                expected_fingerprint=self._expected_fingerprint(),
+                cpu_threads=self.cpu_threads,
+            )
         from crane_x7_vla.policy.client import RemotePolicy
 
-        return RemotePolicy(self.policy_server, token=self.policy_token or None,
-                            expected_fingerprint=self._expected_fingerprint())
+        return RemotePolicy(
+            self.policy_server, token=self.policy_token or None, expected_fingerprint=self._expected_fingerprint()
+        )
 
     # --- inputs -------------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -314,7 +413,9 @@ class InferenceNode(Node):
             return age
         self.get_logger().warning(
             f"ignored {what} stamped {age:+.3f} s from the node clock (usable: 0 to stale_timeout "
-            f"{self.stale_timeout:g} s old); check that its clock matches this node's", throttle_duration_sec=5.0)
+            f"{self.stale_timeout:g} s old); check that its clock matches this node's",
+            throttle_duration_sec=5.0,
+        )
         return None
 
     def _on_image(self, inp: CameraInput, msg: Image) -> None:
@@ -338,8 +439,9 @@ class InferenceNode(Node):
             q = msgs.joint_state_vector(msg)
         except (KeyError, ValueError) as exc:
             self.state_rejected += 1
-            self.get_logger().warning(f"ignored a joint state on {self.joint_states_topic}: {exc}",
-                                      throttle_duration_sec=5.0)
+            self.get_logger().warning(
+                f"ignored a joint state on {self.joint_states_topic}: {exc}", throttle_duration_sec=5.0
+            )
             return
         if self.lockstep:
             with self._lock:
@@ -384,7 +486,10 @@ class InferenceNode(Node):
             if self.filter.estopped:
                 return False, "emergency stop is latched: call ~/reset first"
             if self.status != "ready":
-                return False, f"policy not ready ({self.status}{': ' + self.status_detail if self.status_detail else ''})"
+                return (
+                    False,
+                    f"policy not ready ({self.status}{': ' + self.status_detail if self.status_detail else ''})",
+                )
             if self.state is None:
                 return False, f"no joint state on {self.joint_states_topic} yet"
             self.filter.reset(self.state)
@@ -451,9 +556,11 @@ class InferenceNode(Node):
                 self._warm_up(policy)
             self.policy = policy
             self.status, self.status_detail = "ready", ""
-            self.get_logger().info(f"policy ready ({policy.config.get('backend')}, cameras "
-                                   f"{list(policy.config.get('cameras') or [])}, "
-                                   f"{policy.config.get('control_rate_hz')} Hz)")
+            self.get_logger().info(
+                f"policy ready ({policy.config.get('backend')}, cameras "
+                f"{list(policy.config.get('cameras') or [])}, "
+                f"{policy.config.get('control_rate_hz')} Hz)"
+            )
             if self.autostart:
                 self._autostart_wait()
         if self.lockstep:
@@ -520,8 +627,12 @@ class InferenceNode(Node):
                 self.get_logger().error(f"camera '{name}': {exc}", throttle_duration_sec=5.0)
                 return
         capture = min((c for _, c in frames.values()), default=self._now() if now is None else now)
-        obs = {"images": images, "state": state, "instruction": instruction,
-               "episode_time": max(0.0, capture - start_time)}
+        obs = {
+            "images": images,
+            "state": state,
+            "instruction": instruction,
+            "episode_time": max(0.0, capture - start_time),
+        }
         t1 = time.perf_counter()
         actions = self.policy.predict(obs)
         t2 = time.perf_counter()
@@ -535,14 +646,17 @@ class InferenceNode(Node):
             self.counts["rejected_chunks"] += 1
             self.get_logger().warning(
                 f"rejected an action chunk that answers the observation taken at {answered:.3f} s, not the one "
-                f"sent at {obs['episode_time']:.3f} s; holding", throttle_duration_sec=2.0)
+                f"sent at {obs['episode_time']:.3f} s; holding",
+                throttle_duration_sec=2.0,
+            )
             return
         if actions.ndim != 2 or actions.shape[1] != robot.ACTION_DIM or not np.all(np.isfinite(actions)):
             self.counts["rejected_chunks"] += 1
             self.get_logger().warning(
                 f"rejected an action chunk of shape {actions.shape} "
                 f"{'with NaN/inf' if actions.size and not np.all(np.isfinite(actions)) else ''}; holding",
-                throttle_duration_sec=2.0)
+                throttle_duration_sec=2.0,
+            )
             return
         with self._lock:
             if not self.running or start_time != self.start_time:
@@ -567,11 +681,14 @@ class InferenceNode(Node):
     def _control_main(self) -> None:
         if self.control_priority > 0:
             try:
-                os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO,
-                                      os.sched_param(min(self.control_priority, 99)))
+                os.sched_setscheduler(
+                    threading.get_native_id(), os.SCHED_FIFO, os.sched_param(min(self.control_priority, 99))
+                )
             except (PermissionError, OSError, AttributeError) as exc:
-                self.get_logger().warning(f"control thread keeps normal scheduling (SCHED_FIFO refused: {exc}); "
-                                          "allow rtprio for this user to use control_priority")
+                self.get_logger().warning(
+                    f"control thread keeps normal scheduling (SCHED_FIFO refused: {exc}); "
+                    "allow rtprio for this user to use control_priority"
+                )
         period = 1.0 / self.control_rate
         next_time = time.monotonic() + period
         while not self._stop.is_set():
@@ -650,8 +767,9 @@ class InferenceNode(Node):
                 arm = False
                 self.get_logger().error(f"control tick failed: {exc}", throttle_duration_sec=2.0)
             self._last_step_ns = t_ns
-            self._last_answer = self._header_type(stamp=msgs.ns_to_stamp(t_ns),
-                                                  frame_id=f"arm={int(arm)} gripper={self.counts['gripper_goals']}")
+            self._last_answer = self._header_type(
+                stamp=msgs.ns_to_stamp(t_ns), frame_id=f"arm={int(arm)} gripper={self.counts['gripper_goals']}"
+            )
             self._answer_pub.publish(self._last_answer)
 
     def _lockstep_tick(self, t_ns: int) -> bool:
@@ -675,7 +793,9 @@ class InferenceNode(Node):
                 self.counts["lockstep_input_timeouts"] += 1
                 self.get_logger().warning(
                     f"lockstep: no joint state{' and frames' if infer else ''} stamped {t:.3f} s within "
-                    f"{self.step_input_timeout:g} s; the tick goes on without them", throttle_duration_sec=5.0)
+                    f"{self.step_input_timeout:g} s; the tick goes on without them",
+                    throttle_duration_sec=5.0,
+                )
         if infer:
             while self._next_inference <= t + 1e-6:
                 self._next_inference += 1.0 / self.inference_rate
@@ -689,11 +809,14 @@ class InferenceNode(Node):
     def _inputs_ready(self, t_ns: int, *, frames: bool) -> bool:
         """Wait (holding the node lock's condition) until the joint state, and the frames when asked,
         stamped t_ns or later have arrived; False after step_input_timeout wall-clock seconds."""
+
         def ready():
             if self._state_ns < t_ns:
                 return False
-            return not frames or all(c.msg is not None and c.capture_time * 1e9 >= t_ns - 1000
-                                     for c in self.cameras.values())
+            return not frames or all(
+                c.msg is not None and c.capture_time * 1e9 >= t_ns - 1000 for c in self.cameras.values()
+            )
+
         deadline = time.monotonic() + self.step_input_timeout
         while not ready():
             left = deadline - time.monotonic()
@@ -721,8 +844,9 @@ class InferenceNode(Node):
         if now - self._last_goal_time < 1.0 / self.gripper_rate:
             return
         if not self._gripper.server_is_ready():
-            self.get_logger().warning(f"gripper action server {self.gripper_action_name} is not available",
-                                      throttle_duration_sec=5.0)
+            self.get_logger().warning(
+                f"gripper action server {self.gripper_action_name} is not available", throttle_duration_sec=5.0
+            )
             return
         goal = self._gripper_type.Goal()
         goal.command.position = position
@@ -743,25 +867,39 @@ class InferenceNode(Node):
         now = self._now()
         with self._lock:
             ticks = np.diff(np.asarray(self._tick_times)) * 1e3 if len(self._tick_times) > 2 else np.zeros(0)
-            mode = ("emergency_stop" if self.filter.estopped else "running" if self.running else
-                    "paused" if self.status == "ready" else self.status)
+            mode = (
+                "emergency_stop"
+                if self.filter.estopped
+                else "running"
+                if self.running
+                else "paused"
+                if self.status == "ready"
+                else self.status
+            )
             return {
                 "mode": mode,
                 "detail": self.filter.estop_reason or self.status_detail,
                 "instruction": self.instruction,
                 "policy": self.model_path or self.policy_server,
-                "chunk_age_s": None if self.executor_ is None or self.executor_.chunk_age(now) is None
+                "chunk_age_s": None
+                if self.executor_ is None or self.executor_.chunk_age(now) is None
                 else round(self.executor_.chunk_age(now), 4),
-                "image_age_s": {n: (round(now - c.capture_time, 4) if c.msg is not None else None)
-                                for n, c in self.cameras.items()},
+                "image_age_s": {
+                    n: (round(now - c.capture_time, 4) if c.msg is not None else None) for n, c in self.cameras.items()
+                },
                 "joint_state_age_s": round(now - self.state_time, 4) if self.state is not None else None,
                 # from the start to the newest command, on the node's clock (simulated in lockstep)
-                "running_s": None if self._last_command_time is None
+                "running_s": None
+                if self._last_command_time is None
                 else round(self._last_command_time - self.start_time + 1.0 / self.control_rate, 4),
                 "interventions": self.filter.interventions,
-                "counts": dict(self.counts, state_rejected=self.state_rejected, state_stale=self.state_stale,
-                               images_rejected={n: c.rejected for n, c in self.cameras.items()},
-                               images_stale={n: c.stale for n, c in self.cameras.items()}),
+                "counts": dict(
+                    self.counts,
+                    state_rejected=self.state_rejected,
+                    state_stale=self.state_stale,
+                    images_rejected={n: c.rejected for n, c in self.cameras.items()},
+                    images_stale={n: c.stale for n, c in self.cameras.items()},
+                ),
                 "latency_ms": {k: _percentiles(list(v)) for k, v in self.timing.items()},
                 "control_period_ms": _percentiles(list(ticks)),
             }
@@ -773,11 +911,18 @@ class InferenceNode(Node):
             return
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-        level = {"running": DiagnosticStatus.OK, "paused": DiagnosticStatus.OK, "loading": DiagnosticStatus.WARN,
-                 "emergency_stop": DiagnosticStatus.ERROR}.get(data["mode"], DiagnosticStatus.ERROR)
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: vla inference",
-                                  message=data["mode"] + (f" ({data['detail']})" if data["detail"] else ""),
-                                  hardware_id=robot.ROBOT_NAME)
+        level = {
+            "running": DiagnosticStatus.OK,
+            "paused": DiagnosticStatus.OK,
+            "loading": DiagnosticStatus.WARN,
+            "emergency_stop": DiagnosticStatus.ERROR,
+        }.get(data["mode"], DiagnosticStatus.ERROR)
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: vla inference",
+            message=data["mode"] + (f" ({data['detail']})" if data["detail"] else ""),
+            hardware_id=robot.ROBOT_NAME,
+        )
         flat = {"chunk_age_s": data["chunk_age_s"], "joint_state_age_s": data["joint_state_age_s"]}
         flat.update({f"intervention.{k}": v for k, v in data["interventions"].items()})
         flat.update({f"latency.{k}.p50": v.get("p50") for k, v in data["latency_ms"].items()})

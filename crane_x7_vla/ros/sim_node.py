@@ -110,49 +110,90 @@ class SimNode(Node):
         self.camera_rate = float(p("camera_rate", 30.0, "Camera frame rate (Hz)"))
         width = int(p("camera_width", 320, "Camera image width (pixels)"))
         height = int(p("camera_height", 240, "Camera image height (pixels)"))
-        self.camera_names = list(p("cameras", ["wrist", "primary"],
-                                   "Simulated cameras to publish: 'wrist' (hand camera), 'primary' (scene)"))
-        self.camera_topics = list(p("camera_topics", [robot.DEFAULT_IMAGE_TOPIC, "/scene_camera/color/image_raw"],
-                                    "Image topic of each camera, same order as cameras"))
-        self.camera_frames = list(p("camera_frames", ["camera_color_optical_frame", "scene_camera_optical_frame"],
-                                    "frame_id of each camera's images, same order as cameras"))
+        self.camera_names = list(
+            p("cameras", ["wrist", "primary"], "Simulated cameras to publish: 'wrist' (hand camera), 'primary' (scene)")
+        )
+        self.camera_topics = list(
+            p(
+                "camera_topics",
+                [robot.DEFAULT_IMAGE_TOPIC, "/scene_camera/color/image_raw"],
+                "Image topic of each camera, same order as cameras",
+            )
+        )
+        self.camera_frames = list(
+            p(
+                "camera_frames",
+                ["camera_color_optical_frame", "scene_camera_optical_frame"],
+                "frame_id of each camera's images, same order as cameras",
+            )
+        )
         self.joint_states_topic = p("joint_states_topic", robot.JOINT_STATES_TOPIC, "Follower JointState topic")
         self.trajectory_topic = p("trajectory_topic", robot.ARM_TRAJECTORY_TOPIC, "Arm JointTrajectory command topic")
         self.gripper_action_name = p("gripper_action", robot.GRIPPER_ACTION, "GripperCommand action name")
-        self.instruction_topic = p("instruction_topic", "/instruction",
-                                   "Topic of the episode's instruction (std_msgs/String, transient local)")
+        self.instruction_topic = p(
+            "instruction_topic", "/instruction", "Topic of the episode's instruction (std_msgs/String, transient local)"
+        )
         self.success_rate = float(p("success_rate", 10.0, "Rate of the ~/success topic (Hz)"))
-        self.expert_enabled = bool(p("expert", expert_default,
-                                     "Run the scripted expert and publish LEADER joint states"))
-        self.leader_topic = p("leader_joint_states_topic", "/leader/joint_states",
-                              "Where the expert publishes leader joint states")
+        self.expert_enabled = bool(
+            p("expert", expert_default, "Run the scripted expert and publish LEADER joint states")
+        )
+        self.leader_topic = p(
+            "leader_joint_states_topic", "/leader/joint_states", "Where the expert publishes leader joint states"
+        )
         self.expert_rate = float(p("expert_rate", 50.0, "Leader joint state rate of the expert (Hz)"))
         self.expert_start_delay = float(p("expert_start_delay", 0.5, "Seconds after a reset before the expert moves"))
-        self.expert_waits_for_start = bool(p(
-            "expert_waits_for_start", False,
-            "With the expert on: after a reset, hold still until ~/start_expert is called (data collection calls "
-            "it once the logger records, so every episode begins with the arm at rest, as the policy will see it)"))
-        self.reset_quiet = float(p("reset_quiet", 0.8,
-                                   "With the expert on: seconds the leader is silent BEFORE the scene resets, "
-                                   "longer than the relay's leader_timeout, so the relay has stopped following "
-                                   "when the follower is put back home (a real arm never jumps like that)"))
+        self.expert_waits_for_start = bool(
+            p(
+                "expert_waits_for_start",
+                False,
+                "With the expert on: after a reset, hold still until ~/start_expert is called (data collection calls "
+                "it once the logger records, so every episode begins with the arm at rest, as the policy will see it)",
+            )
+        )
+        self.reset_quiet = float(
+            p(
+                "reset_quiet",
+                0.8,
+                "With the expert on: seconds the leader is silent BEFORE the scene resets, "
+                "longer than the relay's leader_timeout, so the relay has stopped following "
+                "when the follower is put back home (a real arm never jumps like that)",
+            )
+        )
         self.expert_max_speed = float(p("expert_max_speed", 1.6, "Fastest joint speed of the expert (rad/s)"))
-        self.start_near = float(p("start_near", 0.0,
-                                  "Share 0..1 of resets that start with the hand a few cm from a cube, drawn from "
-                                  "the seed (recovery demonstrations: collect --sim --start-near); 0 = all at home"))
-        self.real_time_factor = float(p("real_time_factor", 1.0,
-                                        "Simulated seconds per wall-clock second (above 1 needs publish_clock and "
-                                        "use_sim_time on the other nodes)"))
+        self.start_near = float(
+            p(
+                "start_near",
+                0.0,
+                "Share 0..1 of resets that start with the hand a few cm from a cube, drawn from "
+                "the seed (recovery demonstrations: collect --sim --start-near); 0 = all at home",
+            )
+        )
+        self.real_time_factor = float(
+            p(
+                "real_time_factor",
+                1.0,
+                "Simulated seconds per wall-clock second (above 1 needs publish_clock and "
+                "use_sim_time on the other nodes)",
+            )
+        )
         self.publish_clock = bool(p("publish_clock", False, "Publish the simulated time on /clock and stamp with it"))
-        self.step_rate = float(p("step_rate", 0.0,
-                                 "Recording instants per simulated second (Hz) published on ~/step, each waited on "
-                                 "until step_ack_topic answers (lockstep with the data logger; needs "
-                                 "publish_clock); 0 = off"))
-        self.step_ack_topic = p("step_ack_topic", "/data_logger/recorded",
-                                "std_msgs/Header topic whose stamps say up to which ~/step instant the recorder "
-                                "has recorded")
-        self.step_timeout = float(p("step_timeout", 10.0,
-                                    "Wall-clock seconds to wait for a step's answer before going on (logged)"))
+        self.step_rate = float(
+            p(
+                "step_rate",
+                0.0,
+                "Recording instants per simulated second (Hz) published on ~/step, each waited on "
+                "until step_ack_topic answers (lockstep with the data logger; needs "
+                "publish_clock); 0 = off",
+            )
+        )
+        self.step_ack_topic = p(
+            "step_ack_topic",
+            "/data_logger/recorded",
+            "std_msgs/Header topic whose stamps say up to which ~/step instant the recorder has recorded",
+        )
+        self.step_timeout = float(
+            p("step_timeout", 10.0, "Wall-clock seconds to wait for a step's answer before going on (logged)")
+        )
         self._check_config(width, height)
 
         self._lock = threading.RLock()
@@ -167,8 +208,14 @@ class SimNode(Node):
         self._reset_done = threading.Event()
         self._reset_result: dict | Exception | None = None
         self._ik = None  # ArmIK of the current simulator, for recovery starts
-        self.stats = {"control_steps": 0, "frames": 0, "t0": time.monotonic(), "steps": 0, "step_wait_s": 0.0,
-                      "step_timeouts": 0}
+        self.stats = {
+            "control_steps": 0,
+            "frames": 0,
+            "t0": time.monotonic(),
+            "steps": 0,
+            "step_wait_s": 0.0,
+            "step_timeouts": 0,
+        }
         self._acked = threading.Condition()
         self._acked_ns = -1  # newest ~/step stamp the recorder answered
         self._acked_needs: dict = {}  # what the answer to that stamp says was sent: arm (0/1), gripper (count)
@@ -181,7 +228,9 @@ class SimNode(Node):
         group = ReentrantCallbackGroup()
         self._js_pub = self.create_publisher(JointState, self.joint_states_topic, msgs.STATE_QOS)
         self._img_pubs = [self.create_publisher(Image, t, msgs.SENSOR_QOS) for t in self.camera_topics]
-        self._info_pubs = [self.create_publisher(CameraInfo, _info_topic(t), msgs.SENSOR_QOS) for t in self.camera_topics]
+        self._info_pubs = [
+            self.create_publisher(CameraInfo, _info_topic(t), msgs.SENSOR_QOS) for t in self.camera_topics
+        ]
         self._instr_pub = self.create_publisher(String, self.instruction_topic, msgs.LATCHED_QOS)
         self._success_pub = self.create_publisher(Bool, "~/success", 10)
         self._clock_pub = None
@@ -191,18 +240,32 @@ class SimNode(Node):
             self._clock_msg = Clock
             self._clock_pub = self.create_publisher(Clock, "/clock", 10)
         self._sim_ns = time.time_ns()  # the simulated clock: starts at the wall time, advances per physics step
-        self._leader_pub = self.create_publisher(JointState, self.leader_topic, msgs.STATE_QOS) if self.expert_enabled else None
-        self._expert_pub = self.create_publisher(String, "~/expert_status", msgs.LATCHED_QOS) if self.expert_enabled else None
-        self.create_subscription(JointTrajectory, self.trajectory_topic, self._on_trajectory, msgs.STATE_QOS,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self._leader_pub = (
+            self.create_publisher(JointState, self.leader_topic, msgs.STATE_QOS) if self.expert_enabled else None
+        )
+        self._expert_pub = (
+            self.create_publisher(String, "~/expert_status", msgs.LATCHED_QOS) if self.expert_enabled else None
+        )
+        self.create_subscription(
+            JointTrajectory,
+            self.trajectory_topic,
+            self._on_trajectory,
+            msgs.STATE_QOS,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self._step_pub = self._ack_sub = None
         if self.step_rate > 0:
             from std_msgs.msg import Header
 
             self._header_type = Header
             self._step_pub = self.create_publisher(Header, "~/step", msgs.STATE_QOS)
-            self._ack_sub = self.create_subscription(Header, self.step_ack_topic, self._on_step_ack, msgs.STATE_QOS,
-                                                     callback_group=MutuallyExclusiveCallbackGroup())
+            self._ack_sub = self.create_subscription(
+                Header,
+                self.step_ack_topic,
+                self._on_step_ack,
+                msgs.STATE_QOS,
+                callback_group=MutuallyExclusiveCallbackGroup(),
+            )
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
         self.create_service(Trigger, "~/check_success", self._on_check, callback_group=group)
         self.create_service(Trigger, "~/start_expert", self._on_start_expert, callback_group=group)
@@ -219,7 +282,8 @@ class SimNode(Node):
         result = self.reset()  # first episode, from the parameters
         self.get_logger().info(
             f"simulated CRANE-X7 ready: task {result['task']!r}, seed {result['seed']}, "
-            f"{self.control_hz:g} Hz control, cameras {', '.join(f'{c} -> {t}' for c, t in zip(self.camera_names, self.camera_topics))}"
+            f"{self.control_hz:g} Hz control, cameras "
+            f"{', '.join(f'{c} -> {t}' for c, t in zip(self.camera_names, self.camera_topics))}"
             f"{', expert -> ' + self.leader_topic if self.expert_enabled else ''}"
         )
 
@@ -240,16 +304,26 @@ class SimNode(Node):
 
         if self.task not in TASKS:
             raise ConfigError(f"parameter 'task' is {self.task!r}; the simulator knows {sorted(TASKS)}")
-        for name in ("control_hz", "camera_rate", "success_rate", "expert_rate", "expert_max_speed",
-                     "real_time_factor", "step_timeout"):
+        for name in (
+            "control_hz",
+            "camera_rate",
+            "success_rate",
+            "expert_rate",
+            "expert_max_speed",
+            "real_time_factor",
+            "step_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"parameter '{name}' must be positive, got {getattr(self, name)}")
         if self.step_rate < 0 or self.step_rate > self.control_hz:
-            raise ConfigError(f"parameter 'step_rate' must be 0 (off) or up to control_hz ({self.control_hz:g}), "
-                              f"got {self.step_rate}")
+            raise ConfigError(
+                f"parameter 'step_rate' must be 0 (off) or up to control_hz ({self.control_hz:g}), got {self.step_rate}"
+            )
         if self.step_rate > 0 and not self.publish_clock:
-            raise ConfigError("step_rate needs publish_clock:=true (and use_sim_time:=true on the other nodes): "
-                              "the simulated time pauses while the recorder records")
+            raise ConfigError(
+                "step_rate needs publish_clock:=true (and use_sim_time:=true on the other nodes): "
+                "the simulated time pauses while the recorder records"
+            )
         if not 0.0 <= self.start_near <= 1.0:
             raise ConfigError(f"parameter 'start_near' is a share of the resets, 0..1; got {self.start_near}")
         if not (len(self.camera_names) == len(self.camera_topics) <= len(self.camera_frames)):
@@ -263,8 +337,10 @@ class SimNode(Node):
         if not (16 <= width <= 1280 and 16 <= height <= 960):
             raise ConfigError(f"camera size {width}x{height} is outside 16..1280 x 16..960")
         if self.real_time_factor != 1.0 and not self.publish_clock:
-            raise ConfigError(f"real_time_factor {self.real_time_factor:g} needs publish_clock:=true (and "
-                              "use_sim_time:=true on the other nodes): wall-clock stamps would not match the motion")
+            raise ConfigError(
+                f"real_time_factor {self.real_time_factor:g} needs publish_clock:=true (and "
+                "use_sim_time:=true on the other nodes): wall-clock stamps would not match the motion"
+            )
 
     def _make_gripper_server(self, group):
         try:
@@ -278,9 +354,13 @@ class SimNode(Node):
 
         self._gripper_type = GripperCommand
         return ActionServer(
-            self, GripperCommand, self.gripper_action_name, execute_callback=self._execute_gripper,
+            self,
+            GripperCommand,
+            self.gripper_action_name,
+            execute_callback=self._execute_gripper,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda handle: CancelResponse.ACCEPT, callback_group=group,
+            cancel_callback=lambda handle: CancelResponse.ACCEPT,
+            callback_group=group,
         )
 
     # -- episodes -------------------------------------------------------------------------
@@ -339,9 +419,14 @@ class SimNode(Node):
         self._start_state = env.joint_positions().copy()
         stamp_ns = msgs.stamp_to_ns(self._stamp())
         self._episode_stamp_ns, self._commanded_ns, self._solved_ns = stamp_ns, None, None
-        result = {"task": env.task, "seed": env.seed, "instruction": env.instruction,
-                  "start_state": [round(float(v), 6) for v in self._start_state], "start": start,
-                  "stamp_ns": stamp_ns}
+        result = {
+            "task": env.task,
+            "seed": env.seed,
+            "instruction": env.instruction,
+            "start_state": [round(float(v), 6) for v in self._start_state],
+            "start": start,
+            "stamp_ns": stamp_ns,
+        }
         self.get_logger().info(f"reset: {json.dumps(result)}")
         return result
 
@@ -363,8 +448,11 @@ class SimNode(Node):
         with self._lock:
             if self._expert is None:
                 response.success = False
-                response.message = ("no expert to start: run the simulator with expert:=true and reset it first"
-                                    if not self.expert_enabled else "no episode yet: call ~/reset first")
+                response.message = (
+                    "no expert to start: run the simulator with expert:=true and reset it first"
+                    if not self.expert_enabled
+                    else "no episode yet: call ~/reset first"
+                )
                 return response
             self._expert_start = min(self._expert_start, self._env.time + self.expert_start_delay)
             response.success = True
@@ -377,12 +465,19 @@ class SimNode(Node):
             response.success = bool(env.success())
             commanded, solved = self._commanded_ns, self._solved_ns
             response.message = json.dumps(
-                {"task": env.task, "seed": env.seed, "instruction": env.instruction, "time": env.time,
-                 "expert": self._expert_state, "distance_to_goal_m": round(env.distance_to_goal(), 4),
-                 "commanded_s": None if commanded is None else (self._sim_ns - commanded) * 1e-9,
-                 "solved_after_s": None if solved is None else (solved - commanded) * 1e-9,
-                 "steps": self.stats["steps"], "step_timeouts": self.stats["step_timeouts"],
-                 "step_wait_s": round(self.stats["step_wait_s"], 3)}
+                {
+                    "task": env.task,
+                    "seed": env.seed,
+                    "instruction": env.instruction,
+                    "time": env.time,
+                    "expert": self._expert_state,
+                    "distance_to_goal_m": round(env.distance_to_goal(), 4),
+                    "commanded_s": None if commanded is None else (self._sim_ns - commanded) * 1e-9,
+                    "solved_after_s": None if solved is None else (solved - commanded) * 1e-9,
+                    "steps": self.stats["steps"],
+                    "step_timeouts": self.stats["step_timeouts"],
+                    "step_wait_s": round(self.stats["step_wait_s"], 3),
+                }
             )
         return response
 
@@ -407,14 +502,18 @@ class SimNode(Node):
         if unknown or missing or len(set(names)) != len(names):
             self.get_logger().warning(
                 f"rejected a trajectory: it must name the 7 arm joints once each "
-                f"(unknown: {unknown or 'none'}, missing: {missing or 'none'})", throttle_duration_sec=2.0)
+                f"(unknown: {unknown or 'none'}, missing: {missing or 'none'})",
+                throttle_duration_sec=2.0,
+            )
             return
         order = [names.index(j) for j in robot.ARM_JOINTS]
         points = []
         for k, pt in enumerate(msg.points):
             if len(pt.positions) != len(names):
-                self.get_logger().warning(f"rejected a trajectory: point {k} has {len(pt.positions)} positions "
-                                          f"for {len(names)} joints", throttle_duration_sec=2.0)
+                self.get_logger().warning(
+                    f"rejected a trajectory: point {k} has {len(pt.positions)} positions for {len(names)} joints",
+                    throttle_duration_sec=2.0,
+                )
                 return
             t = pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9
             points.append((t, np.array([pt.positions[i] for i in order])))
@@ -549,11 +648,12 @@ class SimNode(Node):
                 if now - t0 > self.step_timeout:
                     self.stats["step_timeouts"] += 1
                     # goals counted but lost would hold every later step: count from here on
-                    self._gripper_lag = max(self._gripper_lag,
-                                            self._acked_needs.get("gripper", 0) - self._gripper_seq)
+                    self._gripper_lag = max(self._gripper_lag, self._acked_needs.get("gripper", 0) - self._gripper_seq)
                     self.get_logger().warning(
                         f"no answer on {self.step_ack_topic} to the step at {stamp_ns * 1e-9:.3f} s within "
-                        f"{self.step_timeout:g} s; going on", throttle_duration_sec=5.0)
+                        f"{self.step_timeout:g} s; going on",
+                        throttle_duration_sec=5.0,
+                    )
                     break
                 if now >= resend:
                     for pub, msg in data:
@@ -646,7 +746,8 @@ class SimNode(Node):
             image = msgs.rgb_to_image(rgb, stamp=stamp, frame_id=frame)
             self._img_pubs[i].publish(image)
             self._info_pubs[i].publish(
-                msgs.pinhole_camera_info(rgb.shape[1], rgb.shape[0], fovy, stamp=stamp, frame_id=frame))
+                msgs.pinhole_camera_info(rgb.shape[1], rgb.shape[0], fovy, stamp=stamp, frame_id=frame)
+            )
             self.stats["frames"] += 1
             sent.append((self._img_pubs[i], image))
         return sent
@@ -659,8 +760,12 @@ class SimNode(Node):
             time.sleep(0.01)
         elapsed = time.monotonic() - self.stats["t0"]
         if elapsed > 0:
-            steps = (f", {self.stats['steps']} recording steps, {self.stats['step_wait_s']:.1f} s waiting for "
-                     f"the recorder, {self.stats['step_timeouts']} unanswered" if self._step_pub is not None else "")
+            steps = (
+                f", {self.stats['steps']} recording steps, {self.stats['step_wait_s']:.1f} s waiting for "
+                f"the recorder, {self.stats['step_timeouts']} unanswered"
+                if self._step_pub is not None
+                else ""
+            )
             self.get_logger().info(
                 f"control loop {self.stats['control_steps'] / elapsed:.1f} Hz, "
                 f"{self.stats['frames'] / elapsed / max(len(self.camera_names), 1):.1f} frames/s per camera{steps}"

@@ -81,8 +81,14 @@ def look_at_xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> tuple[float, ...]:
 
 def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
     """URDF fixed-axis roll-pitch-yaw to a rotation matrix (Rz @ Ry @ Rx)."""
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch),
-                              math.sin(pitch), math.cos(yaw), math.sin(yaw))
+    cr, sr, cp, sp, cy, sy = (
+        math.cos(roll),
+        math.sin(roll),
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(yaw),
+        math.sin(yaw),
+    )
     rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
     ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
     rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
@@ -161,12 +167,13 @@ def _gripper_xml(ind: str, palm_mass: float) -> list[str]:
             f'{ind}  <joint name="{link.joint}" axis="{_f(*link.axis)}" '
             f'range="{robot.LOWER_LIMITS[-1]:.6f} {robot.UPPER_LIMITS[-1]:.6f}" class="finger"/>',
             f'{ind}  <geom name="{name}_bar" type="box" pos="{_f(side * 0.004, 0, FINGER_LENGTH / 2)}" '
-            f'size="0.003 0.009 {FINGER_LENGTH / 2:.4g}" rgba={_q(_ARM_DARK)} mass="{link.mass * 0.7:.4g}" class="arm"/>',
+            f'size="0.003 0.009 {FINGER_LENGTH / 2:.4g}" rgba={_q(_ARM_DARK)} '
+            f'mass="{link.mass * 0.7:.4g}" class="arm"/>',
             f'{ind}  <geom name="{name}_pad" type="box" pos="{_f(-side * 0.0, 0, PAD_Z)}" '
             f'euler="0 {tilt:.4g} 0" size="{_f(*PAD_HALF)}" rgba="0.1 0.1 0.1 1" '
             f'mass="{link.mass * 0.3:.4g}" class="pad"/>',
             f'{ind}  <site name="{name}_tip" pos="0 0 {PAD_Z}" size="0.003" rgba="1 0 1 0"/>',
-            f'{ind}</body>',
+            f"{ind}</body>",
         ]
     return out
 
@@ -186,9 +193,7 @@ def build_mjcf(n_cubes: int, n_plates: int) -> str:
             f'forcerange="{-ARM_FORCE[i]} {ARM_FORCE[i]}"/>'
         )
     for j in (robot.GRIPPER_JOINT, robot.GRIPPER_MIMIC_JOINT):
-        actuators.append(
-            f'<position name="{j}" joint="{j}" kp="{FINGER_KP}" kv="{FINGER_KV}" forcerange="-0.5 0.5"/>'
-        )
+        actuators.append(f'<position name="{j}" joint="{j}" kp="{FINGER_KP}" kv="{FINGER_KV}" forcerange="-0.5 0.5"/>')
     objects = []
     for i in range(n_plates):
         objects.append(
@@ -212,7 +217,8 @@ def build_mjcf(n_cubes: int, n_plates: int) -> str:
     <headlight ambient="0.3 0.3 0.3" diffuse="0.4 0.4 0.4" specular="0.05 0.05 0.05"/>
   </visual>
   <asset>
-    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.55 0.6 0.66" rgb2="0.2 0.22 0.25" width="64" height="64"/>
+    <texture name="sky" type="skybox" builtin="gradient" rgb1="0.55 0.6 0.66" rgb2="0.2 0.22 0.25"
+             width="64" height="64"/>
   </asset>
   <default>
     <default class="arm">

@@ -31,9 +31,18 @@ BACKENDS = ("openvla", "openpi")
 GROUPS = ("data", "optimisation", "model", "output")
 
 
-def setting(default=None, help: str = "", *, group: str = "model", per_backend: dict | None = None,
-            metavar: str | None = None, choices=None, negatable: bool = False, default_text: str | None = None,
-            flag: bool = True):
+def setting(
+    default=None,
+    help: str = "",
+    *,
+    group: str = "model",
+    per_backend: dict | None = None,
+    metavar: str | None = None,
+    choices=None,
+    negatable: bool = False,
+    default_text: str | None = None,
+    flag: bool = True,
+):
     """A TrainConfig field with what its flag, its YAML key and the README's flag table need.
 
     `per_backend`: the value a field left at None takes for each backend ({"openvla": 16,
@@ -41,8 +50,16 @@ def setting(default=None, help: str = "", *, group: str = "model", per_backend: 
     boolean flag with a --no- form; other booleans are switches that turn a setting on.
     `default_text`: the help text's default where it is not a plain value. `flag=False`: a
     setting of YAML files only."""
-    meta = dict(help=help, group=group, per_backend=per_backend or {}, metavar=metavar, choices=choices,
-                negatable=negatable, default_text=default_text, flag=flag)
+    meta = dict(
+        help=help,
+        group=group,
+        per_backend=per_backend or {},
+        metavar=metavar,
+        choices=choices,
+        negatable=negatable,
+        default_text=default_text,
+        flag=flag,
+    )
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -135,8 +152,11 @@ def owner_of(name: str) -> str | None:
 
 def backend_defaults(backend: str) -> dict:
     """The value each setting left at None takes for `backend` (without a preset's)."""
-    return {f.name: f.metadata["per_backend"][backend] for f in dataclasses.fields(config_class(backend))
-            if backend in f.metadata.get("per_backend", {})}
+    return {
+        f.name: f.metadata["per_backend"][backend]
+        for f in dataclasses.fields(config_class(backend))
+        if backend in f.metadata.get("per_backend", {})
+    }
 
 
 def check_kinds(data: dict, where: str, fields=None) -> dict:
@@ -167,8 +187,9 @@ def check_kinds(data: dict, where: str, fields=None) -> dict:
         if ok and kind == "float":
             ok = math.isfinite(value)
         if not ok:
-            raise ConfigError(f"{where}: {f.name} ({flag_of(f.name)}) must be {what}, "
-                              f"got {clip(json.dumps(value, default=str))}")
+            raise ConfigError(
+                f"{where}: {f.name} ({flag_of(f.name)}) must be {what}, got {clip(json.dumps(value, default=str))}"
+            )
     return out
 
 
@@ -183,66 +204,104 @@ class TrainConfig:
 
     backend: str = setting("openvla", "model family to fine-tune (required)", group="", choices=BACKENDS)
     # ---- data
-    data_root: str = setting("/workspace/data/tfrecord_logs", "episode directory (with `dataset_statistics.json`)",
-                             group="data", metavar="PATH")
-    instruction: str = setting("Pick and place the object", "instruction for episodes recorded without one",
-                               group="data", metavar="TEXT")
+    data_root: str = setting(
+        "/workspace/data/tfrecord_logs",
+        "episode directory (with `dataset_statistics.json`)",
+        group="data",
+        metavar="PATH",
+    )
+    instruction: str = setting(
+        "Pick and place the object", "instruction for episodes recorded without one", group="data", metavar="TEXT"
+    )
     image_size: str = setting("224x224", "model input size", group="data", metavar="WxH")
-    crop_scale: float = setting(0.9, "image area kept by the random training crop; the same centre crop at inference",
-                                group="data")
+    crop_scale: float = setting(
+        0.9, "image area kept by the random training crop; the same centre crop at inference", group="data"
+    )
     color_jitter: float = setting(0.1, "brightness/contrast jitter while training, 0 = off", group="data")
     cameras: list[str] | None = setting(
-        None, "cameras fed to the model, in order; not set: every camera the episodes share", group="data",
-        metavar="NAME")
+        None,
+        "cameras fed to the model, in order; not set: every camera the episodes share",
+        group="data",
+        metavar="NAME",
+    )
     val_ratio: float = setting(0.1, "share of episodes held out for validation", group="data")
     noop_threshold: float | None = setting(
-        None, "leave out steps whose action moves no joint by more than RAD (waiting, pauses, holding at the goal); "
-        "0 keeps every step; `0.002` for the openvla `tiny` preset", group="data", metavar="RAD",
-        per_backend={"openvla": 0.0, "openpi": 0.0})
+        None,
+        "leave out steps whose action moves no joint by more than RAD (waiting, pauses, holding at the goal); "
+        "0 keeps every step; `0.002` for the openvla `tiny` preset",
+        group="data",
+        metavar="RAD",
+        per_backend={"openvla": 0.0, "openpi": 0.0},
+    )
     num_workers: int = setting(2, "threads preparing batches ahead of the trainer", group="data")
     prefetch_batches: int = setting(4, "batches prepared ahead", group="data", flag=False)
     # ---- optimisation
-    batch_size: int | None = setting(None, "samples per optimizer micro-step and process (per GPU for openvla)",
-                                     group="optimisation", per_backend={"openvla": 16, "openpi": 32})
+    batch_size: int | None = setting(
+        None,
+        "samples per optimizer micro-step and process (per GPU for openvla)",
+        group="optimisation",
+        per_backend={"openvla": 16, "openpi": 32},
+    )
     num_epochs: int = setting(100, "passes over the training episodes", group="optimisation")
     max_steps: int | None = setting(None, "optimizer steps; when given, replaces `--num-epochs`", group="optimisation")
-    learning_rate: float | None = setting(None, "peak learning rate (AdamW)", group="optimisation",
-                                          per_backend={"openvla": 5e-4, "openpi": 3e-4})
-    lr_scheduler: str = setting("cosine", "decay after warmup", group="optimisation",
-                                choices=("cosine", "linear", "constant"))
+    learning_rate: float | None = setting(
+        None, "peak learning rate (AdamW)", group="optimisation", per_backend={"openvla": 5e-4, "openpi": 3e-4}
+    )
+    lr_scheduler: str = setting(
+        "cosine", "decay after warmup", group="optimisation", choices=("cosine", "linear", "constant")
+    )
     warmup_ratio: float = setting(0.1, "share of steps with a linear warmup", group="optimisation")
     weight_decay: float = setting(0.0, "AdamW weight decay", group="optimisation")
     max_grad_norm: float = setting(1.0, "gradient clipping, 0 = off", group="optimisation")
     grad_accumulation_steps: int = setting(1, "batches per optimizer step", group="optimisation")
-    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory",
-                                           group="optimisation")
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in the backward pass to save memory", group="optimisation"
+    )
     seed: int = setting(42, "seed for split, order, augmentation and initialisation", group="optimisation")
     # ---- model
-    model: str | None = setting(None, "base model: a preset (`tiny` runs on a CPU), a local path or a hub id",
-                                metavar="NAME|PATH|HUB_ID", per_backend={"openvla": "openvla/openvla-7b", "openpi": "pi0"})
+    model: str | None = setting(
+        None,
+        "base model: a preset (`tiny` runs on a CPU), a local path or a hub id",
+        metavar="NAME|PATH|HUB_ID",
+        per_backend={"openvla": "openvla/openvla-7b", "openpi": "pi0"},
+    )
     use_lora: bool = setting(True, "train LoRA adapters instead of all weights", negatable=True)
     lora_rank: int = setting(32, "LoRA rank")
     lora_alpha: int = setting(64, "LoRA alpha")
     lora_dropout: float = setting(0.1, "LoRA dropout")
     merge_lora: bool = setting(False, "also write LoRA-merged full weights to `checkpoint-final/merged`")
     action_horizon: int | None = setting(
-        None, "actions predicted per call, a chunk of future steps (openvla: 8 tokens per chunk step; OpenVLA-7B was "
-        "trained with 1)", per_backend={"openvla": 1, "openpi": 10})
+        None,
+        "actions predicted per call, a chunk of future steps (openvla: 8 tokens per chunk step; OpenVLA-7B was "
+        "trained with 1)",
+        per_backend={"openvla": 1, "openpi": 10},
+    )
     action_representation: str | None = setting(
-        None, "what the model predicts: absolute joint targets, or arm deltas from the current state with the "
+        None,
+        "what the model predicts: absolute joint targets, or arm deltas from the current state with the "
         "gripper absolute (delta statistics computed at training start, stored in the checkpoint); the openvla "
         "`tiny` preset uses `delta_arm_absolute_gripper`; openpi predicts `delta_arm_absolute_gripper` only",
-        choices=REPRESENTATIONS, per_backend={"openvla": ABSOLUTE, "openpi": DELTA_ARM_ABSOLUTE_GRIPPER})
+        choices=REPRESENTATIONS,
+        per_backend={"openvla": ABSOLUTE, "openpi": DELTA_ARM_ABSOLUTE_GRIPPER},
+    )
     freeze_vision: bool = setting(
-        False, "keep the image encoder as the base model has it (a pretrained one, e.g. from `crane-x7-vla "
-        "pretrain`); only the rest of the model learns")
+        False,
+        "keep the image encoder as the base model has it (a pretrained one, e.g. from `crane-x7-vla "
+        "pretrain`); only the rest of the model learns",
+    )
     precision: str = setting("auto", "`auto` = bf16 on a GPU, fp32 on a CPU", choices=("auto", "bf16", "fp32"))
     device: str = setting("auto", "`auto`, `cpu`, `cuda` or `cuda:N`")
     # ---- output
-    experiment_name: str | None = setting(None, "run name", group="output", metavar="NAME",
-                                          default_text="crane_x7_{backend}")
-    output_dir: str | None = setting(None, "where checkpoints and logs go (`/workspace/outputs/{experiment_name}`)",
-                                     group="output", metavar="PATH", default_text="/workspace/outputs/{experiment_name}")
+    experiment_name: str | None = setting(
+        None, "run name", group="output", metavar="NAME", default_text="crane_x7_{backend}"
+    )
+    output_dir: str | None = setting(
+        None,
+        "where checkpoints and logs go (`/workspace/outputs/{experiment_name}`)",
+        group="output",
+        metavar="PATH",
+        default_text="/workspace/outputs/{experiment_name}",
+    )
     save_steps: int = setting(500, "write `checkpoint-N` every N optimizer steps", group="output")
     logging_steps: int = setting(10, "log metrics every N steps", group="output")
     eval_steps: int = setting(0, "validation metrics every N steps, 0 = at the end only", group="output")
@@ -250,8 +309,9 @@ class TrainConfig:
     use_wandb: bool = setting(False, "also log to Weights & Biases (offline without an API key)", group="output")
     wandb_project: str = setting("crane_x7_vla", "W&B project", group="output")
     wandb_entity: str | None = setting(None, "W&B entity; not set: your default entity", group="output")
-    resume_from_checkpoint: str | None = setting(None, "continue a run exactly from its `checkpoint-N` directory",
-                                                 group="output", metavar="PATH")
+    resume_from_checkpoint: str | None = setting(
+        None, "continue a run exactly from its `checkpoint-N` directory", group="output", metavar="PATH"
+    )
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -278,8 +338,10 @@ class TrainConfig:
         for name in unknown:
             owner = owner_of(name)
             if owner is not None and owner != backend:
-                raise ConfigError(f"{where}: {_given_flag(name, data[name])} is for the {owner} backend "
-                                  f"(this run is --backend {backend})")
+                raise ConfigError(
+                    f"{where}: {_given_flag(name, data[name])} is for the {owner} backend "
+                    f"(this run is --backend {backend})"
+                )
         if unknown:
             raise ConfigError(f"{where}: unknown setting(s) {unknown}; known: {sorted(names)}")
         return cls(**check_kinds(data, where, dataclasses.fields(cls)))
@@ -318,8 +380,10 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         stray = sorted(n for n in values if n not in own)
         if stray:
-            raise ConfigError(f"{_given_flag(stray[0], values[stray[0]])} is for the {owner_of(stray[0])} backend "
-                              f"(this run is --backend {self.backend})")
+            raise ConfigError(
+                f"{_given_flag(stray[0], values[stray[0]])} is for the {owner_of(stray[0])} backend "
+                f"(this run is --backend {self.backend})"
+            )
         values = {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
         cfg = cls(**values)
         if cfg.model is None:
@@ -348,9 +412,19 @@ class TrainConfig:
             parse_image_size(self.image_size)
         except ValueError as exc:
             raise ConfigError(f"--image-size: {exc}") from None
-        for name in ("batch_size", "num_epochs", "learning_rate", "grad_accumulation_steps", "save_steps",
-                     "logging_steps", "lora_rank", "lora_alpha", "action_horizon", "eval_samples",
-                     "prefetch_batches"):
+        for name in (
+            "batch_size",
+            "num_epochs",
+            "learning_rate",
+            "grad_accumulation_steps",
+            "save_steps",
+            "logging_steps",
+            "lora_rank",
+            "lora_alpha",
+            "action_horizon",
+            "eval_samples",
+            "prefetch_batches",
+        ):
             positive(name)
         for name in ("eval_steps", "num_workers", "weight_decay", "max_grad_norm", "noop_threshold"):
             positive(name, allow_zero=True)
@@ -373,8 +447,10 @@ class TrainConfig:
         if self.merge_lora and not self.use_lora:
             raise ConfigError("--merge-lora needs LoRA training; it contradicts --no-use-lora")
         if self.action_representation is not None and self.action_representation not in REPRESENTATIONS:
-            raise ConfigError(f"--action-representation must be one of {', '.join(REPRESENTATIONS)} "
-                              f"(got '{self.action_representation}')")
+            raise ConfigError(
+                f"--action-representation must be one of {', '.join(REPRESENTATIONS)} "
+                f"(got '{self.action_representation}')"
+            )
         if self.cameras is not None and not self.cameras:
             raise ConfigError("--cameras needs at least one camera name")
         if self.resume_from_checkpoint and not Path(self.resume_from_checkpoint).is_dir():
@@ -470,8 +546,12 @@ def add_arguments(parser) -> None:
         kw: dict = {"help": meaning(f).replace("`", "").replace("%", "%%")}
         if f.name == "backend":
             groups[group].add_argument(flag_of(f.name), choices=meta["choices"], required=True, **kw)
-            parser.add_argument("--config", metavar="FILE.yaml", default=S,
-                                help="settings file (keys as the flags, e.g. batch_size: 8); flags override it")
+            parser.add_argument(
+                "--config",
+                metavar="FILE.yaml",
+                default=S,
+                help="settings file (keys as the flags, e.g. batch_size: 8); flags override it",
+            )
             continue
         shown = default_text(f)
         kw["help"] += f" (default: {shown if shown is not None else 'not set'})"
@@ -514,8 +594,10 @@ def flag_table() -> str:
         return _render(value) if isinstance(value, bool) else f"`{_show(value)}`"
 
     rows = ["| flag | openvla | openpi | meaning |", "|---|---|---|---|"]
-    fields = sorted((f for f in all_fields() if f.metadata["flag"]),
-                    key=lambda f: (GROUPS.index(f.metadata["group"]) + 1 if f.metadata["group"] else 0))
+    fields = sorted(
+        (f for f in all_fields() if f.metadata["flag"]),
+        key=lambda f: GROUPS.index(f.metadata["group"]) + 1 if f.metadata["group"] else 0,
+    )
     for f in fields:
         text = meaning(f).replace("|", "\\|")
         rows.append(f"| {_label(f)} | {cell('openvla', f)} | {cell('openpi', f)} | {text} |")

@@ -201,12 +201,15 @@ class SampleIndex:
 
     def __init__(self, episodes: list[EpisodeData], global_batch: int, seed: int, noop_threshold: float = 0.0):
         self.episodes = episodes
-        self.pairs = np.array([(e, int(t)) for e, ep in enumerate(episodes) for t in moving_steps(ep, noop_threshold)],
-                              dtype=np.int64).reshape(-1, 2)
+        self.pairs = np.array(
+            [(e, int(t)) for e, ep in enumerate(episodes) for t in moving_steps(ep, noop_threshold)], dtype=np.int64
+        ).reshape(-1, 2)
         if len(self.pairs) == 0:
             if noop_threshold > 0 and any(len(ep) for ep in episodes):
-                raise DatasetError(f"no training samples: no step of the training episodes moves a joint by more "
-                                   f"than --noop-threshold {noop_threshold} rad; lower it")
+                raise DatasetError(
+                    f"no training samples: no step of the training episodes moves a joint by more "
+                    f"than --noop-threshold {noop_threshold} rad; lower it"
+                )
             raise DatasetError("no training samples: every training episode is empty")
         self.global_batch = global_batch
         self.seed = seed
@@ -297,7 +300,11 @@ class BatchStream:
                     except queue.Full:
                         continue
                 nxt = pos.batch + 1
-                pos = DataPosition(pos.epoch + 1, 0) if nxt >= self.index.batches_per_epoch else DataPosition(pos.epoch, nxt)
+                pos = (
+                    DataPosition(pos.epoch + 1, 0)
+                    if nxt >= self.index.batches_per_epoch
+                    else DataPosition(pos.epoch, nxt)
+                )
         except BaseException as exc:  # hand the error to the consumer
             self._queue.put((None, exc))
 
@@ -311,7 +318,9 @@ class BatchStream:
         if pos is None:
             raise batch
         nxt = pos.batch + 1
-        self.position = DataPosition(pos.epoch + 1, 0) if nxt >= self.index.batches_per_epoch else DataPosition(pos.epoch, nxt)
+        self.position = (
+            DataPosition(pos.epoch + 1, 0) if nxt >= self.index.batches_per_epoch else DataPosition(pos.epoch, nxt)
+        )
         self.batches_served += 1
         return pos, batch
 
@@ -343,8 +352,9 @@ def eval_items(episodes: list[EpisodeData], max_samples: int, first_steps: bool 
     return [pairs[i] for i in pick]
 
 
-def eval_batches(episodes, cameras, spec: ImageSpec, horizon: int, batch_size: int, max_samples: int,
-                 first_steps: bool = False):
+def eval_batches(
+    episodes, cameras, spec: ImageSpec, horizon: int, batch_size: int, max_samples: int, first_steps: bool = False
+):
     """Batches without augmentation (centre crop, as at deployment)."""
     items = eval_items(episodes, max_samples, first_steps)
     for i in range(0, len(items), batch_size):

@@ -12,14 +12,33 @@ SCRIPT = ROOT / "bench" / "openvla_7b_step.py"
 
 
 def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def test_reduced_model_trains_with_and_without_checkpointing_and_predicts(tmp_path):
     out = tmp_path / "figures.json"
-    result = _run("--device", "cpu", "--depth-override", "1", "--width-divisor", "64", "--batch-size", "2",
-                  "--steps", "1", "--gradient-checkpointing", "both", "--mode", "all", "--infer-actions", "2",
-                  "--json", str(out))
+    result = _run(
+        "--device",
+        "cpu",
+        "--depth-override",
+        "1",
+        "--width-divisor",
+        "64",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--gradient-checkpointing",
+        "both",
+        "--mode",
+        "all",
+        "--infer-actions",
+        "2",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "not the full-size GPU figures" in result.stdout
     figures = json.loads(out.read_text())

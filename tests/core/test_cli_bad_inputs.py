@@ -78,11 +78,24 @@ def places(tmp_path_factory) -> dict:
     yaml_list = root / "list.yaml"
     yaml_list.write_text("- batch_size\n- 8\n")
     return {
-        "data": data, "corrupt": corrupt, "damaged": damaged, "wrong_meta": wrong_meta, "wrong": wrong,
-        "notes": notes, "empty": empty, "unrelated": unrelated, "ckpt": ckpt, "mean": mean, "published": published,
+        "data": data,
+        "corrupt": corrupt,
+        "damaged": damaged,
+        "wrong_meta": wrong_meta,
+        "wrong": wrong,
+        "notes": notes,
+        "empty": empty,
+        "unrelated": unrelated,
+        "ckpt": ckpt,
+        "mean": mean,
+        "published": published,
         "bad_json": bad_json,
-        "bad_values": bad_values, "not_object": not_object, "yaml_broken": yaml_broken,
-        "yaml_values": yaml_values, "yaml_list": yaml_list, "root": root,
+        "bad_values": bad_values,
+        "not_object": not_object,
+        "yaml_broken": yaml_broken,
+        "yaml_values": yaml_values,
+        "yaml_list": yaml_list,
+        "root": root,
     }
 
 
@@ -119,13 +132,20 @@ CASES = [
     ("import-legacy-dst-file", "dataset import-legacy {data} {notes}", "{notes}"),
     # dataset export / import-bag
     ("export-overwrite-unrelated", "dataset export {data} --format rlds --out {unrelated} --overwrite", "{unrelated}"),
-    ("export-lerobot-overwrite-unrelated",
-     "dataset export {data} --format lerobot --out {unrelated} --overwrite", "{unrelated}"),
+    (
+        "export-lerobot-overwrite-unrelated",
+        "dataset export {data} --format lerobot --out {unrelated} --overwrite",
+        "{unrelated}",
+    ),
     ("export-out-file", "dataset export {data} --format lerobot --out {notes} --overwrite", "{notes}"),
     ("export-source-file", "dataset export {notes} --format rlds --out {new}", "{notes}"),
     ("export-format-long", "dataset export {data} --format " + LONG + " --out {new}", "--format"),
     ("export-crf-h264", "dataset export {data} --format lerobot --vcodec h264 --crf 60 --out {new}", "--crf"),
-    ("export-shards-0", "dataset export {data} --format rlds --out {new} --episodes-per-shard 0", "--episodes-per-shard"),
+    (
+        "export-shards-0",
+        "dataset export {data} --format rlds --out {new} --episodes-per-shard 0",
+        "--episodes-per-shard",
+    ),
     ("export-fps-negative", "dataset export {data} --format rlds --out {new} --fps -10", "--fps"),
     ("export-gop-0", "dataset export {data} --format lerobot --out {new} --gop 0", "--gop"),
     ("export-crf-negative", "dataset export {data} --format lerobot --out {new} --crf -1", "--crf"),
@@ -136,8 +156,11 @@ CASES = [
     ("import-bag-rate-0", "dataset import-bag {notes} --out {new} --instruction go --rate 0", "--rate"),
     ("import-bag-out-file", "dataset import-bag {unrelated} --out {notes} --instruction go", "{notes}"),
     ("import-bag-not-a-bag", "dataset import-bag {notes} --out {new} --instruction go", "{notes}"),
-    ("import-bag-long-topic", "dataset import-bag {notes} --out {new} --instruction go --image-topic " + LONG,
-     "--image-topic"),
+    (
+        "import-bag-long-topic",
+        "dataset import-bag {notes} --out {new} --instruction go --image-topic " + LONG,
+        "--image-topic",
+    ),
     # collect / logger-keys
     ("collect-episodes-negative", "collect --sim --out {new} --episodes -1", "--episodes"),
     ("collect-episodes-0", "collect --sim --out {new} --episodes 0", "--episodes"),
@@ -165,7 +188,11 @@ CASES = [
     ("pretrain-answer-steps-negative", "pretrain --out {new} --answer-steps -1", "--answer-steps"),
     # train / merge-lora
     ("train-batch-0", "train --backend openvla --model tiny --data-root {data} --batch-size 0", "--batch-size"),
-    ("train-max-steps-negative", "train --backend openvla --model tiny --data-root {data} --max-steps -5", "--max-steps"),
+    (
+        "train-max-steps-negative",
+        "train --backend openvla --model tiny --data-root {data} --max-steps -5",
+        "--max-steps",
+    ),
     ("train-data-root-file", "train --backend openvla --model tiny --data-root {notes}", "{notes}"),
     ("train-data-root-missing", "train --backend openvla --model tiny --data-root {root}/nowhere", "nowhere"),
     ("train-device-unknown", "train --backend openvla --model tiny --data-root {data} --device nosuch", "--device"),
@@ -176,9 +203,16 @@ CASES = [
     ("train-config-folder", "train --backend openvla --config {empty}", "{empty}"),
     ("train-config-not-mapping", "train --backend openvla --config {yaml_list}", "{yaml_list}"),
     ("train-learning-rate-text", "train --backend openvla --learning-rate fast", "--learning-rate"),
-    ("train-output-dir-file", "train --backend openvla --model tiny --data-root {data} --output-dir {notes}", "{notes}"),
-    ("train-resume-file", "train --backend openvla --model tiny --data-root {data} --resume-from-checkpoint {notes}",
-     "{notes}"),
+    (
+        "train-output-dir-file",
+        "train --backend openvla --model tiny --data-root {data} --output-dir {notes}",
+        "{notes}",
+    ),
+    (
+        "train-resume-file",
+        "train --backend openvla --model tiny --data-root {data} --resume-from-checkpoint {notes}",
+        "{notes}",
+    ),
     ("merge-lora-file", "merge-lora {notes}", "{notes}"),
     ("merge-lora-bad-json", "merge-lora {bad_json}", "{bad_json}"),
     ("merge-lora-bad-values", "merge-lora {bad_values}", "{bad_values}"),
@@ -252,8 +286,9 @@ def _run(command: list[str], cwd, env=None) -> tuple[subprocess.CompletedProcess
     """Run a command in its own session: (its result, whether it was still running after
     TIMEOUT_S, having accepted its arguments; it is then stopped as Ctrl-C would stop it,
     so the nodes it started end with it)."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True, env=env
+    )
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
         return subprocess.CompletedProcess(command, proc.returncode, out, err), False
@@ -271,8 +306,11 @@ def _run(command: list[str], cwd, env=None) -> tuple[subprocess.CompletedProcess
 def outcomes(request, places, tmp_path_factory) -> dict:
     """The selected cases, run two at a time (each is a fresh Python process): case id ->
     (result, timed out, the text the last line must hold)."""
-    selected = {item.callspec.id for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec")}
+    selected = {
+        item.callspec.id
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    }
 
     def one(case):
         name, args, needle = case
@@ -305,8 +343,20 @@ def test_the_inference_nodes_device_parameter_is_checked_at_start(places, value)
 
     node = os.path.join(os.path.dirname(sys.executable), "vla_inference_node")
     with domain_lease() as domain:
-        result, timed_out = _run([node, "--ros-args", "-p", f"model_path:={places['mean']}", "-p",
-                                  f"device:={value}", "-p", "use_gripper:=false"], places["root"], env=ros_env(domain))
+        result, timed_out = _run(
+            [
+                node,
+                "--ros-args",
+                "-p",
+                f"model_path:={places['mean']}",
+                "-p",
+                f"device:={value}",
+                "-p",
+                "use_gripper:=false",
+            ],
+            places["root"],
+            env=ros_env(domain),
+        )
     assert not timed_out, "the node started with a device no backend knows"
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout + result.stderr

@@ -27,7 +27,9 @@ def rgb(colour, size=(32, 24)):
 
 
 def write(root, n=5, **kw):
-    w = EpisodeWriter(root, fps=10, instruction="reach the red cube", cameras={"primary": (32, 24), "wrist": (32, 24)}, **kw)
+    w = EpisodeWriter(
+        root, fps=10, instruction="reach the red cube", cameras={"primary": (32, 24), "wrist": (32, 24)}, **kw
+    )
     states = [robot.home_state() + 0.01 * t for t in range(n)]
     for t, q in enumerate(states):
         w.add_step(q, {"primary": rgb((250, 0, 0)), "wrist": rgb((0, 0, 250))}, timestamp_ns=10**9 + t * 10**8)

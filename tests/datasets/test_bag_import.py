@@ -99,14 +99,30 @@ def test_cli_import_bag_and_export(tmp_path, capsys):
     bag = write_bag(tmp_path / "bag.d", storage="sqlite3")
     parser = argparse.ArgumentParser()
     register_conversions(parser.add_subparsers())
-    args = parser.parse_args([
-        "import-bag", str(bag), "--out", str(tmp_path / "eps"), "--instruction", "pick up the red cube",
-        "--image-topic", "primary=/camera/color/image_raw", "--image-topic", "wrist=/wrist/image_raw/compressed",
-        "--rate", "10", "--split-gap", "0.5", "--no-progress",
-    ])
+    args = parser.parse_args(
+        [
+            "import-bag",
+            str(bag),
+            "--out",
+            str(tmp_path / "eps"),
+            "--instruction",
+            "pick up the red cube",
+            "--image-topic",
+            "primary=/camera/color/image_raw",
+            "--image-topic",
+            "wrist=/wrist/image_raw/compressed",
+            "--rate",
+            "10",
+            "--split-gap",
+            "0.5",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     assert "2 episode(s), 22 steps" in capsys.readouterr().out
-    args = parser.parse_args(["export", str(tmp_path / "eps"), "--format", "lerobot", "--out", str(tmp_path / "lr"), "--json"])
+    args = parser.parse_args(
+        ["export", str(tmp_path / "eps"), "--format", "lerobot", "--out", str(tmp_path / "lr"), "--json"]
+    )
     assert args.func(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["episodes"] == 2 and summary["steps"] == 22
@@ -144,8 +160,19 @@ def test_image_encodings(tmp_path):
     np.testing.assert_array_equal(image_to_rgb_or_jpeg(msg, Image.__msgtype__, where="mono8"), np.dstack([grey] * 3))
     png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].reshape(-1)
     msg = CompressedImage(header=header(T0), format="bgr8; png compressed bgr8", data=png)
-    np.testing.assert_array_equal(image_to_rgb_or_jpeg(_roundtrip(msg, CompressedImage.__msgtype__), CompressedImage.__msgtype__, where="png"), rgb)
-    msg = Image(header=header(T0), height=h, width=w, encoding="16UC1", is_bigendian=0, step=w * 2, data=np.zeros(h * w * 2, np.uint8))
+    np.testing.assert_array_equal(
+        image_to_rgb_or_jpeg(_roundtrip(msg, CompressedImage.__msgtype__), CompressedImage.__msgtype__, where="png"),
+        rgb,
+    )
+    msg = Image(
+        header=header(T0),
+        height=h,
+        width=w,
+        encoding="16UC1",
+        is_bigendian=0,
+        step=w * 2,
+        data=np.zeros(h * w * 2, np.uint8),
+    )
     with pytest.raises(DatasetError, match="cam 7: image encoding '16UC1' is not supported"):
         image_to_rgb_or_jpeg(msg, Image.__msgtype__, where="cam 7")
 
@@ -174,8 +201,19 @@ def test_episodes_carry_the_recording_time_and_a_bag_is_imported_once(tmp_path, 
 
     parser = argparse.ArgumentParser()
     register_conversions(parser.add_subparsers())
-    args = parser.parse_args(["import-bag", str(bag), "--out", str(out), "--instruction", "pick up the red cube",
-                              "--image-topic", f"primary={CAMERAS['primary']}", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "import-bag",
+            str(bag),
+            "--out",
+            str(out),
+            "--instruction",
+            "pick up the red cube",
+            "--image-topic",
+            f"primary={CAMERAS['primary']}",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     assert "already imported" in capsys.readouterr().out
     assert len(list_episodes(out)) == 2

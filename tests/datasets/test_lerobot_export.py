@@ -29,12 +29,30 @@ V30_DEFAULT_FEATURES = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 V30_INFO_KEYS = {
-    "codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks", "chunks_size",
-    "data_files_size_in_mb", "video_files_size_in_mb", "fps", "splits", "data_path", "video_path", "features",
+    "codebase_version",
+    "robot_type",
+    "total_episodes",
+    "total_frames",
+    "total_tasks",
+    "chunks_size",
+    "data_files_size_in_mb",
+    "video_files_size_in_mb",
+    "fps",
+    "splits",
+    "data_path",
+    "video_path",
+    "features",
 }
 V30_EPISODE_COLUMNS = {
-    "episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
-    "dataset_from_index", "dataset_to_index", "meta/episodes/chunk_index", "meta/episodes/file_index",
+    "episode_index",
+    "tasks",
+    "length",
+    "data/chunk_index",
+    "data/file_index",
+    "dataset_from_index",
+    "dataset_to_index",
+    "meta/episodes/chunk_index",
+    "meta/episodes/file_index",
 }
 VIDEO_KEYS = ("observation.images.primary", "observation.images.wrist")
 TOLERANCE_S = 1e-4  # LeRobot's default tolerance between a frame's timestamp and its video frame
@@ -165,7 +183,9 @@ def test_h264_and_bad_rates(tmp_path):
     export_lerobot(tmp_path / "a", tmp_path / "out", vcodec="h264", progress=False)
     info = json.loads((tmp_path / "out/meta/info.json").read_text())
     assert info["features"]["observation.images.primary"]["info"]["video.codec"] == "h264"
-    frames = decode_video(tmp_path / "out" / V30_VIDEO_PATH.format(video_key="observation.images.primary", chunk_index=0, file_index=0))
+    frames = decode_video(
+        tmp_path / "out" / V30_VIDEO_PATH.format(video_key="observation.images.primary", chunk_index=0, file_index=0)
+    )
     assert len(frames) == 4
     assert np.abs(frames[0.0][16, 4].astype(int) - np.array(COLOURS[0])).max() < 16
     with pytest.raises(DatasetError, match="whole-number frame rate"):

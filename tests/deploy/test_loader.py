@@ -152,12 +152,12 @@ def _imported_modules(module: str) -> set[str]:
 @pytest.mark.parametrize("name, other", [("policy.loader", "policy.client"), ("policy.client", "policy.loader")])
 def test_loader_and_client_import_neither_each_other_nor_training_nor_heavy_libraries(name, other):
     assert f"crane_x7_vla.{other}" not in _imported_modules(f"crane_x7_vla.{name}")
-    res = subprocess.run([sys.executable, "-c", IMPORTS.format(name=name)], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run([sys.executable, "-c", IMPORTS.format(name=name)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     loaded = json.loads(res.stdout)
     assert f"crane_x7_vla.{name}" in loaded and "crane_x7_vla.checkpoint_contract" in loaded
     assert not [m for m in loaded if m in ("torch", "jax") or m.startswith("crane_x7_vla.training")], loaded
+
 
 # --- an OpenVLA checkpoint's parts are read from its directory, never from the model hub ---
 
@@ -205,8 +205,13 @@ class HubRecorder:
         """load_policy on each checkpoint in a fresh process whose model hub is this one."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
         env.update(HF_ENDPOINT=self.url, HF_HOME=str(tmp_path / "hf_home"))
-        res = subprocess.run([sys.executable, "-c", LOAD_EACH, *map(str, checkpoints)], capture_output=True,
-                             text=True, env=env, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-c", LOAD_EACH, *map(str, checkpoints)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -223,9 +228,33 @@ def openvla_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("openvla")
     write_synthetic_dataset(root / "data", episodes=2, steps=10, fps=10.0)
     write_statistics(root / "data")
-    rc = train_main(["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
-                     "--batch-size", "2", "--val-ratio", "0", "--max-steps", "1", "--save-steps", "100",
-                     "--num-workers", "0", "--data-root", str(root / "data"), "--output-dir", str(root / "run")])
+    rc = train_main(
+        [
+            "train",
+            "--backend",
+            "openvla",
+            "--model",
+            "tiny",
+            "--image-size",
+            "64x64",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--val-ratio",
+            "0",
+            "--max-steps",
+            "1",
+            "--save-steps",
+            "100",
+            "--num-workers",
+            "0",
+            "--data-root",
+            str(root / "data"),
+            "--output-dir",
+            str(root / "run"),
+        ]
+    )
     assert rc == 0
     return root / "run" / "checkpoint-final"
 
@@ -247,9 +276,15 @@ def test_a_missing_checkpoint_part_is_an_error_naming_it_and_the_hub_is_not_aske
     no_base = _variant(openvla_ckpt, tmp_path / "no_base", drop=["base"])
     # written before policy_config.json said where the base model is: the preset name tells
     older = _variant(openvla_ckpt, tmp_path / "older", drop=["base"], edit=lambda o, c: o.pop("base_source"))
-    folder = _variant(openvla_ckpt, tmp_path / "folder", drop=["base"], edit=lambda o, c: o.update(
-        base_source="directory", base_model_dir=str(tmp_path / "gone" / "pretrained")))
-    full = _variant(openvla_ckpt, tmp_path / "full", drop=["base", "adapter"], edit=lambda o, c: o.update(weights="model"))
+    folder = _variant(
+        openvla_ckpt,
+        tmp_path / "folder",
+        drop=["base"],
+        edit=lambda o, c: o.update(base_source="directory", base_model_dir=str(tmp_path / "gone" / "pretrained")),
+    )
+    full = _variant(
+        openvla_ckpt, tmp_path / "full", drop=["base", "adapter"], edit=lambda o, c: o.update(weights="model")
+    )
     hub = HubRecorder()
     try:
         errors = hub.load(tmp_path, no_base, older, folder, full, openvla_ckpt)
@@ -260,8 +295,12 @@ def test_a_missing_checkpoint_part_is_an_error_naming_it_and_the_hub_is_not_aske
         assert errors[3].startswith(f"{full / 'model'}: missing.") and "--no-use-lora" in errors[3]
         assert errors[4] == "loaded"  # the whole checkpoint loads without the hub
         # a hub id given to train --model is the one thing looked up on the hub
-        named = _variant(openvla_ckpt, tmp_path / "named", drop=["base"], edit=lambda o, c: (
-            o.update(base_source="hub"), c.update(base_model="crane-x7-tests/no-such-model")))
+        named = _variant(
+            openvla_ckpt,
+            tmp_path / "named",
+            drop=["base"],
+            edit=lambda o, c: (o.update(base_source="hub"), c.update(base_model="crane-x7-tests/no-such-model")),
+        )
         [error] = hub.load(tmp_path, named)
         assert "crane-x7-tests/no-such-model" in error
         assert any("crane-x7-tests/no-such-model" in path for path in hub.requests), hub.requests

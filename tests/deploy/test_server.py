@@ -33,8 +33,12 @@ def server(mean_ckpt):
 
 
 def wire_obs(t=0.3):
-    return {"observation/image": np.full((96, 128, 3), 7, np.uint8),
-            "observation/state": np.zeros(8, np.float32), "prompt": "reach the red cube", "episode_time": t}
+    return {
+        "observation/image": np.full((96, 128, 3), 7, np.uint8),
+        "observation/state": np.zeros(8, np.float32),
+        "prompt": "reach the red cube",
+        "episode_time": t,
+    }
 
 
 def test_openpi_client_round_trip(server, mean_ckpt):
@@ -71,8 +75,9 @@ def test_malformed_messages_get_errors_and_the_server_keeps_serving(server):
             msgpack_numpy.packb({"observation/state": np.zeros(8)}),  # no image
             msgpack_numpy.packb({**wire_obs(), "observation/state": np.zeros(5)}),
             msgpack_numpy.packb({**wire_obs(), "observation/image": np.zeros((4, 4), np.float32)}),
-            msgpack.packb({"observation/image": {b"__ndarray__": True, b"data": b"xx", b"dtype": "|u1",
-                                                 b"shape": [96, 128, 3]}}),
+            msgpack.packb(
+                {"observation/image": {b"__ndarray__": True, b"data": b"xx", b"dtype": "|u1", b"shape": [96, 128, 3]}}
+            ),
             msgpack_numpy.packb({**wire_obs(), "observation/state": np.full(8, np.nan)}),
             "a text frame",
             b"\x00" * 1_200_000,  # above max_message_bytes
@@ -109,9 +114,12 @@ def test_token_is_required_when_set(mean_ckpt):
 
 def test_serve_command_binds_localhost_and_answers(mean_ckpt):
     port = 18000 + (int(time.time() * 1000) % 2000)
-    proc = subprocess.Popen([sys.executable, "-m", "crane_x7_vla.cli.serve", str(mean_ckpt),
-                             "--port", str(port), "--token", "tk"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crane_x7_vla.cli.serve", str(mean_ckpt), "--port", str(port), "--token", "tk"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 30
         client = None
@@ -131,8 +139,9 @@ def test_serve_command_binds_localhost_and_answers(mean_ckpt):
 
 
 def test_serve_command_refuses_a_bad_checkpoint(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli.serve", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "crane_x7_vla.cli.serve", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 1 and "policy_config.json: missing" in res.stderr
 
 
@@ -248,8 +257,11 @@ def test_an_over_long_prompt_is_refused_before_inference(mean_ckpt):
     srv = PolicyServer(load_policy(mean_ckpt), port=0, max_prompt_chars=100).start()
     try:
         client = WebsocketClientPolicy("127.0.0.1", srv.port)
-        with pytest.raises(RuntimeError, match=r"'prompt' holds 101 characters; this server accepts at most 100 "
-                                               r"\(its max_prompt_chars, `crane-x7-vla serve --max-prompt-chars`\)"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"'prompt' holds 101 characters; this server accepts at most 100 "
+            r"\(its max_prompt_chars, `crane-x7-vla serve --max-prompt-chars`\)",
+        ):
             client.infer({**wire_obs(), "prompt": "x" * 101})
         assert srv.calls == 0
         assert client.infer({**wire_obs(), "prompt": "y" * 100})["actions"].shape == (5, 8)
@@ -263,31 +275,59 @@ def test_the_decoder_builds_nothing_larger_than_the_message(server):
     base = {"observation/image": image, "observation/state": [0.0] * 8}
     bad = {
         # a 40-byte scalar that would become a 10**9-byte void, or a 4-billion-character prompt
-        "void scalar": ({**base, "prompt": {b"__npgeneric__": True, b"dtype": "|V1", b"data": 10**9}},
-                        "dtype |V1 is not accepted"),
-        "number as text": ({**base, "prompt": {b"__npgeneric__": True, b"dtype": "<U1", b"data": 10**9}},
-                           "'data' must be a str"),
-        "record dtype": ({**base, "prompt": {b"__ndarray__": True, b"data": b"", b"dtype": "u1,u1", b"shape": [0]}},
-                         "not accepted"),
-        "long dtype": ({**base, "observation/state": {b"__ndarray__": True, b"data": b"", b"dtype": "u1," * 10000,
-                                                      b"shape": [0]}}, "must be a NumPy type string"),
-        "count mismatch": ({**base, "observation/state": {b"__ndarray__": True, b"data": bytes(8), b"dtype": "<f8",
-                                                          b"shape": [2**32, 2**32]}}, "needs 147573952589676412928"),
-        "negative shape": ({**base, "observation/state": {b"__ndarray__": True, b"data": bytes(64), b"dtype": "<f8",
-                                                          b"shape": [-1, -8]}}, "sizes >= 0"),
+        "void scalar": (
+            {**base, "prompt": {b"__npgeneric__": True, b"dtype": "|V1", b"data": 10**9}},
+            "dtype |V1 is not accepted",
+        ),
+        "number as text": (
+            {**base, "prompt": {b"__npgeneric__": True, b"dtype": "<U1", b"data": 10**9}},
+            "'data' must be a str",
+        ),
+        "record dtype": (
+            {**base, "prompt": {b"__ndarray__": True, b"data": b"", b"dtype": "u1,u1", b"shape": [0]}},
+            "not accepted",
+        ),
+        "long dtype": (
+            {**base, "observation/state": {b"__ndarray__": True, b"data": b"", b"dtype": "u1," * 10000, b"shape": [0]}},
+            "must be a NumPy type string",
+        ),
+        "count mismatch": (
+            {
+                **base,
+                "observation/state": {
+                    b"__ndarray__": True,
+                    b"data": bytes(8),
+                    b"dtype": "<f8",
+                    b"shape": [2**32, 2**32],
+                },
+            },
+            "needs 147573952589676412928",
+        ),
+        "negative shape": (
+            {
+                **base,
+                "observation/state": {b"__ndarray__": True, b"data": bytes(64), b"dtype": "<f8", b"shape": [-1, -8]},
+            },
+            "sizes >= 0",
+        ),
         "many keys": ({**base, **{f"k{i}": i for i in range(100)}}, "at most 64 keys per map"),
         "long list": ({**base, "observation/state": [0.0] * 100_000}, "64 items per list"),
         "nested lists": ({**base, "x": [[[0] * 64] * 64] * 64}, "more than 1024 list items and map entries"),
         "prompt map": ({**base, "prompt": {"a": 1}}, "'prompt': must be text, got dict"),
-        "bad unicode": ({**base, "prompt": {b"__ndarray__": True, b"data": b"\xff" * 4, b"dtype": "<U1", b"shape": []}},
-                        "'prompt': text that is not valid Unicode"),
+        "bad unicode": (
+            {**base, "prompt": {b"__ndarray__": True, b"data": b"\xff" * 4, b"dtype": "<U1", b"shape": []}},
+            "'prompt': text that is not valid Unicode",
+        ),
     }
     with connect(server.url, max_size=None) as ws:
         msgpack_numpy.unpackb(ws.recv())
         for name, (msg, expected) in bad.items():
             ws.send(msgpack.packb(msg))
             reply = ws.recv(timeout=10)
-            assert isinstance(reply, str) and reply.startswith("error: bad message") and expected in reply, (name, reply)
+            assert isinstance(reply, str) and reply.startswith("error: bad message") and expected in reply, (
+                name,
+                reply,
+            )
         ws.send(msgpack.packb({**base, "prompt": {b"__npgeneric__": True, b"dtype": "<U5", b"data": "reach"}}))
         assert msgpack_numpy.unpackb(ws.recv(timeout=10))["actions"].shape == (5, 8)
     assert server.calls == 1
@@ -297,8 +337,13 @@ def test_error_replies_and_logs_repeat_little_of_the_input(server, caplog):
     caplog.set_level(logging.INFO, logger="crane_x7_vla.serve")
     long_text = "line one\nline two" + "A" * 100_000
     messages = [
-        msgpack.packb({**wire_obs(0.0), "observation/image": None,
-                       "observation/state": {b"__ndarray__": True, b"data": b"", b"dtype": long_text, b"shape": [0]}}),
+        msgpack.packb(
+            {
+                **wire_obs(0.0),
+                "observation/image": None,
+                "observation/state": {b"__ndarray__": True, b"data": b"", b"dtype": long_text, b"shape": [0]},
+            }
+        ),
         msgpack_numpy.packb({**wire_obs(), "request_id": long_text}),
         msgpack_numpy.packb({**wire_obs(), "episode_time": long_text}),
     ]
@@ -369,8 +414,9 @@ def test_token_from_a_file_or_the_environment(tmp_path):
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(TokenError, match="is empty"):
         resolve_token(None, None, {"CRANE_X7_VLA_TOKEN_FILE": str(tmp_path / "empty")})
-    help_text = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli", "serve", "--help"], capture_output=True,
-                               text=True, timeout=60).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "crane_x7_vla.cli", "serve", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
     for name in ("--token-file", "CRANE_X7_VLA_TOKEN_FILE", "CRANE_X7_VLA_TOKEN", "--max-prompt-chars"):
         assert name in help_text
 

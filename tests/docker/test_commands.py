@@ -47,7 +47,7 @@ def check_command(argv: list[str], where: str) -> None:
     if argv[0] == "torchrun":
         assert "torchrun" in {ep.name for ep in entry_points(group="console_scripts")}, "torchrun is not installed"
         assert "-m" in argv, f"{where}: torchrun without -m MODULE"
-        argv = ["python", *argv[argv.index("-m"):]]
+        argv = ["python", *argv[argv.index("-m") :]]
     if argv[0] == "python" and argv[1:2] == ["-m"]:
         module = argv[2]
         assert importlib.util.find_spec(module) is not None, f"{where}: module {module} does not exist"
@@ -90,7 +90,9 @@ def test_checker_rejects_unknown_commands():
     with pytest.raises(AssertionError, match="does not exist"):
         check_command(["python", "-m", "crane_x7_vla.no_such_module"], "x")
     with pytest.raises(AssertionError, match="not an option"):
-        check_command(["python", "-m", "crane_x7_vla.training.cli", "train", "--backend", "openvla", "--no-such-flag"], "x")
+        check_command(
+            ["python", "-m", "crane_x7_vla.training.cli", "train", "--backend", "openvla", "--no-such-flag"], "x"
+        )
     with pytest.raises(AssertionError, match="does not exist"):
         check_command(["ros2", "launch", PACKAGE, "no_such.launch.py"], "x")
 
@@ -112,8 +114,10 @@ def test_docs_show_the_documented_workflow():
     assert "docker compose --profile openvla build" in commands
     assert "docker compose --profile openpi build" in commands
     for backend in ("openvla", "openpi"):
-        prefix = (f"docker compose --profile {backend} run --rm vla-finetune-{backend} "
-                  f"python -m crane_x7_vla.training.cli train --backend {backend}")
+        prefix = (
+            f"docker compose --profile {backend} run --rm vla-finetune-{backend} "
+            f"python -m crane_x7_vla.training.cli train --backend {backend}"
+        )
         assert any(c.startswith(prefix) for c in commands), prefix
     assert "cp .env.template .env" in DOC.read_text()
 
@@ -132,7 +136,7 @@ def test_doc_commands_match_compose_and_the_cli():
             while argv[i].startswith("-"):
                 i += 2 if argv[i] in ("-e", "--env", "-v", "--volume", "-p", "--publish", "--entrypoint") else 1
             assert argv[i] in services, f"{where}: service {argv[i]} is not in profile(s) {profiles}"
-            check_command(argv[i + 1:], where)
+            check_command(argv[i + 1 :], where)
         elif "up" in argv or "build" in argv:
-            names = [a for a in argv[argv.index("up" if "up" in argv else "build") + 1:] if not a.startswith("-")]
+            names = [a for a in argv[argv.index("up" if "up" in argv else "build") + 1 :] if not a.startswith("-")]
             assert set(names) <= services, f"{where}: {names} not in profile(s) {profiles}"

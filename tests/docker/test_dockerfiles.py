@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (DOCKERFILES, ROOT, compose_config, dockerfile_args, dockerfile_instructions,
-                       read_env_template, tool)
+from .conftest import (
+    DOCKERFILES,
+    ROOT,
+    compose_config,
+    dockerfile_args,
+    dockerfile_instructions,
+    read_env_template,
+    tool,
+)
 
 INTERNAL_ARGS = {"BASE_IMAGE", "CONTAINER_USER"}  # not meant to be set from .env
 TRAINING = {"Dockerfile.openvla": "openvla", "Dockerfile.openpi": "openpi"}
@@ -129,7 +136,9 @@ def test_build_arguments_come_from_env_template_and_compose(dockerfile):
         if name in INTERNAL_ARGS:
             continue
         assert name in env, f"{dockerfile.name}: ARG {name} is not in .env.template"
-        assert default == env[name], f"{dockerfile.name}: ARG {name} defaults to {default}, .env.template has {env[name]}"
+        assert default == env[name], (
+            f"{dockerfile.name}: ARG {name} defaults to {default}, .env.template has {env[name]}"
+        )
     for profile in ("openvla", "openpi", "server", "collect", "inference", "dev"):
         for name, svc in compose_config(profile)["services"].items():
             if svc["build"]["dockerfile"] == f"docker/{dockerfile.name}":
@@ -161,7 +170,9 @@ def test_training_image_installs_the_backend_extra(name):
 
 def test_torch_comes_from_the_cuda_index():
     text = (ROOT / "docker" / "Dockerfile.openvla").read_text()
-    assert re.search(r'--index-url "\$\{TORCH_INDEX_URL\}"[\s\\]+-r /src/vla_training/requirements/openvla-cuda.txt', text)
+    assert re.search(
+        r'--index-url "\$\{TORCH_INDEX_URL\}"[\s\\]+-r /src/vla_training/requirements/openvla-cuda.txt', text
+    )
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", read_env_template()["TORCH_INDEX_URL"])
 
 

@@ -90,6 +90,8 @@ def test_version_table_in_docs_matches_the_pins():
     for cell, ver in rows:
         for package in cell.split(" / "):
             if package in wanted:
-                assert ver.split()[0] == wanted[package], f"docs/docker.md says {package} {ver}, pinned {wanted[package]}"
+                assert ver.split()[0] == wanted[package], (
+                    f"docs/docker.md says {package} {ver}, pinned {wanted[package]}"
+                )
                 checked += 1
     assert checked >= 8

@@ -83,10 +83,10 @@ def cli_invocations(line: str) -> list[tuple[str, list[str]]]:
     for seg in segments(line):
         for i, tok in enumerate(seg):
             if Path(tok).name == "crane-x7-vla":
-                found.append(("main", placeholders(seg[i + 1:])))
+                found.append(("main", placeholders(seg[i + 1 :])))
                 break
             if tok == "-m" and i + 1 < len(seg) and seg[i + 1] == "crane_x7_vla.training.cli":
-                found.append(("train", placeholders(seg[i + 2:])))
+                found.append(("train", placeholders(seg[i + 2 :])))
                 break
     return found
 
@@ -150,7 +150,9 @@ def check_ros(seg: list[str], where: str) -> None:
         known = launch_arguments(seg[3])
         for arg in seg[4:]:
             name = arg.split(":=")[0]
-            assert ":=" in arg and name in known, f"{where}\n  '{name}' is not an argument of {seg[3]} ({sorted(known)})"
+            assert ":=" in arg and name in known, (
+                f"{where}\n  '{name}' is not an argument of {seg[3]} ({sorted(known)})"
+            )
     elif seg[:2] == ["ros2", "run"]:
         scripts = console_scripts()
         assert seg[2] == "crane_x7_vla" and seg[3] in scripts, f"{where}: no executable {seg[3]}"
@@ -231,8 +233,11 @@ def test_checker_rejects_wrong_commands(tmp_path):
     with pytest.raises(AssertionError, match="rejected"):
         check_line("python -m crane_x7_vla.training.cli train --backend openvla --batch-size many", "x", tmp_path)
     with pytest.raises(AssertionError, match="settings check"):
-        check_line("torchrun --nproc_per_node=2 -m crane_x7_vla.training.cli train --backend openpi "
-                   "--action-label-sigma 2", "x", tmp_path)
+        check_line(
+            "torchrun --nproc_per_node=2 -m crane_x7_vla.training.cli train --backend openpi --action-label-sigma 2",
+            "x",
+            tmp_path,
+        )
     with pytest.raises(AssertionError, match="settings check"):
         check_line("crane-x7-vla train --backend openpi --no-use-lora --lora-rank 8", "x", tmp_path)
     with pytest.raises(AssertionError, match="not an argument"):
@@ -270,7 +275,7 @@ def flag_table(text: str) -> list[list[str]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[1:3] == ["openvla", "openpi"]:
             rows = []
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("|"):
                     break
                 rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
@@ -318,7 +323,8 @@ def test_flag_table_is_the_generated_one():
     expected = flag_table().splitlines()
     assert lines[start:end] == expected, (
         "README.md's train flag table differs from the settings' definitions; replace it with the output of\n"
-        "  python -c 'from crane_x7_vla.training.config import flag_table; print(flag_table(), end=\"\")'")
+        "  python -c 'from crane_x7_vla.training.config import flag_table; print(flag_table(), end=\"\")'"
+    )
 
 
 # ---- English and Japanese guides ---------------------------------------------------------------------
@@ -382,8 +388,12 @@ def test_links_and_anchors_resolve(guide):
 def test_both_guides_link_the_same_documents():
     def targets(guide):
         text = guide.read_text()
-        return {(guide.parent / link.partition("#")[0]).resolve()
-                for link in re.findall(r"\]\(([^)#\s][^)\s]*)\)", text) if not link.startswith("http")}
+        return {
+            (guide.parent / link.partition("#")[0]).resolve()
+            for link in re.findall(r"\]\(([^)#\s][^)\s]*)\)", text)
+            if not link.startswith("http")
+        }
+
     en = targets(README) - {README_JA.resolve()}
     ja = targets(README_JA) - {README.resolve()}
     assert en == ja
@@ -411,7 +421,7 @@ def subcommand_tables(text: str):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells in (["flag", "default", "meaning"], ["フラグ", "既定値", "意味"]):
             rows = []
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("|"):
                     break
                 rows.append([c.strip() for c in row.strip().strip("|").split("|")])
@@ -450,5 +460,6 @@ def test_subcommand_flag_tables_match_their_parsers(guide):
             listed[flag] = cells[1]
         assert set(listed) == set(actions), f"{guide}: `{argv[0]}` table lacks {sorted(set(actions) - set(listed))}"
         for flag, cell in listed.items():
-            assert default_shown(actions[flag], cell), \
+            assert default_shown(actions[flag], cell), (
                 f"{guide}: `{argv[0]} {flag}` default is {actions[flag].default!r}, the table says {cell!r}"
+            )

@@ -119,8 +119,12 @@ def norm_stats(state_dim=8, action_dim=8, seed=0):
     def entry(n):
         mean = rng.normal(size=n) * 0.1
         std = rng.uniform(0.05, 0.5, n)
-        return {"mean": mean.tolist(), "std": std.tolist(), "q01": (mean - 2.3 * std).tolist(),
-                "q99": (mean + 2.3 * std).tolist()}
+        return {
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "q01": (mean - 2.3 * std).tolist(),
+            "q99": (mean + 2.3 * std).tolist(),
+        }
 
     return {"state": entry(state_dim), "actions": entry(action_dim)}
 
@@ -137,8 +141,12 @@ def write_checkpoint(run_dir: Path, step: int, tree: dict, stats: dict | None = 
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=False),
     )
     train_state = {"step": np.asarray(step, np.int32), "opt_state": {"count": np.asarray(step, np.int32)}}
-    mngr.save(step, args=ocp.args.Composite(params=ocp.args.PyTreeSave({"params": tree}),
-                                            train_state=ocp.args.PyTreeSave(train_state)))
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.PyTreeSave({"params": tree}), train_state=ocp.args.PyTreeSave(train_state)
+        ),
+    )
     mngr.wait_until_finished()
     mngr.close()
     step_dir = run_dir / str(step)
@@ -160,7 +168,9 @@ def paligemma_like_tokenizer(path: Path, words=()) -> Path:
             vocab.setdefault(piece, len(vocab))
     for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?-":
         vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix="", max_input_chars_per_word=100))
+    tok = Tokenizer(
+        models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix="", max_input_chars_per_word=100)
+    )
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
     tok.decoder = decoders.Replace("▁", " ")
@@ -168,8 +178,9 @@ def paligemma_like_tokenizer(path: Path, words=()) -> Path:
     return Path(path)
 
 
-def write_spm_model(path, pieces, *, byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
-                    unk_id=3) -> Path:
+def write_spm_model(
+    path, pieces, *, byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False, unk_id=3
+) -> Path:
     """Write a SentencePiece BPE ModelProto (sentencepiece_model.proto field numbers) with these
     (piece, score, type) entries, byte fallback and an identity normaliser, as Gemma's model has."""
     import struct
@@ -184,12 +195,27 @@ def write_spm_model(path, pieces, *, byte_fallback=True, add_dummy_prefix=False,
 
     body = b""
     for piece, score, kind in pieces:
-        msg = length_delimited(1, piece.encode("utf-8")) + key(2, 5) + struct.pack("<f", score) + key(3, 0) + _enc_varint(kind)
+        msg = (
+            length_delimited(1, piece.encode("utf-8"))
+            + key(2, 5)
+            + struct.pack("<f", score)
+            + key(3, 0)
+            + _enc_varint(kind)
+        )
         body += length_delimited(1, msg)
-    trainer = key(3, 0) + _enc_varint(BPE) + key(35, 0) + _enc_varint(int(byte_fallback)) + key(40, 0) + _enc_varint(unk_id)
+    trainer = (
+        key(3, 0) + _enc_varint(BPE) + key(35, 0) + _enc_varint(int(byte_fallback)) + key(40, 0) + _enc_varint(unk_id)
+    )
     body += length_delimited(2, trainer)
-    normalizer = (length_delimited(1, b"identity") + key(3, 0) + _enc_varint(int(add_dummy_prefix))
-                  + key(4, 0) + _enc_varint(int(remove_extra_whitespaces)) + key(5, 0) + _enc_varint(1))
+    normalizer = (
+        length_delimited(1, b"identity")
+        + key(3, 0)
+        + _enc_varint(int(add_dummy_prefix))
+        + key(4, 0)
+        + _enc_varint(int(remove_extra_whitespaces))
+        + key(5, 0)
+        + _enc_varint(1)
+    )
     body += length_delimited(3, normalizer)
     Path(path).write_bytes(body)
     return Path(path)

@@ -31,14 +31,17 @@ def test_zscore_action_space_is_unclipped_and_recorded():
     np.testing.assert_allclose(enc[:, :8], (delta - act["mean"]) / (np.asarray(act["std"]) + 1e-6), rtol=1e-5)
     assert np.abs(enc).max() > 3 and not enc[:, 8:].any()  # unclipped, padded with zeros
     np.testing.assert_allclose(space.decode_actions(enc, s), targets, atol=1e-5)
-    np.testing.assert_allclose(space.encode_state(s)[:8], (s - state["mean"]) / (np.asarray(state["std"]) + 1e-6),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        space.encode_state(s)[:8], (s - state["mean"]) / (np.asarray(state["std"]) + 1e-6), rtol=1e-5
+    )
     config = {"action_space": space.to_dict(), "dataset_statistics": {}}
     assert config["action_space"]["normalization"] == "zscore" and config["action_space"]["state_statistics"] == state
     again = ActionSpace.from_config(config)
     np.testing.assert_allclose(again.encode_state(s), space.encode_state(s))
     with pytest.raises(ValueError, match="normalization must be one of"):
-        ActionSpace.from_config({"action_space": dict(space.to_dict(), normalization="minmax"), "dataset_statistics": {}})
+        ActionSpace.from_config(
+            {"action_space": dict(space.to_dict(), normalization="minmax"), "dataset_statistics": {}}
+        )
 
 
 def test_resize_with_pad_keeps_aspect_and_pads_black():
@@ -63,12 +66,22 @@ def test_resize_with_pad_keeps_aspect_and_pads_black():
 
 
 GEMMA_LIKE_PIECES = (
-    [("<pad>", 0.0, CONTROL), ("<eos>", 0.0, CONTROL), ("<bos>", 0.0, CONTROL), ("<unk>", 0.0, UNKNOWN),
-     ("<start_of_turn>", 0.0, USER_DEFINED), ("\n", 0.0, NORMAL)]
+    [
+        ("<pad>", 0.0, CONTROL),
+        ("<eos>", 0.0, CONTROL),
+        ("<bos>", 0.0, CONTROL),
+        ("<unk>", 0.0, UNKNOWN),
+        ("<start_of_turn>", 0.0, USER_DEFINED),
+        ("\n", 0.0, NORMAL),
+    ]
     + [(f"<0x{b:02X}>", 0.0, BYTE) for b in range(256)]
     + [(c, -100.0 - i, NORMAL) for i, c in enumerate("abcdefghijklmnopqrstuvwxyzPR▁")]
-    + [(m, -1.0 - i, NORMAL) for i, m in enumerate(["▁t", "he", "▁the", "▁c", "ub", "▁cub", "▁cube", "▁r", "ed",
-                                                     "▁red", "ck", "ick", "Pick", "▁u", "▁up"])]
+    + [
+        (m, -1.0 - i, NORMAL)
+        for i, m in enumerate(
+            ["▁t", "he", "▁the", "▁c", "ub", "▁cub", "▁cube", "▁r", "ed", "▁red", "ck", "ick", "Pick", "▁u", "▁up"]
+        )
+    ]
 )
 
 
@@ -81,7 +94,7 @@ def test_prompt_format_openpi_with_a_sentencepiece_model_and_a_tokenizer_json(tm
     # stripped, '_' and the newline -> ' ' (then stripped), case kept; BOS first, "\n" last
     expected = [2] + [vocab[p] for p in ("Pick", "▁up", "▁the", "▁red", "▁cube")] + [vocab["\n"]]
     assert ids[: len(expected)].tolist() == expected and mask.sum() == len(expected) and not cut
-    assert not ids[len(expected):].any()  # padded with <pad> = 0
+    assert not ids[len(expected) :].any()  # padded with <pad> = 0
     # non-ASCII text falls back to its UTF-8 bytes
     ids, mask, _ = tok.encode("ü")
     assert ids[1:3].tolist() == [vocab["<0xC3>"], vocab["<0xBC>"]]
@@ -121,8 +134,9 @@ def test_image_slots_and_masks(tiny_cfg, tmp_path):
     stats = _stats(rng)
     space = ActionSpace(tiny_cfg.action_horizon, 32, stats, stats, normalization="zscore")
 
-    tok = PromptTokenizer.from_file(paligemma_like_tokenizer(tmp_path / "t.json", ["a", "b"]), tiny_cfg.max_token_len,
-                                    prompt_format="openpi")
+    tok = PromptTokenizer.from_file(
+        paligemma_like_tokenizer(tmp_path / "t.json", ["a", "b"]), tiny_cfg.max_token_len, prompt_format="openpi"
+    )
     batcher = Batcher(space, tok, ["primary"], slots=conv.image_slots)
     img = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
     obs = batcher.observation({"primary": img}, rng.normal(size=(2, 8)), ["a", "b"])
@@ -135,7 +149,10 @@ def test_image_slots_and_masks(tiny_cfg, tmp_path):
     noise = jax.random.normal(jax.random.key(1), (2, cfg.action_horizon, cfg.action_dim))
     a = model.sample_actions(None, obs, num_steps=2, noise=noise)
     other = dict(obs, images=obs["images"].at[:, 2].set(200))
-    np.testing.assert_allclose(np.asarray(model.sample_actions(None, other, num_steps=2, noise=noise)), np.asarray(a),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.sample_actions(None, other, num_steps=2, noise=noise)), np.asarray(a), atol=1e-5
+    )
     unmasked = dict(other, image_mask=jax.numpy.ones((2, 3), bool))
-    assert np.abs(np.asarray(model.sample_actions(None, unmasked, num_steps=2, noise=noise)) - np.asarray(a)).max() > 1e-4
+    assert (
+        np.abs(np.asarray(model.sample_actions(None, unmasked, num_steps=2, noise=noise)) - np.asarray(a)).max() > 1e-4
+    )

@@ -12,7 +12,9 @@ from crane_x7_vla.backends.openpi.presets import PI0, TINY, get_preset, with_dep
 def _batch(cfg, B=2, seed=0):
     rng = np.random.default_rng(seed)
     return {
-        "images": jnp.asarray(rng.integers(0, 255, (B, cfg.num_cameras, cfg.image_height, cfg.image_width, 3)), jnp.uint8),
+        "images": jnp.asarray(
+            rng.integers(0, 255, (B, cfg.num_cameras, cfg.image_height, cfg.image_width, 3)), jnp.uint8
+        ),
         "tokens": jnp.asarray(rng.integers(3, 100, (B, cfg.max_token_len)), jnp.int32),
         "token_mask": jnp.asarray(np.arange(cfg.max_token_len)[None].repeat(B, 0) < np.array([[5], [3]])[:B]),
         "state": jnp.asarray(rng.normal(size=(B, cfg.action_dim)), jnp.float32),
@@ -107,7 +109,9 @@ def test_fresh_lora_adapters_are_initialised_as_openpis(tiny_cfg):
     lora = Pi0Model(cfg, nnx.Rngs(4))
     flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(lora, nnx.Param))}
     factors = {k: v for k, v in flat.items() if "_lora_" in k}
-    assert {"prefix_lm/layers/q_lora_a", "prefix_lm/layers/down_lora_b", "action_expert/layers/attn_out_lora_a"} <= set(factors)
+    assert {"prefix_lm/layers/q_lora_a", "prefix_lm/layers/down_lora_b", "action_expert/layers/attn_out_lora_a"} <= set(
+        factors
+    )
     for side in ("_lora_a", "_lora_b"):
         values = np.concatenate([v.ravel() for k, v in factors.items() if k.endswith(side)])
         assert values.size > 5000
@@ -164,8 +168,11 @@ def test_lora_layers_agree_with_openpis_equations():
     inputs = {"q": (B, T, D), "kv": (B, T, D), "attn_out": (B, T, N, H), "gate_up": (B, T, D), "down": (B, T, F)}
     for name, shape in shapes.items():
         a_shape, b_shape = lora_shapes(shape, r)
-        w = {name: rng.normal(size=shape), f"{name}_lora_a": rng.normal(size=a_shape),
-             f"{name}_lora_b": rng.normal(size=b_shape)}
+        w = {
+            name: rng.normal(size=shape),
+            f"{name}_lora_a": rng.normal(size=a_shape),
+            f"{name}_lora_b": rng.normal(size=b_shape),
+        }
         w = {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}
         x = jnp.asarray(rng.normal(size=inputs[name]), jnp.float32)
         ours = np.asarray(_project(w, name, x, jnp.float32, (alpha / r, 0.0), None))
@@ -183,7 +190,12 @@ def test_lora_layers_agree_with_openpis_equations():
         # the adapters folded into the weight give the same output
         scale = 1.0 if name in ("gate_up", "down") else alpha / r
         merged = {name: w[name] + scale * lora_delta(name, w[f"{name}_lora_a"], w[f"{name}_lora_b"])}
-        np.testing.assert_allclose(np.asarray(_project(merged, name, x, jnp.float32, (0.0, 0.0), None)), ref,
-                                   rtol=1e-4, atol=1e-4, err_msg=f"{name} merged")
+        np.testing.assert_allclose(
+            np.asarray(_project(merged, name, x, jnp.float32, (0.0, 0.0), None)),
+            ref,
+            rtol=1e-4,
+            atol=1e-4,
+            err_msg=f"{name} merged",
+        )
     # the attention output's adapter sums over heads in both factors
     assert _published_lora_eqns(GEMMA_EINSUMS["attn_out"]) == ("BTNH,NHL->BTL", "BTL,NLD->BTD")

@@ -15,6 +15,7 @@ from .conftest import tiny_train_config
 from .openpi_layout import norm_stats, openpi_tree, unwrap, write_checkpoint, write_spm_model
 from .test_conventions import GEMMA_LIKE_PIECES
 
+
 @pytest.fixture(scope="module")
 def openpi_lora_ckpt(tiny_cfg, tmp_path_factory):
     cfg = replace(
@@ -22,7 +23,8 @@ def openpi_lora_ckpt(tiny_cfg, tmp_path_factory):
         vision=VisionConfig(width=48, depth=2, mlp_dim=96, num_heads=3, patch_size=8),
         prefix=GemmaConfig(width=56, depth=2, mlp_dim=112, num_heads=2, num_kv_heads=1, head_dim=16),
         expert=GemmaConfig(width=40, depth=2, mlp_dim=80, num_heads=2, num_kv_heads=1, head_dim=16),
-        vocab_size=320, action_dim=32,
+        vocab_size=320,
+        action_dim=32,
     )
     root = tmp_path_factory.mktemp("openpi")
     tree = openpi_tree(cfg, np.random.default_rng(0), lora={"": (4, 4), "_1": (6, 6)})
@@ -35,10 +37,18 @@ def _settings(episodes_dir, out, step_dir, tokenizer_file, **overrides):
     from crane_x7_vla.training.config import TrainConfig
 
     default = TrainConfig()  # LoRA settings left at their defaults: the checkpoint's adapters decide
-    settings = dict(model=str(step_dir), tokenizer=str(tokenizer_file), norm_stats_asset="crane_x7",
-                    max_steps=2, save_steps=100,
-                    eval_samples=4, merge_lora=True, lora_rank=default.lora_rank, lora_alpha=default.lora_alpha,
-                    lora_dropout=default.lora_dropout)
+    settings = dict(
+        model=str(step_dir),
+        tokenizer=str(tokenizer_file),
+        norm_stats_asset="crane_x7",
+        max_steps=2,
+        save_steps=100,
+        eval_samples=4,
+        merge_lora=True,
+        lora_rank=default.lora_rank,
+        lora_alpha=default.lora_alpha,
+        lora_dropout=default.lora_dropout,
+    )
     settings.update(overrides)
     return tiny_train_config(episodes_dir, out, **settings)
 
@@ -68,8 +78,13 @@ def test_train_from_openpi_lora_checkpoint_and_serve(openpi_run, openpi_lora_ckp
     assert (mc["lora_alpha"], mc["expert_lora_alpha"], mc["lora_dropout"]) == (4.0, 6.0, 0.0)
     # openpi's conventions, recorded for deployment: three image slots, resize-with-pad, prompt
     # format, z-score statistics taken from the checkpoint's assets/crane_x7/norm_stats.json
-    assert config["openpi"]["conventions"] == {"normalization": "zscore", "prompt": "openpi", "image_resize": "pad",
-                                               "image_slots": ["primary", None, None], "loss": "all_dims"}
+    assert config["openpi"]["conventions"] == {
+        "normalization": "zscore",
+        "prompt": "openpi",
+        "image_resize": "pad",
+        "image_slots": ["primary", None, None],
+        "loss": "all_dims",
+    }
     assert mc["num_cameras"] == 3 and config["cameras"] == ["primary"]
     assert config["image_spec"]["resize"] == "pad" and abs(config["image_spec"]["crop_scale"] - 0.9025) < 1e-9
     assert config["openpi"]["tokenizer_file"] == "tokenizer.model" and (final / "tokenizer.model").is_file()
@@ -82,16 +97,24 @@ def test_train_from_openpi_lora_checkpoint_and_serve(openpi_run, openpi_lora_ckp
     llm = tree["PaliGemma"]["llm"]["layers"]
     np.testing.assert_array_equal(params["action_expert/layers/q"], llm["attn"]["q_einsum_1"]["w"])
     np.testing.assert_array_equal(params["prefix_lm/layers/down"], llm["mlp"]["linear"])
-    assert not np.array_equal(params["action_expert/layers/attn_out_lora_b"], llm["attn"]["attn_vec_einsum_1"]["lora_b"])
+    assert not np.array_equal(
+        params["action_expert/layers/attn_out_lora_b"], llm["attn"]["attn_vec_einsum_1"]["lora_b"]
+    )
 
     policy = load_policy(final, device="cpu")
     state = np.r_[robot.HOME_POSE, robot.GRIPPER_OPEN]
-    obs = {"images": {"primary": np.full((30, 40, 3), 90, np.uint8)}, "state": state, "instruction": "Pick up the red cube"}
+    obs = {
+        "images": {"primary": np.full((30, 40, 3), 90, np.uint8)},
+        "state": state,
+        "instruction": "Pick up the red cube",
+    }
     actions = policy.predict(obs)
     # the policy prepares inputs as openpi does
     prepared = policy.batcher.observation({"primary": policy_image(policy, obs)}, state[None], [obs["instruction"]])
     assert prepared["image_mask"].tolist() == [[True, False, False]]
-    assert prepared["tokens"][0, 0] == 2 and prepared["tokens"][0, prepared["token_mask"][0].sum() - 1] == 5  # <bos> ... "\n"
+    assert (
+        prepared["tokens"][0, 0] == 2 and prepared["tokens"][0, prepared["token_mask"][0].sum() - 1] == 5
+    )  # <bos> ... "\n"
     assert actions.shape == (4, 8) and np.all(np.isfinite(actions))
     merged = load_policy(final / "merged", device="cpu")
     np.testing.assert_allclose(merged.predict(obs), load_policy(final, device="cpu").predict(obs), atol=1e-4)
@@ -122,7 +145,9 @@ def test_openpi_checkpoint_settings_refused_before_building(openpi_lora_ckpt, ep
     from crane_x7_vla.backends.openpi.trainer import train
 
     step_dir, tokenizer, _ = openpi_lora_ckpt
-    with pytest.raises(ConfigError, match=r"--lora-rank 8: the checkpoint's LoRA adapters of the prefix decoder .* rank 4"):
+    with pytest.raises(
+        ConfigError, match=r"--lora-rank 8: the checkpoint's LoRA adapters of the prefix decoder .* rank 4"
+    ):
         train(_settings(episodes_dir, tmp_path / "a", step_dir, tokenizer, lora_rank=8))
     with pytest.raises(ConfigError, match="carries LoRA adapters"):
         train(_settings(episodes_dir, tmp_path / "b", step_dir, tokenizer, use_lora=False, merge_lora=False))
@@ -169,8 +194,11 @@ def test_export_in_openpis_layout_imports_back(openpi_run, tmp_path):
     served, original = load_policy(out, device="cpu"), load_policy(final, device="cpu")
     assert served.config["openpi"]["model_config"] == config["openpi"]["model_config"]
     assert served.config["openpi"]["conventions"] == config["openpi"]["conventions"]
-    obs = {"images": {"primary": np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)},
-           "state": np.r_[robot.HOME_POSE + 0.05, robot.GRIPPER_OPEN], "instruction": "Pick up the red cube"}
+    obs = {
+        "images": {"primary": np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)},
+        "state": np.r_[robot.HOME_POSE + 0.05, robot.GRIPPER_OPEN],
+        "instruction": "Pick up the red cube",
+    }
     np.testing.assert_allclose(served.predict(obs), original.predict(obs), atol=1e-5)
 
 
@@ -189,13 +217,24 @@ def test_train_from_openpi_base_checkpoint_places_lora_as_openpi(tiny_cfg, episo
         vision=VisionConfig(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=16),
         prefix=GemmaConfig(width=48, depth=1, mlp_dim=96, num_heads=2, num_kv_heads=1, head_dim=16),
         expert=GemmaConfig(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16),
-        vocab_size=200, action_dim=32,
+        vocab_size=200,
+        action_dim=32,
     )
     step_dir = write_checkpoint(tmp_path / "run", 30000, openpi_tree(cfg, np.random.default_rng(5)), norm_stats())
     words = ("pick", "up", "the", "red", "cube", "push", "blue", "block")
     tok = paligemma_like_tokenizer(tmp_path / "tokenizer.json", words)
-    final = train(_settings(episodes_dir, tmp_path / "out", step_dir, tok, tokenizer=str(tok), norm_stats_asset=None,
-                            max_steps=1, merge_lora=False))
+    final = train(
+        _settings(
+            episodes_dir,
+            tmp_path / "out",
+            step_dir,
+            tok,
+            tokenizer=str(tok),
+            norm_stats_asset=None,
+            max_steps=1,
+            merge_lora=False,
+        )
+    )
     config = json.loads((final / "policy_config.json").read_text())
     mc = config["openpi"]["model_config"]
     assert (mc["lora_rank"], mc["lora_alpha"], mc["expert_lora_rank"], mc["expert_lora_alpha"]) == (16, 16.0, 32, 32.0)
@@ -204,8 +243,13 @@ def test_train_from_openpi_base_checkpoint_places_lora_as_openpi(tiny_cfg, episo
     assert config["openpi"]["tokenizer_file"] == "tokenizer.json"
     policy = load_policy(final, device="cpu")
     state = np.r_[robot.HOME_POSE, robot.GRIPPER_OPEN]
-    actions = policy.predict({"images": {"primary": np.full((32, 32, 3), 90, np.uint8)}, "state": state,
-                              "instruction": "push the blue block"})
+    actions = policy.predict(
+        {
+            "images": {"primary": np.full((32, 32, 3), 90, np.uint8)},
+            "state": state,
+            "instruction": "push the blue block",
+        }
+    )
     assert actions.shape == (4, 8) and np.all(np.isfinite(actions))
 
 
@@ -216,8 +260,11 @@ def test_resume_keeps_the_checkpoints_conventions_and_tokenizer(openpi_run, open
 
     step_dir, tokenizer, _ = openpi_lora_ckpt
     first = json.loads((openpi_run / "policy_config.json").read_text())
-    final = train(_settings(episodes_dir, tmp_path / "resumed", step_dir, tokenizer, max_steps=3,
-                            resume_from_checkpoint=str(openpi_run)))
+    final = train(
+        _settings(
+            episodes_dir, tmp_path / "resumed", step_dir, tokenizer, max_steps=3, resume_from_checkpoint=str(openpi_run)
+        )
+    )
     again = json.loads((final / "policy_config.json").read_text())
     assert again["step"] == 3
     for key in ("conventions", "model_config", "tokenizer_file"):

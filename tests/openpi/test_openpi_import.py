@@ -28,7 +28,10 @@ def odd_cfg(tiny_cfg):
         vision=VisionConfig(width=48, depth=2, mlp_dim=96, num_heads=3, patch_size=8),
         prefix=GemmaConfig(width=56, depth=3, mlp_dim=112, num_heads=2, num_kv_heads=1, head_dim=16),
         expert=GemmaConfig(width=40, depth=3, mlp_dim=80, num_heads=2, num_kv_heads=1, head_dim=16),
-        vocab_size=300, action_dim=24, lora_rank=0, expert_lora_rank=0,
+        vocab_size=300,
+        action_dim=24,
+        lora_rank=0,
+        expert_lora_rank=0,
     )
 
 
@@ -99,14 +102,20 @@ def test_lora_checkpoint_ranks_and_places_from_weights(odd_cfg, tiny_cfg, tmp_pa
     after = _flat_model(model)
     assert set(imported) == set(after)
     llm = unwrap(tree)["PaliGemma"]["llm"]["layers"]
-    np.testing.assert_array_equal(after["action_expert/layers/attn_out_lora_b"], llm["attn"]["attn_vec_einsum_1"]["lora_b"])
+    np.testing.assert_array_equal(
+        after["action_expert/layers/attn_out_lora_b"], llm["attn"]["attn_vec_einsum_1"]["lora_b"]
+    )
     np.testing.assert_array_equal(after["prefix_lm/layers/down_lora_a"], llm["mlp"]["linear_lora_a"])
     # as openpi's freeze filter: both decoders' own weights frozen, adapters, vision and heads train
     _, trainable, frozen = nnx.split(model, trainable_filter(cfg), ...)
     t = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(trainable)}
     f = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen)}
-    assert {"prefix_lm/layers/q_lora_a", "action_expert/layers/down_lora_b", "vision/patch_kernel",
-            "state_proj/kernel"} <= t
+    assert {
+        "prefix_lm/layers/q_lora_a",
+        "action_expert/layers/down_lora_b",
+        "vision/patch_kernel",
+        "state_proj/kernel",
+    } <= t
     assert {"prefix_lm/layers/q", "action_expert/layers/q", "action_expert/final_norm", "prefix_lm/embed"} <= f
 
     # adapters on the prefix decoder's attention only
@@ -117,7 +126,9 @@ def test_lora_checkpoint_ranks_and_places_from_weights(odd_cfg, tiny_cfg, tmp_pa
 
 
 def test_qkv_einsum_of_a_decoder_with_as_many_kv_heads_as_heads(odd_cfg, tiny_cfg):
-    mha = replace(odd_cfg, prefix=replace(odd_cfg.prefix, num_kv_heads=2), expert=replace(odd_cfg.expert, num_kv_heads=2))
+    mha = replace(
+        odd_cfg, prefix=replace(odd_cfg.prefix, num_kv_heads=2), expert=replace(odd_cfg.expert, num_kv_heads=2)
+    )
     tree = openpi_tree(mha, np.random.default_rng(3), lora={"": (2, 2)})
     assert "qkv_einsum" in tree["PaliGemma"]["llm"]["layers"]["attn"]
     cfg = oi.infer_config(oi.flatten(tree), tiny_cfg)

@@ -31,7 +31,8 @@ def openpi_dir(tiny_cfg, tmp_path_factory):
         vision=VisionConfig(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8),
         prefix=GemmaConfig(width=48, depth=2, mlp_dim=96, num_heads=2, num_kv_heads=2, head_dim=16),
         expert=GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=2, head_dim=16),
-        vocab_size=320, action_dim=32,
+        vocab_size=320,
+        action_dim=32,
     )
     root = tmp_path_factory.mktemp("openpi_serve")
     tree = openpi_tree(cfg, np.random.default_rng(11), lora={"": (4, 4), "_1": (2, 2)}, scale=0.1)
@@ -41,8 +42,14 @@ def openpi_dir(tiny_cfg, tmp_path_factory):
 
 
 def _options(tokenizer, **more):
-    return {"tokenizer": str(tokenizer), "action_horizon": HORIZON, "image_slots": "primary,-,wrist",
-            "action_dims": ",".join(map(str, ACTION_DIMS)), "state_dims": ",".join(map(str, STATE_DIMS)), **more}
+    return {
+        "tokenizer": str(tokenizer),
+        "action_horizon": HORIZON,
+        "image_slots": "primary,-,wrist",
+        "action_dims": ",".join(map(str, ACTION_DIMS)),
+        "state_dims": ",".join(map(str, STATE_DIMS)),
+        **more,
+    }
 
 
 def _observation():
@@ -59,14 +66,29 @@ def _direct_actions(step_dir, tree, tokenizer, obs):
     import jax.numpy as jnp
 
     from crane_x7_vla.backends.openpi import train_state as ts
-    from crane_x7_vla.backends.openpi.openpi_import import (OpenpiCheckpoint, import_params, infer_config, load_into,
-                                                          read_norm_stats)
+    from crane_x7_vla.backends.openpi.openpi_import import (
+        OpenpiCheckpoint,
+        import_params,
+        infer_config,
+        load_into,
+        read_norm_stats,
+    )
     from crane_x7_vla.backends.openpi.presets import PI0
     from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
 
     ck = OpenpiCheckpoint(step_dir)
-    mcfg = infer_config(ck.shapes(), replace(PI0, image_width=32, image_height=32, num_cameras=3,
-                                             action_horizon=HORIZON, max_token_len=48, dtype="float32"))
+    mcfg = infer_config(
+        ck.shapes(),
+        replace(
+            PI0,
+            image_width=32,
+            image_height=32,
+            num_cameras=3,
+            action_horizon=HORIZON,
+            max_token_len=48,
+            dtype="float32",
+        ),
+    )
     model = ts.init_model(mcfg, 0)
     load_into(model, import_params(tree))
     stats = read_norm_stats(step_dir / "assets" / "other_robot" / "norm_stats.json")
@@ -76,8 +98,13 @@ def _direct_actions(step_dir, tree, tokenizer, obs):
     state[0, STATE_DIMS] = (obs["state"] - s_mean) / (s_std + 1e-6)
     ids, mask, _ = PromptTokenizer.from_file(tokenizer, 48, "openpi").encode(obs["instruction"])
     images = np.stack([obs["images"]["primary"], np.zeros((32, 32, 3), np.uint8), obs["images"]["wrist"]])[None]
-    batch = {"images": jnp.asarray(images), "image_mask": jnp.asarray([[True, False, True]]),
-             "tokens": jnp.asarray(ids[None]), "token_mask": jnp.asarray(mask[None]), "state": jnp.asarray(state)}
+    batch = {
+        "images": jnp.asarray(images),
+        "image_mask": jnp.asarray([[True, False, True]]),
+        "tokens": jnp.asarray(ids[None]),
+        "token_mask": jnp.asarray(mask[None]),
+        "state": jnp.asarray(state),
+    }
     key = jax.random.fold_in(ts.prng_key(0), 0)  # the policy's first draw
     noise = jax.random.normal(key, (1, HORIZON, 32))
     out = np.asarray(model.sample_actions(key, batch, num_steps=STEPS, noise=noise))[0]
@@ -98,8 +125,13 @@ def test_served_openpi_directory_samples_the_imported_weights(openpi_dir):
     assert (mc["lora_rank"], mc["expert_lora_rank"], mc["lora_groups"]) == (4, 2, ["attn", "ffn"])
     assert (mc["image_width"], mc["image_height"], mc["num_cameras"], mc["dtype"]) == (32, 32, 3, "float32")
     conv = policy.config["openpi"]["conventions"]
-    assert conv == {"normalization": "zscore", "prompt": "openpi", "image_resize": "pad",
-                    "image_slots": ["primary", None, "wrist"], "loss": "all_dims"}
+    assert conv == {
+        "normalization": "zscore",
+        "prompt": "openpi",
+        "image_resize": "pad",
+        "image_slots": ["primary", None, "wrist"],
+        "loss": "all_dims",
+    }
     assert policy.config["cameras"] == ["primary", "wrist"] and policy.config["openpi"]["asset_id"] == "other_robot"
     obs = _observation()
     expected = _direct_actions(step_dir, tree, tokenizer, obs)
@@ -121,7 +153,9 @@ def test_what_the_directory_cannot_tell_is_a_one_line_error_naming_the_flag(open
     step_dir, tokenizer, _ = openpi_dir
     with pytest.raises(CheckpointError, match=r"carry no tokenizer; give PaliGemma's with --tokenizer PATH"):
         load_policy(step_dir, "cpu")
-    with pytest.raises(CheckpointError, match=r"--action-dims: position 12 is beyond the 10 values of .*norm_stats.actions"):
+    with pytest.raises(
+        CheckpointError, match=r"--action-dims: position 12 is beyond the 10 values of .*norm_stats.actions"
+    ):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, action_dims="0-6,12"))
     with pytest.raises(CheckpointError, match=r"--state-dims: give 8 different positions"):
         load_policy(step_dir, "cpu", openpi=_options(tokenizer, state_dims="0-6"))
@@ -134,13 +168,19 @@ def test_what_the_directory_cannot_tell_is_a_one_line_error_naming_the_flag(open
     two = tmp_path / "two_assets"
     shutil.copytree(step_dir, two)
     shutil.copytree(two / "assets" / "other_robot", two / "assets" / "droid")
-    with pytest.raises(CheckpointError, match=r"norm stats of 2 assets \(droid, other_robot\); choose one with --asset-id"):
+    with pytest.raises(
+        CheckpointError, match=r"norm stats of 2 assets \(droid, other_robot\); choose one with --asset-id"
+    ):
         load_policy(two, "cpu", openpi=_options(tokenizer))
     # the options belong to openpi directories only
     with pytest.raises(CheckpointError, match="apply to a directory in openpi's layout"):
         load_policy(tmp_path, "cpu", openpi={"asset_id": "x"})
-    res = subprocess.run([sys.executable, "-m", "crane_x7_vla.cli.serve", str(step_dir), "--port", "0"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "crane_x7_vla.cli.serve", str(step_dir), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert len(errors) == 1 and "--tokenizer PATH" in errors[0], res.stderr

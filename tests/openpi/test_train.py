@@ -41,7 +41,9 @@ def test_loss_falls_and_checkpoints(full_run):
     assert np.mean([losses[s] for s in (10, 11, 12)]) < 0.7 * np.mean([losses[s] for s in (1, 2, 3)])
     assert final == out / "checkpoint-final"
     for d in (out / "checkpoint-6", final):
-        assert {"params", "train_state", "tokenizer.json", "policy_config.json", "trainer_state.json"} <= set(os.listdir(d))
+        assert {"params", "train_state", "tokenizer.json", "policy_config.json", "trainer_state.json"} <= set(
+            os.listdir(d)
+        )
     cfg = json.loads((final / "policy_config.json").read_text())
     assert cfg["backend"] == "openpi" and cfg["step"] == 12
     assert cfg["action_space"]["representation"] == "delta_arm_absolute_gripper"
@@ -63,8 +65,16 @@ def test_resume_continues_exactly(full_run, episodes_dir, tmp_path):
 
     out, _ = full_run
     resumed = tmp_path / "resumed"
-    train(tiny_train_config(episodes_dir, resumed, max_steps=12, save_steps=6, merge_lora=True,
-                            resume_from_checkpoint=str(out / "checkpoint-6")))
+    train(
+        tiny_train_config(
+            episodes_dir,
+            resumed,
+            max_steps=12,
+            save_steps=6,
+            merge_lora=True,
+            resume_from_checkpoint=str(out / "checkpoint-6"),
+        )
+    )
     a, b = _losses(out), _losses(resumed)
     assert sorted(b) == list(range(7, 13))
     np.testing.assert_allclose([b[s] for s in b], [a[s] for s in b], rtol=1e-6)
@@ -76,7 +86,11 @@ def test_policy_from_checkpoint_final(full_run):
     _, final = full_run
     policy = load_policy(final, device="cpu")
     state = np.r_[robot.HOME_POSE, robot.GRIPPER_OPEN]
-    obs = {"images": {"primary": np.full((48, 64, 3), 90, np.uint8)}, "state": state, "instruction": "pick up the red cube"}
+    obs = {
+        "images": {"primary": np.full((48, 64, 3), 90, np.uint8)},
+        "state": state,
+        "instruction": "pick up the red cube",
+    }
     actions = policy.predict(obs)
     assert actions.shape == (4, 8) and actions.dtype == np.float64
     assert np.all(np.isfinite(actions)) and robot.within_limits(actions).all()
@@ -112,13 +126,17 @@ def test_bad_input_is_refused_before_building(episodes_dir, tmp_path):
         train(tiny_train_config(episodes_dir, tmp_path / "o4", model="gpt"))
     other = tmp_path / "openvla_ckpt"
     other.mkdir()
-    (other / "policy_config.json").write_text(json.dumps({
-        "backend": "openvla", "image_spec": {}, "joint_names": [], "action_space": {}, "dataset_statistics": {}}))
+    (other / "policy_config.json").write_text(
+        json.dumps(
+            {"backend": "openvla", "image_spec": {}, "joint_names": [], "action_space": {}, "dataset_statistics": {}}
+        )
+    )
     with pytest.raises(CheckpointError, match="openvla"):
         train(tiny_train_config(episodes_dir, tmp_path / "o5", resume_from_checkpoint=str(other)))
     stale = make_episodes(tmp_path / "stale", n_episodes=2, steps=6)
     (stale / "dataset_statistics.json").write_text(
-        (stale / "dataset_statistics.json").read_text().replace('"fingerprint": "', '"fingerprint": "x'))
+        (stale / "dataset_statistics.json").read_text().replace('"fingerprint": "', '"fingerprint": "x')
+    )
     with pytest.raises(DatasetError, match="dataset stats"):
         train(tiny_train_config(stale, tmp_path / "o6"))
 

@@ -43,8 +43,9 @@ def restore(params_dir: pathlib.Path):
             item = {"params": tree["params"]}
             args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), item)
             params = ckptr.restore(params_dir, ocp.args.PyTreeRestore(item=item, restore_args=args))["params"]
-        flat = {k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
-                for k, v in _flatten(params).items()}
+        flat = {
+            k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v for k, v in _flatten(params).items()
+        }
         return _unflatten(flat)
 
 
@@ -76,10 +77,17 @@ def variant_for(gemma: dict, rank: int, alpha: float, groups):
     for name in ("dummy", "gemma_300m", "gemma_2b"):
         cfg = _gemma.get_config(name)
         if (cfg.width, cfg.depth, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (
-                gemma["width"], gemma["depth"], gemma["mlp_dim"], gemma["num_heads"], gemma["num_kv_heads"],
-                gemma["head_dim"]):
+            gemma["width"],
+            gemma["depth"],
+            gemma["mlp_dim"],
+            gemma["num_heads"],
+            gemma["num_kv_heads"],
+            gemma["head_dim"],
+        ):
             if rank:
-                cfg = dataclasses.replace(cfg, lora_configs={g: lora.LoRAConfig(rank=rank, alpha=alpha) for g in groups})
+                cfg = dataclasses.replace(
+                    cfg, lora_configs={g: lora.LoRAConfig(rank=rank, alpha=alpha) for g in groups}
+                )
             return cfg
     raise SystemExit(f"no openpi Gemma variant has the sizes {gemma}")
 
@@ -95,13 +103,20 @@ def main(export_dir: str, inputs: str, out: str) -> None:
     info = json.loads((export_dir / "crane_x7_vla_export.json").read_text())
     mc = info["model_config"]
     groups = tuple(mc.get("lora_groups") or ("attn", "ffn"))
-    configs = {"prefix": variant_for(mc["prefix"], mc["lora_rank"], mc["lora_alpha"], groups),
-               "expert": variant_for(mc["expert"], mc["expert_lora_rank"], mc["expert_lora_alpha"], groups)}
+    configs = {
+        "prefix": variant_for(mc["prefix"], mc["lora_rank"], mc["lora_alpha"], groups),
+        "expert": variant_for(mc["expert"], mc["expert_lora_rank"], mc["expert_lora_alpha"], groups),
+    }
     original = _gemma.get_config
     _gemma.get_config = lambda name: configs[name] if name in configs else original(name)  # sizes only
-    config = pi0_config.Pi0Config(dtype="float32", paligemma_variant="prefix", action_expert_variant="expert",
-                                  action_dim=mc["action_dim"], action_horizon=info["action_space"]["horizon"],
-                                  max_token_len=mc["max_token_len"])
+    config = pi0_config.Pi0Config(
+        dtype="float32",
+        paligemma_variant="prefix",
+        action_expert_variant="expert",
+        action_dim=mc["action_dim"],
+        action_horizon=info["action_space"]["horizon"],
+        max_token_len=mc["max_token_len"],
+    )
     model = config.load(restore(export_dir / "params"))
     stats = normalize.load(export_dir / "assets" / info["asset_id"])
 

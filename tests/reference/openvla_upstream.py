@@ -53,8 +53,12 @@ LLAMA_VOCAB, LLAMA_SPACE_ID = 32000, 29871  # Llama-2's vocabulary and the id of
 ACTION_ATOL, PIXEL_ATOL, LOGIT_ATOL = 1e-9, 1e-6, 1e-4  # float32 on two installations of torch
 EMBED_SCALE, ACTION_ROW_SCALE, EOS_ROW_SCALE = 16.0, 3.0, 8.0
 EOS_ID = 2  # `</s>`
-INSTRUCTIONS = ["reach the green cube", "Pick up the Red Cube and put it on the plate",
-                "PUSH THE YELLOW BUTTON", "open the drawer, then close the gripper"]
+INSTRUCTIONS = [
+    "reach the green cube",
+    "Pick up the Red Cube and put it on the plate",
+    "PUSH THE YELLOW BUTTON",
+    "open the drawer, then close the gripper",
+]
 
 
 # ---- OpenVLA's side (runs under OPENVLA_PYTHON: standard library, torch, transformers, timm) ----
@@ -81,8 +85,9 @@ def upstream_predict(model_dir: str, cases_file: str, out_file: str) -> None:
     timm.create_model = tiny_create_model
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    vla, info = AutoModelForVision2Seq.from_pretrained(model_dir, trust_remote_code=True, torch_dtype=torch.float32,
-                                                       output_loading_info=True)
+    vla, info = AutoModelForVision2Seq.from_pretrained(
+        model_dir, trust_remote_code=True, torch_dtype=torch.float32, output_loading_info=True
+    )
     bad = {k: sorted(v) for k, v in info.items() if v}
     if bad:
         raise SystemExit(f"OpenVLA's code did not load every weight of {model_dir}: {bad}")
@@ -109,19 +114,37 @@ def upstream_predict(model_dir: str, cases_file: str, out_file: str) -> None:
         prompt_ids += [] if prompt_ids[-1] == space else [space]
         sequence = generated[-1]
         with torch.no_grad():  # the logits of every step, from one pass over the whole sequence
-            logits = vla(input_ids=sequence, attention_mask=torch.ones_like(sequence),
-                         pixel_values=inputs["pixel_values"]).logits[0, -(sequence.shape[1] - len(prompt_ids) + 1):]
+            logits = vla(
+                input_ids=sequence, attention_mask=torch.ones_like(sequence), pixel_values=inputs["pixel_values"]
+            ).logits[0, -(sequence.shape[1] - len(prompt_ids) + 1) :]
         np.save(Path(out_file).parent / f"{Path(out_file).stem}_logits_{i}.npy", logits.numpy())
         np.save(Path(out_file).parent / f"{Path(out_file).stem}_pixels_{i}.npy", inputs["pixel_values"][0].numpy())
-        results.append({"prompt_ids": prompt_ids, "written": sequence[0, len(prompt_ids):].tolist(),
-                        "tokens": sequence[0, -dim:].tolist(), "action": np.asarray(action).tolist()})
-    Path(out_file).write_text(json.dumps({
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__, "timm": timm.__version__, "numpy": np.__version__,
-                     "python": sys.version.split()[0]},
-        "model_class": f"{type(vla).__module__}.{type(vla).__name__}",
-        "processor_class": f"{type(processor).__module__}.{type(processor).__name__}",
-        "cases": results}, indent=1))
+        results.append(
+            {
+                "prompt_ids": prompt_ids,
+                "written": sequence[0, len(prompt_ids) :].tolist(),
+                "tokens": sequence[0, -dim:].tolist(),
+                "action": np.asarray(action).tolist(),
+            }
+        )
+    Path(out_file).write_text(
+        json.dumps(
+            {
+                "versions": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "tokenizers": tokenizers.__version__,
+                    "timm": timm.__version__,
+                    "numpy": np.__version__,
+                    "python": sys.version.split()[0],
+                },
+                "model_class": f"{type(vla).__module__}.{type(vla).__name__}",
+                "processor_class": f"{type(processor).__module__}.{type(processor).__name__}",
+                "cases": results,
+            },
+            indent=1,
+        )
+    )
 
 
 # ---- our side (this project's venv) --------------------------------------------------------
@@ -136,8 +159,12 @@ def crane_x7_stats() -> dict:
 
     lo = np.concatenate([robot.LOWER_LIMITS[:7] * 0.6, [0.0]])
     hi = np.concatenate([robot.UPPER_LIMITS[:7] * 0.6, [1.0]])
-    return {UNNORM_KEY: {"action": {"q01": lo.tolist(), "q99": hi.tolist(), "mask": [True] * 7 + [False]},
-                         "proprio": {"q01": lo.tolist(), "q99": hi.tolist()}}}
+    return {
+        UNNORM_KEY: {
+            "action": {"q01": lo.tolist(), "q99": hi.tolist(), "mask": [True] * 7 + [False]},
+            "proprio": {"q01": lo.tolist(), "q99": hi.tolist()},
+        }
+    }
 
 
 def write_base(dest: Path, *, seed: int = 5) -> Path:
@@ -169,7 +196,7 @@ def write_base(dest: Path, *, seed: int = 5) -> Path:
     # tokens, and with a larger `</s>` row it ends early on some pictures, as an undertrained
     # model may
     weights["language_model.model.embed_tokens.weight"] *= EMBED_SCALE
-    weights["language_model.lm_head.weight"][LLAMA_VOCAB - 256:LLAMA_VOCAB] *= ACTION_ROW_SCALE
+    weights["language_model.lm_head.weight"][LLAMA_VOCAB - 256 : LLAMA_VOCAB] *= ACTION_ROW_SCALE
     weights["language_model.lm_head.weight"][EOS_ID] *= EOS_ROW_SCALE
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
     return dest
@@ -178,8 +205,10 @@ def write_base(dest: Path, *, seed: int = 5) -> Path:
 def install_remote_code(model_dir: Path, src: Path) -> None:
     """OpenVLA's three files beside the checkpoint, where its config.json's auto_map points."""
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_prismatic.OpenVLAConfig",
-                                  "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_prismatic.OpenVLAConfig",
+        "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction",
+    }
     for name in CODE_FILES:
         shutil.copyfile(src / name, model_dir / name)
 
@@ -213,12 +242,18 @@ def write_cases(dest: Path, episodes: Path | None = None) -> Path:
 
 def run_upstream(model_dir: Path, cases_file: Path, out_file: Path, python: str, timeout: float = 900) -> dict:
     """`upstream_predict` under OpenVLA's environment, with HF and timm kept off the network."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONNOUSERSITE": "1",
-           "HF_MODULES_CACHE": str(out_file.parent / "hf_modules")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "HF_MODULES_CACHE": str(out_file.parent / "hf_modules"),
+    }
     env.pop("PYTHONPATH", None)
     cmd = [python, str(Path(__file__).resolve()), "upstream", str(model_dir), str(cases_file), str(out_file)]
-    proc = subprocess.run(cmd, check=False, env=env, cwd=str(out_file.parent), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        cmd, check=False, env=env, cwd=str(out_file.parent), capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"OpenVLA's code failed on {model_dir} (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(out_file.read_text())
@@ -246,19 +281,27 @@ def run_ours(model_dir: Path, cases_file: Path, upstream_file: Path) -> list[dic
         served = policy.predict({"images": {"primary": image}, "instruction": case["instruction"]})
         tokens = policy.last_ids
         raw = policy.codec.decode(tokens[None], np.zeros((1, 8)), clip=True)[0, 0]
-        pixels = pixel_values(policy.vla, {"primary": openvla_image(image, policy.vla.processing)[None]},
-                              ["primary"], "cpu")
+        pixels = pixel_values(
+            policy.vla, {"primary": openvla_image(image, policy.vla.processing)[None]}, ["primary"], "cpu"
+        )
         theirs = np.load(upstream_file.parent / f"{upstream_file.stem}_pixels_{i}.npy")
         sequence = torch.tensor([upstream[i]["prompt_ids"] + upstream[i]["written"]])
         with torch.no_grad():
-            logits = policy.vla.model(input_ids=sequence, attention_mask=torch.ones_like(sequence),
-                                      pixel_values=pixels).logits[0, -(len(upstream[i]["written"]) + 1):]
+            logits = policy.vla.model(
+                input_ids=sequence, attention_mask=torch.ones_like(sequence), pixel_values=pixels
+            ).logits[0, -(len(upstream[i]["written"]) + 1) :]
         their_logits = np.load(upstream_file.parent / f"{upstream_file.stem}_logits_{i}.npy")
-        out.append({"prompt_ids": [int(t) for t in prompt_ids(policy.vla, case["instruction"])],
-                    "tokens": [int(t) for t in tokens], "action": raw.tolist(), "served": served[0].tolist(),
-                    "pixel_diff": float(np.max(np.abs(pixels[0].numpy() - theirs))),
-                    "logit_diff": float(np.max(np.abs(logits.numpy() - their_logits))),
-                    "logit_scale": float(np.max(np.abs(their_logits)))})
+        out.append(
+            {
+                "prompt_ids": [int(t) for t in prompt_ids(policy.vla, case["instruction"])],
+                "tokens": [int(t) for t in tokens],
+                "action": raw.tolist(),
+                "served": served[0].tolist(),
+                "pixel_diff": float(np.max(np.abs(pixels[0].numpy() - theirs))),
+                "logit_diff": float(np.max(np.abs(logits.numpy() - their_logits))),
+                "logit_scale": float(np.max(np.abs(their_logits))),
+            }
+        )
     return out
 
 
@@ -273,19 +316,32 @@ def compare(upstream: list[dict], ours: list[dict]) -> dict:
     positions = sum(int(a == b) for u, o in zip(upstream, ours) for a, b in zip(u["tokens"], o["tokens"]))
     prompts = sum(u["prompt_ids"] == o["prompt_ids"] for u, o in zip(upstream, ours))
     raw = max(float(np.max(np.abs(np.subtract(u["action"], o["action"])))) for u, o in zip(upstream, ours))
-    served = max(float(np.max(np.abs(robot.clamp_to_limits(np.asarray(u["action"])) - np.asarray(o["served"]))))
-                 for u, o in zip(upstream, ours))
+    served = max(
+        float(np.max(np.abs(robot.clamp_to_limits(np.asarray(u["action"])) - np.asarray(o["served"]))))
+        for u, o in zip(upstream, ours)
+    )
     action_tokens = sum(LLAMA_VOCAB - 256 <= t < LLAMA_VOCAB for o in ours for t in o["tokens"])
-    return {"max_pixel_diff": max(o["pixel_diff"] for o in ours), "max_logit_diff": max(o["logit_diff"] for o in ours),
-            "max_abs_logit": max(o["logit_scale"] for o in ours),
-            "ended_early": sum(len(u["written"]) < len(u["tokens"]) for u in upstream),
-            "distinct_token_ids": len({t for o in ours for t in o["tokens"]}),"cases": len(ours), "tokens_equal": same_tokens, "token_positions_equal": positions,
-            "token_positions": sum(len(o["tokens"]) for o in ours), "prompts_equal": prompts,
-            "max_action_diff": raw, "max_served_action_diff": served,
-            "tokens_in_action_range": action_tokens,
-            "agree": same_tokens == len(ours) and prompts == len(ours) and raw <= ACTION_ATOL
-            and served <= ACTION_ATOL and max(o["pixel_diff"] for o in ours) <= PIXEL_ATOL
-            and max(o["logit_diff"] for o in ours) <= LOGIT_ATOL}
+    return {
+        "max_pixel_diff": max(o["pixel_diff"] for o in ours),
+        "max_logit_diff": max(o["logit_diff"] for o in ours),
+        "max_abs_logit": max(o["logit_scale"] for o in ours),
+        "ended_early": sum(len(u["written"]) < len(u["tokens"]) for u in upstream),
+        "distinct_token_ids": len({t for o in ours for t in o["tokens"]}),
+        "cases": len(ours),
+        "tokens_equal": same_tokens,
+        "token_positions_equal": positions,
+        "token_positions": sum(len(o["tokens"]) for o in ours),
+        "prompts_equal": prompts,
+        "max_action_diff": raw,
+        "max_served_action_diff": served,
+        "tokens_in_action_range": action_tokens,
+        "agree": same_tokens == len(ours)
+        and prompts == len(ours)
+        and raw <= ACTION_ATOL
+        and served <= ACTION_ATOL
+        and max(o["pixel_diff"] for o in ours) <= PIXEL_ATOL
+        and max(o["logit_diff"] for o in ours) <= LOGIT_ATOL,
+    }
 
 
 def fine_tune_and_export(base: Path, episodes: Path, work: Path) -> tuple[Path, Path]:
@@ -294,11 +350,48 @@ def fine_tune_and_export(base: Path, episodes: Path, work: Path) -> tuple[Path, 
     from crane_x7_vla.training.cli import main
 
     run = work / "lora_run"
-    rc = main(["train", "--backend", "openvla", "--model", str(base), "--image-size", "224x224", "--device", "cpu",
-               "--batch-size", "4", "--val-ratio", "0.2", "--learning-rate", "5e-3", "--logging-steps", "1",
-               "--eval-samples", "4", "--num-workers", "1", "--seed", "3", "--lora-rank", "4", "--lora-alpha", "8",
-               "--max-steps", "6", "--save-steps", "100", "--crop-scale", "1.0", "--no-normalize-gripper",
-               "--data-root", str(episodes), "--output-dir", str(run)])
+    rc = main(
+        [
+            "train",
+            "--backend",
+            "openvla",
+            "--model",
+            str(base),
+            "--image-size",
+            "224x224",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--val-ratio",
+            "0.2",
+            "--learning-rate",
+            "5e-3",
+            "--logging-steps",
+            "1",
+            "--eval-samples",
+            "4",
+            "--num-workers",
+            "1",
+            "--seed",
+            "3",
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "100",
+            "--crop-scale",
+            "1.0",
+            "--no-normalize-gripper",
+            "--data-root",
+            str(episodes),
+            "--output-dir",
+            str(run),
+        ]
+    )
     if rc != 0:
         raise RuntimeError(f"train exited {rc}")
     export = work / "export"
@@ -329,8 +422,11 @@ def check(work: Path, src: Path, python: str) -> dict:
     install_remote_code(base, src)
     report = {"openvla_src": str(src), "openvla_python": python}
     upstream = run_upstream(base, cases, work / "upstream_base.json", python)
-    report.update(upstream_versions=upstream["versions"], upstream_model_class=upstream["model_class"],
-                  upstream_processor_class=upstream["processor_class"])
+    report.update(
+        upstream_versions=upstream["versions"],
+        upstream_model_class=upstream["model_class"],
+        upstream_processor_class=upstream["processor_class"],
+    )
     report["base"] = compare(upstream["cases"], run_ours(base, cases, work / "upstream_base.json"))
     _, export = fine_tune_and_export(base, episodes, work)
     copied = [n for n in CODE_FILES if (export / n).read_bytes() == (src / n).read_bytes()]
@@ -354,8 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.openvla_src or not args.openvla_python:
         parser.error(f"set {ENV_SRC} and {ENV_PYTHON} (or --openvla-src / --openvla-python)")
     report = check(args.work, args.openvla_src, args.openvla_python)
-    print(json.dumps({k: report[k] for k in ("upstream_versions", "base", "export", "export_carries_remote_code")},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: report[k] for k in ("upstream_versions", "base", "export", "export_carries_remote_code")}, indent=2
+        )
+    )
     return 0 if report["base"]["agree"] and report["export"]["agree"] and report["export_carries_remote_code"] else 1
 
 

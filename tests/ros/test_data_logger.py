@@ -38,8 +38,10 @@ class FakeRobot:
         self.paused: set[str] = set()
         self.t0 = time.monotonic()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._joints, daemon=True),
-                         threading.Thread(target=self._cameras, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._joints, daemon=True),
+            threading.Thread(target=self._cameras, daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -79,10 +81,17 @@ def fake_robot(client):
 
 
 def start_logger(nodes, out, wait_for, client, **params):
-    logger = nodes.start("data_logger", {
-        "output_dir": str(out), "rate": 10.0, "camera_names": list(CAMERAS),
-        "camera_topics": list(CAMERAS.values()), "sync_tolerance": 0.1, **params,
-    })
+    logger = nodes.start(
+        "data_logger",
+        {
+            "output_dir": str(out),
+            "rate": 10.0,
+            "camera_names": list(CAMERAS),
+            "camera_topics": list(CAMERAS.values()),
+            "sync_tolerance": 0.1,
+            **params,
+        },
+    )
     wait_for(lambda: client.node.count_publishers("/data_logger/episodes") > 0, 30.0, "the logger to start", nodes)
     return logger
 
@@ -120,7 +129,10 @@ def test_save_and_discard_through_services(client, nodes, fake_robot, tmp_path, 
     meta = ep.meta
     assert meta.language_instruction == INSTRUCTION and meta.task == "reach" and meta.seed == 11
     assert meta.num_steps == summary["steps"] >= 15
-    assert meta.cameras["scene"].topic == CAMERAS["scene"] and (meta.cameras["hand"].width, meta.cameras["hand"].height) == SIZE
+    assert (
+        meta.cameras["scene"].topic == CAMERAS["scene"]
+        and (meta.cameras["hand"].width, meta.cameras["hand"].height) == SIZE
+    )
     # action = the next step's proprio; the joint states moved, so the actions differ.
     np.testing.assert_allclose(ep.action[:-1], ep.proprio[1:])
     assert np.ptp(ep.proprio[:, 0]) > 0

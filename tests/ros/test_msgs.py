@@ -43,11 +43,15 @@ def test_bad_images_are_refused_with_the_reason():
 def test_joint_state_ordering_and_rejections():
     q = np.arange(8) * 0.1
     shuffled = [7, 3, 0, 5, 1, 6, 2, 4]
-    msg = JointState(name=[robot.JOINT_NAMES[i] for i in shuffled] + [robot.GRIPPER_MIMIC_JOINT],
-                     position=[float(q[i]) for i in shuffled] + [0.7])
+    msg = JointState(
+        name=[robot.JOINT_NAMES[i] for i in shuffled] + [robot.GRIPPER_MIMIC_JOINT],
+        position=[float(q[i]) for i in shuffled] + [0.7],
+    )
     np.testing.assert_allclose(msgs.joint_state_vector(msg), q)
     with pytest.raises(KeyError, match="crane_x7_wrist_joint"):
-        msgs.joint_state_vector(JointState(name=list(robot.JOINT_NAMES[:6]) + [robot.GRIPPER_JOINT], position=[0.0] * 7))
+        msgs.joint_state_vector(
+            JointState(name=list(robot.JOINT_NAMES[:6]) + [robot.GRIPPER_JOINT], position=[0.0] * 7)
+        )
     with pytest.raises(ValueError, match="not CRANE-X7 joints: leader_wrist"):
         msgs.joint_state_vector(JointState(name=[*robot.JOINT_NAMES, "leader_wrist"], position=[0.0] * 9))
     with pytest.raises(ValueError, match="8 names but 7 positions"):

@@ -42,11 +42,22 @@ def sim(domain_id, client, tmp_path_factory):
 def test_joint_states_cameras_and_instruction(sim, client, wait_for):
     node = client.node
     js = Latest(node, JointState, "/joint_states", msgs.STATE_QOS)
-    images = {t: Latest(node, Image, t, msgs.SENSOR_QOS) for t in ("/camera/color/image_raw", "/scene_camera/color/image_raw")}
-    infos = {t: Latest(node, CameraInfo, t, msgs.SENSOR_QOS) for t in ("/camera/color/camera_info", "/scene_camera/color/camera_info")}
+    images = {
+        t: Latest(node, Image, t, msgs.SENSOR_QOS) for t in ("/camera/color/image_raw", "/scene_camera/color/image_raw")
+    }
+    infos = {
+        t: Latest(node, CameraInfo, t, msgs.SENSOR_QOS)
+        for t in ("/camera/color/camera_info", "/scene_camera/color/camera_info")
+    }
     instruction = Latest(node, String, "/instruction", msgs.LATCHED_QOS)
-    wait_for(lambda: js.msg and instruction.msg and all(i.msg for i in images.values()) and all(i.msg for i in infos.values()),
-             60.0, "joint states, images, camera info and the instruction", sim)
+    wait_for(
+        lambda: (
+            js.msg and instruction.msg and all(i.msg for i in images.values()) and all(i.msg for i in infos.values())
+        ),
+        60.0,
+        "joint states, images, camera info and the instruction",
+        sim,
+    )
     assert list(js.msg.name) == [*robot.JOINT_NAMES, robot.GRIPPER_MIMIC_JOINT]
     q = msgs.joint_state_vector(js.msg)
     assert np.all(robot.within_limits(q, tol=0.02))
@@ -74,8 +85,12 @@ def test_trajectory_by_joint_name_and_gripper_action(sim, client, wait_for):
     msg.points = [point]
     wait_for(lambda: node.count_subscribers(robot.ARM_TRAJECTORY_TOPIC) > 0, 30.0, "the trajectory subscriber", sim)
     pub.publish(msg)
-    wait_for(lambda: js.msg is not None and np.abs(msgs.joint_state_vector(js.msg)[:7] - target).max() < 0.03,
-             20.0, "the arm to reach the trajectory's end", sim)
+    wait_for(
+        lambda: js.msg is not None and np.abs(msgs.joint_state_vector(js.msg)[:7] - target).max() < 0.03,
+        20.0,
+        "the arm to reach the trajectory's end",
+        sim,
+    )
 
     action = ActionClient(node, GripperCommand, robot.GRIPPER_ACTION)
     assert action.wait_for_server(timeout_sec=30.0)

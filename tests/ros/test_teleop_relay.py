@@ -76,15 +76,19 @@ def test_relay_clamps_joint_by_joint_limits_velocity_and_stops_on_silence(client
 
     stop = threading.Event()
     threads = [
-        threading.Thread(target=_publish_loop, args=(stop, follower_pub,
-                         lambda: msgs.make_joint_state(follower_q, stamp=node.get_clock().now().to_msg())), daemon=True),
+        threading.Thread(
+            target=_publish_loop,
+            args=(stop, follower_pub, lambda: msgs.make_joint_state(follower_q, stamp=node.get_clock().now().to_msg())),
+            daemon=True,
+        ),
         threading.Thread(target=_publish_loop, args=(stop, leader_pub, leader_msg), daemon=True),
     ]
     for t in threads:
         t.start()
     try:
-        relay = nodes.start("teleop_relay", {"rate": RATE, "max_velocity": MAX_VEL, "leader_timeout": TIMEOUT,
-                                             "use_gripper": False})
+        relay = nodes.start(
+            "teleop_relay", {"rate": RATE, "max_velocity": MAX_VEL, "leader_timeout": TIMEOUT, "use_gripper": False}
+        )
         expected = robot.clamp_to_limits(leader_q)[:7]
 
         def converged():
@@ -138,14 +142,20 @@ def test_hold_is_a_clutch_and_following_resumes_from_the_follower(client, nodes,
     pose = {"follower": robot.home_state().copy(), "leader": robot.home_state().copy()}
     pose["leader"][0] = 0.5
     stop = threading.Event()
-    threads = [threading.Thread(target=_publish_loop, args=(stop, pub, (lambda k=k: msgs.make_joint_state(
-        pose[k], stamp=node.get_clock().now().to_msg()))), daemon=True)
-        for pub, k in ((follower_pub, "follower"), (leader_pub, "leader"))]
+    threads = [
+        threading.Thread(
+            target=_publish_loop,
+            args=(stop, pub, (lambda k=k: msgs.make_joint_state(pose[k], stamp=node.get_clock().now().to_msg()))),
+            daemon=True,
+        )
+        for pub, k in ((follower_pub, "follower"), (leader_pub, "leader"))
+    ]
     for t in threads:
         t.start()
     try:
-        nodes.start("teleop_relay", {"rate": RATE, "max_velocity": MAX_VEL, "leader_timeout": TIMEOUT,
-                                     "use_gripper": False})
+        nodes.start(
+            "teleop_relay", {"rate": RATE, "max_velocity": MAX_VEL, "leader_timeout": TIMEOUT, "use_gripper": False}
+        )
         wait_for(lambda: (c := commands.snapshot()) and abs(c[-1][1][0] - 0.5) < 1e-9, 20.0, "following", nodes)
         res = client.call(SetBool, "/teleop_relay/hold", SetBool.Request(data=True))
         assert res.success and "holding" in res.message

@@ -26,10 +26,21 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
 VENV_BIN = Path(sys.executable).parent
 STANDINS = ROOT / "tests" / "fixtures" / "vendor_standins"
-LAUNCH_FILES = ("data_collection.launch.py", "sim_collection.launch.py", "sim_inference.launch.py",
-                "vla_inference.launch.py")
-EXECUTABLES = ("crane-x7-vla", "crane_x7_sim", "scripted_expert", "teleop_relay", "data_logger",
-               "vla_inference_node", "eval_runner")
+LAUNCH_FILES = (
+    "data_collection.launch.py",
+    "sim_collection.launch.py",
+    "sim_inference.launch.py",
+    "vla_inference.launch.py",
+)
+EXECUTABLES = (
+    "crane-x7-vla",
+    "crane_x7_sim",
+    "scripted_expert",
+    "teleop_relay",
+    "data_logger",
+    "vla_inference_node",
+    "eval_runner",
+)
 
 
 def _missing() -> str | None:
@@ -44,8 +55,10 @@ def _missing() -> str | None:
             missing.append(f".venv/bin/{tool}")
     if not missing:
         return None
-    return (f"the ROS 2 launch stack is not installed ({', '.join(missing)} missing): scripts/setup.sh installs it "
-            "from ../shared/ros2-jazzy-launch when that folder is beside the repository")
+    return (
+        f"the ROS 2 launch stack is not installed ({', '.join(missing)} missing): scripts/setup.sh installs it "
+        "from ../shared/ros2-jazzy-launch when that folder is beside the repository"
+    )
 
 
 MISSING = _missing()
@@ -54,8 +67,12 @@ requires_launch_stack = pytest.mark.skipif(MISSING is not None, reason=MISSING o
 
 def copy_repository(dst: Path) -> Path:
     """The repository's files (tracked and new, not ignored ones such as .venv) under `dst`."""
-    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     for rel in filter(None, listing.split("\0")):
         src = ROOT / rel
         if src.is_file():
@@ -73,29 +90,34 @@ def underlay(tmp_path_factory) -> dict:
     for tool, target in (("ros2", "ros2"), ("colcon", "colcon"), ("python3", "python")):
         (bin_dir / tool).symlink_to(VENV_BIN / target)
     env = {key: os.environ[key] for key in ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER") if key in os.environ}
-    env.update({
-        "PATH": f"{bin_dir}:/usr/bin:/bin",
-        "AMENT_PREFIX_PATH": str(VENV),
-        "PYTHONUNBUFFERED": "1",
-        "RCUTILS_COLORIZED_OUTPUT": "0",
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_LOG_DIR": str(tmp_path_factory.mktemp("ros_logs")),
-        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-    })
+    env.update(
+        {
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "AMENT_PREFIX_PATH": str(VENV),
+            "PYTHONUNBUFFERED": "1",
+            "RCUTILS_COLORIZED_OUTPUT": "0",
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "ROS_LOG_DIR": str(tmp_path_factory.mktemp("ros_logs")),
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+        }
+    )
     return env
 
 
 def run(cmd, *, cwd, env, timeout=300, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited with {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited with {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
 def sourced(env: dict, setup_bash: Path) -> dict:
     """`env` after `source setup_bash` in bash."""
-    out = subprocess.run(["bash", "-c", f"source '{setup_bash}' >/dev/null && env -0"], env=env,
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["bash", "-c", f"source '{setup_bash}' >/dev/null && env -0"], env=env, capture_output=True, check=True
+    ).stdout.decode()
     return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
@@ -120,8 +142,11 @@ def readme_workspace(tmp_path_factory, underlay) -> Workspace:
     ws = repo / "ros2_ws"
     for package in ("crane_x7_control", "realsense2_camera"):
         shutil.copytree(STANDINS / package, ws / "src" / package)
-    run(["colcon", "build", "--symlink-install", "--base-paths", "src", "..", "--packages-up-to", "crane_x7_vla"],
-        cwd=ws, env=underlay)
+    run(
+        ["colcon", "build", "--symlink-install", "--base-paths", "src", "..", "--packages-up-to", "crane_x7_vla"],
+        cwd=ws,
+        env=underlay,
+    )
     return Workspace(ws, ws / "install", sourced(underlay, ws / "install" / "setup.bash"))
 
 
@@ -135,7 +160,9 @@ def docker_workspace(tmp_path_factory, underlay) -> Workspace:
     copy_repository(ws / "src" / "crane_x7_vla")
     for package in ("crane_x7_control", "realsense2_camera"):
         shutil.copytree(STANDINS / package, ws / "src" / package)
-    run(["colcon", "build", "--packages-up-to", "crane_x7_vla", "--packages-skip", "crane_x7_vla"], cwd=ws, env=underlay)
+    run(
+        ["colcon", "build", "--packages-up-to", "crane_x7_vla", "--packages-skip", "crane_x7_vla"], cwd=ws, env=underlay
+    )
     vendor = sourced(underlay, ws / "install" / "setup.bash")
     run(["colcon", "build", "--packages-select", "crane_x7_vla"], cwd=ws, env=vendor)
     return Workspace(ws, ws / "install", sourced(underlay, ws / "install" / "setup.bash"))
@@ -154,8 +181,15 @@ class Launch:
         self.log_path = log_dir / f"{launch_file}.{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         self.cmd = ["ros2", "launch", "crane_x7_vla", launch_file, *args]
-        self.proc = subprocess.Popen(self.cmd, cwd=workspace.root, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=workspace.root,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -169,8 +203,9 @@ class Launch:
                 break
             time.sleep(0.1)
         state = "running" if self.proc.poll() is None else f"exited with {self.proc.returncode}"
-        pytest.fail(f"'{text}' not in the output of {' '.join(self.cmd)} ({state}) within {timeout} s:\n"
-                    f"{self.output()[-4000:]}")
+        pytest.fail(
+            f"'{text}' not in the output of {' '.join(self.cmd)} ({state}) within {timeout} s:\n{self.output()[-4000:]}"
+        )
 
     def wait(self, timeout: float) -> int:
         try:
@@ -184,7 +219,7 @@ class Launch:
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
                     stat = (entry / "stat").read_text()
-                    fields = stat[stat.rindex(")") + 2:].split()
+                    fields = stat[stat.rindex(")") + 2 :].split()
                     if int(fields[3]) == self.proc.pid and fields[0] != "Z":  # session id, state
                         pids.append(int(entry.name))
         return pids
@@ -284,8 +319,9 @@ class Probe:
         from rcl_interfaces.srv import GetParameters
         from rclpy.parameter import parameter_value_to_python
 
-        response = self.bg.call(GetParameters, f"{node}/get_parameters", GetParameters.Request(names=names),
-                                timeout=timeout)
+        response = self.bg.call(
+            GetParameters, f"{node}/get_parameters", GetParameters.Request(names=names), timeout=timeout
+        )
         values = [parameter_value_to_python(v) if v.type else None for v in response.values]
         return dict(zip(names, values))
 

@@ -32,16 +32,31 @@ def _square(img, a, b, colour):
     img[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = colour
 
 
-def write_episodes(root, *, episodes=6, steps=20, size=64, seed=0, cameras=("primary",), instruction="reach the green cube",
-                   unreadable=()):
+def write_episodes(
+    root,
+    *,
+    episodes=6,
+    steps=20,
+    size=64,
+    seed=0,
+    cameras=("primary",),
+    instruction="reach the green cube",
+    unreadable=(),
+):
     """`unreadable`: numbers of episodes whose pictures are bytes no JPEG decoder reads (a
     damaged recording that passes the record checks)."""
     rng = np.random.default_rng(seed)
     paths = []
     for e in range(episodes):
         start, goal = rng.uniform(-1, 1, 2), rng.uniform(-1, 1, 2)
-        w = EpisodeWriter(root, fps=10.0, instruction=instruction,
-                          cameras={c: (size, size) for c in cameras}, task="test", seed=seed + e)
+        w = EpisodeWriter(
+            root,
+            fps=10.0,
+            instruction=instruction,
+            cameras={c: (size, size) for c in cameras},
+            task="test",
+            seed=seed + e,
+        )
         for t in range(steps):
             s = min(1.0, t / (0.7 * steps))
             a, b = start + s * (goal - start)

@@ -26,17 +26,32 @@ def parse(*argv):
 
 
 def test_flags_reach_the_config():
-    cfg = parse("--backend", "openvla", "--action-representation", DELTA, "--state-in-prompt", "--noop-threshold", "0.01")
+    cfg = parse(
+        "--backend", "openvla", "--action-representation", DELTA, "--state-in-prompt", "--noop-threshold", "0.01"
+    )
     assert (cfg.action_representation, cfg.state_in_prompt, cfg.noop_threshold) == (DELTA, True, 0.01)
-    cfg = parse("--backend", "openvla", "--model", "tiny", "--action-representation", "absolute",
-                "--no-state-in-prompt", "--noop-threshold", "0")
+    cfg = parse(
+        "--backend",
+        "openvla",
+        "--model",
+        "tiny",
+        "--action-representation",
+        "absolute",
+        "--no-state-in-prompt",
+        "--noop-threshold",
+        "0",
+    )
     assert (cfg.action_representation, cfg.state_in_prompt, cfg.noop_threshold) == ("absolute", False, 0.0)
 
 
 def test_defaults_keep_openvla_7b_format_and_tiny_preset_uses_state_and_deltas():
     big = parse("--backend", "openvla")
-    assert (big.model, big.action_representation, big.state_in_prompt, big.noop_threshold) == \
-        ("openvla/openvla-7b", "absolute", False, 0.0)
+    assert (big.model, big.action_representation, big.state_in_prompt, big.noop_threshold) == (
+        "openvla/openvla-7b",
+        "absolute",
+        False,
+        0.0,
+    )
     tiny = parse("--backend", "openvla", "--model", "tiny")
     assert (tiny.action_representation, tiny.state_in_prompt, tiny.noop_threshold) == (DELTA, True, 0.002)
     pi = parse("--backend", "openpi")
@@ -47,12 +62,15 @@ def test_defaults_keep_openvla_7b_format_and_tiny_preset_uses_state_and_deltas()
     assert parse("--backend", "openvla", "--model", "tiny", "--image-position", "first").image_position == "first"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backend", "openpi", "--action-representation", "absolute"], "openpi backend predicts"),
-    (["--backend", "openpi", "--state-in-prompt"], "--state-in-prompt is for the openvla backend"),
-    (["--backend", "openvla", "--noop-threshold", "-1"], "--noop-threshold"),
-    (["--backend", "openpi", "--image-position", "after_instruction"], "--image-position is for the openvla"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend", "openpi", "--action-representation", "absolute"], "openpi backend predicts"),
+        (["--backend", "openpi", "--state-in-prompt"], "--state-in-prompt is for the openvla backend"),
+        (["--backend", "openvla", "--noop-threshold", "-1"], "--noop-threshold"),
+        (["--backend", "openpi", "--image-position", "after_instruction"], "--image-position is for the openvla"),
+    ],
+)
 def test_contradictions(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse(*argv)
@@ -66,8 +84,13 @@ def test_help_lists_the_new_flags():
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = " ".join(out.getvalue().split())
-    for flag in ("--action-representation", "--state-in-prompt", "--no-state-in-prompt", "--noop-threshold",
-                 "--image-position"):
+    for flag in (
+        "--action-representation",
+        "--state-in-prompt",
+        "--no-state-in-prompt",
+        "--noop-threshold",
+        "--image-position",
+    ):
         assert flag in text
 
 
@@ -111,9 +134,14 @@ def test_codec_delta_decodes_to_state_plus_bin_centre(dataset_dir):
     assert back.shape == (len(ep), 1, 8)  # a chunk of one step
     back = back[:, 0]
     # error at most half a bin of the delta range (arm) / of the action range (gripper)
-    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 255 / 2 + 1e-9  # 255 bins between 256 edges
-    inside = np.all((preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] >= model_stats["q01"])
-                    & (preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] <= model_stats["q99"]), axis=1)
+    half_bin = (
+        np.array(model_stats["q99"]) - np.array(model_stats["q01"])
+    ) / 255 / 2 + 1e-9  # 255 bins between 256 edges
+    inside = np.all(
+        (preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] >= model_stats["q01"])
+        & (preprocess.to_delta(ep.action[:, None], ep.proprio)[:, 0] <= model_stats["q99"]),
+        axis=1,
+    )
     assert inside.any()
     assert np.all(np.abs(back - ep.action)[inside] <= half_bin)
     # the same token decodes to a different absolute target when the state differs (arm only)
@@ -144,7 +172,9 @@ def test_codec_chunks_are_step_after_step_relative_to_the_current_state(dataset_
     np.testing.assert_array_equal(ids[:, 16:24], codec.encode(chunks[:, 2], ep.proprio))
     back = codec.decode(ids, ep.proprio)
     assert back.shape == (len(ep), 4, 8)
-    half_bin = (np.array(model_stats["q99"]) - np.array(model_stats["q01"])) / 255 / 2 + 1e-9  # 255 bins between 256 edges
+    half_bin = (
+        np.array(model_stats["q99"]) - np.array(model_stats["q01"])
+    ) / 255 / 2 + 1e-9  # 255 bins between 256 edges
     delta = preprocess.to_delta(chunks, ep.proprio)
     inside = np.all((delta >= model_stats["q01"]) & (delta <= model_stats["q99"]), axis=2)
     assert inside.any()
@@ -170,16 +200,52 @@ def test_noop_steps_are_left_out(dataset_dir):
 
 # ---- training and the deployed policy -------------------------------------------------------------
 
-COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
-          "--batch-size", "4", "--val-ratio", "0.2", "--learning-rate", "3e-3", "--logging-steps", "1",
-          "--eval-samples", "8", "--num-workers", "1", "--seed", "5", "--no-use-lora"]
+COMMON = [
+    "train",
+    "--backend",
+    "openvla",
+    "--model",
+    "tiny",
+    "--image-size",
+    "64x64",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "4",
+    "--val-ratio",
+    "0.2",
+    "--learning-rate",
+    "3e-3",
+    "--logging-steps",
+    "1",
+    "--eval-samples",
+    "8",
+    "--num-workers",
+    "1",
+    "--seed",
+    "5",
+    "--no-use-lora",
+]
 
 
 @pytest.fixture(scope="module")
 def delta_run(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("delta_run")
-    rc = main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "6",
-                        "--save-steps", "3", "--noop-threshold", "0.001"])
+    rc = main(
+        COMMON
+        + [
+            "--data-root",
+            str(dataset_dir),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "3",
+            "--noop-threshold",
+            "0.001",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -222,21 +288,27 @@ def test_policy_prompt_and_actions_match_training(delta_run, dataset_dir):
 
     seen = []
     hook = pol.vla.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(kwargs["input_ids"].clone()) if kwargs.get("pixel_values") is not None
-        else None, with_kwargs=True)
+        lambda mod, args, kwargs: (
+            seen.append(kwargs["input_ids"].clone()) if kwargs.get("pixel_values") is not None else None
+        ),
+        with_kwargs=True,
+    )
     t = 5
-    obs = {"images": {"primary": jpeg.decode(ep.images["primary"][t])}, "state": ep.proprio[t],
-           "instruction": ep.instruction}
+    obs = {
+        "images": {"primary": jpeg.decode(ep.images["primary"][t])},
+        "state": ep.proprio[t],
+        "instruction": ep.instruction,
+    }
     try:
         action = pol.predict(obs)
     finally:
         hook.remove()
     # the prompt at deployment is the training prompt: instruction + the 8 state tokens
-    train_prompt = build_batch(pol.vla, [ep.instruction], None, "cpu", trained.state_ids(ep.proprio[t:t + 1]))
+    train_prompt = build_batch(pol.vla, [ep.instruction], None, "cpu", trained.state_ids(ep.proprio[t : t + 1]))
     assert torch.equal(seen[0][0], train_prompt["input_ids"][0])
-    state_ids = trained.state_ids(ep.proprio[t:t + 1])[0].tolist()
+    state_ids = trained.state_ids(ep.proprio[t : t + 1])[0].tolist()
     prompt = seen[0][0].tolist()
-    at = next(i for i in range(len(prompt)) if prompt[i:i + 8] == state_ids)
+    at = next(i for i in range(len(prompt)) if prompt[i : i + 8] == state_ids)
     assert pol.vla.tokenizer.decode(prompt[:at]).endswith("State:")
     # the picture follows the instruction's question, so it is read knowing what is named
     image = pol.vla.image_token_id
@@ -257,9 +329,21 @@ def test_policy_prompt_and_actions_match_training(delta_run, dataset_dir):
 
 def test_resume_refuses_another_representation(delta_run, dataset_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "o"), "--max-steps", "6",
-                       "--action-representation", "absolute",
-                       "--resume-from-checkpoint", str(delta_run / "checkpoint-3")])
+        main(
+            COMMON
+            + [
+                "--data-root",
+                str(dataset_dir),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "6",
+                "--action-representation",
+                "absolute",
+                "--resume-from-checkpoint",
+                str(delta_run / "checkpoint-3"),
+            ]
+        )
     assert "resume with the same" in capsys.readouterr().err
 
 
@@ -268,9 +352,18 @@ def test_only_llava_family_models_take_the_picture_after_the_instruction():
 
     from crane_x7_vla.backends.openvla.model import VLA, ModelError, set_image_position
 
-    vla = VLA(model=torch.nn.Linear(1, 1), tokenizer=None, family="paligemma", source="google/paligemma-3b-pt-224",
-              image_size=(224, 224), image_token_id=257152, num_image_tokens=256, pixel_stats=[],
-              cache_kw="past_key_values", dtype=torch.float32)
+    vla = VLA(
+        model=torch.nn.Linear(1, 1),
+        tokenizer=None,
+        family="paligemma",
+        source="google/paligemma-3b-pt-224",
+        image_size=(224, 224),
+        image_token_id=257152,
+        num_image_tokens=256,
+        pixel_stats=[],
+        cache_kw="past_key_values",
+        dtype=torch.float32,
+    )
     with pytest.raises(ModelError, match="needs a Llava-family model.*paligemma"):
         set_image_position(vla, "after_instruction")
     assert vla.image_position == "first"
@@ -293,8 +386,9 @@ def test_prompt_tokens_are_remembered_and_stay_the_tokenizers(tmp_path):
     assert m.text_ids(vla, text) == expected
     state = np.arange(8) + 5
     batch = m.build_batch(vla, [text, text], np.full((2, 4), 7), "cpu", np.stack([state, state]))
-    fresh = m.build_batch(m.load_vla(vla.source, image_size=(64, 64)), [text, text], np.full((2, 4), 7), "cpu",
-                          np.stack([state, state]))
+    fresh = m.build_batch(
+        m.load_vla(vla.source, image_size=(64, 64)), [text, text], np.full((2, 4), 7), "cpu", np.stack([state, state])
+    )
     for key in ("input_ids", "attention_mask", "labels"):  # row 0 from the tokenizer, row 1 remembered
         assert fresh[key][0].tolist() == fresh[key][1].tolist(), key
         assert batch[key].tolist() == fresh[key].tolist(), key

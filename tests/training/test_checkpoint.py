@@ -11,9 +11,16 @@ from crane_x7_vla.training.config import ConfigError, TrainConfig, config_class
 def _write(out, step, backend="openvla"):
     with ck.CheckpointWriter(out, step) as d:
         cfg = contract.build_policy_config(
-            backend=backend, base_model="tiny", image_spec={"width": 64, "height": 64, "crop_scale": 0.9, "color_jitter": 0.1},
-            cameras=["primary"], horizon=1, statistics={"fingerprint": "abc", "action": {}}, default_instruction="go",
-            control_rate_hz=10.0, step=step or 0, train_config=TrainConfig().to_dict(),
+            backend=backend,
+            base_model="tiny",
+            image_spec={"width": 64, "height": 64, "crop_scale": 0.9, "color_jitter": 0.1},
+            cameras=["primary"],
+            horizon=1,
+            statistics={"fingerprint": "abc", "action": {}},
+            default_instruction="go",
+            control_rate_hz=10.0,
+            step=step or 0,
+            train_config=TrainConfig().to_dict(),
         )
         contract.write_policy_config(d, cfg)
         ck.write_trainer_state(d, {"step": step, "data_position": {"epoch": 0, "batch": 3}})
@@ -74,15 +81,30 @@ def test_config_defaults_per_backend():
 
 # the train_config of checkpoints written when every backend's settings were one flat mapping,
 # the openpi ones under `extra`
-LEGACY_SHARED = {"backend": "openpi", "model": "tiny", "batch_size": 8, "learning_rate": 1e-3, "lora_rank": 4,
-                 "freeze_vision": False, "state_in_prompt": False, "image_position": None, "goal_tokens": False,
-                 "goal_before_state": False, "normalize_gripper": True, "goal_scenes": 0, "goal_scenes_task": "reach",
-                 "action_label_sigma": 0.0, "goal_label_sigma": None, "attn_implementation": None}
+LEGACY_SHARED = {
+    "backend": "openpi",
+    "model": "tiny",
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "lora_rank": 4,
+    "freeze_vision": False,
+    "state_in_prompt": False,
+    "image_position": None,
+    "goal_tokens": False,
+    "goal_before_state": False,
+    "normalize_gripper": True,
+    "goal_scenes": 0,
+    "goal_scenes_task": "reach",
+    "action_label_sigma": 0.0,
+    "goal_label_sigma": None,
+    "attn_implementation": None,
+}
 
 
 def test_train_config_of_older_checkpoints_reads():
-    pi = TrainConfig.from_checkpoint({**LEGACY_SHARED, "extra": {"ema_decay": 0.9, "freeze_vision": True,
-                                                                  "conventions": "openpi"}})
+    pi = TrainConfig.from_checkpoint(
+        {**LEGACY_SHARED, "extra": {"ema_decay": 0.9, "freeze_vision": True, "conventions": "openpi"}}
+    )
     assert type(pi) is config_class("openpi")
     assert (pi.ema_decay, pi.freeze_vision, pi.conventions, pi.lora_rank) == (0.9, True, "openpi", 4)
     vla = TrainConfig.from_checkpoint({**LEGACY_SHARED, "backend": "openvla", "goal_tokens": True, "extra": {}})

@@ -62,8 +62,16 @@ def test_every_flag_sets_its_field(tmp_path):
     argv = ["--backend", "openvla"]
     for flag, (value, _, _) in ALL_FLAGS.items():
         argv += [flag, value]
-    argv += ["--gradient-checkpointing", "--use-wandb", "--merge-lora", "--cameras", "primary", "wrist",
-             "--resume-from-checkpoint", str(tmp_path)]
+    argv += [
+        "--gradient-checkpointing",
+        "--use-wandb",
+        "--merge-lora",
+        "--cameras",
+        "primary",
+        "wrist",
+        "--resume-from-checkpoint",
+        str(tmp_path),
+    ]
     cfg = parse(*argv)
     for flag, (_, field, expected) in ALL_FLAGS.items():
         assert getattr(cfg, field) == expected, flag
@@ -103,10 +111,25 @@ def test_shipped_default_config_loads(repo_root):
 
 
 def test_backend_settings_as_flags_and_yaml_keys(tmp_path):
-    pi = parse("--backend", "openpi", "--ema-decay", "0.5", "--image-slots", "primary", "none", "wrist",
-               "--conventions", "openpi", "--freeze-prefix")
-    assert (pi.ema_decay, pi.image_slots, pi.conventions, pi.freeze_prefix) == (0.5, ["primary", None, "wrist"],
-                                                                                  "openpi", True)
+    pi = parse(
+        "--backend",
+        "openpi",
+        "--ema-decay",
+        "0.5",
+        "--image-slots",
+        "primary",
+        "none",
+        "wrist",
+        "--conventions",
+        "openpi",
+        "--freeze-prefix",
+    )
+    assert (pi.ema_decay, pi.image_slots, pi.conventions, pi.freeze_prefix) == (
+        0.5,
+        ["primary", None, "wrist"],
+        "openpi",
+        True,
+    )
     path = tmp_path / "c.yaml"
     path.write_text("backend: openpi\nema_decay: 0.9\nimage_slots: [primary, null, null]\n")
     pi = parse("--backend", "openpi", "--config", str(path))
@@ -120,14 +143,17 @@ def test_backend_settings_as_flags_and_yaml_keys(tmp_path):
         parse("--backend", "openpi", "--ema-decay", "1.5")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--no-use-lora", "--lora-rank", "8"], "--lora-rank contradicts --no-use-lora"),
-    (["--no-use-lora", "--merge-lora"], "--merge-lora contradicts --no-use-lora"),
-    (["--action-horizon", "0"], "--action-horizon"),
-    (["--warmup-ratio", "1.2"], "--warmup-ratio"),
-    (["--image-size", "big"], "--image-size"),
-    (["--batch-size", "0"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--no-use-lora", "--lora-rank", "8"], "--lora-rank contradicts --no-use-lora"),
+        (["--no-use-lora", "--merge-lora"], "--merge-lora contradicts --no-use-lora"),
+        (["--action-horizon", "0"], "--action-horizon"),
+        (["--warmup-ratio", "1.2"], "--warmup-ratio"),
+        (["--image-size", "big"], "--image-size"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
 def test_contradictions_and_bad_values(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse("--backend", "openvla", *argv)
@@ -140,14 +166,32 @@ def test_unknown_flag_is_an_error(capsys):
 
 
 def test_help_lists_flags_with_defaults():
-    out = subprocess.run([sys.executable, "-m", "crane_x7_vla.training.cli", "train", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "crane_x7_vla.training.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out = " ".join(out.split())
-    for flag in list(ALL_FLAGS) + ["--use-lora", "--no-use-lora", "--use-wandb", "--resume-from-checkpoint",
-                                   "--gradient-checkpointing", "--config", "--action-horizon", "--merge-lora"]:
+    for flag in list(ALL_FLAGS) + [
+        "--use-lora",
+        "--no-use-lora",
+        "--use-wandb",
+        "--resume-from-checkpoint",
+        "--gradient-checkpointing",
+        "--config",
+        "--action-horizon",
+        "--merge-lora",
+    ]:
         assert flag in out, flag
-    for default in ("16 / 32", "0.0005 / 0.0003", "/workspace/data/tfrecord_logs", "224x224",
-                    "crane_x7_{backend}", "(default: 500)"):
+    for default in (
+        "16 / 32",
+        "0.0005 / 0.0003",
+        "/workspace/data/tfrecord_logs",
+        "224x224",
+        "crane_x7_{backend}",
+        "(default: 500)",
+    ):
         assert default in out, default
 
 
@@ -156,8 +200,26 @@ def test_help_lists_flags_with_defaults():
 
 def run_cli(tmp_path, data_root, *extra):
     out = tmp_path / "out"
-    rc = main(["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
-               "--data-root", str(data_root), "--output-dir", str(out), "--max-steps", "1", *extra])
+    rc = main(
+        [
+            "train",
+            "--backend",
+            "openvla",
+            "--model",
+            "tiny",
+            "--image-size",
+            "64x64",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(data_root),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "1",
+            *extra,
+        ]
+    )
     assert not (out / "base_model").exists()  # refused before building the model
     return rc
 
@@ -196,9 +258,21 @@ def test_missing_statistics(dataset_copy, tmp_path, capsys):
 def test_resume_from_other_backend(dataset_dir, tmp_path, capsys):
     other = tmp_path / "pi"
     other.mkdir()
-    contract.write_policy_config(other, contract.build_policy_config(
-        backend="openpi", base_model="tiny", image_spec={}, cameras=["primary"], horizon=10, statistics={},
-        default_instruction="", control_rate_hz=10.0, step=5, train_config={}))
+    contract.write_policy_config(
+        other,
+        contract.build_policy_config(
+            backend="openpi",
+            base_model="tiny",
+            image_spec={},
+            cameras=["primary"],
+            horizon=10,
+            statistics={},
+            default_instruction="",
+            control_rate_hz=10.0,
+            step=5,
+            train_config={},
+        ),
+    )
     ck.write_trainer_state(other, {"step": 5})
     assert run_cli(tmp_path, dataset_dir, "--resume-from-checkpoint", str(other)) == 1
     assert "written by the 'openpi' backend" in capsys.readouterr().err
@@ -206,9 +280,25 @@ def test_resume_from_other_backend(dataset_dir, tmp_path, capsys):
 
 def test_unknown_model_is_refused_clearly(dataset_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--backend", "openvla", "--model", str(tmp_path / "no-such-model"), "--device", "cpu",
-               "--image-size", "64x64", "--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "o"),
-               "--max-steps", "1"])
+        main(
+            [
+                "train",
+                "--backend",
+                "openvla",
+                "--model",
+                str(tmp_path / "no-such-model"),
+                "--device",
+                "cpu",
+                "--image-size",
+                "64x64",
+                "--data-root",
+                str(dataset_dir),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "1",
+            ]
+        )
     rc = exc.value.code
     assert rc == 2 and "no such model directory" in capsys.readouterr().err
 
@@ -222,9 +312,23 @@ def test_instruction_fills_episodes_without_one(tmp_path):
     with open(ep_dir / schema.RECORD_FILE, "wb") as f:  # an earlier-stack episode: no metadata, no instruction
         for t in range(5):
             q = np.full(8, 0.1 * t, np.float32)
-            f.write(tfrecord.frame(tfrecord.encode_example(step_features(
-                proprio=q, action=q, timestep=t, instruction="",
-                images={"primary": __import__("crane_x7_vla.episode.jpeg", fromlist=["x"]).encode(np.zeros((8, 8, 3), np.uint8))}))))
+            f.write(
+                tfrecord.frame(
+                    tfrecord.encode_example(
+                        step_features(
+                            proprio=q,
+                            action=q,
+                            timestep=t,
+                            instruction="",
+                            images={
+                                "primary": __import__("crane_x7_vla.episode.jpeg", fromlist=["x"]).encode(
+                                    np.zeros((8, 8, 3), np.uint8)
+                                )
+                            },
+                        )
+                    )
+                )
+            )
     write_statistics(tmp_path)
     td = data.load_training_data(tmp_path, val_ratio=0.0, default_instruction="wave hello")
     assert td.train[0].instruction == "wave hello" and td.default_instruction == "wave hello"

@@ -16,9 +16,32 @@ from crane_x7_vla.training.config import ConfigError
 from crane_x7_vla.training.metrics import read_metrics
 
 DELTA = preprocess.DELTA_ARM_ABSOLUTE_GRIPPER
-COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
-          "--batch-size", "4", "--val-ratio", "0.2", "--learning-rate", "3e-3", "--logging-steps", "1",
-          "--eval-samples", "8", "--num-workers", "1", "--seed", "5", "--no-use-lora"]
+COMMON = [
+    "train",
+    "--backend",
+    "openvla",
+    "--model",
+    "tiny",
+    "--image-size",
+    "64x64",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "4",
+    "--val-ratio",
+    "0.2",
+    "--learning-rate",
+    "3e-3",
+    "--logging-steps",
+    "1",
+    "--eval-samples",
+    "8",
+    "--num-workers",
+    "1",
+    "--seed",
+    "5",
+    "--no-use-lora",
+]
 
 
 def parse(*argv):
@@ -87,8 +110,12 @@ def test_goal_only_samples_train_the_goal_tokens_only(dataset_dir):
     stats = json.loads((dataset_dir / "dataset_statistics.json").read_text())["crane_x7"]
     codec = ActionCodec(1000, stats, goal_tokens=True)
     ep = load_episode(list_episodes(dataset_dir)[0].path, images=False)
-    batch = {"actions": ep.action[:3, None], "state": ep.proprio[:3], "goal": np.zeros((3, 3)) + 0.1,
-             "goal_only": np.array([False, True, False])}
+    batch = {
+        "actions": ep.action[:3, None],
+        "state": ep.proprio[:3],
+        "goal": np.zeros((3, 3)) + 0.1,
+        "goal_only": np.array([False, True, False]),
+    }
     rows = label_ids(codec, batch)
     assert [len(r) for r in rows] == [11, 3, 11]
     np.testing.assert_array_equal(rows[1], rows[0][:3])
@@ -127,7 +154,7 @@ def test_goal_scenes_alone_hide_the_other_cubes():
 
     def patch(img, uv):  # mean colour of a 5x5 patch around a pixel
         c, r = np.round(uv).astype(int)
-        return img[r - 2:r + 3, c - 2:c + 3].reshape(-1, 3).astype(float).mean(0)
+        return img[r - 2 : r + 3, c - 2 : c + 3].reshape(-1, 3).astype(float).mean(0)
 
     try:
         for k, (a, b) in enumerate(zip(full, half)):
@@ -183,17 +210,36 @@ def test_goal_scenes_near_put_the_hand_by_a_cube_and_keep_the_named_cubes_label(
 def test_flags_defaults_and_contradictions():
     assert parse("--backend", "openvla").goal_tokens is False  # OpenVLA-7B's format
     assert parse("--backend", "openvla", "--model", "tiny").goal_tokens is False  # no gain without a pretrained tower
-    cfg = parse("--backend", "openvla", "--model", "tiny", "--goal-tokens", "--goal-scenes", "50",
-                "--goal-scenes-task", "pick_place", "--goal-scenes-alone", "0.25", "--goal-scenes-near", "0.5")
+    cfg = parse(
+        "--backend",
+        "openvla",
+        "--model",
+        "tiny",
+        "--goal-tokens",
+        "--goal-scenes",
+        "50",
+        "--goal-scenes-task",
+        "pick_place",
+        "--goal-scenes-alone",
+        "0.25",
+        "--goal-scenes-near",
+        "0.5",
+    )
     assert (cfg.goal_tokens, cfg.goal_scenes, cfg.goal_scenes_task) == (True, 50, "pick_place")
     assert (cfg.goal_scenes_alone, cfg.goal_scenes_near) == (0.25, 0.5)
-    for argv, message in ((["--backend", "openpi", "--goal-tokens"], "openvla backend"),
-                          (["--backend", "openvla", "--model", "tiny", "--goal-scenes", "5"], "needs --goal-tokens"),
-                          (["--backend", "openvla", "--goal-scenes", "-1"], "--goal-scenes"),
-                          (["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-alone", "2"],
-                           "--goal-scenes-alone"),
-                          (["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-near", "-1"],
-                           "--goal-scenes-near")):
+    for argv, message in (
+        (["--backend", "openpi", "--goal-tokens"], "openvla backend"),
+        (["--backend", "openvla", "--model", "tiny", "--goal-scenes", "5"], "needs --goal-tokens"),
+        (["--backend", "openvla", "--goal-scenes", "-1"], "--goal-scenes"),
+        (
+            ["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-alone", "2"],
+            "--goal-scenes-alone",
+        ),
+        (
+            ["--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-scenes-near", "-1"],
+            "--goal-scenes-near",
+        ),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse(*argv)
 
@@ -201,8 +247,24 @@ def test_flags_defaults_and_contradictions():
 @pytest.fixture(scope="module")
 def goal_run(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("goal_run")
-    rc = main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "6",
-                        "--save-steps", "3", "--goal-tokens", "--goal-scenes", "12", "--goal-scenes-alone", "0.5"])
+    rc = main(
+        COMMON
+        + [
+            "--data-root",
+            str(dataset_dir),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "3",
+            "--goal-tokens",
+            "--goal-scenes",
+            "12",
+            "--goal-scenes-alone",
+            "0.5",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -225,14 +287,23 @@ def test_checkpoint_and_policy_carry_the_goal(goal_run, dataset_dir):
     assert pol.metadata["goal_tokens"] is True and pol.last_goal is None
     ep = load_episode(list_episodes(dataset_dir)[0].path)
     # the codec rebuilt from the checkpoint is the one training used
-    trained = make_codec(TrainConfig.from_dict(config["train_config"]),
-                         load_training_data(dataset_dir, val_ratio=0.2, seed=5), pol.vla.vocab_size, None)
+    trained = make_codec(
+        TrainConfig.from_dict(config["train_config"]),
+        load_training_data(dataset_dir, val_ratio=0.2, seed=5),
+        pol.vla.vocab_size,
+        None,
+    )
     goals = preprocess.goal_points(ep.proprio, ep.action)
     ids = trained.encode(ep.action, ep.proprio, goals)
     np.testing.assert_array_equal(ids, pol.codec.encode(ep.action, ep.proprio, goals))
     np.testing.assert_allclose(trained.decode_goal(ids), pol.codec.decode_goal(ids))
-    action = pol.predict({"images": {"primary": jpeg.decode(ep.images["primary"][0])}, "state": ep.proprio[0],
-                          "instruction": ep.instruction})
+    action = pol.predict(
+        {
+            "images": {"primary": jpeg.decode(ep.images["primary"][0])},
+            "state": ep.proprio[0],
+            "instruction": ep.instruction,
+        }
+    )
     assert action.shape == (1, 8) and np.all(np.isfinite(action))
     lo, hi = preprocess.GOAL_BOUNDS
     assert pol.last_goal.shape == (3,) and np.all((pol.last_goal >= lo) & (pol.last_goal <= hi))
@@ -255,11 +326,12 @@ def test_goal_is_written_before_the_state_is_read(goal_run, dataset_dir):
     ep = load_episode(list_episodes(dataset_dir)[0].path)
     t = 4
     image = jpeg.decode(ep.images["primary"][t])
-    state = ep.proprio[t:t + 1]
+    state = ep.proprio[t : t + 1]
     state_ids = pol.codec.state_ids(state)[0].tolist()
     calls = []
     hook = pol.vla.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: calls.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+        lambda mod, args, kwargs: calls.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
     try:
         action = pol.predict({"images": {"primary": image}, "state": ep.proprio[t], "instruction": ep.instruction})
     finally:
@@ -267,16 +339,17 @@ def test_goal_is_written_before_the_state_is_read(goal_run, dataset_dir):
     tok = pol.vla.tokenizer
     # the prompt ends asking for the goal and holds no state; the state is fed after the third goal token
     assert tok.decode(calls[0]).rstrip().endswith("Goal:")
-    assert not any(calls[0][i:i + 8] == state_ids for i in range(len(calls[0])))
+    assert not any(calls[0][i : i + 8] == state_ids for i in range(len(calls[0])))
     fed = [c for c in calls[1:] if len(c) > 1]
-    assert len(fed) == 1 and fed[0][-8 - len(tok("\nOut:", add_special_tokens=False)["input_ids"]):][:8] == state_ids
+    assert len(fed) == 1 and fed[0][-8 - len(tok("\nOut:", add_special_tokens=False)["input_ids"]) :][:8] == state_ids
     assert calls.index(fed[0]) == 3  # prompt, goal token 1, goal token 2, then goal token 3 + the state
     # decoding follows the training layout: teacher-forced on what was written, every written
     # token is the greedy choice there
     pix = pixel_values(pol.vla, {"primary": prepare_image(image, pol.spec, train=False)[None]}, ["primary"], "cpu")
     prompt = build_batch(pol.vla, [ep.instruction], None, "cpu", pol.codec.state_ids(state), goal_first=3)
-    written = decode.generate_action_ids(pol.vla.model, pol.vla, prompt, pix, pol.codec.n_tokens(1), pol.codec.first_id,
-                                         middle_after=3).numpy()
+    written = decode.generate_action_ids(
+        pol.vla.model, pol.vla, prompt, pix, pol.codec.n_tokens(1), pol.codec.first_id, middle_after=3
+    ).numpy()
     np.testing.assert_allclose([robot.clamp_to_limits(a) for a in pol.codec.decode(written, state)[0]], action)
     inputs = build_batch(pol.vla, [ep.instruction], written, "cpu", pol.codec.state_ids(state), goal_first=3)
     with torch.no_grad():
@@ -288,8 +361,9 @@ def test_goal_is_written_before_the_state_is_read(goal_run, dataset_dir):
     # the goal's logits do not depend on the state; the actions' do
     other = build_batch(pol.vla, [ep.instruction], written, "cpu", pol.codec.state_ids(state + 0.3), goal_first=3)
     with torch.no_grad():
-        pred2 = decode.next_token_logits(decode.forward(pol.vla.model, pol.vla, other, pix).logits,
-                                         other["input_ids"].shape[1])[0][labelled]
+        pred2 = decode.next_token_logits(
+            decode.forward(pol.vla.model, pol.vla, other, pix).logits, other["input_ids"].shape[1]
+        )[0][labelled]
     torch.testing.assert_close(pred2[:3], pred[:3])
     assert not torch.allclose(pred2[3:], pred[3:])
     # a checkpoint written before this layout existed keeps the state first
@@ -300,8 +374,19 @@ def test_goal_is_written_before_the_state_is_read(goal_run, dataset_dir):
 
 def test_resume_refuses_another_goal_setting(goal_run, dataset_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "o"), "--max-steps", "6",
-                       "--resume-from-checkpoint", str(goal_run / "checkpoint-3")])
+        main(
+            COMMON
+            + [
+                "--data-root",
+                str(dataset_dir),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--max-steps",
+                "6",
+                "--resume-from-checkpoint",
+                str(goal_run / "checkpoint-3"),
+            ]
+        )
     assert "--goal-tokens" in capsys.readouterr().err
 
 
@@ -313,11 +398,20 @@ def test_freeze_vision_trains_everything_but_the_image_encoder(tmp_path):
 
     src = materialize_preset("tiny", tmp_path / "base", image_size=(64, 64))
     for freeze in (True, False):
-        cfg = parse("--backend", "openvla", "--model", str(src), "--image-size", "64x64", "--no-use-lora",
-                    *(["--freeze-vision"] if freeze else [])).resolved()
+        cfg = parse(
+            "--backend",
+            "openvla",
+            "--model",
+            str(src),
+            "--image-size",
+            "64x64",
+            "--no-use-lora",
+            *(["--freeze-vision"] if freeze else []),
+        ).resolved()
         vla = build_model(cfg, str(src), torch.device("cpu"), None)
         frozen = [n for n, p in vla.model.named_parameters() if not p.requires_grad]
-        # the layers OpenVLA's forward pass never runs (each tower's last block and norm, SigLIP's pool) stay as they are
+        # the layers OpenVLA's forward pass never runs (each tower's last block and norm, SigLIP's pool)
+        # stay as they are
         unused = tuple(f"{n}." for n in vla.model.unused_modules())
         if freeze:
             assert frozen and all(n.startswith("vision_backbone.") for n in frozen)
@@ -330,17 +424,39 @@ def test_freeze_vision_trains_everything_but_the_image_encoder(tmp_path):
 def test_first_goal_error_is_taken_on_each_episodes_first_picture():
     from crane_x7_vla.training.data import eval_items
 
-    eps = [EpisodeData(path=None, proprio=np.zeros((n, 8), np.float32), action=np.zeros((n, 8), np.float32),
-                       timestep=np.arange(n), timestamp_ns=None, instruction="reach the red cube", images={})
-           for n in (4, 0, 6, 3)]
+    eps = [
+        EpisodeData(
+            path=None,
+            proprio=np.zeros((n, 8), np.float32),
+            action=np.zeros((n, 8), np.float32),
+            timestep=np.arange(n),
+            timestamp_ns=None,
+            instruction="reach the red cube",
+            images={},
+        )
+        for n in (4, 0, 6, 3)
+    ]
     assert eval_items(eps, 100, first_steps=True) == [(0, 0), (2, 0), (3, 0)]
     assert eval_items(eps, 2, first_steps=True) == [(0, 0), (3, 0)]
     assert len(eval_items(eps, 100)) == 13
 
 
 def test_goal_warmup_trains_on_the_goal_scenes_first_and_resumes_exactly(dataset_dir, tmp_path):
-    args = COMMON + ["--data-root", str(dataset_dir), "--max-steps", "6", "--save-steps", "2", "--goal-tokens",
-                     "--goal-scenes", "12", "--goal-warmup-steps", "3", "--goal-warmup-lr", "1e-3"]
+    args = COMMON + [
+        "--data-root",
+        str(dataset_dir),
+        "--max-steps",
+        "6",
+        "--save-steps",
+        "2",
+        "--goal-tokens",
+        "--goal-scenes",
+        "12",
+        "--goal-warmup-steps",
+        "3",
+        "--goal-warmup-lr",
+        "1e-3",
+    ]
     straight = tmp_path / "straight"
     assert main(args + ["--output-dir", str(straight)]) == 0
     rows = {r["step"]: r for r in read_metrics(straight) if "train/loss" in r}
@@ -361,7 +477,16 @@ def test_goal_warmup_trains_on_the_goal_scenes_first_and_resumes_exactly(dataset
     assert sorted(again) == list(range(3, 7))
     np.testing.assert_allclose([again[s] for s in again], [rows[s]["train/loss"] for s in again], rtol=1e-6)
     with pytest.raises(ConfigError, match="fewer than --max-steps"):
-        parse("--backend", "openvla", "--goal-tokens", "--goal-scenes", "5", "--goal-warmup-steps", "6",
-              "--max-steps", "6")
+        parse(
+            "--backend",
+            "openvla",
+            "--goal-tokens",
+            "--goal-scenes",
+            "5",
+            "--goal-warmup-steps",
+            "6",
+            "--max-steps",
+            "6",
+        )
     with pytest.raises(ConfigError, match="needs --goal-scenes"):
         parse("--backend", "openvla", "--goal-tokens", "--goal-warmup-steps", "2")

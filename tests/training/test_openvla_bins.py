@@ -3,15 +3,12 @@ worked out by hand from the published definition: 256 bin edges np.linspace(-1, 
 d = np.digitize(clip(x, -1, 1), edges) in 1..256, token id = vocab_size - d, and a token
 decoded to the centre of bin clip(d - 1, 0, 254) among the 255 centres."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from crane_x7_vla.backends.openvla import decode
-from crane_x7_vla.backends.openvla.action_tokenizer import (LEGACY_UNIFORM, OPENVLA_BINS, ActionCodec,
-                                                            ActionTokenizer)
+from crane_x7_vla.backends.openvla.action_tokenizer import LEGACY_UNIFORM, OPENVLA_BINS, ActionCodec, ActionTokenizer
 from crane_x7_vla.backends.openvla.model import IGNORE, build_batch, load_vla, materialize_preset
 from crane_x7_vla.backends.openvla.prompt import openvla_prompt
 from crane_x7_vla.preprocess import Normalizer
@@ -28,9 +25,17 @@ def test_hand_computed_tokens_and_centres():
     tok = ActionTokenizer(V, identity())
     # -1 sits on the first edge: d = 1; +1 sits on the last edge: d = 256; 0 lies between
     # edges 127 (-1/255) and 128 (+1/255): d = 128
-    cases = {-1.0: V - 1, -5.0: V - 1, 1.0: V - 256, 7.0: V - 256, 0.0: V - 128,
-             -1.0 + 10.5 * STEP: V - 11, 1.0 - 0.5 * STEP: V - 255, -1.0 + 0.999 * STEP: V - 1,
-             -1.0 + 1.001 * STEP: V - 2}
+    cases = {
+        -1.0: V - 1,
+        -5.0: V - 1,
+        1.0: V - 256,
+        7.0: V - 256,
+        0.0: V - 128,
+        -1.0 + 10.5 * STEP: V - 11,
+        1.0 - 0.5 * STEP: V - 255,
+        -1.0 + 0.999 * STEP: V - 1,
+        -1.0 + 1.001 * STEP: V - 2,
+    }
     for x, token in cases.items():
         assert tok.encode(np.array([x]))[0] == token, x
     assert tok.first_id == V - 256
@@ -93,7 +98,10 @@ def test_codec_records_its_bins_and_mask_and_reads_older_checkpoints():
 
 
 def test_the_instruction_is_lower_cased_whole():
-    assert openvla_prompt("Pick UP the Red Cube.") == "In: What action should the robot take to pick up the red cube.?\nOut:"
+    assert (
+        openvla_prompt("Pick UP the Red Cube.")
+        == "In: What action should the robot take to pick up the red cube.?\nOut:"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,9 @@ def test_every_published_parameter_is_loaded_as_written(published, vla):
     assert vla.pixel_stats == layout.TVF_STATS
     pix = pixel_values(vla, {"primary": np.full((1, 224, 224, 3), 128, np.uint8)}, ["primary"], "cpu")
     assert pix.shape == (1, 6, 224, 224)
-    np.testing.assert_allclose(pix[0, :3, 0, 0], (128 / 255 - np.array(layout.TVF_STATS[0][0])) / layout.TVF_STATS[0][1],
-                               rtol=1e-5)  # float32
+    np.testing.assert_allclose(
+        pix[0, :3, 0, 0], (128 / 255 - np.array(layout.TVF_STATS[0][0])) / layout.TVF_STATS[0][1], rtol=1e-5
+    )  # float32
     assert vla.model.config.norm_stats == json.loads((published / "config.json").read_text())["norm_stats"]
 
 
@@ -67,8 +68,11 @@ def _timm_patches(w: dict, prefix: str, x: torch.Tensor, dim: int, depth: int, h
         h = F.linear(att.transpose(1, 2).reshape(x.shape), w[f"{p}.attn.proj.weight"], w[f"{p}.attn.proj.bias"])
         x = x + (h * w[f"{p}.ls1.scale_factor"] if dino else h)
         h = F.layer_norm(x, (dim,), w[f"{p}.norm2.weight"], w[f"{p}.norm2.bias"], eps=1e-6)
-        h = F.linear(F.gelu(F.linear(h, w[f"{p}.mlp.fc1.weight"], w[f"{p}.mlp.fc1.bias"])),
-                     w[f"{p}.mlp.fc2.weight"], w[f"{p}.mlp.fc2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, w[f"{p}.mlp.fc1.weight"], w[f"{p}.mlp.fc1.bias"])),
+            w[f"{p}.mlp.fc2.weight"],
+            w[f"{p}.mlp.fc2.bias"],
+        )
         x = x + (h * w[f"{p}.ls2.scale_factor"] if dino else h)
     return x[:, 5:] if dino else x
 
@@ -82,10 +86,17 @@ def test_forward_is_the_published_forward(published, vla):
     torch.manual_seed(0)
     pix = torch.randn(2, 6, 224, 224)
     t0, t1 = layout.TOWERS
-    patches = torch.cat([_timm_patches(w, "vision_backbone.featurizer", pix[:, :3], t0["embed_dim"], t0["depth"],
-                                       t0["num_heads"], True),
-                         _timm_patches(w, "vision_backbone.fused_featurizer", pix[:, 3:], t1["embed_dim"], t1["depth"],
-                                       t1["num_heads"], False)], dim=2)
+    patches = torch.cat(
+        [
+            _timm_patches(
+                w, "vision_backbone.featurizer", pix[:, :3], t0["embed_dim"], t0["depth"], t0["num_heads"], True
+            ),
+            _timm_patches(
+                w, "vision_backbone.fused_featurizer", pix[:, 3:], t1["embed_dim"], t1["depth"], t1["num_heads"], False
+            ),
+        ],
+        dim=2,
+    )
     assert patches.shape == (2, 256, t0["embed_dim"] + t1["embed_dim"])
     with torch.no_grad():
         torch.testing.assert_close(vla.model.vision_backbone(pix), patches, rtol=1e-4, atol=1e-5)
@@ -112,15 +123,16 @@ def test_batched_greedy_decoding_equals_one_by_one_and_no_cache(vla):
     assert together.shape == (4, 8) and bool(((together >= first) & (together < vla.vocab_size)).all())
     assert len({tuple(r) for r in together.tolist()}) > 1  # the pictures differ, so do the actions
     for i in range(4):
-        alone = decode.generate_action_ids(vla.model, vla, {k: v[i:i + 1] for k, v in batch.items()}, pix[i:i + 1], 8,
-                                           first)
+        alone = decode.generate_action_ids(
+            vla.model, vla, {k: v[i : i + 1] for k, v in batch.items()}, pix[i : i + 1], 8, first
+        )
         assert torch.equal(alone[0], together[i])
     # without the cache: the whole sequence again for every token
     ids = batch["input_ids"]
     with torch.no_grad():
         for k in range(8):
             logits = vla.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pix).logits
-            step = logits[:, -1, first:vla.vocab_size].argmax(-1) + first
+            step = logits[:, -1, first : vla.vocab_size].argmax(-1) + first
             assert torch.equal(step, together[:, k])
             ids = torch.cat([ids, step[:, None]], dim=1)
 
@@ -142,7 +154,9 @@ def test_a_published_folder_that_does_not_fit_is_refused_in_one_line(published, 
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(broken / "model.safetensors"))
-    weights["vision_backbone.featurizer.blocks.0.ls1.gamma"] = weights.pop("vision_backbone.featurizer.blocks.0.ls1.scale_factor")
+    weights["vision_backbone.featurizer.blocks.0.ls1.gamma"] = weights.pop(
+        "vision_backbone.featurizer.blocks.0.ls1.scale_factor"
+    )
     save_file(weights, str(broken / "model.safetensors"))
     with pytest.raises(ModelError, match="OpenVLA's parameter names .*ls1.scale_factor"):
         load_vla(str(broken), image_size=(224, 224))

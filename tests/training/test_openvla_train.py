@@ -12,12 +12,43 @@ from crane_x7_vla.training.cli import main
 from crane_x7_vla.training import metrics as mn
 from crane_x7_vla.training.metrics import read_metrics
 
-COMMON = ["train", "--backend", "openvla", "--model", "tiny", "--image-size", "64x64", "--device", "cpu",
-          "--batch-size", "4", "--val-ratio", "0.2", "--learning-rate", "3e-3", "--warmup-ratio", "0.25",
-          "--logging-steps", "1", "--eval-samples", "8", "--num-workers", "2", "--seed", "5",
-          # OpenVLA-7B's own format (the tiny preset's defaults are tested in test_action_representation)
-          "--action-representation", "absolute", "--no-state-in-prompt", "--noop-threshold", "0",
-          "--action-label-sigma", "0", "--image-position", "first"]
+COMMON = [
+    "train",
+    "--backend",
+    "openvla",
+    "--model",
+    "tiny",
+    "--image-size",
+    "64x64",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "4",
+    "--val-ratio",
+    "0.2",
+    "--learning-rate",
+    "3e-3",
+    "--warmup-ratio",
+    "0.25",
+    "--logging-steps",
+    "1",
+    "--eval-samples",
+    "8",
+    "--num-workers",
+    "2",
+    "--seed",
+    "5",
+    # OpenVLA-7B's own format (the tiny preset's defaults are tested in test_action_representation)
+    "--action-representation",
+    "absolute",
+    "--no-state-in-prompt",
+    "--noop-threshold",
+    "0",
+    "--action-label-sigma",
+    "0",
+    "--image-position",
+    "first",
+]
 LORA = ["--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05"]
 
 
@@ -28,8 +59,21 @@ def losses(out_dir):
 @pytest.fixture(scope="module")
 def lora_run(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora_run")
-    rc = main(COMMON + LORA + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "24",
-                        "--save-steps", "12", "--merge-lora"])
+    rc = main(
+        COMMON
+        + LORA
+        + [
+            "--data-root",
+            str(dataset_dir),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "24",
+            "--save-steps",
+            "12",
+            "--merge-lora",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -57,8 +101,14 @@ def test_checkpoints_describe_themselves(lora_run, dataset_dir):
     assert cfg["backend"] == "openvla" and cfg["base_model"] == "tiny" and cfg["step"] == 24
     assert cfg["image_spec"]["width"] == 64 and cfg["image_spec"]["height"] == 64
     assert cfg["cameras"] == ["primary"] and cfg["joint_names"] == list(robot.JOINT_NAMES)
-    assert cfg["action_space"] == {"dim": 8, "horizon": 1, "kind": "absolute_joint_positions", "representation": "absolute",
-                                   "discretization": "openvla", "normalization_mask": [True] * 8}
+    assert cfg["action_space"] == {
+        "dim": 8,
+        "horizon": 1,
+        "kind": "absolute_joint_positions",
+        "representation": "absolute",
+        "discretization": "openvla",
+        "normalization_mask": [True] * 8,
+    }
     stats = json.loads((dataset_dir / "dataset_statistics.json").read_text())["crane_x7"]
     assert cfg["dataset_statistics"] == stats and cfg["statistics_fingerprint"] == stats["fingerprint"]
     assert cfg["default_instruction"] == "reach the green cube" and cfg["control_rate_hz"] == 10.0
@@ -75,8 +125,22 @@ def test_checkpoints_describe_themselves(lora_run, dataset_dir):
 
 def test_resume_continues_exactly(lora_run, dataset_dir, tmp_path):
     out = tmp_path / "resumed"
-    rc = main(COMMON + LORA + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "24",
-                        "--save-steps", "12", "--resume-from-checkpoint", str(lora_run / "checkpoint-12")])
+    rc = main(
+        COMMON
+        + LORA
+        + [
+            "--data-root",
+            str(dataset_dir),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "24",
+            "--save-steps",
+            "12",
+            "--resume-from-checkpoint",
+            str(lora_run / "checkpoint-12"),
+        ]
+    )
     assert rc == 0
     straight, resumed = losses(lora_run), losses(out)
     assert sorted(resumed) == list(range(13, 25))
@@ -86,8 +150,9 @@ def test_resume_continues_exactly(lora_run, dataset_dir, tmp_path):
 def test_merged_weights_load(lora_run):
     from crane_x7_vla.backends.openvla.prismatic import OpenVLAForActionPrediction
 
-    merged, info = OpenVLAForActionPrediction.from_pretrained(lora_run / "checkpoint-final" / "merged",
-                                                              output_loading_info=True)
+    merged, info = OpenVLAForActionPrediction.from_pretrained(
+        lora_run / "checkpoint-final" / "merged", output_loading_info=True
+    )
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
@@ -100,7 +165,11 @@ def test_policy_predicts_absolute_targets(lora_run, dataset_dir):
     d = lora_run / "checkpoint-final"
     pol = vla_policy.load(d, contract.read_policy_config(d), "cpu")
     ep = load_episode(list_episodes(dataset_dir)[0].path)
-    obs = {"images": {"primary": jpeg.decode(ep.images["primary"][3])}, "state": ep.proprio[3], "instruction": ep.instruction}
+    obs = {
+        "images": {"primary": jpeg.decode(ep.images["primary"][3])},
+        "state": ep.proprio[3],
+        "instruction": ep.instruction,
+    }
     action = pol.predict(obs)
     assert action.shape == (1, 8) and action.dtype == np.float64 and np.all(np.isfinite(action))
     assert np.all(robot.within_limits(action[0]))
@@ -123,7 +192,11 @@ def test_cpu_threads_reach_torch_and_change_no_action(lora_run, dataset_dir):
 
     d = lora_run / "checkpoint-final"
     ep = load_episode(list_episodes(dataset_dir)[0].path)
-    obs = {"images": {"primary": jpeg.decode(ep.images["primary"][3])}, "state": ep.proprio[3], "instruction": ep.instruction}
+    obs = {
+        "images": {"primary": jpeg.decode(ep.images["primary"][3])},
+        "state": ep.proprio[3],
+        "instruction": ep.instruction,
+    }
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -143,9 +216,28 @@ def test_full_weights_epochs_accumulation_wandb(dataset_dir, tmp_path, monkeypat
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     out = tmp_path / "full"
-    rc = main(COMMON + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--no-use-lora", "--batch-size", "8",
-                      "--num-epochs", "2", "--grad-accumulation-steps", "3", "--gradient-checkpointing",
-                      "--save-steps", "100", "--use-wandb", "--wandb-project", "crane-test"])
+    rc = main(
+        COMMON
+        + [
+            "--data-root",
+            str(dataset_dir),
+            "--output-dir",
+            str(out),
+            "--no-use-lora",
+            "--batch-size",
+            "8",
+            "--num-epochs",
+            "2",
+            "--grad-accumulation-steps",
+            "3",
+            "--gradient-checkpointing",
+            "--save-steps",
+            "100",
+            "--use-wandb",
+            "--wandb-project",
+            "crane-test",
+        ]
+    )
     assert rc == 0
     # 5 train episodes x 20 steps / batch 8 = 12 batches per epoch; 3 per step -> 4 steps per epoch
     state = ck.read_trainer_state(out / "checkpoint-final")
@@ -162,10 +254,13 @@ def test_full_weights_epochs_accumulation_wandb(dataset_dir, tmp_path, monkeypat
     # the layers OpenVLA's forward pass never runs (each tower's last block and final norm, SigLIP's pool)
     from crane_x7_vla.backends.openvla.prismatic import OpenVLAConfig, OpenVLAForActionPrediction
 
-    never_run = tuple(f"{n}." for n in OpenVLAForActionPrediction(
-        OpenVLAConfig.from_pretrained(out / "base_model")).unused_modules())
+    never_run = tuple(
+        f"{n}." for n in OpenVLAForActionPrediction(OpenVLAConfig.from_pretrained(out / "base_model")).unused_modules()
+    )
     assert unchanged and all(k.startswith(never_run) for k in unchanged), sorted(unchanged)[:5]
-    assert any(k.endswith("lm_head.weight") for k in changed) and any(k.endswith("embed_tokens.weight") for k in changed)
+    assert any(k.endswith("lm_head.weight") for k in changed) and any(
+        k.endswith("embed_tokens.weight") for k in changed
+    )
     assert list((out / "wandb").glob("offline-run-*"))
 
 
@@ -184,15 +279,28 @@ def test_a_failing_evaluation_does_not_stop_the_run(tmp_path, capsys):
     _, val = split_episodes(5, 0.2, 5)  # the episode --val-ratio 0.2 --seed 5 holds out
     write_episodes(data, episodes=5, unreadable=tuple(val))
     out = tmp_path / "run"
-    rc = main(COMMON + LORA + ["--data-root", str(data), "--output-dir", str(out), "--max-steps", "4",
-                               "--save-steps", "100", "--eval-steps", "2"])
+    rc = main(
+        COMMON
+        + LORA
+        + [
+            "--data-root",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "4",
+            "--save-steps",
+            "100",
+            "--eval-steps",
+            "2",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "eval step 2 failed, training goes on" in err and "eval step 4 failed, training goes on" in err
     assert ck.read_trainer_state(out / "checkpoint-final")["step"] == 4
     assert sorted(losses(out)) == [1, 2, 3, 4]
     assert not any(k.startswith("val/") for r in read_metrics(out) for k in r)
-
 
 
 def test_a_damaged_adapter_or_an_unknown_device_is_one_line(lora_run, dataset_dir, tmp_path):
@@ -212,8 +320,21 @@ def test_a_damaged_adapter_or_an_unknown_device_is_one_line(lora_run, dataset_di
     cases = [
         (["merge-lora", str(damaged), "--output", str(tmp_path / "merged")], str(damaged / "adapter")),
         (["serve", str(final), "--device", "nosuch"], "--device: must be auto, cpu, cuda or cuda:N (got 'nosuch')"),
-        (["train", *COMMON[1:], "--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "run"),
-          "--max-steps", "24", "--resume-from-checkpoint", str(damaged)], str(weights)),
+        (
+            [
+                "train",
+                *COMMON[1:],
+                "--data-root",
+                str(dataset_dir),
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--max-steps",
+                "24",
+                "--resume-from-checkpoint",
+                str(damaged),
+            ],
+            str(weights),
+        ),
     ]
     for args, needle in cases:
         result = subprocess.run([cli_path(), *args], capture_output=True, text=True, timeout=600)

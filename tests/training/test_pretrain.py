@@ -19,7 +19,7 @@ from crane_x7_vla.sim.model import COLOURS
 def _colour_at(img, u, v) -> str:
     """Name of the scene colour nearest in chromaticity to the 3x3 pixels around (u, v)."""
     c, r = int(u), int(v)
-    rgb = img[r - 1:r + 2, c - 1:c + 2].reshape(-1, 3).astype(float).mean(axis=0)
+    rgb = img[r - 1 : r + 2, c - 1 : c + 2].reshape(-1, 3).astype(float).mean(axis=0)
     chroma = lambda x: np.asarray(x, float) / (np.sum(x) + 1e-9)  # noqa: E731
     return min(COLOURS, key=lambda name: np.linalg.norm(chroma(COLOURS[name]) - chroma(rgb)))
 
@@ -40,10 +40,14 @@ def test_every_question_points_at_its_object_in_the_picture(task):
 
 def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, dataset_dir):
     base = tmp_path / "base"
-    assert cli_main(["pretrain", "--out", str(base), "--scenes", "12", "--steps", "6", "--batch-size", "8",
-                     "--seed", "3"]) == 0
+    assert (
+        cli_main(["pretrain", "--out", str(base), "--scenes", "12", "--steps", "6", "--batch-size", "8", "--seed", "3"])
+        == 0
+    )
     figures = json.loads((base / "pretraining.json").read_text())
-    assert figures["preset"] == "tiny" and figures["scenes"] == 12 and figures["steps"] == 6 and figures["questions"] == 36
+    assert (
+        figures["preset"] == "tiny" and figures["scenes"] == 12 and figures["steps"] == 6 and figures["questions"] == 36
+    )
     assert figures["held_out_questions"] > 0 and 0 <= figures["held_out_error_pixels"] < 64
 
     fresh = materialize_preset("tiny", tmp_path / "fresh", image_size=(64, 64), seed=3)
@@ -55,14 +59,37 @@ def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, datas
     assert any(".fused_featurizer." in k for k in changed) and any(".featurizer." in k for k in changed)
 
     out = tmp_path / "run"
-    rc = train_main(["train", "--backend", "openvla", "--model", str(base), "--image-size", "64x64",
-                     "--device", "cpu", "--batch-size", "4", "--max-steps", "2", "--save-steps", "2",
-                     "--no-use-lora", "--data-root", str(dataset_dir), "--output-dir", str(out)])
+    rc = train_main(
+        [
+            "train",
+            "--backend",
+            "openvla",
+            "--model",
+            str(base),
+            "--image-size",
+            "64x64",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--save-steps",
+            "2",
+            "--no-use-lora",
+            "--data-root",
+            str(dataset_dir),
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert rc == 0
     config = json.loads((out / "checkpoint-final" / "policy_config.json").read_text())
     assert config["base_model"] == str(base) and config["step"] == 2
     # the base model stays in its folder: the checkpoint says where, so loading never asks the model hub for it
-    assert config["openvla"]["base_source"] == "directory" and config["openvla"]["base_model_dir"] == str(base.resolve())
+    assert config["openvla"]["base_source"] == "directory" and config["openvla"]["base_model_dir"] == str(
+        base.resolve()
+    )
     # built from the tiny preset, it keeps the preset's training defaults
     assert config["action_space"]["representation"] == "delta_arm_absolute_gripper"
     assert config["train_config"]["state_in_prompt"] is True and config["train_config"]["action_label_sigma"] == 2.0
@@ -71,10 +98,12 @@ def test_the_stage_trains_the_vision_tower_and_training_loads_it(tmp_path, datas
 
 
 def test_bad_flags_name_the_flag(tmp_path, capsys):
-    for flags, words in ((["--task", "stack"], "argument --task: 'stack' is not a simulated task"),
-                         (["--steps", "0"], "argument --steps: must be at least 1 (got 0)"),
-                         (["--answer-steps", "-1"], "argument --answer-steps: must be at least 0 (got -1)"),
-                         (["--preset", "huge"], "unknown preset 'huge'")):
+    for flags, words in (
+        (["--task", "stack"], "argument --task: 'stack' is not a simulated task"),
+        (["--steps", "0"], "argument --steps: must be at least 1 (got 0)"),
+        (["--answer-steps", "-1"], "argument --answer-steps: must be at least 0 (got -1)"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+    ):
         with pytest.raises(SystemExit) as exc:
             cli_main(["pretrain", "--out", str(tmp_path / "m"), *flags])
         assert exc.value.code == 2 and words in capsys.readouterr().err, flags
@@ -91,8 +120,26 @@ def test_a_broken_marker_is_named(tmp_path):
 
 def test_the_answer_stage_trains_the_language_model_through_the_action_prompt(tmp_path):
     base = tmp_path / "base"
-    assert cli_main(["pretrain", "--out", str(base), "--scenes", "8", "--steps", "2", "--answer-steps", "4",
-                     "--batch-size", "4", "--seed", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "pretrain",
+                "--out",
+                str(base),
+                "--scenes",
+                "8",
+                "--steps",
+                "2",
+                "--answer-steps",
+                "4",
+                "--batch-size",
+                "4",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     figures = json.loads((base / "pretraining.json").read_text())
     assert figures["answer_steps"] == 4 and figures["image_position"] == "after_instruction"
     assert 0 <= figures["held_out_answer_error_pixels"] < 64 * 1.5

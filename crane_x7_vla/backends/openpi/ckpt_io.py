@@ -1,11 +1,11 @@
 """Orbax files of an OpenPI checkpoint directory (the directory itself: training/checkpoint.py).
 
-    params/             inference weights: EMA of the trained weights + frozen weights,
-                        a nested dict in this backend's layout (PARAMS.md)
-    train_state/        resume only: trainable weights, their EMA, optimizer state
-    tokenizer.json      the instruction tokenizer (tokenizer.model: a SentencePiece model)
-    policy_config.json  (+ "openpi": {"model_config", "conventions", "tokenizer_file", ...})
-    trainer_state.json  step, data position
+params/             inference weights: EMA of the trained weights + frozen weights,
+                    a nested dict in this backend's layout (PARAMS.md)
+train_state/        resume only: trainable weights, their EMA, optimizer state
+tokenizer.json      the instruction tokenizer (tokenizer.model: a SentencePiece model)
+policy_config.json  (+ "openpi": {"model_config", "conventions", "tokenizer_file", ...})
+trainer_state.json  step, data position
 """
 
 from __future__ import annotations
@@ -99,7 +99,11 @@ def fill_state(state, pure: dict, where: str):
     missing = sorted(set(want) - set(have))
     if missing:
         raise ValueError(f"{where}: weights missing: {', '.join(missing[:5])}")
-    bad = [f"{k} {tuple(np.shape(have[k]))} vs {tuple(want[k].shape)}" for k in want if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+    bad = [
+        f"{k} {tuple(np.shape(have[k]))} vs {tuple(want[k].shape)}"
+        for k in want
+        if tuple(np.shape(have[k])) != tuple(want[k].shape)
+    ]
     if bad:
         raise ValueError(f"{where}: weights of the wrong shape: {', '.join(bad[:5])}")
     nnx.replace_by_pure_dict(state, nest({k: have[k] for k in want}))

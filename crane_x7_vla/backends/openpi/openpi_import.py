@@ -156,7 +156,9 @@ def _split_qkv(flat: dict) -> dict:
             w = out.pop(path)
             shape = tuple(w) if isinstance(w, tuple) else tuple(w.shape)
             if len(shape) < 2 or shape[1] != 3:
-                raise OpenpiCheckpointError(f"{path}: shape {shape} has no (q, k, v) axis of size 3 after the depth axis")
+                raise OpenpiCheckpointError(
+                    f"{path}: shape {shape} has no (q, k, v) axis of size 3 after the depth axis"
+                )
             out[f"{_LAYERS}/attn/q_einsum{suffix}/{leaf}"] = _Slice(w, shape, 0)
             out[f"{_LAYERS}/attn/kv_einsum{suffix}/{leaf}"] = _Slice(w, shape, slice(1, 3))
     return out
@@ -187,8 +189,9 @@ def _check_names(flat: dict) -> None:
         raise OpenpiCheckpointError("the checkpoint has time_mlp_in: it is a π0.5 checkpoint; this backend runs π0")
     required = sorted(set(mapping(lora=False)) - set(flat))
     if required and f"{_LAYERS}/attn/q_einsum_1/w" in required and f"{_LAYERS}/attn/q_einsum/w" in flat:
-        raise OpenpiCheckpointError(f"the checkpoint has no action expert ({_LAYERS}/attn/q_einsum_1/w): "
-                           f"is it π0-FAST? This backend runs π0")
+        raise OpenpiCheckpointError(
+            f"the checkpoint has no action expert ({_LAYERS}/attn/q_einsum_1/w): is it π0-FAST? This backend runs π0"
+        )
     if required:
         raise OpenpiCheckpointError(
             f"the openpi parameters lack {len(required)} weight(s) of π0, e.g. {', '.join(required[:3])}; "
@@ -197,7 +200,9 @@ def _check_names(flat: dict) -> None:
     table = mapping()
     unknown = sorted(p for p in flat if p not in table)
     if unknown:
-        raise OpenpiCheckpointError(f"the openpi parameters hold weights this model has no place for: {', '.join(unknown[:5])}")
+        raise OpenpiCheckpointError(
+            f"the openpi parameters hold weights this model has no place for: {', '.join(unknown[:5])}"
+        )
 
 
 # ---- the network's sizes from the weights' shapes --------------------------------------------------
@@ -224,8 +229,10 @@ def infer_config(shapes: dict[str, tuple], base):
 
     P, P2, C, W = dims("PaliGemma/img/embedding/kernel", 4)
     if P != P2 or C != 3:
-        raise OpenpiCheckpointError(f"PaliGemma/img/embedding/kernel: shape {s['PaliGemma/img/embedding/kernel']} is not "
-                           f"(patch, patch, 3, width)")
+        raise OpenpiCheckpointError(
+            f"PaliGemma/img/embedding/kernel: shape {s['PaliGemma/img/embedding/kernel']} is not "
+            f"(patch, patch, 3, width)"
+        )
     Lv, _, Hn, hd = dims(f"{_ATTN}/query/kernel", 4)
     _, _, M = dims(f"{_VIT}/MlpBlock_0/Dense_0/kernel", 3)
     _, Np, _ = dims("PaliGemma/img/pos_embedding", 3)
@@ -244,7 +251,9 @@ def infer_config(shapes: dict[str, tuple], base):
     V, Dv = dims(f"{_LLM}/embedder/input_embedding", 2)
     A, E = dims("state_proj/kernel", 2)
     if Dv != prefix.width:
-        raise OpenpiCheckpointError(f"{_LLM}/embedder/input_embedding: width {Dv} is not the prefix decoder's {prefix.width}")
+        raise OpenpiCheckpointError(
+            f"{_LLM}/embedder/input_embedding: width {Dv} is not the prefix decoder's {prefix.width}"
+        )
     if E != expert.width:
         raise OpenpiCheckpointError(f"state_proj/kernel: width {E} is not the action expert's {expert.width}")
 
@@ -256,9 +265,17 @@ def infer_config(shapes: dict[str, tuple], base):
         )
     groups = p_groups or e_groups or base.lora_groups
     cfg = replace(
-        base, vision=vision, prefix=prefix, expert=expert, vocab_size=V, action_dim=A,
-        lora_rank=p_rank, lora_alpha=float(p_rank or base.lora_alpha),
-        expert_lora_rank=e_rank, expert_lora_alpha=float(e_rank or base.expert_lora_alpha), lora_groups=tuple(groups),
+        base,
+        vision=vision,
+        prefix=prefix,
+        expert=expert,
+        vocab_size=V,
+        action_dim=A,
+        lora_rank=p_rank,
+        lora_alpha=float(p_rank or base.lora_alpha),
+        expert_lora_rank=e_rank,
+        expert_lora_alpha=float(e_rank or base.expert_lora_alpha),
+        lora_groups=tuple(groups),
     )
     if cfg.num_patches != Np:
         side = math.isqrt(Np)
@@ -353,7 +370,9 @@ class OpenpiCheckpoint:
                     f"{path}: an openpi run directory with step(s) {', '.join(steps)}; pass one of them, "
                     f"e.g. {path / steps[-1]}"
                 )
-            raise OpenpiCheckpointError(f"{path}: no openpi parameters here (expected {path / 'params'}, an orbax directory)")
+            raise OpenpiCheckpointError(
+                f"{path}: no openpi parameters here (expected {path / 'params'}, an orbax directory)"
+            )
         if not _is_orbax(params):
             raise OpenpiCheckpointError(f"{params}: not an orbax checkpoint (no _METADATA / _CHECKPOINT_METADATA file)")
         self.path, self.params_dir, self.assets_dir = root, params, root / "assets"

@@ -49,7 +49,9 @@ class OpenPIPolicy:
         self.cameras = list(config["cameras"])
         self.default_instruction = config.get("default_instruction") or ""
         self.num_steps = int(block.get("num_inference_steps", 10))
-        tok_path = block.get("tokenizer_path") or self.checkpoint_dir / block.get("tokenizer_file", ckpt_io.TOKENIZER_FILE)
+        tok_path = block.get("tokenizer_path") or self.checkpoint_dir / block.get(
+            "tokenizer_file", ckpt_io.TOKENIZER_FILE
+        )
         try:
             tok = PromptTokenizer.from_file(tok_path, self.model_config.max_token_len, self.conventions.prompt)
         except ValueError as exc:
@@ -59,8 +61,11 @@ class OpenPIPolicy:
 
         graphdef, abstract = ts.abstract_model(self.model_config)
         if block.get("layout") == "openpi":  # an openpi directory served as it is (served.py)
-            from crane_x7_vla.backends.openpi.openpi_import import (OpenpiCheckpoint, OpenpiCheckpointError,
-                                                                  import_params)
+            from crane_x7_vla.backends.openpi.openpi_import import (
+                OpenpiCheckpoint,
+                OpenpiCheckpointError,
+                import_params,
+            )
 
             params_dir = Path(block.get("params_dir") or self.checkpoint_dir / "params")
             try:
@@ -109,7 +114,9 @@ class OpenPIPolicy:
             raise PolicyError(f"observation lacks image(s) from camera(s) {missing}; the policy uses {self.cameras}")
         state = np.asarray(observation.get("state"), np.float64).reshape(-1)
         if state.shape != (len(self.space.mask),) or not np.all(np.isfinite(state)):
-            raise PolicyError(f"observation 'state' must hold {len(self.space.mask)} finite joint positions (got {state})")
+            raise PolicyError(
+                f"observation 'state' must hold {len(self.space.mask)} finite joint positions (got {state})"
+            )
         instruction = observation.get("instruction") or self.default_instruction
         prepared = {c: prepare_image(images[c], self.spec, train=False)[None] for c in self.cameras}
         obs = self.batcher.observation(prepared, state[None], [instruction])

@@ -42,8 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from crane_x7_vla.backends.openpi.openpi_import import (OpenpiCheckpoint, OpenpiCheckpointError, _is_orbax,
-                                                      infer_config, read_norm_stats)
+from crane_x7_vla.backends.openpi.openpi_import import (
+    OpenpiCheckpoint,
+    OpenpiCheckpointError,
+    _is_orbax,
+    infer_config,
+    read_norm_stats,
+)
 from crane_x7_vla.checkpoint_contract import FORMAT_VERSION, CheckpointError, has_policy_config
 
 LAYOUT = "openpi"  # policy_config.json's openpi.layout for a directory served as it is
@@ -52,12 +57,23 @@ TOKENIZER_NAMES = ("tokenizer.model", "tokenizer.json", "paligemma_tokenizer.mod
 DEFAULT_ASSET_ID = "crane_x7"
 #: flag of each serving option (one-line errors name the flag)
 FLAGS = {
-    "asset_id": "--asset-id", "tokenizer": "--tokenizer", "image_slots": "--image-slots",
-    "action_dims": "--action-dims", "state_dims": "--state-dims", "absolute_actions": "--absolute-actions",
-    "action_horizon": "--action-horizon", "max_token_len": "--max-token-len", "control_rate_hz": "--control-rate-hz",
+    "asset_id": "--asset-id",
+    "tokenizer": "--tokenizer",
+    "image_slots": "--image-slots",
+    "action_dims": "--action-dims",
+    "state_dims": "--state-dims",
+    "absolute_actions": "--absolute-actions",
+    "action_horizon": "--action-horizon",
+    "max_token_len": "--max-token-len",
+    "control_rate_hz": "--control-rate-hz",
 }
-DEFAULTS = {"image_slots": "primary,-,-", "action_horizon": 50, "max_token_len": 48, "control_rate_hz": 10.0,
-            "num_inference_steps": 10}
+DEFAULTS = {
+    "image_slots": "primary,-,-",
+    "action_horizon": 50,
+    "max_token_len": 48,
+    "control_rate_hz": 10.0,
+    "num_inference_steps": 10,
+}
 
 
 class OpenpiDirError(CheckpointError):
@@ -90,8 +106,9 @@ def parse_dims(text, flag: str, n: int) -> tuple[int, ...]:
     except ValueError:
         raise OpenpiDirError(f"{flag}: expected positions such as 0-7 or 0,1,2,3,4,5,6,13 (got {text!r})") from None
     if len(out) != n or len(set(out)) != n or min(out) < 0:
-        raise OpenpiDirError(f"{flag}: give {n} different positions >= 0, one per joint of the CRANE-X7 "
-                             f"(got {len(out)}: {out})")
+        raise OpenpiDirError(
+            f"{flag}: give {n} different positions >= 0, one per joint of the CRANE-X7 (got {len(out)}: {out})"
+        )
     return tuple(out)
 
 
@@ -101,8 +118,10 @@ def parse_slots(text, flag: str = FLAGS["image_slots"]) -> tuple:
     parts = list(text) if isinstance(text, (list, tuple)) else str(text).split(",")
     slots = tuple(None if p in (None, "", "-") else str(p).strip() for p in parts)
     if len(slots) != len(OPENPI_IMAGE_SLOTS) or not any(slots):
-        raise OpenpiDirError(f"{flag}: give a camera name or '-' for each of openpi's image slots "
-                             f"{', '.join(OPENPI_IMAGE_SLOTS)}, e.g. primary,wrist,- (got {text!r})")
+        raise OpenpiDirError(
+            f"{flag}: give a camera name or '-' for each of openpi's image slots "
+            f"{', '.join(OPENPI_IMAGE_SLOTS)}, e.g. primary,wrist,- (got {text!r})"
+        )
     named = [s for s in slots if s]
     if len(set(named)) != len(named):
         raise OpenpiDirError(f"{flag}: a camera fills one slot only (got {text!r})")
@@ -123,18 +142,23 @@ def _choose_asset(ck: OpenpiCheckpoint, wanted) -> str:
     ids = ck.asset_ids()
     if wanted:
         if wanted not in ids:
-            raise OpenpiDirError(f"{FLAGS['asset_id']} {wanted}: {ck.assets_dir / wanted / 'norm_stats.json'} not found "
-                                 f"(assets with norm stats: {', '.join(ids) or 'none'})")
+            raise OpenpiDirError(
+                f"{FLAGS['asset_id']} {wanted}: {ck.assets_dir / wanted / 'norm_stats.json'} not found "
+                f"(assets with norm stats: {', '.join(ids) or 'none'})"
+            )
         return wanted
     if len(ids) == 1:
         return ids[0]
     if DEFAULT_ASSET_ID in ids:
         return DEFAULT_ASSET_ID
     if not ids:
-        raise OpenpiDirError(f"{ck.assets_dir}: no assets/<asset_id>/norm_stats.json, so the model's actions cannot be "
-                             f"un-normalised; openpi writes them beside params/")
-    raise OpenpiDirError(f"{ck.assets_dir}: norm stats of {len(ids)} assets ({', '.join(ids)}); choose one with "
-                         f"{FLAGS['asset_id']}")
+        raise OpenpiDirError(
+            f"{ck.assets_dir}: no assets/<asset_id>/norm_stats.json, so the model's actions cannot be "
+            f"un-normalised; openpi writes them beside params/"
+        )
+    raise OpenpiDirError(
+        f"{ck.assets_dir}: norm stats of {len(ids)} assets ({', '.join(ids)}); choose one with {FLAGS['asset_id']}"
+    )
 
 
 def _tokenizer(directory: Path, wanted, export: dict) -> Path:
@@ -147,8 +171,10 @@ def _tokenizer(directory: Path, wanted, export: dict) -> Path:
     for name in names:
         if (directory / name).is_file():
             return (directory / name).resolve()
-    raise OpenpiDirError(f"{directory}: openpi checkpoints carry no tokenizer; give PaliGemma's with "
-                         f"{FLAGS['tokenizer']} PATH (paligemma_tokenizer.model or a tokenizer.json)")
+    raise OpenpiDirError(
+        f"{directory}: openpi checkpoints carry no tokenizer; give PaliGemma's with "
+        f"{FLAGS['tokenizer']} PATH (paligemma_tokenizer.model or a tokenizer.json)"
+    )
 
 
 def _stat_subset(entry: dict, dims, where: str, flag: str) -> dict:
@@ -179,8 +205,9 @@ def openpi_policy_config(directory, options: dict | None = None, *, joint_names=
     n = robot.ACTION_DIM
     joint_names = list(joint_names or robot.JOINT_NAMES)
     if export.get("joint_names") and list(export["joint_names"]) != joint_names:
-        raise OpenpiDirError(f"{directory / EXPORT_FILE}: exported for joints {export['joint_names']}, "
-                             f"this robot has {joint_names}")
+        raise OpenpiDirError(
+            f"{directory / EXPORT_FILE}: exported for joints {export['joint_names']}, this robot has {joint_names}"
+        )
     try:
         ck = OpenpiCheckpoint(directory)
         shapes = ck.shapes()
@@ -194,21 +221,36 @@ def openpi_policy_config(directory, options: dict | None = None, *, joint_names=
     try:
         (patch, *_), (_, n_pos, _) = shapes["PaliGemma/img/embedding/kernel"], shapes["PaliGemma/img/pos_embedding"]
     except (KeyError, ValueError):
-        raise OpenpiDirError(f"{ck.params_dir}: no PaliGemma/img/embedding/kernel and pos_embedding; not a π0 checkpoint")
+        raise OpenpiDirError(
+            f"{ck.params_dir}: no PaliGemma/img/embedding/kernel and pos_embedding; not a π0 checkpoint"
+        )
     side = math.isqrt(n_pos)
     if side * side != n_pos:
         raise OpenpiDirError(f"{ck.params_dir}: PaliGemma/img/pos_embedding holds {n_pos} positions, not a square grid")
-    horizon = _positive(options.get("action_horizon", ex_space.get("horizon", DEFAULTS["action_horizon"])),
-                        FLAGS["action_horizon"])
-    max_len = _positive(options.get("max_token_len", ex_model.get("max_token_len", DEFAULTS["max_token_len"])),
-                        FLAGS["max_token_len"])
-    rate = _positive(options.get("control_rate_hz", export.get("control_rate_hz", DEFAULTS["control_rate_hz"])),
-                     FLAGS["control_rate_hz"], float)
+    horizon = _positive(
+        options.get("action_horizon", ex_space.get("horizon", DEFAULTS["action_horizon"])), FLAGS["action_horizon"]
+    )
+    max_len = _positive(
+        options.get("max_token_len", ex_model.get("max_token_len", DEFAULTS["max_token_len"])), FLAGS["max_token_len"]
+    )
+    rate = _positive(
+        options.get("control_rate_hz", export.get("control_rate_hz", DEFAULTS["control_rate_hz"])),
+        FLAGS["control_rate_hz"],
+        float,
+    )
     steps = _positive(options.get("num_inference_steps", DEFAULTS["num_inference_steps"]), "num_inference_steps")
     dtype = "bfloat16" if ck.dtype("PaliGemma/img/embedding/kernel") == "bfloat16" else "float32"
     slots = parse_slots(options.get("image_slots") or ex_conv.get("image_slots") or DEFAULTS["image_slots"])
-    base = replace(PI0, image_width=side * patch, image_height=side * patch, num_cameras=len(slots),
-                   action_horizon=horizon, max_token_len=max_len, dtype=dtype, lora_dropout=0.0)
+    base = replace(
+        PI0,
+        image_width=side * patch,
+        image_height=side * patch,
+        num_cameras=len(slots),
+        action_horizon=horizon,
+        max_token_len=max_len,
+        dtype=dtype,
+        lora_dropout=0.0,
+    )
     try:
         mcfg = infer_config(shapes, base)
     except OpenpiCheckpointError as exc:
@@ -228,12 +270,17 @@ def openpi_policy_config(directory, options: dict | None = None, *, joint_names=
             raise OpenpiDirError(f"{stats_path}: norm_stats has no '{key}' entry")
     default_dims = (ex_space.get("model_dims") or {}).get("action") or tuple(range(n))
     action_dims = parse_dims(options.get("action_dims", default_dims), FLAGS["action_dims"], n)
-    state_dims = parse_dims(options.get("state_dims", (ex_space.get("model_dims") or {}).get("state") or action_dims),
-                            FLAGS["state_dims"], n)
+    state_dims = parse_dims(
+        options.get("state_dims", (ex_space.get("model_dims") or {}).get("state") or action_dims),
+        FLAGS["state_dims"],
+        n,
+    )
     for flag, dims in ((FLAGS["action_dims"], action_dims), (FLAGS["state_dims"], state_dims)):
         if max(dims) >= mcfg.action_dim:
-            raise OpenpiDirError(f"{flag}: position {max(dims)} is beyond the model's {mcfg.action_dim} action "
-                                 f"dimensions (state_proj/kernel)")
+            raise OpenpiDirError(
+                f"{flag}: position {max(dims)} is beyond the model's {mcfg.action_dim} action "
+                f"dimensions (state_proj/kernel)"
+            )
     action_stats = _stat_subset(stats["actions"], action_dims, f"{stats_path} norm_stats.actions", FLAGS["action_dims"])
     state_stats = _stat_subset(stats["state"], state_dims, f"{stats_path} norm_stats.state", FLAGS["state_dims"])
     if options.get("absolute_actions"):
@@ -242,8 +289,17 @@ def openpi_policy_config(directory, options: dict | None = None, *, joint_names=
         mask = np.asarray(ex_space["delta_mask"], bool)
     else:
         mask = DELTA_MASK.copy()
-    space = ActionSpace(horizon, mcfg.action_dim, action_stats, state_stats, mask=mask, normalization="zscore",
-                        state_from_dataset=False, action_dims=action_dims, state_dims=state_dims)
+    space = ActionSpace(
+        horizon,
+        mcfg.action_dim,
+        action_stats,
+        state_stats,
+        mask=mask,
+        normalization="zscore",
+        state_from_dataset=False,
+        action_dims=action_dims,
+        state_dims=state_dims,
+    )
     conv = cv.Conventions("zscore", "openpi", "pad", slots, "all_dims")
     cameras = [s for s in slots if s]
 
@@ -257,14 +313,23 @@ def openpi_policy_config(directory, options: dict | None = None, *, joint_names=
         "format_version": FORMAT_VERSION,
         "backend": "openpi",
         "base_model": str(directory),
-        "image_spec": {"width": mcfg.image_width, "height": mcfg.image_height, "crop_scale": 1.0, "color_jitter": 0.0,
-                       "resize": "pad"},
+        "image_spec": {
+            "width": mcfg.image_width,
+            "height": mcfg.image_height,
+            "crop_scale": 1.0,
+            "color_jitter": 0.0,
+            "resize": "pad",
+        },
         "cameras": cameras,
         "joint_names": joint_names,
         "action_space": space.to_dict(),
         "normalization": {"mode": "zscore"},
-        "dataset_statistics": {"action": dict(absolute), "proprio": dict(absolute), "fingerprint": fingerprint,
-                               "source": str(stats_path)},
+        "dataset_statistics": {
+            "action": dict(absolute),
+            "proprio": dict(absolute),
+            "fingerprint": fingerprint,
+            "source": str(stats_path),
+        },
         "statistics_fingerprint": fingerprint,
         "default_instruction": export.get("default_instruction") or "",
         "control_rate_hz": rate,

@@ -133,8 +133,8 @@ def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float,
         def micro_step(carry, xs):
             grads, loss = carry
             micro, i = xs
-            l, g = jax.value_and_grad(loss_fn)(trainable, frozen, micro, jax.random.fold_in(key, i))
-            return (jax.tree.map(jnp.add, grads, g), loss + l), None
+            loss_i, g = jax.value_and_grad(loss_fn)(trainable, frozen, micro, jax.random.fold_in(key, i))
+            return (jax.tree.map(jnp.add, grads, g), loss + loss_i), None
 
         zeros = jax.tree.map(jnp.zeros_like, trainable)
         (grads, loss), _ = jax.lax.scan(micro_step, (zeros, 0.0), (batch, jnp.arange(n_micro)))

@@ -28,6 +28,7 @@ from crane_x7_vla.backends.openpi.config import OpenPIConfig
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 
+
 def _given(cfg: TrainConfig, name: str) -> bool:
     """Whether a setting differs from TrainConfig's default (was chosen for this run)."""
     import dataclasses
@@ -65,7 +66,8 @@ def model_config(cfg: TrainConfig, num_cameras: int, precision: str):
     if name in PRESETS:
         weights = None
         mcfg = replace(
-            PRESETS[name], **run,
+            PRESETS[name],
+            **run,
             lora_rank=int(cfg.lora_rank) if cfg.use_lora else 0,
             lora_alpha=float(cfg.lora_alpha),
             expert_lora_rank=0,
@@ -96,12 +98,16 @@ def _from_openpi_checkpoint(cfg: TrainConfig, name: str, base):
     alpha = float(cfg.lora_alpha) if _given(cfg, "lora_alpha") else None
     if ranks:
         if not cfg.use_lora:
-            raise ConfigError(f"--model {name}: the checkpoint carries LoRA adapters (PaliGemma/llm/layers/.../lora_a, "
-                              f"rank {'/'.join(map(str, sorted(ranks)))}); train them with LoRA (drop --no-use-lora)")
+            raise ConfigError(
+                f"--model {name}: the checkpoint carries LoRA adapters (PaliGemma/llm/layers/.../lora_a, "
+                f"rank {'/'.join(map(str, sorted(ranks)))}); train them with LoRA (drop --no-use-lora)"
+            )
         if mcfg.lora_rank and _given(cfg, "lora_rank") and int(cfg.lora_rank) != mcfg.lora_rank:
-            raise ConfigError(f"--lora-rank {cfg.lora_rank}: the checkpoint's LoRA adapters of the prefix decoder "
-                              f"(PaliGemma/llm/layers/attn/q_einsum/lora_a) have rank {mcfg.lora_rank}; leave --lora-rank "
-                              f"out or set it to {mcfg.lora_rank}")
+            raise ConfigError(
+                f"--lora-rank {cfg.lora_rank}: the checkpoint's LoRA adapters of the prefix decoder "
+                f"(PaliGemma/llm/layers/attn/q_einsum/lora_a) have rank {mcfg.lora_rank}; leave --lora-rank "
+                f"out or set it to {mcfg.lora_rank}"
+            )
         p_rank, e_rank = mcfg.lora_rank, mcfg.expert_lora_rank
     elif cfg.use_lora:
         p_rank = int(cfg.lora_rank) if _given(cfg, "lora_rank") else OPENPI_LORA_RANKS[0]
@@ -110,8 +116,11 @@ def _from_openpi_checkpoint(cfg: TrainConfig, name: str, base):
     else:
         p_rank = e_rank = 0
     mcfg = replace(
-        mcfg, lora_rank=p_rank, expert_lora_rank=e_rank,
-        lora_alpha=alpha or float(p_rank or 1), expert_lora_alpha=float(e_rank or 1),
+        mcfg,
+        lora_rank=p_rank,
+        expert_lora_rank=e_rank,
+        lora_alpha=alpha or float(p_rank or 1),
+        expert_lora_alpha=float(e_rank or 1),
         lora_dropout=float(cfg.lora_dropout) if _given(cfg, "lora_dropout") and cfg.use_lora else 0.0,
     )
     return ckpt_dir, mcfg
@@ -179,7 +188,9 @@ def train(cfg: TrainConfig) -> Path:
                 raise ConfigError(f"{pre.resume_dir}: {contract.CONFIG_FILE} openpi.model_config: {exc}") from None
         if saved and saved != mcfg.to_dict():
             diff = sorted(k for k in saved if saved[k] != mcfg.to_dict().get(k))
-            raise ConfigError(f"{pre.resume_dir}: trained with other model settings ({', '.join(diff)}); resume with the same flags")
+            raise ConfigError(
+                f"{pre.resume_dir}: trained with other model settings ({', '.join(diff)}); resume with the same flags"
+            )
     run = _Run(cfg, pre, devices, mcfg, weights_dir, precision, conv)
     run.space = run._space()  # statistics (of the data or of the checkpoint's assets) checked before building
     return run.run()
@@ -193,8 +204,9 @@ def _conventions(cfg: OpenPIConfig, pre, cameras):
 
     if pre.resume_config is not None:
         try:
-            return cv.Conventions.from_dict((pre.resume_config.get("openpi") or {}).get("conventions"),
-                                            f"{pre.resume_dir}: openpi.conventions")
+            return cv.Conventions.from_dict(
+                (pre.resume_config.get("openpi") or {}).get("conventions"), f"{pre.resume_dir}: openpi.conventions"
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     choice = cfg.conventions
@@ -250,7 +262,9 @@ class _Run:
             )
         long = sorted({e.instruction for e in self.data.train if tok.encode(e.instruction)[2]})
         if long:
-            print(f"warning: {len(long)} instruction(s) exceed {L} tokens and are cut, e.g. '{long[0]}'", file=sys.stderr)
+            print(
+                f"warning: {len(long)} instruction(s) exceed {L} tokens and are cut, e.g. '{long[0]}'", file=sys.stderr
+            )
         return tok
 
     def _space(self):
@@ -263,11 +277,18 @@ class _Run:
             return self._asset_space(asset, kind)
         stats = model_action_statistics(self.data.train, self.mcfg.action_horizon)
         try:
-            return ActionSpace(self.mcfg.action_horizon, self.mcfg.action_dim, stats, self.data.statistics["proprio"],
-                               normalization=kind)
+            return ActionSpace(
+                self.mcfg.action_horizon,
+                self.mcfg.action_dim,
+                stats,
+                self.data.statistics["proprio"],
+                normalization=kind,
+            )
         except KeyError as exc:
-            raise ConfigError(f"{self.cfg.data_root}: dataset statistics: {exc.args[0]}; regenerate them with "
-                              f"`crane-x7-vla dataset stats`") from None
+            raise ConfigError(
+                f"{self.cfg.data_root}: dataset statistics: {exc.args[0]}; regenerate them with "
+                f"`crane-x7-vla dataset stats`"
+            ) from None
 
     def _asset_space(self, asset: str, kind: str):
         """The action space with the statistics of `--model`'s assets/<asset>/norm_stats.json."""
@@ -277,8 +298,10 @@ class _Run:
 
         ck = self.weights_dir
         if asset not in ck.asset_ids():
-            raise ConfigError(f"--norm-stats-asset {asset!r}: {ck.assets_dir / asset / 'norm_stats.json'} not found "
-                              f"(assets with norm stats: {', '.join(ck.asset_ids()) or 'none'})")
+            raise ConfigError(
+                f"--norm-stats-asset {asset!r}: {ck.assets_dir / asset / 'norm_stats.json'} not found "
+                f"(assets with norm stats: {', '.join(ck.asset_ids()) or 'none'})"
+            )
         try:
             stats = ck.norm_stats(asset)
         except OpenpiCheckpointError as exc:
@@ -289,11 +312,19 @@ class _Run:
                 raise ConfigError(f"{where}: norm_stats has no '{key}' entry")
             n = len(next(iter(stats[key].values())))
             if n != robot.ACTION_DIM:
-                raise ConfigError(f"{where}: norm_stats.{key} has {n} values; the CRANE-X7 has {robot.ACTION_DIM} "
-                                  f"(7 arm joints as deltas, gripper absolute)")
+                raise ConfigError(
+                    f"{where}: norm_stats.{key} has {n} values; the CRANE-X7 has {robot.ACTION_DIM} "
+                    f"(7 arm joints as deltas, gripper absolute)"
+                )
         try:
-            return ActionSpace(self.mcfg.action_horizon, self.mcfg.action_dim, stats["actions"], stats["state"],
-                               normalization=kind, state_from_dataset=False)
+            return ActionSpace(
+                self.mcfg.action_horizon,
+                self.mcfg.action_dim,
+                stats["actions"],
+                stats["state"],
+                normalization=kind,
+                state_from_dataset=False,
+            )
         except KeyError as exc:
             raise ConfigError(f"{where}: {exc.args[0]}") from None
 
@@ -383,12 +414,27 @@ class _Run:
             out_shardings=(rep, rep, rep, rep),
             donate_argnums=(0, 2, 3),
         )
-        evaluator = _Evaluator(parts.graphdef, mcfg, batcher, space, data, cfg, mesh, int(cfg.num_inference_steps),
-                               self.spec, self.cameras, all_dims)
+        evaluator = _Evaluator(
+            parts.graphdef,
+            mcfg,
+            batcher,
+            space,
+            data,
+            cfg,
+            mesh,
+            int(cfg.num_inference_steps),
+            self.spec,
+            self.cameras,
+            all_dims,
+        )
 
         logger = MetricsLogger(
-            self.out, cfg.to_dict(), use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project,
-            wandb_entity=cfg.wandb_entity, run_name=cfg.experiment_name,
+            self.out,
+            cfg.to_dict(),
+            use_wandb=cfg.use_wandb,
+            wandb_project=cfg.wandb_project,
+            wandb_entity=cfg.wandb_entity,
+            run_name=cfg.experiment_name,
         )
         print(
             f"openpi: {mcfg.vision.depth}-layer vision, {mcfg.prefix.depth}-layer decoders, {n_all / 1e6:.1f}M params "
@@ -399,9 +445,16 @@ class _Run:
         from tqdm import tqdm
 
         stream = BatchStream(
-            data.train, cameras=self.cameras, spec=self.spec, horizon=mcfg.action_horizon,
-            batch_size=cfg.batch_size, seed=cfg.seed, start=position, num_workers=cfg.num_workers,
-            prefetch=cfg.prefetch_batches, noop_threshold=cfg.noop_threshold,
+            data.train,
+            cameras=self.cameras,
+            spec=self.spec,
+            horizon=mcfg.action_horizon,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            start=position,
+            num_workers=cfg.num_workers,
+            prefetch=cfg.prefetch_batches,
+            noop_threshold=cfg.noop_threshold,
         )
         bar = tqdm(total=total, initial=start_step, desc="train openpi", disable=None, file=sys.stderr)
         step = start_step
@@ -421,12 +474,19 @@ class _Run:
                         )
                     now = time.perf_counter()
                     n, seconds, wait = step - step_log, now - t_log, stream.wait_seconds - wait_log
-                    logger.log(step, {
-                        mn.LOSS: loss, mn.GRAD_NORM: float(metrics["grad_norm"]),
-                        mn.LEARNING_RATE: float(schedule(step - 1)), mn.EPOCH: stream.position.epoch,
-                        mn.STEP_TIME: seconds / n, mn.DATA_WAIT: wait / n, mn.DATA_WAIT_SHARE: wait / max(seconds, 1e-9),
-                        mn.SAMPLES_PER_SECOND: n * cfg.batch_size * accum / max(seconds, 1e-9),
-                    })
+                    logger.log(
+                        step,
+                        {
+                            mn.LOSS: loss,
+                            mn.GRAD_NORM: float(metrics["grad_norm"]),
+                            mn.LEARNING_RATE: float(schedule(step - 1)),
+                            mn.EPOCH: stream.position.epoch,
+                            mn.STEP_TIME: seconds / n,
+                            mn.DATA_WAIT: wait / n,
+                            mn.DATA_WAIT_SHARE: wait / max(seconds, 1e-9),
+                            mn.SAMPLES_PER_SECOND: n * cfg.batch_size * accum / max(seconds, 1e-9),
+                        },
+                    )
                     t_log, wait_log, step_log = now, stream.wait_seconds, step
                     bar.set_postfix(loss=f"{loss:.4f}")
                 if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total:
@@ -456,8 +516,9 @@ class _Run:
             tokenizer.save(d / self.tokenizer_file)
             config = self.policy_config(real_step, space)
             contract.write_policy_config(d, config)
-            ckpt.write_trainer_state(d, {"step": real_step, "data_position": position.to_dict(),
-                                         "backend": "openpi", "seed": self.cfg.seed})
+            ckpt.write_trainer_state(
+                d, {"step": real_step, "data_position": position.to_dict(), "backend": "openpi", "seed": self.cfg.seed}
+            )
             if step is None and self.cfg.merge_lora and self.mcfg.has_lora:
                 merged = merge_lora(ckpt_io.flat_paths(params), self.mcfg)
                 m = d / "merged"
@@ -499,15 +560,19 @@ class _Evaluator:
             return {}
         losses, l1 = [], []
         bs = max(self.n_dev, self.cfg.batch_size // max(1, self.n_dev) * self.n_dev)
-        for i, b in enumerate(eval_batches(episodes, self.cameras, self.spec, self.mcfg.action_horizon,
-                                           bs, self.cfg.eval_samples)):
+        for i, b in enumerate(
+            eval_batches(episodes, self.cameras, self.spec, self.mcfg.action_horizon, bs, self.cfg.eval_samples)
+        ):
             mb = self.batcher.training(b)
             key = jax.random.key(1000 + i)
             losses.append(float(self.loss(trainable, frozen, mb, key)))
             obs = {k: v for k, v in mb.items() if k != "actions"}
             pred = self.space.decode_actions(np.asarray(self.sample(obs, key, ema, frozen)), b["state"])
             l1.append(np.abs(pred - b["actions"]).mean(axis=(1, 2)))
-        return {eval_metric(prefix, "loss"): float(np.mean(losses)), eval_metric(prefix, "l1"): float(np.concatenate(l1).mean())}
+        return {
+            eval_metric(prefix, "loss"): float(np.mean(losses)),
+            eval_metric(prefix, "l1"): float(np.concatenate(l1).mean()),
+        }
 
     def __call__(self, trainable, ema, frozen) -> dict:
         from crane_x7_vla.training.metrics import TRAIN_EVAL, VAL

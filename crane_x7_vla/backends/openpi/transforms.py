@@ -32,8 +32,16 @@ from crane_x7_vla.preprocess import (  # shared with the openvla backend
     to_delta,
 )
 
-__all__ = ["DELTA_MASK", "REPRESENTATION", "ActionSpace", "chunk", "model_action_statistics", "pad",
-           "to_absolute", "to_delta"]
+__all__ = [
+    "DELTA_MASK",
+    "REPRESENTATION",
+    "ActionSpace",
+    "chunk",
+    "model_action_statistics",
+    "pad",
+    "to_absolute",
+    "to_delta",
+]
 
 
 def pad(x: np.ndarray, width: int) -> np.ndarray:
@@ -100,8 +108,11 @@ class ActionSpace:
     def decode_actions(self, model_actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """(..., H, padded_dim) model output + state (..., 8) -> absolute targets (..., H, 8) float64."""
         model_actions = np.asarray(model_actions)
-        robot_part = model_actions[..., : len(self.mask)] if self.action_dims is None else \
-            model_actions[..., list(self.action_dims)]
+        robot_part = (
+            model_actions[..., : len(self.mask)]
+            if self.action_dims is None
+            else model_actions[..., list(self.action_dims)]
+        )
         return to_absolute(self._act.unnormalize(robot_part), state, self.mask)
 
     def to_dict(self) -> dict:
@@ -120,7 +131,10 @@ class ActionSpace:
             out["state_statistics"] = self.state_stats
         if self.action_dims is not None or self.state_dims is not None:
             n = len(self.mask)
-            out["model_dims"] = {"action": list(self.action_dims or range(n)), "state": list(self.state_dims or range(n))}
+            out["model_dims"] = {
+                "action": list(self.action_dims or range(n)),
+                "state": list(self.state_dims or range(n)),
+            }
         return out
 
     @classmethod

@@ -21,8 +21,15 @@ from __future__ import annotations
 import numpy as np
 
 from crane_x7_vla.checkpoint_contract import CONFIG_FILE
-from crane_x7_vla.preprocess import (ABSOLUTE, GOAL_BOUNDS, REPRESENTATIONS, Normalizer, delta_mask, to_absolute,
-                                      to_delta)
+from crane_x7_vla.preprocess import (
+    ABSOLUTE,
+    GOAL_BOUNDS,
+    REPRESENTATIONS,
+    Normalizer,
+    delta_mask,
+    to_absolute,
+    to_delta,
+)
 
 N_BINS = 256
 OPENVLA_BINS = "openvla"  # np.linspace(-1, 1, 256) as edges, np.digitize, 255 centres (OpenVLA's ActionTokenizer)
@@ -37,12 +44,21 @@ class ActionTokenizer:
     to [-1, 1]; the others are binned as they are (clipped to [-1, 1]) and decode to the
     bin centre itself, as OpenVLA's normalisation mask does."""
 
-    def __init__(self, vocab_size: int, normalizer: Normalizer, n_bins: int = N_BINS, *,
-                 mask: np.ndarray | None = None, discretization: str = OPENVLA_BINS):
+    def __init__(
+        self,
+        vocab_size: int,
+        normalizer: Normalizer,
+        n_bins: int = N_BINS,
+        *,
+        mask: np.ndarray | None = None,
+        discretization: str = OPENVLA_BINS,
+    ):
         if vocab_size <= n_bins:
             raise ValueError(f"the tokenizer's vocabulary ({vocab_size}) must be larger than {n_bins} action bins")
         if discretization not in DISCRETIZATIONS:
-            raise ValueError(f"action discretization '{discretization}' is unknown (known: {', '.join(DISCRETIZATIONS)})")
+            raise ValueError(
+                f"action discretization '{discretization}' is unknown (known: {', '.join(DISCRETIZATIONS)})"
+            )
         self.vocab_size = int(vocab_size)
         self.n_bins = n_bins
         self.normalizer = normalizer
@@ -113,9 +129,19 @@ class ActionCodec:
     (and the state in the prompt) the goal tokens come before the state tokens (see
     `prompt.GOAL_FIRST_TEMPLATE`)."""
 
-    def __init__(self, vocab_size: int, statistics: dict, *, representation: str = ABSOLUTE,
-                 model_statistics: dict | None = None, state_in_prompt: bool = False, goal_tokens: bool = False,
-                 goal_before_state: bool = False, normalization_mask=None, discretization: str = OPENVLA_BINS):
+    def __init__(
+        self,
+        vocab_size: int,
+        statistics: dict,
+        *,
+        representation: str = ABSOLUTE,
+        model_statistics: dict | None = None,
+        state_in_prompt: bool = False,
+        goal_tokens: bool = False,
+        goal_before_state: bool = False,
+        normalization_mask=None,
+        discretization: str = OPENVLA_BINS,
+    ):
         self.representation = representation
         self.mask = delta_mask(representation)
         if representation == ABSOLUTE:
@@ -130,16 +156,24 @@ class ActionCodec:
             normalization_mask = np.ones(len(self.mask), dtype=bool)
         self.normalization_mask = np.asarray(normalization_mask, dtype=bool)
         if self.normalization_mask.shape != self.mask.shape:
-            raise ValueError(f"normalization_mask must hold {len(self.mask)} booleans "
-                             f"(got {self.normalization_mask.tolist()})")
+            raise ValueError(
+                f"normalization_mask must hold {len(self.mask)} booleans (got {self.normalization_mask.tolist()})"
+            )
         self.discretization = discretization
-        self.tokens = ActionTokenizer(vocab_size, normalizer, mask=self.normalization_mask,
-                                      discretization=discretization)
+        self.tokens = ActionTokenizer(
+            vocab_size, normalizer, mask=self.normalization_mask, discretization=discretization
+        )
         self.state_in_prompt = bool(state_in_prompt)
-        self.state_tokens = ActionTokenizer(vocab_size, Normalizer.from_stats(statistics, "proprio"),
-                                            discretization=discretization) if self.state_in_prompt else None
-        self.goal_tokens = ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1]),
-                                           discretization=discretization) if goal_tokens else None
+        self.state_tokens = (
+            ActionTokenizer(vocab_size, Normalizer.from_stats(statistics, "proprio"), discretization=discretization)
+            if self.state_in_prompt
+            else None
+        )
+        self.goal_tokens = (
+            ActionTokenizer(vocab_size, Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1]), discretization=discretization)
+            if goal_tokens
+            else None
+        )
         self.n_goal = 0 if self.goal_tokens is None else len(GOAL_BOUNDS[0])
         self.goal_before_state = self.goal_first_in_effect(goal_before_state, self.n_goal > 0, self.state_in_prompt)
 
@@ -184,7 +218,7 @@ class ActionCodec:
         """Token ids (B, n_goal + 8 * H) + state (B, 8) -> absolute targets (B, H, 8) float64
         (the goal tokens, when the codec has them, are skipped; see `decode_goal`; `clip`: any
         token id is taken, see ActionTokenizer.decode_normalized)."""
-        ids = np.asarray(token_ids)[:, self.n_goal:]
+        ids = np.asarray(token_ids)[:, self.n_goal :]
         values = self.tokens.decode(ids.reshape(len(ids), -1, len(self.mask)), clip)
         return to_absolute(values, state, self.mask)
 
@@ -200,8 +234,11 @@ class ActionCodec:
 
     def action_space(self) -> dict:
         """Entries of policy_config.json's action_space that describe this codec."""
-        out = {"representation": self.representation, "discretization": self.discretization,
-               "normalization_mask": self.normalization_mask.tolist()}
+        out = {
+            "representation": self.representation,
+            "discretization": self.discretization,
+            "normalization_mask": self.normalization_mask.tolist(),
+        }
         if self.representation != ABSOLUTE:
             out.update(delta_mask=self.mask.tolist(), model_statistics=self.model_statistics)
         return out
@@ -211,22 +248,36 @@ class ActionCodec:
         space = config.get("action_space") or {}
         representation = space.get("representation", ABSOLUTE)
         if representation not in REPRESENTATIONS:
-            raise ValueError(f"{where}: action_space.representation '{representation}' is unknown "
-                             f"(known: {', '.join(REPRESENTATIONS)})")
+            raise ValueError(
+                f"{where}: action_space.representation '{representation}' is unknown "
+                f"(known: {', '.join(REPRESENTATIONS)})"
+            )
         if representation != ABSOLUTE and "model_statistics" not in space:
             raise ValueError(f"{where}: action_space.model_statistics is missing ({representation} actions need it)")
         discretization = space.get("discretization", LEGACY_UNIFORM)
         if discretization not in DISCRETIZATIONS:
-            raise ValueError(f"{where}: action_space.discretization '{discretization}' is unknown "
-                             f"(known: {', '.join(DISCRETIZATIONS)})")
+            raise ValueError(
+                f"{where}: action_space.discretization '{discretization}' is unknown "
+                f"(known: {', '.join(DISCRETIZATIONS)})"
+            )
         mask = space.get("normalization_mask")
-        if mask is not None and (not isinstance(mask, list) or len(mask) != len(delta_mask(representation))
-                                 or not all(isinstance(m, bool) for m in mask)):
-            raise ValueError(f"{where}: action_space.normalization_mask must be a list of "
-                             f"{len(delta_mask(representation))} booleans (got {mask!r})")
-        return cls(vocab_size, config["dataset_statistics"], representation=representation,
-                   model_statistics=space.get("model_statistics"), normalization_mask=mask,
-                   discretization=discretization,
-                   state_in_prompt=bool((config.get("openvla") or {}).get("state_in_prompt", False)),
-                   goal_tokens=bool((config.get("openvla") or {}).get("goal_tokens", False)),
-                   goal_before_state=bool((config.get("openvla") or {}).get("goal_before_state", False)))
+        if mask is not None and (
+            not isinstance(mask, list)
+            or len(mask) != len(delta_mask(representation))
+            or not all(isinstance(m, bool) for m in mask)
+        ):
+            raise ValueError(
+                f"{where}: action_space.normalization_mask must be a list of "
+                f"{len(delta_mask(representation))} booleans (got {mask!r})"
+            )
+        return cls(
+            vocab_size,
+            config["dataset_statistics"],
+            representation=representation,
+            model_statistics=space.get("model_statistics"),
+            normalization_mask=mask,
+            discretization=discretization,
+            state_in_prompt=bool((config.get("openvla") or {}).get("state_in_prompt", False)),
+            goal_tokens=bool((config.get("openvla") or {}).get("goal_tokens", False)),
+            goal_before_state=bool((config.get("openvla") or {}).get("goal_before_state", False)),
+        )

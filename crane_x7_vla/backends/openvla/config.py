@@ -7,58 +7,96 @@ from dataclasses import dataclass
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.training.config import ConfigError, TrainConfig, setting
 
-_GOAL_SCENES = ("with goal tokens: also train the goal tokens on N simulated pictures of `--goal-scenes-task`, "
-                "labelled with the named cube's place (no demonstration), a small stand-in for a pretrained "
-                "model's knowledge of where things are")
+_GOAL_SCENES = (
+    "with goal tokens: also train the goal tokens on N simulated pictures of `--goal-scenes-task`, "
+    "labelled with the named cube's place (no demonstration), a small stand-in for a pretrained "
+    "model's knowledge of where things are"
+)
 
 
 @dataclass
 class OpenVLAConfig(TrainConfig):
     backend: str = setting("openvla", "model family to fine-tune (required)", group="", choices=("openvla", "openpi"))
     action_label_sigma: float | None = setting(
-        None, "train each action token against a Gaussian of this width (in bins) over the neighbouring bins, so a "
-        "near miss costs less than a far one; 0 = one-hot as OpenVLA; `2` for the `tiny` preset", group="data",
-        metavar="BINS", per_backend={"openvla": 0.0})
+        None,
+        "train each action token against a Gaussian of this width (in bins) over the neighbouring bins, so a "
+        "near miss costs less than a far one; 0 = one-hot as OpenVLA; `2` for the `tiny` preset",
+        group="data",
+        metavar="BINS",
+        per_backend={"openvla": 0.0},
+    )
     state_in_prompt: bool | None = setting(
-        None, "the joint state as 8 action-bin tokens in the prompt (on for the `tiny` preset)", negatable=True,
-        per_backend={"openvla": False})
+        None,
+        "the joint state as 8 action-bin tokens in the prompt (on for the `tiny` preset)",
+        negatable=True,
+        per_backend={"openvla": False},
+    )
     image_position: str | None = setting(
-        None, "for Llava-family models, the image tokens before the prompt's text (as Llava models are trained) or right "
+        None,
+        "for Llava-family models, the image tokens before the prompt's text (as Llava models are trained) or right "
         "after the instruction's question, so the picture is read knowing which object is named "
-        "(`after_instruction` for the `tiny` preset)", choices=IMAGE_POSITIONS, per_backend={"openvla": IMAGE_FIRST})
+        "(`after_instruction` for the `tiny` preset)",
+        choices=IMAGE_POSITIONS,
+        per_backend={"openvla": IMAGE_FIRST},
+    )
     goal_tokens: bool = setting(
-        False, "before its actions the model writes the goal point, where the hand will be at the next grasp, "
+        False,
+        "before its actions the model writes the goal point, where the hand will be at the next grasp, "
         "release or the episode's end (x, y, z in the arm's base frame as 3 tokens, from the recorded joint states "
-        "by forward kinematics)", negatable=True)
+        "by forward kinematics)",
+        negatable=True,
+    )
     goal_before_state: bool = setting(
-        True, "with goal tokens and the state in the prompt: the goal point is written before the state tokens are "
+        True,
+        "with goal tokens and the state in the prompt: the goal point is written before the state tokens are "
         "read, so it comes from the picture and the instruction only (every demonstration starts from its own "
         "slightly jittered pose, so a goal read off the state is memorised per episode); checkpoints from before "
-        "this flag keep the state first", negatable=True)
+        "this flag keep the state first",
+        negatable=True,
+    )
     normalize_gripper: bool = setting(
-        True, "normalise the gripper with the dataset's q01/q99 like the arm joints; off leaves it in its own units, "
+        True,
+        "normalise the gripper with the dataset's q01/q99 like the arm joints; off leaves it in its own units, "
         "clipped to [-1, 1] (OpenVLA's normalisation mask; the CRANE-X7's gripper is 0.35..1.05 rad); recorded in "
-        "the checkpoint", negatable=True)
+        "the checkpoint",
+        negatable=True,
+    )
     goal_scenes: int = setting(0, _GOAL_SCENES, metavar="N")
     goal_scenes_task: str = setting("reach", "the simulated task those pictures show", metavar="TASK")
     goal_scenes_alone: float = setting(
-        0.0, "share of those pictures that show the named cube alone, the others out of sight: reading where *a* "
-        "cube is pays off before choosing among several by colour does", metavar="SHARE")
+        0.0,
+        "share of those pictures that show the named cube alone, the others out of sight: reading where *a* "
+        "cube is pays off before choosing among several by colour does",
+        metavar="SHARE",
+    )
     goal_scenes_near: float = setting(
-        0.0, "share of those pictures with the hand a few cm beside and above a cube (the named one or another, "
+        0.0,
+        "share of those pictures with the hand a few cm beside and above a cube (the named one or another, "
         "posed by inverse kinematics): the goal is the named cube wherever the hand is, not where the hand has "
-        "come to", metavar="SHARE")
+        "come to",
+        metavar="SHARE",
+    )
     goal_label_sigma: float | None = setting(
-        None, "the label width of the goal tokens, unset = `--action-label-sigma` (their bins are 3 mm apart; `8` "
-        "gives a goal point 2 cm off partial credit)", metavar="BINS")
+        None,
+        "the label width of the goal tokens, unset = `--action-label-sigma` (their bins are 3 mm apart; `8` "
+        "gives a goal point 2 cm off partial credit)",
+        metavar="BINS",
+    )
     goal_warmup_steps: int = setting(
-        0, "with goal scenes: the first N steps train on the goal scenes only (where the named cube is), before the "
-        "demonstrations and their actions join in", metavar="N")
+        0,
+        "with goal scenes: the first N steps train on the goal scenes only (where the named cube is), before the "
+        "demonstrations and their actions join in",
+        metavar="N",
+    )
     goal_warmup_lr: float | None = setting(
-        None, "constant learning rate of the goal warm-up, unset = `--learning-rate`; the schedule of "
-        "`--learning-rate` (with its own warm-up) starts after it", metavar="LR")
+        None,
+        "constant learning rate of the goal warm-up, unset = `--learning-rate`; the schedule of "
+        "`--learning-rate` (with its own warm-up) starts after it",
+        metavar="LR",
+    )
     attn_implementation: str | None = setting(
-        None, "attention kernel, e.g. `flash_attention_2`, `sdpa`, `eager`; not set: the model's own", metavar="NAME")
+        None, "attention kernel, e.g. `flash_attention_2`, `sdpa`, `eager`; not set: the model's own", metavar="NAME"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -70,15 +108,18 @@ class OpenVLAConfig(TrainConfig):
             if getattr(self, name) is not None:
                 self.positive(name, allow_zero=name == "goal_label_sigma")
         if self.image_position is not None and self.image_position not in IMAGE_POSITIONS:
-            raise ConfigError(f"--image-position must be one of {', '.join(IMAGE_POSITIONS)} "
-                              f"(got '{self.image_position}')")
+            raise ConfigError(
+                f"--image-position must be one of {', '.join(IMAGE_POSITIONS)} (got '{self.image_position}')"
+            )
         if self.goal_scenes < 0:
             raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
         if self.goal_warmup_steps and not self.goal_scenes:
             raise ConfigError("--goal-warmup-steps trains on the goal scenes first: it needs --goal-scenes N")
         if self.goal_warmup_steps and self.max_steps and self.goal_warmup_steps >= self.max_steps:
-            raise ConfigError(f"--goal-warmup-steps ({self.goal_warmup_steps}) must be fewer than --max-steps "
-                              f"({self.max_steps}): the actions are learned after it")
+            raise ConfigError(
+                f"--goal-warmup-steps ({self.goal_warmup_steps}) must be fewer than --max-steps "
+                f"({self.max_steps}): the actions are learned after it"
+            )
         for flag in ("alone", "near"):
             share = getattr(self, f"goal_scenes_{flag}")
             if not 0.0 <= share <= 1.0:

@@ -49,20 +49,29 @@ def action_loss(logits: torch.Tensor, batch: dict, first_action_id: int, label_s
             sigma = label_sigma[:, 1:][mask][is_action].float().clamp_min(1e-3)[:, None]
         else:
             sigma = label_sigma
-        action_log_p = log_p[is_action][:, first_action_id:first_action_id + N_BINS]
-        offsets = (torch.arange(action_log_p.shape[1], device=chosen.device)
-                   - (target[is_action] - first_action_id)[:, None])
+        action_log_p = log_p[is_action][:, first_action_id : first_action_id + N_BINS]
+        offsets = (
+            torch.arange(action_log_p.shape[1], device=chosen.device) - (target[is_action] - first_action_id)[:, None]
+        )
         soft = torch.softmax(-0.5 * (offsets.float() / sigma) ** 2, dim=-1)
         per_token = per_token.masked_scatter(is_action, -(soft * action_log_p).sum(-1))
     loss = per_token.mean()
-    restricted = chosen[is_action][:, first_action_id:first_action_id + N_BINS].argmax(-1) + first_action_id
+    restricted = chosen[is_action][:, first_action_id : first_action_id + N_BINS].argmax(-1) + first_action_id
     return loss, restricted, target[is_action], mask & (labels >= first_action_id)
 
 
 @torch.no_grad()
-def generate_action_ids(model, vla: VLA, batch: dict, pixels: torch.Tensor, n_tokens: int, first_id: int,
-                        middle_after: int = 0, whole_vocabulary: bool = False,
-                        stop_ids: tuple[int, ...] = ()) -> torch.Tensor:
+def generate_action_ids(
+    model,
+    vla: VLA,
+    batch: dict,
+    pixels: torch.Tensor,
+    n_tokens: int,
+    first_id: int,
+    middle_after: int = 0,
+    whole_vocabulary: bool = False,
+    stop_ids: tuple[int, ...] = (),
+) -> torch.Tensor:
     """Greedy decoding of `n_tokens` tokens, each restricted to ids [first_id, vocab_size)
     (with `whole_vocabulary`, over every row of the logits, as OpenVLA's predict_action).
     `stop_ids` (the end-of-sequence ids of OpenVLA's `generate`): decoding ends after the
@@ -113,4 +122,6 @@ def label_sigmas(batch: dict, n_goal: int, goal_sigma: float, action_sigma: floa
     labelled = batch["labels"] != IGNORE
     order = labelled.long().cumsum(1)  # 1 for a row's first labelled token, 2 for its second, ...
     goal = labelled & (order <= n_goal)
-    return torch.where(goal, torch.tensor(float(goal_sigma)), torch.tensor(float(action_sigma))).to(batch["labels"].device)
+    return torch.where(goal, torch.tensor(float(goal_sigma)), torch.tensor(float(action_sigma))).to(
+        batch["labels"].device
+    )

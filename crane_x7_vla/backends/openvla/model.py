@@ -12,7 +12,6 @@ published layout and then loaded by `load_vla` like any OpenVLA checkpoint.
 from __future__ import annotations
 
 import inspect
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crane_x7_vla.backends.openvla.prompt import (GOAL_FIRST_TEMPLATE, IMAGE_FIRST, IMAGE_POSITIONS, STATE_TEMPLATE,
-                                                  goal_first_prompt, openvla_prompt, split_at_question,
-                                                  state_prompt_parts)
+from crane_x7_vla.backends.openvla.prompt import (
+    GOAL_FIRST_TEMPLATE,
+    IMAGE_FIRST,
+    IMAGE_POSITIONS,
+    STATE_TEMPLATE,
+    goal_first_prompt,
+    openvla_prompt,
+    split_at_question,
+    state_prompt_parts,
+)
+from crane_x7_vla.training.config import ConfigError
 
 IGNORE = -100
-
-
-from crane_x7_vla.training.config import ConfigError
 
 
 class ModelError(ConfigError):
@@ -42,11 +46,22 @@ PRESETS = {
     # ones, 16 patches, a patch can hold two cubes and a preset never learned which cube a
     # colour names). Each tower runs all but its last block, as OpenVLA's do. For tests, CPU
     # runs and the demo.
-    "tiny": dict(towers=[dict(embed_dim=48, depth=4, num_heads=4, patch_size=8),
-                         dict(embed_dim=48, depth=4, num_heads=4, patch_size=8)],
-                 text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                           num_key_value_heads=4, max_position_embeddings=1024),
-                 text_vocab=768, vocab=1024),
+    "tiny": dict(
+        towers=[
+            dict(embed_dim=48, depth=4, num_heads=4, patch_size=8),
+            dict(embed_dim=48, depth=4, num_heads=4, patch_size=8),
+        ],
+        text=dict(
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+        ),
+        text_vocab=768,
+        vocab=1024,
+    ),
 }
 # The marker token after which a preset's prompt may put the picture (--image-position)
 IMAGE_MARKER = "<image>"
@@ -90,11 +105,15 @@ def checkpoint_model_source(checkpoint_dir, config: dict) -> tuple[str, bool]:
     if (d / "model").is_dir():
         return str(d / "model"), True
     if info.get("weights") == "model":
-        raise CheckpointError(f"{d / 'model'}: missing. This checkpoint was trained with full weights "
-                              f"(--no-use-lora), which are kept there; copy the whole checkpoint directory again")
+        raise CheckpointError(
+            f"{d / 'model'}: missing. This checkpoint was trained with full weights "
+            f"(--no-use-lora), which are kept there; copy the whole checkpoint directory again"
+        )
     if not (d / "adapter").is_dir():
-        raise CheckpointError(f"{d / 'adapter'}: missing, and there is no model/ either: {d} holds no trained "
-                              f"weights; copy the whole checkpoint directory again")
+        raise CheckpointError(
+            f"{d / 'adapter'}: missing, and there is no model/ either: {d} holds no trained "
+            f"weights; copy the whole checkpoint directory again"
+        )
     if (d / "base").is_dir():
         return str(d / "base"), True
     base = config.get("base_model")
@@ -105,7 +124,8 @@ def checkpoint_model_source(checkpoint_dir, config: dict) -> tuple[str, bool]:
         raise CheckpointError(
             f"{d / 'base'}: missing. The adapter in {d / 'adapter'} was trained on the base model '{base}', which the "
             f"training wrote into base/ beside it; copy the whole checkpoint directory again, base/ included "
-            f"(a checkpoint's own part is never looked up on the model hub)")
+            f"(a checkpoint's own part is never looked up on the model hub)"
+        )
     folder = info.get("base_model_dir") or (base if kind == BASE_DIRECTORY or looks_like_path(base) else None)
     if folder is None and kind is None and Path(base).expanduser().is_dir():
         folder = base
@@ -114,7 +134,8 @@ def checkpoint_model_source(checkpoint_dir, config: dict) -> tuple[str, bool]:
         if not path.is_dir():
             raise CheckpointError(
                 f"{path}: no such base model directory. The adapter in {d / 'adapter'} was trained on the model in "
-                f"that folder ({where}: base_model '{base}'); put the folder there again")
+                f"that folder ({where}: base_model '{base}'); put the folder there again"
+            )
         return str(path), True
     return base, False  # a model hub id given to train --model
 
@@ -130,8 +151,10 @@ def apply_adapter(model, adapter_dir, *, merge: bool = True):
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     except Exception as exc:  # noqa: BLE001 - safetensors, json and torch each raise their own kinds
-        raise CheckpointError(f"{adapter_dir}: the LoRA adapter cannot be loaded ({_first_line(exc)}); "
-                              "the checkpoint is damaged: copy it again or train again") from None
+        raise CheckpointError(
+            f"{adapter_dir}: the LoRA adapter cannot be loaded ({_first_line(exc)}); "
+            "the checkpoint is damaged: copy it again or train again"
+        ) from None
     return peft_model.merge_and_unload() if merge else peft_model
 
 
@@ -146,8 +169,9 @@ def load_adapter_weights(model, weights_file) -> None:
     try:
         set_peft_model_state_dict(model, load_file(str(weights_file)))
     except Exception as exc:  # noqa: BLE001 - safetensors and torch each raise their own kinds
-        raise CheckpointError(f"{weights_file}: the LoRA adapter cannot be loaded ({_first_line(exc)}); "
-                              "resume from another checkpoint") from None
+        raise CheckpointError(
+            f"{weights_file}: the LoRA adapter cannot be loaded ({_first_line(exc)}); resume from another checkpoint"
+        ) from None
 
 
 def torch_device(name: str | None) -> torch.device:
@@ -196,10 +220,16 @@ def materialize_preset(name: str, dest, *, image_size: tuple[int, int], seed: in
     write_tokenizer(dest, _CORPUS, vocab, p["text_vocab"], extra_tokens=[IMAGE_MARKER])
     pad_id, marker = vocab, vocab + 1  # added after the vocabulary, as OpenVLA adds <PAD>
     config = OpenVLAConfig(
-        vision_backbone_id="dinosiglip-vit-so-224px", image_sizes=[w, w], vision_tower_overrides=p["towers"],
+        vision_backbone_id="dinosiglip-vit-so-224px",
+        image_sizes=[w, w],
+        vision_tower_overrides=p["towers"],
         text_config=dict(p["text"], vocab_size=vocab + pad_to, pad_token_id=pad_id, bos_token_id=1, eos_token_id=2),
-        pad_token_id=pad_id, pad_to_multiple_of=pad_to, image_token_index=marker, norm_stats={},
-        llm_max_length=p["text"]["max_position_embeddings"])
+        pad_token_id=pad_id,
+        pad_to_multiple_of=pad_to,
+        image_token_index=marker,
+        norm_stats={},
+        llm_max_length=p["text"]["max_position_embeddings"],
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OpenVLAForActionPrediction(config)
@@ -327,8 +357,7 @@ def _load_openvla(source: str, *, image_size, dtype, attn_implementation, device
     """An OpenVLA checkpoint in the published layout, with our own model class."""
     from transformers import AutoTokenizer
 
-    from crane_x7_vla.backends.openvla.prismatic import (OpenVLAConfig, OpenVLAForActionPrediction,
-                                                         read_image_processing)
+    from crane_x7_vla.backends.openvla.prismatic import OpenVLAConfig, OpenVLAForActionPrediction, read_image_processing
 
     try:
         config = OpenVLAConfig.from_pretrained(source, local_files_only=local)
@@ -343,49 +372,82 @@ def _load_openvla(source: str, *, image_size, dtype, attn_implementation, device
     model, info = OpenVLAForActionPrediction.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
     missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
     if missing or unexpected:
-        raise ModelError(f"model '{source}': its weights do not have OpenVLA's parameter names "
-                         f"(missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
-                         f"unexpected: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
+        raise ModelError(
+            f"model '{source}': its weights do not have OpenVLA's parameter names "
+            f"(missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+            f"unexpected: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
+        )
     processor_file = _model_file(source, "preprocessor_config.json", local)
     try:
         processing = read_image_processing(processor_file.parent)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
     if len(processing["stats"]) != (2 if config.use_fused_vision_backbone else 1):
-        raise ModelError(f"{processor_file}: normalisation for {len(processing['stats'])} tower(s), the model has "
-                         f"{2 if config.use_fused_vision_backbone else 1}")
+        raise ModelError(
+            f"{processor_file}: normalisation for {len(processing['stats'])} tower(s), the model has "
+            f"{2 if config.use_fused_vision_backbone else 1}"
+        )
     # the config is handed over, so that the tokenizer does not look for the model's remote code
     tokenizer = AutoTokenizer.from_pretrained(source, config=config, trust_remote_code=False, local_files_only=local)
     if tokenizer.vocab_size != config.action_vocab_size:
-        raise ModelError(f"model '{source}': the tokenizer has {tokenizer.vocab_size} tokens, config.json's "
-                         f"text_config.vocab_size - pad_to_multiple_of is {config.action_vocab_size}")
+        raise ModelError(
+            f"model '{source}': the tokenizer has {tokenizer.vocab_size} tokens, config.json's "
+            f"text_config.vocab_size - pad_to_multiple_of is {config.action_vocab_size}"
+        )
     marker = config.image_token_index
     if marker is not None and not 0 <= marker < config.text_config.vocab_size:
-        raise ModelError(f"model '{source}': config.json's image_token_index {marker} is outside the embedding "
-                         f"({config.text_config.vocab_size} rows)")
-    return VLA(model=model.to(device), tokenizer=tokenizer, family="openvla", source=str(source),
-               image_size=(side, side), image_token_id=marker, num_image_tokens=0 if marker is None else 1,
-               pixel_stats=processing["stats"],
-               cache_kw="cache", dtype=dtype, processing=processing)
+        raise ModelError(
+            f"model '{source}': config.json's image_token_index {marker} is outside the embedding "
+            f"({config.text_config.vocab_size} rows)"
+        )
+    return VLA(
+        model=model.to(device),
+        tokenizer=tokenizer,
+        family="openvla",
+        source=str(source),
+        image_size=(side, side),
+        image_token_id=marker,
+        num_image_tokens=0 if marker is None else 1,
+        pixel_stats=processing["stats"],
+        cache_kw="cache",
+        dtype=dtype,
+        processing=processing,
+    )
 
 
-def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = torch.float32,
-             attn_implementation: str | None = None, device: str | torch.device = "cpu") -> VLA:
+def load_vla(
+    source: str,
+    *,
+    image_size: tuple[int, int],
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+    device: str | torch.device = "cpu",
+) -> VLA:
     """Load a base model from a local path or hub id, the standard way."""
     from transformers import AutoConfig, AutoTokenizer
 
     local = Path(source).expanduser().is_dir()
     if looks_like_path(source) and not local:
-        raise ModelError(f"--model {source}: no such model directory (give a local model directory, a hub id "
-                         f"like openvla/openvla-7b, or a preset: {', '.join(sorted(PRESETS))})")
+        raise ModelError(
+            f"--model {source}: no such model directory (give a local model directory, a hub id "
+            f"like openvla/openvla-7b, or a preset: {', '.join(sorted(PRESETS))})"
+        )
     # A folder on this machine is read from disk only: nothing is looked up on the model hub.
     raw = _config_dict(source, local)
     if raw.get("model_type") == "openvla":
-        return _load_openvla(source, image_size=image_size, dtype=dtype, attn_implementation=attn_implementation,
-                             device=device, local=local)
+        return _load_openvla(
+            source,
+            image_size=image_size,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            device=device,
+            local=local,
+        )
     if raw.get("model_type") == "prismatic":
-        raise ModelError(f"model '{source}' is a Prismatic VLM without OpenVLA's action tokens (model_type "
-                         f"'prismatic'); use an OpenVLA checkpoint such as openvla/openvla-7b")
+        raise ModelError(
+            f"model '{source}' is a Prismatic VLM without OpenVLA's action tokens (model_type "
+            f"'prismatic'); use an OpenVLA checkpoint such as openvla/openvla-7b"
+        )
     hub = {"trust_remote_code": True, "local_files_only": local}
     try:
         config = AutoConfig.from_pretrained(source, **hub)
@@ -412,14 +474,30 @@ def load_vla(source: str, *, image_size: tuple[int, int], dtype: torch.dtype = t
             image_token_id = getattr(config, "image_token_id")
     params = inspect.signature(type(model).forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
-    return VLA(model=model, tokenizer=tokenizer, family=family, source=str(source), image_size=tuple(image_size),
-               image_token_id=image_token_id, num_image_tokens=_num_image_tokens(config, family),
-               pixel_stats=_pixel_stats(source, local), cache_kw=cache_kw, dtype=dtype)
+    return VLA(
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        source=str(source),
+        image_size=tuple(image_size),
+        image_token_id=image_token_id,
+        num_image_tokens=_num_image_tokens(config, family),
+        pixel_stats=_pixel_stats(source, local),
+        cache_kw=cache_kw,
+        dtype=dtype,
+    )
 
 
 # The processor and tokenizer files of a published OpenVLA checkpoint (copied as they are)
-OPENVLA_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer.model",
-                           "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+OPENVLA_PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 
 def save_processor(vla: VLA, dest) -> None:
@@ -469,9 +547,11 @@ def set_image_position(vla: VLA, position: str) -> None:
         raise ModelError(f"image position '{position}' is unknown (known: {', '.join(IMAGE_POSITIONS)})")
     movable = vla.family == "llava" or (vla.family == "openvla" and vla.image_token_id is not None)
     if position != IMAGE_FIRST and not movable:
-        raise ModelError(f"--image-position {position} needs a Llava-family model or an OpenVLA model with a "
-                         f"picture marker (the tiny preset) ('{vla.source}' is {vla.family}, whose picture goes "
-                         f"first); use --image-position {IMAGE_FIRST}")
+        raise ModelError(
+            f"--image-position {position} needs a Llava-family model or an OpenVLA model with a "
+            f"picture marker (the tiny preset) ('{vla.source}' is {vla.family}, whose picture goes "
+            f"first); use --image-position {IMAGE_FIRST}"
+        )
     vla.image_position = position
 
 
@@ -488,7 +568,9 @@ def text_ids(vla: VLA, text: str) -> list[int]:
     return list(ids)
 
 
-def prompt_ids(vla: VLA, instruction: str, state_ids=None, *, bare: bool = False, goal_first: bool = False) -> list[int]:
+def prompt_ids(
+    vla: VLA, instruction: str, state_ids=None, *, bare: bool = False, goal_first: bool = False
+) -> list[int]:
     """Token ids of everything before the action tokens; `state_ids` (8 token ids of the
     discretised joint state) go into the prompt when given; the image placeholders go where
     `vla.image_position` says (Llava family, or an OpenVLA model's marker). `bare`: the
@@ -535,9 +617,17 @@ def middle_ids(vla: VLA, state_ids) -> list[int]:
     return text_ids(vla, state_text) + [int(t) for t in state_ids] + text_ids(vla, out_text)
 
 
-def build_batch(vla: VLA, instructions: list[str], action_ids: np.ndarray | None, device,
-                state_ids: np.ndarray | None = None, *, bare: bool = False, goal_first: int = 0,
-                stop=False) -> dict:
+def build_batch(
+    vla: VLA,
+    instructions: list[str],
+    action_ids: np.ndarray | None,
+    device,
+    state_ids: np.ndarray | None = None,
+    *,
+    bare: bool = False,
+    goal_first: int = 0,
+    stop=False,
+) -> dict:
     """Right-padded input_ids / attention_mask, and labels on the written tokens (goal and actions) only.
     `state_ids` (B, 8): state tokens for the prompt (None: the prompt has no state);
     `bare`: see prompt_ids. `goal_first` (with `state_ids`): the first this many tokens of

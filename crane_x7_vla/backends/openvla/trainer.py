@@ -24,10 +24,22 @@ from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (BASE_DIRECTORY, BASE_HUB, BASE_IN_CHECKPOINT, VLA, apply_adapter,
-                                                  build_batch, checkpoint_model_source, is_preset, load_adapter_weights,
-                                                  load_vla, materialize_preset, pixel_values, save_processor,
-                                                  set_image_position)
+from crane_x7_vla.backends.openvla.model import (
+    BASE_DIRECTORY,
+    BASE_HUB,
+    BASE_IN_CHECKPOINT,
+    VLA,
+    apply_adapter,
+    build_batch,
+    checkpoint_model_source,
+    is_preset,
+    load_adapter_weights,
+    load_vla,
+    materialize_preset,
+    pixel_values,
+    save_processor,
+    set_image_position,
+)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
@@ -127,14 +139,25 @@ def lora_config(cfg: TrainConfig, exclude: list[str] | None = None):
     from peft import LoraConfig
 
     skip = rf"({'|'.join(re.escape(n) for n in exclude)})(\..*)?" if exclude else None
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear", init_lora_weights="gaussian", exclude_modules=skip)
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        init_lora_weights="gaussian",
+        exclude_modules=skip,
+    )
 
 
 def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir: Path | None):
     """Load the base model and make it trainable as configured (LoRA or full weights)."""
-    vla = load_vla(source, image_size=(cfg.image_spec.width, cfg.image_spec.height), dtype=_dtype(cfg, device),
-                   attn_implementation=cfg.attn_implementation, device=device)
+    vla = load_vla(
+        source,
+        image_size=(cfg.image_spec.width, cfg.image_spec.height),
+        dtype=_dtype(cfg, device),
+        attn_implementation=cfg.attn_implementation,
+        device=device,
+    )
     model = vla.model
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
@@ -212,7 +235,9 @@ def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, cod
         rows = (lengths == length).nonzero().flatten()
         sub = {k: v[rows] if k == "middle_ids" else v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
         sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
-        ids = decode.generate_action_ids(model, vla, sub, sub_pix, n_tokens, codec.first_id, middle_after=codec.goal_first)
+        ids = decode.generate_action_ids(
+            model, vla, sub, sub_pix, n_tokens, codec.first_id, middle_after=codec.goal_first
+        )
         yield rows.cpu().numpy(), ids.cpu().numpy()
 
 
@@ -239,11 +264,17 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
         actions, state = batch["actions"], batch["state"]
         state_ids = codec.state_ids(state)
         pix = pixel_values(vla, batch["images"], cameras, device)
-        inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, state_ids,
-                             goal_first=codec.goal_first, stop=stops(batch))
+        inputs = build_batch(
+            vla,
+            batch["instruction"],
+            label_ids(codec, batch),
+            device,
+            state_ids,
+            goal_first=codec.goal_first,
+            stop=stops(batch),
+        )
         out = decode.forward(model, vla, inputs, pix)
-        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id,
-                                                   _sigmas(cfg, codec, inputs))
+        loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs))
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
@@ -253,14 +284,19 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
                 goal_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     first_error = []
     if codec.n_goal:
-        for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples,
-                                  first_steps=True):
+        for batch in eval_batches(
+            episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples, first_steps=True
+        ):
             pix = pixel_values(vla, batch["images"], cameras, device)
             state_ids = codec.state_ids(batch["state"])
             for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec, device):
                 first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     n = sum(len(x) for x in l1)
-    result = {"loss": sum(losses) / n, "action_accuracy": correct / max(1, total), "l1": float(np.concatenate(l1).mean())}
+    result = {
+        "loss": sum(losses) / n,
+        "action_accuracy": correct / max(1, total),
+        "l1": float(np.concatenate(l1).mean()),
+    }
     if goal_error:
         result["goal_error_m"] = float(np.concatenate(goal_error).mean())
         result["first_goal_error_m"] = float(np.concatenate(first_error).mean())
@@ -304,15 +340,25 @@ def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> lis
     t0 = time.perf_counter()
     size = jpeg.size_of(data.train[0].images[cameras[0]][0])
     try:
-        scenes = goal_scenes(cfg.goal_scenes_task, cfg.goal_scenes, cameras, camera_size=size, seed=cfg.seed,
-                             alone=cfg.goal_scenes_alone, near=cfg.goal_scenes_near)
+        scenes = goal_scenes(
+            cfg.goal_scenes_task,
+            cfg.goal_scenes,
+            cameras,
+            camera_size=size,
+            seed=cfg.seed,
+            alone=cfg.goal_scenes_alone,
+            near=cfg.goal_scenes_near,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if dist_.main:
         shares = f", {cfg.goal_scenes_alone:.0%} with the named cube alone" if cfg.goal_scenes_alone else ""
         shares += f", {cfg.goal_scenes_near:.0%} with the hand near a cube" if cfg.goal_scenes_near else ""
-        print(f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{shares} in "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{shares} in "
+            f"{time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
     return scenes
 
 
@@ -341,15 +387,32 @@ def _base_record(cfg, bundled: bool) -> dict:
 
 def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step, bundled_base: bool = False) -> dict:
     config = contract.build_policy_config(
-        backend=BACKEND, base_model=cfg.model, image_spec=cfg.image_spec.to_dict(), cameras=cameras,
-        horizon=cfg.action_horizon, statistics=data.statistics, default_instruction=data.default_instruction,
+        backend=BACKEND,
+        base_model=cfg.model,
+        image_spec=cfg.image_spec.to_dict(),
+        cameras=cameras,
+        horizon=cfg.action_horizon,
+        statistics=data.statistics,
+        default_instruction=data.default_instruction,
         control_rate_hz=data.fps,
-        step=step, train_config=cfg.to_dict(), representation=codec.representation,
-        extra={"openvla": {"family": vla.family, "use_lora": cfg.use_lora, "action_token_count": codec.n_tokens(cfg.action_horizon),
-                           "vocab_size": vla.vocab_size, "n_bins": 256, "state_in_prompt": codec.state_in_prompt,
-                           "image_position": cfg.image_position, "goal_tokens": codec.n_goal > 0,
-                           "goal_before_state": codec.goal_before_state,
-                           "weights": "adapter" if cfg.use_lora else "model", **_base_record(cfg, bundled_base)}},
+        step=step,
+        train_config=cfg.to_dict(),
+        representation=codec.representation,
+        extra={
+            "openvla": {
+                "family": vla.family,
+                "use_lora": cfg.use_lora,
+                "action_token_count": codec.n_tokens(cfg.action_horizon),
+                "vocab_size": vla.vocab_size,
+                "n_bins": 256,
+                "state_in_prompt": codec.state_in_prompt,
+                "image_position": cfg.image_position,
+                "goal_tokens": codec.n_goal > 0,
+                "goal_before_state": codec.goal_before_state,
+                "weights": "adapter" if cfg.use_lora else "model",
+                **_base_record(cfg, bundled_base),
+            }
+        },
     )
     config["action_space"].update(codec.action_space())
     return config
@@ -361,27 +424,46 @@ def make_codec(cfg: TrainConfig, data, vocab_size: int, resume_config: dict | No
     if resume_config is not None:
         space = resume_config.get("action_space") or {}
         info = resume_config.get("openvla") or {}
-        found = (space.get("representation", ABSOLUTE), bool(info.get("state_in_prompt")),
-                 info.get("image_position", IMAGE_FIRST), bool(info.get("goal_tokens")),
-                 bool(info.get("goal_before_state")), all((space.get("normalization_mask") or [True])[-1:]))
-        wanted = (cfg.action_representation, bool(cfg.state_in_prompt), cfg.image_position, bool(cfg.goal_tokens),
-                  ActionCodec.goal_first_in_effect(cfg.goal_before_state, cfg.goal_tokens, cfg.state_in_prompt),
-                  bool(cfg.normalize_gripper))
+        found = (
+            space.get("representation", ABSOLUTE),
+            bool(info.get("state_in_prompt")),
+            info.get("image_position", IMAGE_FIRST),
+            bool(info.get("goal_tokens")),
+            bool(info.get("goal_before_state")),
+            all((space.get("normalization_mask") or [True])[-1:]),
+        )
+        wanted = (
+            cfg.action_representation,
+            bool(cfg.state_in_prompt),
+            cfg.image_position,
+            bool(cfg.goal_tokens),
+            ActionCodec.goal_first_in_effect(cfg.goal_before_state, cfg.goal_tokens, cfg.state_in_prompt),
+            bool(cfg.normalize_gripper),
+        )
         if found != wanted:
             raise ConfigError(
                 f"--resume-from-checkpoint {cfg.resume_from_checkpoint}: trained with --action-representation "
                 f"{found[0]}, {'--state-in-prompt' if found[1] else '--no-state-in-prompt'}, --image-position "
                 f"{found[2]}, {'--goal-tokens' if found[3] else '--no-goal-tokens'}, "
                 f"{'--goal-before-state' if found[4] else '--no-goal-before-state'} and "
-                f"{'--normalize-gripper' if found[5] else '--no-normalize-gripper'}; resume with the same")
+                f"{'--normalize-gripper' if found[5] else '--no-normalize-gripper'}; resume with the same"
+            )
         return ActionCodec.from_policy_config(vocab_size, {**resume_config, "dataset_statistics": data.statistics})
     model_statistics = None
     if cfg.action_representation != ABSOLUTE:
-        model_statistics = model_action_statistics(data.train, cfg.action_horizon, delta_mask(cfg.action_representation))
-    return ActionCodec(vocab_size, data.statistics, representation=cfg.action_representation,
-                       model_statistics=model_statistics, state_in_prompt=bool(cfg.state_in_prompt),
-                       goal_tokens=bool(cfg.goal_tokens), goal_before_state=bool(cfg.goal_before_state),
-                       normalization_mask=normalization_mask(cfg.normalize_gripper))
+        model_statistics = model_action_statistics(
+            data.train, cfg.action_horizon, delta_mask(cfg.action_representation)
+        )
+    return ActionCodec(
+        vocab_size,
+        data.statistics,
+        representation=cfg.action_representation,
+        model_statistics=model_statistics,
+        state_in_prompt=bool(cfg.state_in_prompt),
+        goal_tokens=bool(cfg.goal_tokens),
+        goal_before_state=bool(cfg.goal_before_state),
+        normalization_mask=normalization_mask(cfg.normalize_gripper),
+    )
 
 
 def normalization_mask(normalize_gripper: bool) -> np.ndarray:
@@ -392,8 +474,24 @@ def normalization_mask(normalize_gripper: bool) -> np.ndarray:
     return mask
 
 
-def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, scheduler, position, total_steps,
-                    base_dir, dist_: Dist, device, warmup_position=None) -> Path:
+def save_checkpoint(
+    step,
+    final,
+    *,
+    cfg,
+    data,
+    cameras,
+    vla,
+    codec,
+    optimizer,
+    scheduler,
+    position,
+    total_steps,
+    base_dir,
+    dist_: Dist,
+    device,
+    warmup_position=None,
+) -> Path:
     rng_states = dist_.gather(_rng_state(device))
     if dist_.main:
         with ckpt.CheckpointWriter(cfg.output_dir, None if final else step) as d:
@@ -408,13 +506,19 @@ def save_checkpoint(step, final, *, cfg, data, cameras, vla, codec, optimizer, s
             save_processor(vla, d / "processor")
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / "optimizer.pt")
             torch.save(rng_states, d / "rng_state.pt")
-            state = {"step": step, "total_steps": total_steps, "data_position": position.to_dict(),
-                     "world_size": dist_.world, "backend": BACKEND}
+            state = {
+                "step": step,
+                "total_steps": total_steps,
+                "data_position": position.to_dict(),
+                "world_size": dist_.world,
+                "backend": BACKEND,
+            }
             if warmup_position is not None:
                 state["goal_warmup_position"] = warmup_position.to_dict()
             ckpt.write_trainer_state(d, state)
-            contract.write_policy_config(d, _policy_config(cfg, data, cameras, vla, codec, step,
-                                                           bundled_base=base_dir is not None))
+            contract.write_policy_config(
+                d, _policy_config(cfg, data, cameras, vla, codec, step, bundled_base=base_dir is not None)
+            )
     dist_.barrier()
     return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
 
@@ -481,9 +585,18 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
 
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    stream_kw = dict(cameras=cameras, spec=cfg.image_spec, horizon=cfg.action_horizon, batch_size=cfg.batch_size,
-                     seed=cfg.seed, rank=dist_.rank, world_size=dist_.world, num_workers=cfg.num_workers, prefetch=cfg.prefetch_batches,
-                     noop_threshold=cfg.noop_threshold)
+    stream_kw = dict(
+        cameras=cameras,
+        spec=cfg.image_spec,
+        horizon=cfg.action_horizon,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        rank=dist_.rank,
+        world_size=dist_.world,
+        num_workers=cfg.num_workers,
+        prefetch=cfg.prefetch_batches,
+        noop_threshold=cfg.noop_threshold,
+    )
     start_step, position, warm_position = 0, DataPosition(), DataPosition()
     if pre.resume_state is not None:
         start_step = int(pre.resume_state["step"])
@@ -491,8 +604,11 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         if "goal_warmup_position" in pre.resume_state:
             warm_position = DataPosition.from_dict(pre.resume_state["goal_warmup_position"])
         if pre.resume_state.get("world_size", 1) != dist_.world and dist_.main:
-            print(f"note: resuming a {pre.resume_state.get('world_size')}-process run with {dist_.world} processes: "
-                  "the batches will not be the same as in an uninterrupted run", file=sys.stderr)
+            print(
+                f"note: resuming a {pre.resume_state.get('world_size')}-process run with {dist_.world} processes: "
+                "the batches will not be the same as in an uninterrupted run",
+                file=sys.stderr,
+            )
     scenes = _goal_scenes(cfg, data, cameras, dist_)
     stream = BatchStream(data.train + scenes, start=position, **stream_kw)
     # --goal-warmup-steps: the first steps learn where the named cube is from the goal scenes
@@ -501,8 +617,10 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     steps_per_epoch = math.ceil(stream.batches_per_epoch / cfg.grad_accumulation_steps)
     total_steps = cfg.max_steps or cfg.num_epochs * steps_per_epoch
     if cfg.goal_warmup_steps >= total_steps:
-        raise ConfigError(f"--goal-warmup-steps ({cfg.goal_warmup_steps}) must be fewer than the {total_steps} "
-                          "training steps: the actions are learned after it")
+        raise ConfigError(
+            f"--goal-warmup-steps ({cfg.goal_warmup_steps}) must be fewer than the {total_steps} "
+            "training steps: the actions are learned after it"
+        )
     scheduler = make_scheduler(optimizer, cfg, total_steps - cfg.goal_warmup_steps)
     if pre.resume_dir is not None:
         state = torch.load(pre.resume_dir / "optimizer.pt", map_location=device, weights_only=False)
@@ -511,21 +629,38 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         rng = torch.load(pre.resume_dir / "rng_state.pt", weights_only=False)
         _set_rng_state(rng[dist_.rank] if dist_.rank < len(rng) else rng[0], device)
 
-    logger = MetricsLogger(cfg.output_dir, cfg.to_dict(), enabled=dist_.main, use_wandb=cfg.use_wandb,
-                           wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity, run_name=cfg.experiment_name)
+    logger = MetricsLogger(
+        cfg.output_dir,
+        cfg.to_dict(),
+        enabled=dist_.main,
+        use_wandb=cfg.use_wandb,
+        wandb_project=cfg.wandb_project,
+        wandb_entity=cfg.wandb_entity,
+        run_name=cfg.experiment_name,
+    )
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
     if dist_.main:
-        print(f"openvla: base {cfg.model} ({vla.family}, {n_total / 1e6:.2f}M params, {n_trainable / 1e6:.2f}M trained"
-              f"{', LoRA r=%d' % cfg.lora_rank if cfg.use_lora else ', full weights'}), {len(data.train)} train / "
-              f"{len(data.val)} val episodes, cameras {cameras}, actions {codec.representation}"
-              f"{' with the state in the prompt' if codec.state_in_prompt else ''}, {dist_.world} process(es) on {device}, "
-              f"steps {start_step}->{total_steps}", file=sys.stderr)
+        print(
+            f"openvla: base {cfg.model} ({vla.family}, {n_total / 1e6:.2f}M params, {n_trainable / 1e6:.2f}M trained"
+            f"{', LoRA r=%d' % cfg.lora_rank if cfg.use_lora else ', full weights'}), {len(data.train)} train / "
+            f"{len(data.val)} val episodes, cameras {cameras}, actions {codec.representation}"
+            f"{' with the state in the prompt' if codec.state_in_prompt else ''}, "
+            f"{dist_.world} process(es) on {device}, "
+            f"steps {start_step}->{total_steps}",
+            file=sys.stderr,
+        )
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_step, disable=not dist_.main, desc="train", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        disable=not dist_.main,
+        desc="train",
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+    )  # a log file gets a line every 30 s
     window: dict[str, list[float]] = {}
     step = start_step
     try:
@@ -537,19 +672,29 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 _, batch = next(warm if warm is not None else stream)
                 actions, state = batch["actions"], batch["state"]
                 pix = pixel_values(vla, batch["images"], cameras, device)
-                inputs = build_batch(vla, batch["instruction"], label_ids(codec, batch), device, codec.state_ids(state),
-                                     goal_first=codec.goal_first, stop=stops(batch))
+                inputs = build_batch(
+                    vla,
+                    batch["instruction"],
+                    label_ids(codec, batch),
+                    device,
+                    codec.state_ids(state),
+                    goal_first=codec.goal_first,
+                    stop=stops(batch),
+                )
                 sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
                 ctx = ddp_model.no_sync() if not sync else _Null()
                 with ctx:
                     out = decode.forward(ddp_model, vla, inputs, pix)
-                    loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id,
-                                                               _sigmas(cfg, codec, inputs))
+                    loss, pred, target, _ = decode.action_loss(
+                        out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs)
+                    )
                     (loss / cfg.grad_accumulation_steps).backward()
                 sums["loss"] += loss.item() / cfg.grad_accumulation_steps
                 sums["correct"] += int((pred == target).sum())
                 sums["count"] += int(target.numel())
-                sums["l1"] += _train_l1(codec, pred, inputs, actions, state, batch["goal_only"]) / cfg.grad_accumulation_steps
+                sums["l1"] += (
+                    _train_l1(codec, pred, inputs, actions, state, batch["goal_only"]) / cfg.grad_accumulation_steps
+                )
                 sums["samples"] += len(actions)
             grad_norm = None
             if cfg.max_grad_norm > 0:
@@ -569,30 +714,74 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 warm = None
                 _set_lr(optimizer, scheduler.get_last_lr())  # the schedule starts (with its own warm-up)
             wait = stream.wait_seconds - wait0
-            values = dist_.mean({mn.LOSS: sums["loss"], mn.train_metric("action_accuracy"): sums["correct"] / sums["count"],
-                                 mn.train_metric("l1"): sums["l1"], mn.GRAD_NORM: grad_norm or 0.0})
-            values.update({mn.STEP_TIME: step_time, mn.DATA_WAIT: wait, mn.DATA_WAIT_SHARE: wait / max(step_time, 1e-9),
-                           mn.SAMPLES_PER_SECOND: sums["samples"] * dist_.world / max(step_time, 1e-9)})
+            values = dist_.mean(
+                {
+                    mn.LOSS: sums["loss"],
+                    mn.train_metric("action_accuracy"): sums["correct"] / sums["count"],
+                    mn.train_metric("l1"): sums["l1"],
+                    mn.GRAD_NORM: grad_norm or 0.0,
+                }
+            )
+            values.update(
+                {
+                    mn.STEP_TIME: step_time,
+                    mn.DATA_WAIT: wait,
+                    mn.DATA_WAIT_SHARE: wait / max(step_time, 1e-9),
+                    mn.SAMPLES_PER_SECOND: sums["samples"] * dist_.world / max(step_time, 1e-9),
+                }
+            )
             for k, v in values.items():
                 window.setdefault(k, []).append(v)
             bar.update(1)
             bar.set_postfix(loss=f"{values[mn.LOSS]:.3f}", acc=f"{values[mn.train_metric('action_accuracy')]:.2f}")
             if step % cfg.logging_steps == 0 or step == total_steps:
-                logger.log(step, {**{k: float(np.mean(v)) for k, v in window.items()},
-                                  mn.LEARNING_RATE: lr, mn.EPOCH: stream.position.epoch})
+                logger.log(
+                    step,
+                    {
+                        **{k: float(np.mean(v)) for k, v in window.items()},
+                        mn.LEARNING_RATE: lr,
+                        mn.EPOCH: stream.position.epoch,
+                    },
+                )
                 window = {}
             if step % cfg.save_steps == 0 and step < total_steps:
-                save_checkpoint(step, False, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
-                                scheduler=scheduler, position=stream.position, total_steps=total_steps,
-                                base_dir=base_dir, dist_=dist_, device=device,
-                                warmup_position=warm.position if warm is not None else None)
+                save_checkpoint(
+                    step,
+                    False,
+                    cfg=cfg,
+                    data=data,
+                    cameras=cameras,
+                    vla=vla,
+                    codec=codec,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    position=stream.position,
+                    total_steps=total_steps,
+                    base_dir=base_dir,
+                    dist_=dist_,
+                    device=device,
+                    warmup_position=warm.position if warm is not None else None,
+                )
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
                 _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
         bar.close()
         # the final checkpoint is written before the final evaluation, which may take long or fail
-        final = save_checkpoint(step, True, cfg=cfg, data=data, cameras=cameras, vla=vla, codec=codec, optimizer=optimizer,
-                                scheduler=scheduler, position=stream.position, total_steps=total_steps,
-                                base_dir=base_dir, dist_=dist_, device=device)
+        final = save_checkpoint(
+            step,
+            True,
+            cfg=cfg,
+            data=data,
+            cameras=cameras,
+            vla=vla,
+            codec=codec,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            position=stream.position,
+            total_steps=total_steps,
+            base_dir=base_dir,
+            dist_=dist_,
+            device=device,
+        )
         _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
         if cfg.merge_lora and dist_.main:
             merge_lora(final)
