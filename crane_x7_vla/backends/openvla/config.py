@@ -33,9 +33,9 @@ class OpenVLAConfig(TrainConfig):
     )
     image_position: str | None = setting(
         None,
-        "for Llava-family models, the image tokens before the prompt's text (as Llava models are trained) or right "
-        "after the instruction's question, so the picture is read knowing which object is named "
-        "(`after_instruction` for the `tiny` preset)",
+        "for Llava-family models and the `tiny` preset (a picture marker in its config.json), the image tokens "
+        "before the prompt's text (as Llava models are trained) or right after the instruction's question, so the "
+        "picture is read knowing which object is named (`after_instruction` for the `tiny` preset)",
         choices=IMAGE_POSITIONS,
         per_backend={"openvla": IMAGE_FIRST},
     )
