@@ -30,16 +30,15 @@ from crane_x7_vla.backends.openvla.model import (
     BASE_IN_CHECKPOINT,
     VLA,
     apply_adapter,
-    build_batch,
     checkpoint_model_source,
     is_preset,
     load_adapter_weights,
     load_vla,
     materialize_preset,
-    pixel_values,
     save_processor,
     set_image_position,
 )
+from crane_x7_vla.backends.openvla.inputs import ModelInputs
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
@@ -227,13 +226,14 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # ---- evaluation -----------------------------------------------------------------------------
 
 
-def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, codec: ActionCodec, device):
+def _greedy_ids(builder: ModelInputs, model, batch: dict, pix, n_tokens: int):
     """Greedy decoding as at deployment, grouped by prompt length (no padding): yields (rows, ids)."""
-    prompts = build_batch(vla, batch["instruction"], None, device, state_ids, goal_first=codec.goal_first)
+    vla, codec = builder.vla, builder.codec
+    prompts = builder.prompts(batch["instruction"], batch["state"])
     lengths = prompts["attention_mask"].sum(1)
     for length in lengths.unique().tolist():
         rows = (lengths == length).nonzero().flatten()
-        sub = {k: v[rows] if k == "middle_ids" else v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
+        sub = {k: v[rows] if k == "middle_ids" else v[rows][:, :length] for k, v in prompts.items()}
         sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
         ids = decode.generate_action_ids(
             model, vla, sub, sub_pix, n_tokens, codec.first_id, middle_after=codec.goal_first
@@ -260,25 +260,16 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
 def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: ActionCodec, device) -> dict:
     losses, correct, total, l1, goal_error = [], 0, 0, [], []
     horizon = cfg.action_horizon
+    builder = ModelInputs(vla, codec, cameras, device)
     for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples):
         actions, state = batch["actions"], batch["state"]
-        state_ids = codec.state_ids(state)
-        pix = pixel_values(vla, batch["images"], cameras, device)
-        inputs = build_batch(
-            vla,
-            batch["instruction"],
-            label_ids(codec, batch),
-            device,
-            state_ids,
-            goal_first=codec.goal_first,
-            stop=stops(batch),
-        )
+        inputs, pix = builder.training(batch)
         out = decode.forward(model, vla, inputs, pix)
         loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs))
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
-        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec, device):
+        for r, ids in _greedy_ids(builder, model, batch, pix, codec.n_tokens(horizon)):
             l1.append(np.abs(codec.decode(ids, state[r]) - actions[r]).mean(axis=(1, 2)))
             if codec.n_goal:
                 goal_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
@@ -287,9 +278,8 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
         for batch in eval_batches(
             episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples, first_steps=True
         ):
-            pix = pixel_values(vla, batch["images"], cameras, device)
-            state_ids = codec.state_ids(batch["state"])
-            for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec, device):
+            pix = builder.pixels(batch["images"])
+            for r, ids in _greedy_ids(builder, model, batch, pix, codec.n_goal):
                 first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     n = sum(len(x) for x in l1)
     result = {
@@ -301,21 +291,6 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
         result["goal_error_m"] = float(np.concatenate(goal_error).mean())
         result["first_goal_error_m"] = float(np.concatenate(first_error).mean())
     return result
-
-
-def label_ids(codec: ActionCodec, batch: dict) -> list[np.ndarray]:
-    """The tokens each sample is trained to write: goal (with goal tokens) and actions, or the
-    goal alone for a picture without a demonstration (batch['goal_only'])."""
-    ids = codec.encode(batch["actions"], batch["state"], batch["goal"] if codec.n_goal else None)
-    only = batch.get("goal_only")
-    return [row[: codec.n_goal] if only is not None and only[i] else row for i, row in enumerate(ids)]
-
-
-def stops(batch: dict) -> list[bool]:
-    """Which samples end with a labelled end-of-sequence token: those with actions (as OpenVLA
-    trains its `</s>`), not a picture that teaches the goal alone (batch['goal_only'])."""
-    only = batch.get("goal_only")
-    return [not (only is not None and only[i]) for i in range(len(batch["instruction"]))]
 
 
 def _set_lr(optimizer, rates) -> float:
@@ -672,6 +647,7 @@ class _Hooks(loop.Hooks):
     def __init__(self, **kw):
         self.__dict__.update(kw)
         self.device = self.dist_.device
+        self.inputs = ModelInputs(self.vla, self.codec, self.cameras, self.device)
         self.samples_per_step = self.cfg.batch_size * self.cfg.grad_accumulation_steps * self.dist_.world
         self.lr = 0.0
 
@@ -690,16 +666,7 @@ class _Hooks(loop.Hooks):
         for micro in range(cfg.grad_accumulation_steps):
             _, batch = next(self.warm if self.warm is not None else self.stream)
             actions, state = batch["actions"], batch["state"]
-            pix = pixel_values(vla, batch["images"], self.cameras, self.device)
-            inputs = build_batch(
-                vla,
-                batch["instruction"],
-                label_ids(codec, batch),
-                self.device,
-                codec.state_ids(state),
-                goal_first=codec.goal_first,
-                stop=stops(batch),
-            )
+            inputs, pix = self.inputs.training(batch)
             sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
             ctx = self.ddp_model.no_sync() if not sync else _Null()
             with ctx:
