@@ -105,7 +105,7 @@ def test_codec_writes_the_goal_first_and_decodes_actions_as_without_it(dataset_d
 
 
 def test_goal_only_samples_train_the_goal_tokens_only(dataset_dir):
-    from crane_x7_vla.backends.openvla.trainer import label_ids
+    from crane_x7_vla.backends.openvla.inputs import label_ids
 
     stats = json.loads((dataset_dir / "dataset_statistics.json").read_text())["crane_x7"]
     codec = ActionCodec(1000, stats, goal_tokens=True)

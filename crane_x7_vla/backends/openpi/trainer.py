@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -362,10 +361,9 @@ class _Run:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
         from crane_x7_vla.backends.openpi import ckpt_io, train_state as ts
-        from crane_x7_vla.backends.openpi.batching import Batcher, stack_micro
+        from crane_x7_vla.backends.openpi.batching import Batcher
         from crane_x7_vla.training.data import BatchStream, DataPosition, SampleIndex
-        from crane_x7_vla.training import metrics as mn
-        from crane_x7_vla.training.metrics import MetricsLogger
+        from crane_x7_vla.training import loop
 
         cfg, mcfg, data = self.cfg, self.mcfg, self.data
         tokenizer = self._tokenizer()
@@ -428,22 +426,12 @@ class _Run:
             all_dims,
         )
 
-        logger = MetricsLogger(
-            self.out,
-            cfg.to_dict(),
-            use_wandb=cfg.use_wandb,
-            wandb_project=cfg.wandb_project,
-            wandb_entity=cfg.wandb_entity,
-            run_name=cfg.experiment_name,
-        )
         print(
             f"openpi: {mcfg.vision.depth}-layer vision, {mcfg.prefix.depth}-layer decoders, {n_all / 1e6:.1f}M params "
             f"({n_train / 1e6:.2f}M trained), {len(self.devices)} device(s) [{self.devices[0].platform}], "
             f"{self.precision}, horizon {mcfg.action_horizon}, {total} steps",
             file=sys.stderr,
         )
-        from tqdm import tqdm
-
         stream = BatchStream(
             data.train,
             cameras=self.cameras,
@@ -456,50 +444,9 @@ class _Run:
             prefetch=cfg.prefetch_batches,
             noop_threshold=cfg.noop_threshold,
         )
-        bar = tqdm(total=total, initial=start_step, desc="train openpi", disable=None, file=sys.stderr)
-        step = start_step
-        t_log, wait_log, step_log = time.perf_counter(), 0.0, start_step
-        try:
-            while step < total:
-                micro = [batcher.training(next(stream)[1]) for _ in range(accum)]
-                batch = jax.device_put(stack_micro(micro), batch_sh)
-                trainable, ema, opt_state, metrics = step_fn(trainable, frozen, ema, opt_state, batch, np.int32(step))
-                step += 1
-                bar.update(1)
-                if step % cfg.logging_steps == 0 or step == total:
-                    loss = float(metrics["loss"])
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(
-                            f"training loss became {loss} at step {step}; lower --learning-rate or check the data"
-                        )
-                    now = time.perf_counter()
-                    n, seconds, wait = step - step_log, now - t_log, stream.wait_seconds - wait_log
-                    logger.log(
-                        step,
-                        {
-                            mn.LOSS: loss,
-                            mn.GRAD_NORM: float(metrics["grad_norm"]),
-                            mn.LEARNING_RATE: float(schedule(step - 1)),
-                            mn.EPOCH: stream.position.epoch,
-                            mn.STEP_TIME: seconds / n,
-                            mn.DATA_WAIT: wait / n,
-                            mn.DATA_WAIT_SHARE: wait / max(seconds, 1e-9),
-                            mn.SAMPLES_PER_SECOND: n * cfg.batch_size * accum / max(seconds, 1e-9),
-                        },
-                    )
-                    t_log, wait_log, step_log = now, stream.wait_seconds, step
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total:
-                    logger.log(step, evaluator(trainable, ema, frozen))
-                if step % cfg.save_steps == 0 and step < total:
-                    self._save(step, space, tokenizer, trainable, ema, frozen, opt_state, stream.position)
-            logger.log(step, evaluator(trainable, ema, frozen))
-            final = self._save(None, space, tokenizer, trainable, ema, frozen, opt_state, stream.position, at_step=step)
-        finally:
-            bar.close()
-            stream.close()
-            logger.close()
-        return final
+        hooks = _Hooks(self, stream, batcher, batch_sh, step_fn, schedule, evaluator, space, tokenizer)
+        hooks.state = (trainable, frozen, ema, opt_state)
+        return loop.run(cfg, hooks, start_step=start_step, total_steps=total)
 
     def _save(self, step, space, tokenizer, trainable, ema, frozen, opt_state, position, *, at_step=None):
         """checkpoint-{step}, or checkpoint-final (step None) of the run at optimizer step `at_step`."""
@@ -529,6 +476,80 @@ class _Run:
                 contract.write_policy_config(m, mconfig)
                 shutil.copy(d / self.tokenizer_file, m / self.tokenizer_file)
         return ckpt.checkpoint_dir(self.out, step)
+
+
+class _Hooks:
+    """The OpenPI work of the training loop (training/loop.py): one jitted data-parallel step
+    over --grad-accumulation-steps micro-batches, validation, checkpoints."""
+
+    desc = "train openpi"
+
+    def __init__(self, run: _Run, stream, batcher, batch_sh, step_fn, schedule, evaluator, space, tokenizer):
+        self.run, self.stream, self.batcher, self.batch_sh = run, stream, batcher, batch_sh
+        self.step_fn, self.schedule, self.evaluator = step_fn, schedule, evaluator
+        self.space, self.tokenizer = space, tokenizer
+        self.accum = int(run.cfg.grad_accumulation_steps)
+        self.samples_per_step = run.cfg.batch_size * self.accum
+        self.state = None  # (trainable, frozen, ema, opt_state)
+        self.metrics = None
+
+    def train_step(self, step: int) -> dict:
+        import jax
+
+        from crane_x7_vla.backends.openpi.batching import stack_micro
+
+        micro = [self.batcher.training(next(self.stream)[1]) for _ in range(self.accum)]
+        batch = jax.device_put(stack_micro(micro), self.batch_sh)
+        trainable, frozen, ema, opt_state = self.state
+        trainable, ema, opt_state, self.metrics = self.step_fn(
+            trainable, frozen, ema, opt_state, batch, np.int32(step)
+        )
+        self.state = (trainable, frozen, ema, opt_state)
+        return {}  # the step's results stay on the device until a logging step asks for them
+
+    def logged(self, step: int) -> dict:
+        from crane_x7_vla.training import metrics as mn
+
+        loss = float(self.metrics["loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at step {step}; lower --learning-rate or check the data"
+            )
+        return {
+            mn.LOSS: loss,
+            mn.GRAD_NORM: float(self.metrics["grad_norm"]),
+            mn.LEARNING_RATE: float(self.schedule(step - 1)),
+            mn.EPOCH: self.stream.position.epoch,
+        }
+
+    def data_wait(self) -> float:
+        return self.stream.wait_seconds
+
+    def postfix(self, values: dict) -> dict:
+        from crane_x7_vla.training import metrics as mn
+
+        return {"loss": f"{values[mn.LOSS]:.4f}"} if mn.LOSS in values else {}
+
+    def evaluate(self, step: int) -> dict:
+        trainable, frozen, ema, _ = self.state
+        return self.evaluator(trainable, ema, frozen)
+
+    def save(self, step: int, final: bool) -> Path:
+        trainable, frozen, ema, opt_state = self.state
+        return self.run._save(
+            None if final else step,
+            self.space,
+            self.tokenizer,
+            trainable,
+            ema,
+            frozen,
+            opt_state,
+            self.stream.position,
+            at_step=step,
+        )
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def _subtree(full: dict, like: dict) -> dict:

@@ -18,8 +18,9 @@ import torch
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import (apply_adapter, build_batch, checkpoint_model_source, load_vla,
-                                                 pixel_values, set_image_position, torch_device)
+from crane_x7_vla.backends.openvla.inputs import ModelInputs
+from crane_x7_vla.backends.openvla.model import (apply_adapter, checkpoint_model_source, load_vla, set_image_position,
+                                                 torch_device)
 from crane_x7_vla.backends.openvla.prismatic import openvla_image
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.backends.openvla.published import stop_ids
@@ -67,6 +68,7 @@ class OpenVLAPolicy:
             self.codec = ActionCodec.from_policy_config(self.vla.vocab_size, config, where=str(config_path(d)))
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
+        self.inputs = ModelInputs(self.vla, self.codec, self.cameras, self.device)
         self.needs_state = self.codec.state_in_prompt or self.codec.representation != ABSOLUTE
         self.last_goal: np.ndarray | None = None
         self.last_ids: np.ndarray | None = None  # the token ids of the latest prediction
@@ -103,11 +105,9 @@ class OpenVLAPolicy:
         else:
             prepared = {c: prepare_image(np.asarray(images[c]), self.spec, train=False)[None] for c in self.cameras}
         instruction = observation.get("instruction") or self.config.get("default_instruction") or ""
-        pix = pixel_values(self.vla, prepared, self.cameras, self.device)
+        pix = self.inputs.pixels(prepared)
         state = self._state(observation)
-        batch = build_batch(self.vla, [instruction], None, self.device, self.codec.state_ids(state),
-                            goal_first=self.codec.goal_first)
-        batch.pop("labels")
+        batch = self.inputs.prompts([instruction], state)
         n = self.codec.n_tokens(self.horizon)
         ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, n, self.codec.first_id,
                                          middle_after=self.codec.goal_first, whole_vocabulary=self.published,

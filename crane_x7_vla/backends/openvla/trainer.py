@@ -30,23 +30,22 @@ from crane_x7_vla.backends.openvla.model import (
     BASE_IN_CHECKPOINT,
     VLA,
     apply_adapter,
-    build_batch,
     checkpoint_model_source,
     is_preset,
     load_adapter_weights,
     load_vla,
     materialize_preset,
-    pixel_values,
     save_processor,
     set_image_position,
 )
+from crane_x7_vla.backends.openvla.inputs import ModelInputs
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistics
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 from crane_x7_vla.training.data import BatchStream, DataPosition, eval_batches
 from crane_x7_vla.training import metrics as mn
-from crane_x7_vla.training.metrics import MetricsLogger
+from crane_x7_vla.training import loop
 from crane_x7_vla.training.preflight import preflight
 
 BACKEND = "openvla"
@@ -227,13 +226,14 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 # ---- evaluation -----------------------------------------------------------------------------
 
 
-def _greedy_ids(vla: VLA, model, batch: dict, pix, state_ids, n_tokens: int, codec: ActionCodec, device):
+def _greedy_ids(builder: ModelInputs, model, batch: dict, pix, n_tokens: int):
     """Greedy decoding as at deployment, grouped by prompt length (no padding): yields (rows, ids)."""
-    prompts = build_batch(vla, batch["instruction"], None, device, state_ids, goal_first=codec.goal_first)
+    vla, codec = builder.vla, builder.codec
+    prompts = builder.prompts(batch["instruction"], batch["state"])
     lengths = prompts["attention_mask"].sum(1)
     for length in lengths.unique().tolist():
         rows = (lengths == length).nonzero().flatten()
-        sub = {k: v[rows] if k == "middle_ids" else v[rows][:, :length] for k, v in prompts.items() if k != "labels"}
+        sub = {k: v[rows] if k == "middle_ids" else v[rows][:, :length] for k, v in prompts.items()}
         sub_pix = pix.view(len(lengths), -1, *pix.shape[1:])[rows].flatten(0, 1)
         ids = decode.generate_action_ids(
             model, vla, sub, sub_pix, n_tokens, codec.first_id, middle_after=codec.goal_first
@@ -260,25 +260,16 @@ def evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Action
 def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: ActionCodec, device) -> dict:
     losses, correct, total, l1, goal_error = [], 0, 0, [], []
     horizon = cfg.action_horizon
+    builder = ModelInputs(vla, codec, cameras, device)
     for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples):
         actions, state = batch["actions"], batch["state"]
-        state_ids = codec.state_ids(state)
-        pix = pixel_values(vla, batch["images"], cameras, device)
-        inputs = build_batch(
-            vla,
-            batch["instruction"],
-            label_ids(codec, batch),
-            device,
-            state_ids,
-            goal_first=codec.goal_first,
-            stop=stops(batch),
-        )
+        inputs, pix = builder.training(batch)
         out = decode.forward(model, vla, inputs, pix)
         loss, pred, target, _ = decode.action_loss(out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs))
         losses.append(loss.item() * len(batch["instruction"]))
         correct += int((pred == target).sum())
         total += int(target.numel())
-        for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_tokens(horizon), codec, device):
+        for r, ids in _greedy_ids(builder, model, batch, pix, codec.n_tokens(horizon)):
             l1.append(np.abs(codec.decode(ids, state[r]) - actions[r]).mean(axis=(1, 2)))
             if codec.n_goal:
                 goal_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
@@ -287,9 +278,8 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
         for batch in eval_batches(
             episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples, first_steps=True
         ):
-            pix = pixel_values(vla, batch["images"], cameras, device)
-            state_ids = codec.state_ids(batch["state"])
-            for r, ids in _greedy_ids(vla, model, batch, pix, state_ids, codec.n_goal, codec, device):
+            pix = builder.pixels(batch["images"])
+            for r, ids in _greedy_ids(builder, model, batch, pix, codec.n_goal):
                 first_error.append(np.linalg.norm(codec.decode_goal(ids) - batch["goal"][r], axis=1))
     n = sum(len(x) for x in l1)
     result = {
@@ -301,21 +291,6 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
         result["goal_error_m"] = float(np.concatenate(goal_error).mean())
         result["first_goal_error_m"] = float(np.concatenate(first_error).mean())
     return result
-
-
-def label_ids(codec: ActionCodec, batch: dict) -> list[np.ndarray]:
-    """The tokens each sample is trained to write: goal (with goal tokens) and actions, or the
-    goal alone for a picture without a demonstration (batch['goal_only'])."""
-    ids = codec.encode(batch["actions"], batch["state"], batch["goal"] if codec.n_goal else None)
-    only = batch.get("goal_only")
-    return [row[: codec.n_goal] if only is not None and only[i] else row for i, row in enumerate(ids)]
-
-
-def stops(batch: dict) -> list[bool]:
-    """Which samples end with a labelled end-of-sequence token: those with actions (as OpenVLA
-    trains its `</s>`), not a picture that teaches the goal alone (batch['goal_only'])."""
-    only = batch.get("goal_only")
-    return [not (only is not None and only[i]) for i in range(len(batch["instruction"]))]
 
 
 def _set_lr(optimizer, rates) -> float:
@@ -629,15 +604,6 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         rng = torch.load(pre.resume_dir / "rng_state.pt", weights_only=False)
         _set_rng_state(rng[dist_.rank] if dist_.rank < len(rng) else rng[0], device)
 
-    logger = MetricsLogger(
-        cfg.output_dir,
-        cfg.to_dict(),
-        enabled=dist_.main,
-        use_wandb=cfg.use_wandb,
-        wandb_project=cfg.wandb_project,
-        wandb_entity=cfg.wandb_entity,
-        run_name=cfg.experiment_name,
-    )
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
     if dist_.main:
@@ -651,168 +617,138 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             file=sys.stderr,
         )
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        disable=not dist_.main,
-        desc="train",
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-    )  # a log file gets a line every 30 s
-    window: dict[str, list[float]] = {}
-    step = start_step
-    try:
-        while step < total_steps:
-            t_step = time.perf_counter()
-            wait0 = stream.wait_seconds
-            sums = {"loss": 0.0, "correct": 0, "count": 0, "l1": 0.0, "samples": 0}
-            for micro in range(cfg.grad_accumulation_steps):
-                _, batch = next(warm if warm is not None else stream)
-                actions, state = batch["actions"], batch["state"]
-                pix = pixel_values(vla, batch["images"], cameras, device)
-                inputs = build_batch(
-                    vla,
-                    batch["instruction"],
-                    label_ids(codec, batch),
-                    device,
-                    codec.state_ids(state),
-                    goal_first=codec.goal_first,
-                    stop=stops(batch),
-                )
-                sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
-                ctx = ddp_model.no_sync() if not sync else _Null()
-                with ctx:
-                    out = decode.forward(ddp_model, vla, inputs, pix)
-                    loss, pred, target, _ = decode.action_loss(
-                        out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs)
-                    )
-                    (loss / cfg.grad_accumulation_steps).backward()
-                sums["loss"] += loss.item() / cfg.grad_accumulation_steps
-                sums["correct"] += int((pred == target).sum())
-                sums["count"] += int(target.numel())
-                sums["l1"] += (
-                    _train_l1(codec, pred, inputs, actions, state, batch["goal_only"]) / cfg.grad_accumulation_steps
-                )
-                sums["samples"] += len(actions)
-            grad_norm = None
-            if cfg.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
-            if warm is not None:  # the goal warm-up runs at its own constant rate; the schedule waits
-                lr = _set_lr(optimizer, [cfg.goal_warmup_lr or cfg.learning_rate] * len(optimizer.param_groups))
-                optimizer.step()
-            else:
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            step_time = time.perf_counter() - t_step
-            if warm is not None and step >= cfg.goal_warmup_steps:
-                warm.close()
-                warm = None
-                _set_lr(optimizer, scheduler.get_last_lr())  # the schedule starts (with its own warm-up)
-            wait = stream.wait_seconds - wait0
-            values = dist_.mean(
-                {
-                    mn.LOSS: sums["loss"],
-                    mn.train_metric("action_accuracy"): sums["correct"] / sums["count"],
-                    mn.train_metric("l1"): sums["l1"],
-                    mn.GRAD_NORM: grad_norm or 0.0,
-                }
-            )
-            values.update(
-                {
-                    mn.STEP_TIME: step_time,
-                    mn.DATA_WAIT: wait,
-                    mn.DATA_WAIT_SHARE: wait / max(step_time, 1e-9),
-                    mn.SAMPLES_PER_SECOND: sums["samples"] * dist_.world / max(step_time, 1e-9),
-                }
-            )
-            for k, v in values.items():
-                window.setdefault(k, []).append(v)
-            bar.update(1)
-            bar.set_postfix(loss=f"{values[mn.LOSS]:.3f}", acc=f"{values[mn.train_metric('action_accuracy')]:.2f}")
-            if step % cfg.logging_steps == 0 or step == total_steps:
-                logger.log(
-                    step,
-                    {
-                        **{k: float(np.mean(v)) for k, v in window.items()},
-                        mn.LEARNING_RATE: lr,
-                        mn.EPOCH: stream.position.epoch,
-                    },
-                )
-                window = {}
-            if step % cfg.save_steps == 0 and step < total_steps:
-                save_checkpoint(
-                    step,
-                    False,
-                    cfg=cfg,
-                    data=data,
-                    cameras=cameras,
-                    vla=vla,
-                    codec=codec,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    position=stream.position,
-                    total_steps=total_steps,
-                    base_dir=base_dir,
-                    dist_=dist_,
-                    device=device,
-                    warmup_position=warm.position if warm is not None else None,
-                )
-            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
-                _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
-        bar.close()
-        # the final checkpoint is written before the final evaluation, which may take long or fail
-        final = save_checkpoint(
-            step,
-            True,
-            cfg=cfg,
-            data=data,
-            cameras=cameras,
-            vla=vla,
-            codec=codec,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            position=stream.position,
-            total_steps=total_steps,
-            base_dir=base_dir,
-            dist_=dist_,
-            device=device,
-        )
-        _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_)
-        if cfg.merge_lora and dist_.main:
-            merge_lora(final)
-        dist_.barrier()
-    finally:
-        stream.close()
-        if warm is not None:
-            warm.close()
-        logger.close()
+    hooks = _Hooks(
+        cfg=cfg,
+        data=data,
+        cameras=cameras,
+        vla=vla,
+        codec=codec,
+        ddp_model=ddp_model,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        stream=stream,
+        warm=warm,
+        total_steps=total_steps,
+        base_dir=base_dir,
+        dist_=dist_,
+    )
+    final = loop.run(cfg, hooks, start_step=start_step, total_steps=total_steps, main=dist_.main)
+    if cfg.merge_lora and dist_.main:
+        merge_lora(final)
+    dist_.barrier()
     return final
 
 
-def _log_eval(step, vla, model, data, cameras, cfg, codec, device, logger, dist_):
-    """Validation metrics on the main process. A failing evaluation (out of memory, a model
-    that cannot decode) is reported in one line and the run goes on: checkpoints and training
-    never depend on it."""
-    if dist_.main:
-        values = {}
+class _Hooks(loop.Hooks):
+    """The OpenVLA work of the training loop (training/loop.py): one optimizer step over
+    --grad-accumulation-steps micro-batches, validation on the main process, checkpoints."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+        self.device = self.dist_.device
+        self.inputs = ModelInputs(self.vla, self.codec, self.cameras, self.device)
+        self.samples_per_step = self.cfg.batch_size * self.cfg.grad_accumulation_steps * self.dist_.world
+        self.lr = 0.0
+
+    def data_wait(self) -> float:
+        return self.stream.wait_seconds
+
+    def postfix(self, values: dict) -> dict:
+        acc = mn.train_metric("action_accuracy")
+        if mn.LOSS not in values or acc not in values:
+            return {}
+        return {"loss": f"{values[mn.LOSS]:.3f}", "acc": f"{values[acc]:.2f}"}
+
+    def train_step(self, step: int) -> dict:
+        cfg, codec, vla, dist_, optimizer = self.cfg, self.codec, self.vla, self.dist_, self.optimizer
+        sums = {"loss": 0.0, "correct": 0, "count": 0, "l1": 0.0}
+        for micro in range(cfg.grad_accumulation_steps):
+            _, batch = next(self.warm if self.warm is not None else self.stream)
+            actions, state = batch["actions"], batch["state"]
+            inputs, pix = self.inputs.training(batch)
+            sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
+            ctx = self.ddp_model.no_sync() if not sync else _Null()
+            with ctx:
+                out = decode.forward(self.ddp_model, vla, inputs, pix)
+                loss, pred, target, _ = decode.action_loss(
+                    out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs)
+                )
+                (loss / cfg.grad_accumulation_steps).backward()
+            sums["loss"] += loss.item() / cfg.grad_accumulation_steps
+            sums["correct"] += int((pred == target).sum())
+            sums["count"] += int(target.numel())
+            sums["l1"] += (
+                _train_l1(codec, pred, inputs, actions, state, batch["goal_only"]) / cfg.grad_accumulation_steps
+            )
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm))
+        if self.warm is not None:  # the goal warm-up runs at its own constant rate; the schedule waits
+            self.lr = _set_lr(optimizer, [cfg.goal_warmup_lr or cfg.learning_rate] * len(optimizer.param_groups))
+            optimizer.step()
+        else:
+            self.lr = self.scheduler.get_last_lr()[0]
+            optimizer.step()
+            self.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.warm is not None and step + 1 >= cfg.goal_warmup_steps:
+            self.warm.close()
+            self.warm = None
+            _set_lr(optimizer, self.scheduler.get_last_lr())  # the schedule starts (with its own warm-up)
+        return dist_.mean(
+            {
+                mn.LOSS: sums["loss"],
+                mn.train_metric("action_accuracy"): sums["correct"] / sums["count"],
+                mn.train_metric("l1"): sums["l1"],
+                mn.GRAD_NORM: grad_norm or 0.0,
+            }
+        )
+
+    def logged(self, step: int) -> dict:
+        return {mn.LEARNING_RATE: self.lr, mn.EPOCH: self.stream.position.epoch}
+
+    def save(self, step: int, final: bool) -> Path:
+        return save_checkpoint(
+            step,
+            final,
+            cfg=self.cfg,
+            data=self.data,
+            cameras=self.cameras,
+            vla=self.vla,
+            codec=self.codec,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            position=self.stream.position,
+            total_steps=self.total_steps,
+            base_dir=self.base_dir,
+            dist_=self.dist_,
+            device=self.device,
+            warmup_position=self.warm.position if self.warm is not None and not final else None,
+        )
+
+    def evaluate(self, step: int) -> dict:
+        """Validation metrics on the main process (the others wait for it)."""
         try:
-            for split, episodes in ((mn.VAL, data.val), (mn.TRAIN_EVAL, data.train)):
-                for k, v in evaluate(vla, model, episodes, cameras, cfg, codec, device).items():
-                    values[mn.eval_metric(split, k)] = v
-        except Exception as exc:  # noqa: BLE001 (any failure of the evaluation, reported and survived)
             values = {}
-            if device.type == "cuda":
+            if self.dist_.main:
+                for split, episodes in ((mn.VAL, self.data.val), (mn.TRAIN_EVAL, self.data.train)):
+                    for k, v in evaluate(
+                        self.vla, self.vla.model, episodes, self.cameras, self.cfg, self.codec, self.device
+                    ).items():
+                        values[mn.eval_metric(split, k)] = v
+            return values
+        except Exception:
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            print(f"eval step {step} failed, training goes on: {type(exc).__name__}: {exc}"[:2000], file=sys.stderr)
-        if values:
-            logger.log(step, values)
-            print("eval step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in values.items())), file=sys.stderr)
-    dist_.barrier()
+            raise
+        finally:
+            self.dist_.barrier()
+
+    def close(self) -> None:
+        self.stream.close()
+        if self.warm is not None:
+            self.warm.close()
 
 
 class _Null:
