@@ -15,18 +15,11 @@ for t in "${OWN_PROCESS[@]}"; do ignore+=("--ignore=$t"); done
 failed=()
 echo "[test] lint (ruff, settings in ruff.toml)"
 "$PY" -m ruff check . || failed+=("lint")
-run_own() {
-  echo "[test] $1 (own process)"
-  "$PY" -m pytest -q "${@:2}" "$1" || failed+=("$1")
-}
-# tests/ros_launch first: on a machine where the whole main suite has just run, its first
-# parameter queries of freshly launched nodes went unanswered (cause not yet found; it passes
-# on its own and before the other suites).
-run_own tests/ros_launch "$@"
 echo "[test] main suite"
 "$PY" -m pytest -q "$@" tests "${ignore[@]}" || failed+=("main")
-for t in tests/datasets tests/ros tests/ros_deploy; do
-  run_own "$t" "$@"
+for t in "${OWN_PROCESS[@]}"; do
+  echo "[test] $t (own process)"
+  "$PY" -m pytest -q "$@" "$t" || failed+=("$t")
 done
 if [ "${#failed[@]}" -ne 0 ]; then
   echo "[test] FAILED: ${failed[*]}"
