@@ -14,6 +14,7 @@ from crane_x7_vla.training.cli import build_parser, config_from_args, main
 from crane_x7_vla.training.config import ConfigError
 from crane_x7_vla.training.data import SampleIndex, load_training_data, moving_steps
 from crane_x7_vla.training.metrics import read_metrics
+from .tiny_cli import TINY_OPENVLA_CPU
 
 DELTA = preprocess.DELTA_ARM_ABSOLUTE_GRIPPER
 
@@ -200,16 +201,7 @@ def test_noop_steps_are_left_out(dataset_dir):
 
 # ---- training and the deployed policy -------------------------------------------------------------
 
-COMMON = [
-    "train",
-    "--backend",
-    "openvla",
-    "--model",
-    "tiny",
-    "--image-size",
-    "64x64",
-    "--device",
-    "cpu",
+COMMON = TINY_OPENVLA_CPU + [
     "--batch-size",
     "4",
     "--val-ratio",

@@ -14,18 +14,10 @@ from crane_x7_vla.episode.reader import EpisodeData, list_episodes, load_episode
 from crane_x7_vla.training.cli import build_parser, config_from_args, main
 from crane_x7_vla.training.config import ConfigError
 from crane_x7_vla.training.metrics import read_metrics
+from .tiny_cli import TINY_OPENVLA_CPU
 
 DELTA = preprocess.DELTA_ARM_ABSOLUTE_GRIPPER
-COMMON = [
-    "train",
-    "--backend",
-    "openvla",
-    "--model",
-    "tiny",
-    "--image-size",
-    "64x64",
-    "--device",
-    "cpu",
+COMMON = TINY_OPENVLA_CPU + [
     "--batch-size",
     "4",
     "--val-ratio",

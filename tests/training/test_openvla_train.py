@@ -11,17 +11,9 @@ from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.cli import main
 from crane_x7_vla.training import metrics as mn
 from crane_x7_vla.training.metrics import read_metrics
+from .tiny_cli import TINY_OPENVLA_CPU
 
-COMMON = [
-    "train",
-    "--backend",
-    "openvla",
-    "--model",
-    "tiny",
-    "--image-size",
-    "64x64",
-    "--device",
-    "cpu",
+COMMON = TINY_OPENVLA_CPU + [
     "--batch-size",
     "4",
     "--val-ratio",
