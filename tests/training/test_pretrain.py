@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crane_x7_vla.backends.openvla.model import load_vla, materialize_preset, prompt_ids
-from crane_x7_vla.backends.openvla.pretrain import render_scenes
+from crane_x7_vla.sim.pointing import render_scenes
 from crane_x7_vla.cli import main as cli_main
 from crane_x7_vla.preprocess import ImageSpec
 from crane_x7_vla.training.cli import main as train_main

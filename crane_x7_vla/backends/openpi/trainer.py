@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import checkpoint_contract as contract
+from crane_x7_vla.backends.openpi.base_model import MARKER, PretrainedBase, read_base
 from crane_x7_vla.backends.openpi.config import OpenPIConfig
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
@@ -40,9 +41,11 @@ OPENPI_LORA_RANKS = (16, 32)
 
 
 def model_config(cfg: TrainConfig, num_cameras: int, precision: str):
-    """(ModelConfig, OpenpiCheckpoint or None) from the run settings; raises ConfigError.
+    """(ModelConfig, OpenpiCheckpoint, PretrainedBase or None) from the run settings; raises ConfigError.
 
-    A preset (tiny, pi0) gets LoRA on the prefix decoder from --lora-rank / --lora-alpha. An
+    A preset (tiny, pi0), or a base model that `crane-x7-vla pretrain --backend openpi` wrote
+    from one (same network, pretrained weights, its own tokenizer), gets LoRA on the prefix
+    decoder from --lora-rank / --lora-alpha. An
     openpi checkpoint directory builds the network its weights describe; its own LoRA
     adapters set ranks and places (an explicit --lora-rank must agree with the prefix
     decoder's), otherwise LoRA goes where openpi's LoRA fine-tuning puts it: both decoders,
@@ -62,10 +65,18 @@ def model_config(cfg: TrainConfig, num_cameras: int, precision: str):
         dtype={"bf16": "bfloat16", "fp32": "float32"}[precision],
         remat=bool(cfg.gradient_checkpointing),
     )
-    if name in PRESETS:
-        weights = None
+    base = read_base(name)
+    if base is not None and base.get("preset") not in PRESETS:
+        raise ConfigError(f"--model {name}: {MARKER} names preset {base.get('preset')!r}, "
+                          f"not one of {', '.join(PRESETS)}")
+    if base is not None and [w, h] != list(base.get("image_size") or []):
+        bw, bh = base.get("image_size") or ("?", "?")
+        raise ConfigError(f"--image-size {w}x{h}: the base model {name} was pretrained at {bw}x{bh}; "
+                          f"use --image-size {bw}x{bh}")
+    if name in PRESETS or base is not None:
+        weights = None if base is None else PretrainedBase(name)
         mcfg = replace(
-            PRESETS[name],
+            PRESETS[name if base is None else base["preset"]],
             **run,
             lora_rank=int(cfg.lora_rank) if cfg.use_lora else 0,
             lora_alpha=float(cfg.lora_alpha),
@@ -169,9 +180,10 @@ def train(cfg: TrainConfig) -> Path:
     precision = _precision(cfg, devices)
     conv = _conventions(cfg, pre, data.cameras)
     mcfg, weights_dir = model_config(cfg, conv.num_images(data.cameras), precision)
-    if cfg.norm_stats_asset and weights_dir is None:
+    openpi_dir = weights_dir is not None and not isinstance(weights_dir, PretrainedBase)
+    if cfg.norm_stats_asset and not openpi_dir:
         raise ConfigError("--norm-stats-asset names an asset of an openpi checkpoint; --model is none")
-    if weights_dir is not None and not cfg.tokenizer:
+    if openpi_dir and not cfg.tokenizer:
         raise ConfigError(
             f"--model {weights_dir.path}: openpi weights expect PaliGemma's tokenizer; set --tokenizer to its "
             f"SentencePiece model (paligemma_tokenizer.model) or tokenizer.json"
@@ -210,7 +222,7 @@ def _conventions(cfg: OpenPIConfig, pre, cameras):
             raise ConfigError(str(exc)) from None
     choice = cfg.conventions
     if choice == "auto":
-        choice = "crane_x7" if str(cfg.model) in PRESETS else "openpi"
+        choice = "crane_x7" if str(cfg.model) in PRESETS or read_base(cfg.model) is not None else "openpi"
     if choice == "crane_x7":
         if cfg.image_slots is not None:
             raise ConfigError("--image-slots places cameras in openpi's image slots; it needs --conventions openpi")
@@ -247,6 +259,8 @@ class _Run:
         if self.pre.resume_dir is not None:
             name = (self.pre.resume_config.get("openpi") or {}).get("tokenizer_file", TOKENIZER_FILE)
             tok = PromptTokenizer.from_file(self.pre.resume_dir / name, L, fmt)
+        elif isinstance(self.weights_dir, PretrainedBase) and not self.cfg.tokenizer:
+            tok = PromptTokenizer.from_file(self.weights_dir.tokenizer_file, L, fmt)
         elif self.cfg.tokenizer:
             try:
                 tok = PromptTokenizer.from_file(self.cfg.tokenizer, L, fmt)
@@ -382,7 +396,8 @@ class _Run:
         if self.weights_dir is not None and self.pre.resume_dir is None:
             from crane_x7_vla.backends.openpi.openpi_import import import_params
 
-            init = import_params(self.weights_dir.params())
+            init = (self.weights_dir.weights() if isinstance(self.weights_dir, PretrainedBase)
+                    else import_params(self.weights_dir.params()))
         parts = ts.build(mcfg, cfg.seed, init_params=init, **freeze)
         schedule = ts.learning_rate_schedule(float(cfg.learning_rate), total, cfg.warmup_ratio, cfg.lr_scheduler)
         tx = ts.optimizer(schedule, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
