@@ -45,7 +45,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["presets/**/*", "presets/*"]},
+    package_data={PACKAGE: ["configs/demo/*.yaml"]},
     data_files=data_files,
     install_requires=requirements("core"),
     extras_require=extras,

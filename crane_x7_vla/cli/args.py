@@ -121,6 +121,16 @@ def file_name(text: str) -> str:
     return text
 
 
+def existing_file(text: str) -> str:
+    """A file to read: it must exist and be a file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{clip(text, WORD_CHARS)} is a folder; a file is expected here")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{clip(text, WORD_CHARS)} not found")
+    return text
+
+
 def image_size(text: str) -> tuple[int, int]:
     """WIDTHxHEIGHT, both at least 1."""
     try:

@@ -30,37 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla.cli.args import (
-    camera_list, float_in, folder, non_negative_int, positive_float, positive_int, share, sim_task,
+    camera_list, existing_file, float_in, folder, non_negative_int, positive_float, positive_int, share, sim_task,
 )
 from crane_x7_vla.cli.collect import MAX_SPEED, SIM_CAMERAS
+from crane_x7_vla.cli.demo_settings import defaults_file, load_settings
+from crane_x7_vla.errors import ConfigError
 from crane_x7_vla.evaluation.summary import format_rate
-
-# Per-backend training settings of the demo (how each was chosen, with its figures:
-# docs/results.md). The tiny OpenVLA preset starts from random weights, so it trains all of them,
-# sees the scene camera uncropped and predicts chunks of 5 steps. It first gets, in miniature,
-# what a real VLA brings from pretraining: `crane-x7-vla pretrain` teaches its vision backbone to
-# point at named objects in rendered scenes, and training keeps it (--freeze-vision). The model
-# writes the goal point before its actions (--goal-tokens); simulated pictures without
-# demonstrations teach that goal too (--goal-scenes, a third showing the named cube alone, a
-# third with the hand near a cube), the first 1,500 steps on those pictures only at 3e-4
-# (--goal-warmup-steps/-lr) with 8-bin goal labels. Steps moving no joint by 0.01 rad are left
-# out (--noop-threshold), and a quarter of the demonstrations start with the hand near a cube
-# (collect --start-near).
-DEFAULT_PRETRAIN_SCENES = 3000
-DEFAULT_PRETRAIN_ANSWER_STEPS = 0
-DEFAULTS = {
-    "openvla": {"steps": 4000, "batch_size": 16, "learning_rate": 1e-3, "image_size": "64x64",
-                "pretrain_steps": 2500, "goal_scenes": 6000, "goal_scenes_alone": 0.33, "goal_scenes_near": 0.33,
-                "start_near": 0.25, "goal_warmup_steps": 1500, "goal_warmup_lr": 3e-4,
-                "extra_args": ["--no-use-lora", "--cameras", "primary", "--crop-scale", "1.0",
-                               "--action-horizon", "5", "--goal-tokens", "--goal-label-sigma", "8",
-                               "--noop-threshold", "0.01"]},
-    "openpi": {"steps": 3000, "batch_size": 32, "learning_rate": 3e-4, "image_size": "64x64",
-               "pretrain_steps": 0, "goal_scenes": 0, "goal_scenes_alone": 0.0, "goal_scenes_near": 0.0,
-               "start_near": 0.0, "goal_warmup_steps": 0,
-               "goal_warmup_lr": None,
-               "extra_args": ["--no-use-lora", "--cameras", "primary"]},
-}
 
 # Simulated seconds per wall-clock second while collecting: the recorded episodes are the
 # same as in real time (every node runs on the simulator's /clock) and two cores keep up.
@@ -131,30 +106,48 @@ def _frames(eval_dir: Path, outcomes: list[dict], out: Path):
 def _run(args) -> int:
     from crane_x7_vla.evaluation import report
 
-    preset = DEFAULTS[args.backend]
-    steps = args.train_steps or preset["steps"]
-    pretrain_steps = preset["pretrain_steps"] if args.pretrain_steps is None else args.pretrain_steps
-    goal_scenes = preset["goal_scenes"] if args.goal_scenes is None else args.goal_scenes
-    alone = preset["goal_scenes_alone"] if args.goal_scenes_alone is None else args.goal_scenes_alone
-    near = preset["goal_scenes_near"] if args.goal_scenes_near is None else args.goal_scenes_near
-    start_near = preset["start_near"] if args.start_near is None else args.start_near
+    settings_path = Path(args.defaults) if args.defaults else defaults_file(args.backend, args.task)
+    try:
+        settings = load_settings(settings_path)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    collect, pre, train, evaluate = (settings[k] for k in ("collect", "pretrain", "train", "eval"))
+
+    def given(flag, value):
+        return value if flag is None else flag
+
+    episodes = given(args.episodes, collect["episodes"])
+    start_near = given(args.start_near, collect["start_near"])
+    pretrain_steps = given(args.pretrain_steps, pre["steps"])
+    pretrain_scenes = given(args.pretrain_scenes, pre["scenes"])
+    answer_steps = given(args.pretrain_answer_steps, pre["answer_steps"])
+    steps = given(args.train_steps, train["steps"])
+    goal_scenes = given(args.goal_scenes, train["goal_scenes"])
+    alone = given(args.goal_scenes_alone, train["goal_scenes_alone"])
+    near = given(args.goal_scenes_near, train["goal_scenes_near"])
     # the goal warm-up keeps its share of the steps when --train-steps scales them
-    warmup = (round(steps * preset["goal_warmup_steps"] / preset["steps"]) if args.goal_warmup_steps is None
+    warmup = (round(steps * train["goal_warmup_steps"] / train["steps"]) if args.goal_warmup_steps is None
               else args.goal_warmup_steps)
-    if pretrain_steps < 0 or (pretrain_steps > 0 and args.backend != "openvla"):
-        raise SystemExit("error: --pretrain-steps must be >= 0, and the vision stage exists for the openvla "
-                         "backend only (use --pretrain-steps 0 with --backend openpi)")
+    eval_episodes = given(args.eval_episodes, evaluate["episodes"])
+    eval_timeout = given(args.eval_timeout, evaluate["timeout"])
     if goal_scenes < 0 or (goal_scenes > 0 and args.backend != "openvla"):
         raise SystemExit("error: --goal-scenes must be >= 0, and goal tokens exist for the openvla backend only "
                          "(use --goal-scenes 0 with --backend openpi)")
     if warmup < 0 or (warmup > 0 and (goal_scenes == 0 or warmup >= steps)):
         raise SystemExit(f"error: --goal-warmup-steps ({warmup}) trains on the goal scenes first: it needs "
                          f"--goal-scenes > 0 and must be fewer than the training steps ({steps})")
+    if warmup > 0 and train["goal_warmup_lr"] is None:
+        raise SystemExit(f"error: demo settings {settings_path}: train.goal_warmup_lr is needed with a goal warm-up")
     for flag, value in (("goal-scenes-alone", alone), ("goal-scenes-near", near), ("start-near", start_near)):
         if not 0.0 <= value <= 1.0:
             raise SystemExit(f"error: --{flag} is a share, 0..1 (got {value})")
-    if args.pretrain_answer_steps < 0:
-        raise SystemExit("error: --pretrain-answer-steps must be >= 0")
+    for flag, value, least in (("pretrain-steps", pretrain_steps, 0), ("pretrain-answer-steps", answer_steps, 0),
+                               ("pretrain-scenes", pretrain_scenes, 1), ("episodes", episodes, 1),
+                               ("train-steps", steps, 1), ("eval-episodes", eval_episodes, 1)):
+        if value < least:
+            raise SystemExit(f"error: --{flag} must be >= {least} (got {value})")
+    if eval_timeout <= 0:
+        raise SystemExit(f"error: --eval-timeout must be > 0 (got {eval_timeout})")
     run = Path(args.out).resolve() / time.strftime(f"demo_{args.backend}_{args.task}_%Y%m%d_%H%M%S")
     data, train_out, eval_out = run / "data", run / "train", run / "eval"
     run.mkdir(parents=True)
@@ -164,7 +157,7 @@ def _run(args) -> int:
     timings = {}
     timings["collect_s"] = _stage(
         "1/5 collect demonstrations in simulation (ROS 2 nodes: sim + expert + relay + logger)",
-        _cli("collect", "--sim", "--task", args.task, "--episodes", args.episodes, "--out", data, "--seed", args.seed,
+        _cli("collect", "--sim", "--task", args.task, "--episodes", episodes, "--out", data, "--seed", args.seed,
              "--cameras", args.cameras, "--speed", args.collect_speed, "--start-near", f"{start_near:g}"),
         logs / "collect.log",
     )
@@ -175,20 +168,19 @@ def _run(args) -> int:
     base, pretraining = "tiny", None
     if pretrain_steps > 0:
         base = run / "base_model"
-        scenes = args.pretrain_scenes
         timings["pretrain_s"] = _stage(
-            f"3/5 pretrain the tiny preset's vision: point at named objects in {scenes} rendered scenes",
-            _cli("pretrain", "--out", base, "--task", args.task, "--scenes", scenes, "--steps", pretrain_steps,
-                 "--answer-steps", args.pretrain_answer_steps,
-                 "--image-size", preset["image_size"], "--seed", args.seed),
+            f"3/5 pretrain the tiny preset's vision: point at named objects in {pretrain_scenes} rendered scenes",
+            _cli("pretrain", "--backend", args.backend, "--out", base, "--task", args.task, "--scenes",
+                 pretrain_scenes, "--steps", pretrain_steps, "--answer-steps", answer_steps,
+                 "--image-size", train["image_size"], "--seed", args.seed),
             logs / "pretrain.log")
         pretraining = json.loads((base / "pretraining.json").read_text())
     train_cmd = [sys.executable, "-m", "crane_x7_vla.training.cli", "train", "--backend", args.backend,
                  "--model", str(base), "--data-root", str(data), "--output-dir", str(train_out),
-                 "--max-steps", str(steps), "--batch-size", str(preset["batch_size"]),
-                 "--learning-rate", str(preset["learning_rate"]), "--image-size", preset["image_size"],
-                 "--save-steps", str(max(steps // 2, 1)), "--seed", str(args.seed), *preset["extra_args"]]
-    if pretrain_steps > 0:
+                 "--max-steps", str(steps), "--batch-size", str(train["batch_size"]),
+                 "--learning-rate", f"{train['learning_rate']:g}", "--image-size", train["image_size"],
+                 "--save-steps", str(max(steps // 2, 1)), "--seed", str(args.seed), *train["args"]]
+    if pretrain_steps > 0 and train["freeze_vision"]:
         train_cmd.append("--freeze-vision")
     if goal_scenes > 0:
         train_cmd += ["--goal-scenes", str(goal_scenes), "--goal-scenes-task", args.task]
@@ -197,12 +189,12 @@ def _run(args) -> int:
         if near > 0:
             train_cmd += ["--goal-scenes-near", f"{near:g}"]
         if warmup > 0:
-            train_cmd += ["--goal-warmup-steps", str(warmup), "--goal-warmup-lr", f"{preset['goal_warmup_lr']:g}"]
+            train_cmd += ["--goal-warmup-steps", str(warmup), "--goal-warmup-lr", f"{train['goal_warmup_lr']:g}"]
     timings["train_s"] = _stage(f"3/5 train the tiny {args.backend} preset on the CPU ({steps} steps)", train_cmd,
                                 logs / "train.log")
     checkpoint = train_out / "checkpoint-final"
-    eval_cmd = _cli("eval", checkpoint, "--task", args.task, "--episodes", args.eval_episodes,
-                    "--timeout", args.eval_timeout, "--out", eval_out)
+    eval_cmd = _cli("eval", checkpoint, "--task", args.task, "--episodes", eval_episodes,
+                    "--timeout", eval_timeout, "--out", eval_out)
     timings["eval_s"] = _stage("4/5 deploy checkpoint-final through the inference node on held-out seeds",
                                eval_cmd, logs / "eval.log")
     results = json.loads((eval_out / "evaluation.json").read_text())
@@ -223,6 +215,7 @@ def _run(args) -> int:
     summary = {
         "backend": args.backend,
         "task": args.task,
+        "settings_file": str(settings_path),
         "success_rate": results["policy"]["success_rate"],
         "success_rate_ci95": results["policy"]["success_rate_ci95"],
         "baseline_success_rate": max(baselines.values()) if baselines else None,
@@ -255,9 +248,13 @@ def _run(args) -> int:
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="collect → train → deploy → success rate, on the simulated CRANE-X7",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=sorted(DEFAULTS), default="openvla", help="policy family (default openvla)")
+    p.add_argument("--backend", choices=("openvla", "openpi"), default="openvla",
+                   help="policy family (default openvla)")
     p.add_argument("--task", type=sim_task, default="reach", help="simulated task: reach or pick_place (default reach)")
-    p.add_argument("--episodes", type=positive_int, default=400, help="demonstrations to collect (default 400)")
+    p.add_argument("--defaults", type=existing_file, default=None, metavar="FILE",
+                   help="settings file of every stage (default: crane_x7_vla/configs/demo/BACKEND_TASK.yaml); "
+                        "the flags below win over it")
+    p.add_argument("--episodes", type=positive_int, default=None, help="demonstrations to collect")
     p.add_argument("--cameras", type=camera_list(SIM_CAMERAS), default="primary",
                    help="cameras to record, comma-separated: primary (scene), wrist (hand); the tiny presets "
                         "see the scene camera (default primary)")
@@ -266,33 +263,25 @@ def register(subparsers) -> argparse.ArgumentParser:
                         f"simulator's /clock; default {DEFAULT_COLLECT_SPEED:g})")
     p.add_argument("--start-near", type=share, default=None, metavar="SHARE",
                    help="share of the demonstrations that start with the hand a few cm from a cube (collect "
-                        f"--start-near; default {DEFAULTS['openvla']['start_near']:g} for openvla, 0 for openpi)")
+                        "--start-near)")
     p.add_argument("--pretrain-steps", type=non_negative_int, default=None,
-                   help="steps of the vision stage before training, whose tower training then keeps; 0 = "
-                        f"train from the random preset (default {DEFAULTS['openvla']['pretrain_steps']} for "
-                        "openvla, 0 for openpi)")
-    p.add_argument("--pretrain-answer-steps", type=non_negative_int, default=DEFAULT_PRETRAIN_ANSWER_STEPS,
-                   help="then steps of the language model answering where each named object is (with "
-                        f"--pretrain-steps; default {DEFAULT_PRETRAIN_ANSWER_STEPS})")
-    p.add_argument("--pretrain-scenes", type=positive_int, default=DEFAULT_PRETRAIN_SCENES,
-                   help=f"rendered scenes of the vision stage (default {DEFAULT_PRETRAIN_SCENES})")
+                   help="steps of the pretraining stage (`crane-x7-vla pretrain`) before training; 0 = train from "
+                        "the random preset")
+    p.add_argument("--pretrain-answer-steps", type=non_negative_int, default=None,
+                   help="then steps of the model answering where each named object is (pretrain --answer-steps)")
+    p.add_argument("--pretrain-scenes", type=positive_int, default=None, help="rendered scenes of the pretraining")
     p.add_argument("--goal-scenes", type=non_negative_int, default=None,
-                   help="simulated pictures, without demonstrations, that also teach the goal tokens "
-                        f"(default {DEFAULTS['openvla']['goal_scenes']} for openvla, 0 for openpi)")
+                   help="simulated pictures, without demonstrations, that also teach the goal tokens (openvla)")
     p.add_argument("--goal-scenes-alone", type=share, default=None,
-                   help="share of the goal scenes that show the named cube alone (default "
-                        f"{DEFAULTS['openvla']['goal_scenes_alone']:g} for openvla)")
+                   help="share of the goal scenes that show the named cube alone")
     p.add_argument("--goal-scenes-near", type=share, default=None,
-                   help="share of the goal scenes with the hand a few cm from a cube, the named one or another "
-                        f"(default {DEFAULTS['openvla']['goal_scenes_near']:g} for openvla)")
+                   help="share of the goal scenes with the hand a few cm from a cube, the named one or another")
     p.add_argument("--goal-warmup-steps", type=non_negative_int, default=None,
-                   help="the first training steps learn where the named cube is from the goal scenes only "
-                        f"(default {DEFAULTS['openvla']['goal_warmup_steps']} of "
-                        f"{DEFAULTS['openvla']['steps']} for openvla, the same share of --train-steps)")
-    p.add_argument("--train-steps", type=positive_int, default=None, help="training steps (default per backend)")
-    p.add_argument("--eval-episodes", type=positive_int, default=20, help="held-out seeds to evaluate (default 20)")
-    p.add_argument("--eval-timeout", type=positive_float, default=10.0,
-                   help="seconds per evaluation episode (default 10; the demonstrations take 3-4 s)")
+                   help="the first training steps learn where the named cube is from the goal scenes only (the "
+                        "settings file's share of the steps when --train-steps changes them)")
+    p.add_argument("--train-steps", type=positive_int, default=None, help="training steps")
+    p.add_argument("--eval-episodes", type=positive_int, default=None, help="held-out seeds to evaluate")
+    p.add_argument("--eval-timeout", type=positive_float, default=None, help="seconds per evaluation episode")
     p.add_argument("--seed", type=non_negative_int, default=0, help="first collection seed and training seed")
     p.add_argument("--out", type=folder, default="runs", help="folder for the run (default ./runs)")
     p.set_defaults(func=_run)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from crane_x7_vla.cli.demo import DEFAULTS
+from crane_x7_vla.cli.demo_settings import defaults_file, load_settings
 from crane_x7_vla.episode.validate import validate_dataset
 from crane_x7_vla.sim.poses import recovery_start
 
@@ -35,7 +35,8 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert validate_dataset(run / "data") == (3, [])
     assert (run / "data" / "dataset_statistics.json").exists()
     # openvla: a share of them start with the hand near a cube (drawn from each seed by the simulator)
-    share = DEFAULTS[backend]["start_near"]
+    settings = load_settings(defaults_file(backend, "reach"))
+    share = settings["collect"]["start_near"]
     assert share == (0.25 if backend == "openvla" else 0.0)
     near_seeds = [s for s in range(3) if recovery_start(s, share) is not None]
     collect_log = (run / "logs" / "collect.log").read_text()
@@ -57,11 +58,11 @@ def test_shortened_demo_produces_every_stage(tmp_path, backend):
     assert train_config["noop_threshold"] == (0.01 if openvla else 0.0)  # the demo's, over the preset's 0.002
     if openvla:
         assert train_config["goal_tokens"] and train_config["goal_scenes"] == 8
-        assert train_config["goal_scenes_alone"] == DEFAULTS["openvla"]["goal_scenes_alone"]
-        assert train_config["goal_scenes_near"] == DEFAULTS["openvla"]["goal_scenes_near"]
+        assert train_config["goal_scenes_alone"] == settings["train"]["goal_scenes_alone"]
+        assert train_config["goal_scenes_near"] == settings["train"]["goal_scenes_near"]
         # the goal warm-up keeps its share of the 8 steps (1500 of 4000 -> 3) and its own rate
         assert train_config["goal_warmup_steps"] == 3
-        assert train_config["goal_warmup_lr"] == DEFAULTS["openvla"]["goal_warmup_lr"]
+        assert train_config["goal_warmup_lr"] == settings["train"]["goal_warmup_lr"]
     else:  # the goal settings are openvla's own
         assert not any(key.startswith("goal_") for key in train_config)
     assert (run / "train" / "metrics.jsonl").read_text().strip()
