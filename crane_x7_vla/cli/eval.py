@@ -21,7 +21,7 @@ from pathlib import Path
 
 from crane_x7_vla.cli.args import folder, non_negative_int, positive_float, positive_int, sim_task
 from crane_x7_vla.evaluation.closed_loop import HELD_OUT_FIRST_SEED, EvaluationError, evaluate
-from crane_x7_vla.evaluation.summary import format_achieved_rates, format_rate
+from crane_x7_vla.evaluation.summary import format_achieved_rates, format_grasp_rate, format_rate
 from crane_x7_vla.policy.devices import ACCEPTED, device_arg
 
 
@@ -49,6 +49,8 @@ def _run(args) -> int:
         f"{mean_s if mean_s is None else round(mean_s, 2)} s; "
         f"safety interventions {policy['safety_interventions']}"
     )
+    if policy.get("grasp_rate") is not None:
+        print(f"grasped the named cube: {format_grasp_rate(policy)} (success counts the cube resting on its plate)")
     achieved = format_achieved_rates(policy)
     if achieved:
         print(f"achieved {achieved}; lockstep waits that ran out: {policy.get('lockstep_timeouts') or 0}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crane_x7_vla import robot
-from crane_x7_vla.evaluation.summary import format_achieved_rates, format_rate
+from crane_x7_vla.evaluation.summary import format_achieved_rates, format_grasp_rate, format_rate
 from crane_x7_vla.training.metrics import is_curve
 
 
@@ -145,14 +145,17 @@ def write_report(run_dir: Path, summary: dict, pictures: dict[str, Path | None])
     if policy:
         lines.append(f"**Trained policy success: {format_rate(policy)}** over held-out seeds.")
         lines.append("")
+    grasp = any(res.get("grasp_rate") is not None for res in summary.get("evaluation", {}).values())
     lines.append(
-        "| policy | success | mean time to success | failures ended from the goal (median) | safety interventions |"
+        "| policy | success | " + ("grasped the named cube | " if grasp else "")
+        + "mean time to success | failures ended from the goal (median) | safety interventions |"
     )
-    lines.append("|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|" + ("---|" if grasp else ""))
     for name, res in summary.get("evaluation", {}).items():
         tts, miss = res.get("mean_time_to_success_s"), res.get("median_failure_distance_m")
         lines.append(
-            f"| {name} | {format_rate(res)} | {'-' if tts is None else f'{tts:.1f} s'} | "
+            f"| {name} | {format_rate(res)} | " + (f"{format_grasp_rate(res)} | " if grasp else "")
+            + f"{'-' if tts is None else f'{tts:.1f} s'} | "
             f"{'-' if miss is None else f'{miss * 100:.1f} cm'} | {sum(res.get('safety_interventions', {}).values())} |"
         )
     lines.append("")

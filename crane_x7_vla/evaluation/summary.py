@@ -31,6 +31,7 @@ class EpisodeOutcome:
     control_hz_wall: float | None = None
     # lockstep waits that ran out in the episode: the simulator's for a command, the node's for its inputs
     lockstep_timeouts: int = 0
+    grasped: bool | None = None  # pick_place: the named cube was held off the table at some point
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -58,6 +59,8 @@ def summarize_episodes(outcomes: list[EpisodeOutcome]) -> dict:
         "success_rate": len(wins) / n if n else 0.0,
         "success_rate_ci95": [low, high],
         "mean_time_to_success_s": float(np.mean([o.time_to_success for o in wins])) if wins else None,
+        # pick_place: the grasp half of the task on its own (None where the task has no grasp)
+        **_grasps(outcomes),
         # where the failures ended: just short of the goal, or somewhere else entirely
         "median_failure_distance_m": _median([o.final_distance_m for o in outcomes if not o.success]),
         "safety_interventions": interventions,
@@ -69,6 +72,14 @@ def summarize_episodes(outcomes: list[EpisodeOutcome]) -> dict:
         "lockstep_timeouts": int(sum(o.lockstep_timeouts for o in outcomes)),
         "per_seed": [asdict(o) for o in outcomes],
     }
+
+
+def _grasps(outcomes: list[EpisodeOutcome]) -> dict:
+    known = [o.grasped for o in outcomes if o.grasped is not None]
+    if not known:
+        return {"grasps": None, "grasp_rate": None, "grasp_rate_ci95": None}
+    low, high = wilson_interval(sum(known), len(known))
+    return {"grasps": int(sum(known)), "grasp_rate": sum(known) / len(known), "grasp_rate_ci95": [low, high]}
 
 
 def _spread(values: list) -> dict | None:
@@ -104,3 +115,12 @@ def format_rate(summary: dict) -> str:
         f"{summary['success_rate'] * 100:.0f}% ({summary['successes']}/{summary['episodes']}, "
         f"95% CI {low * 100:.0f}-{high * 100:.0f}%)"
     )
+
+
+def format_grasp_rate(summary: dict) -> str:
+    """'85% (17/20, 95% CI 64-95%)' of the grasps, or '-' for a task without a grasp."""
+    if summary.get("grasp_rate") is None:
+        return "-"
+    low, high = summary["grasp_rate_ci95"]
+    return (f"{summary['grasp_rate'] * 100:.0f}% ({summary['grasps']}/{summary['episodes']}, "
+            f"95% CI {low * 100:.0f}-{high * 100:.0f}%)")

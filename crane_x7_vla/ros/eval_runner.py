@@ -307,6 +307,7 @@ class EvalRunner(Node):
             "time_to_success": round(solved, 4) if success else None,
             "duration": round(duration, 4),
             "final_distance_m": check.get("distance_to_goal_m"),
+            "grasped": after_check.get("grasped"),
             "interventions": {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after},
             # policy calls in the episode and the node's latency percentiles (its recent window)
             "inferences": done["inferences"],

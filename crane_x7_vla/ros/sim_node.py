@@ -15,7 +15,8 @@ plus the cameras (sensor_msgs/Image rgb8 + CameraInfo; the hand camera on
     /instruction              std_msgs/String, transient local: the episode's instruction
     ~/success                 std_msgs/Bool: the task's success check, `success_rate` Hz
     ~/check_success           std_srvs/Trigger: success = the check now, message = JSON state (with
-                              distance_to_goal_m, how far from success: see TaskSpec.distance)
+                              distance_to_goal_m, how far from success: see TaskSpec.distance;
+                              grasped, pick_place: the named cube was held off the table)
     ~/reset                   std_srvs/Trigger: new episode with the `seed` parameter (then seed += 1),
                               switching to the `task` parameter's task; message = JSON
                               {task, seed, instruction, start_state (the 8 joint positions),
@@ -472,6 +473,7 @@ class SimNode(Node):
                     "time": env.time,
                     "expert": self._expert_state,
                     "distance_to_goal_m": round(env.distance_to_goal(), 4),
+                    "grasped": env.grasped,
                     "commanded_s": None if commanded is None else (self._sim_ns - commanded) * 1e-9,
                     "solved_after_s": None if solved is None else (solved - commanded) * 1e-9,
                     "steps": self.stats["steps"],

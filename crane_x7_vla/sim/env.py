@@ -108,6 +108,7 @@ class SimEnv:
         self._grip_vel_ref = 0.0
         self._target_time = 0.0
         self._traj: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._grasped = False
         self._set_gripper_force(5.0)
         self._apply_controls(np.zeros(_N_ARM), 0.0)
         self._mj.mj_forward(m, d)
@@ -190,6 +191,7 @@ class SimEnv:
             "target_cube": lay.target_cube, "target_plate": lay.target_plate,
             "gripper_touches_target": self.gripper_touches_cube(lay.target_cube),
             "success": self.success(),
+            "grasped": self.grasped,
             "distance_to_goal_m": round(self.distance_to_goal(), 4),
         }
 
@@ -245,6 +247,14 @@ class SimEnv:
         while self.data.time + 0.5 * h <= self._target_time:
             self._update_references(h)
             self._mj.mj_step(self.model, self.data)
+        if self.spec.n_plates and not self._grasped:
+            self._grasped = self.spec.lifted(self)
+
+    @property
+    def grasped(self) -> bool | None:
+        """pick_place: whether the fingers have held the named cube off the table at any step of
+        this episode (the grasp half of the task); None for tasks without a grasp."""
+        return self._grasped if self.spec.n_plates else None
 
     def _desired_arm(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Trajectory position and velocity at time t (linear interpolation between points)."""

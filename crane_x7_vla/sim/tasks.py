@@ -18,6 +18,7 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 REACH_DISTANCE = 0.04  # m, fingertip centre to target cube centre
 PLACE_TOLERANCE = PLATE_RADIUS - 0.01  # m, cube centre to plate centre in the table plane
 REST_SPEED = 0.05  # m/s, a cube moving slower than this is resting
+GRASP_LIFT = 0.02  # m above its resting height: the cube is off the table, held
 
 
 @dataclass
@@ -88,6 +89,11 @@ class TaskSpec:
         if self.n_plates == 0:
             return float(np.linalg.norm(env.fingertip_centre() - cube))
         return float(np.linalg.norm(cube[:2] - env.layout.plate_xy[env.layout.target_plate]))
+
+    def lifted(self, env) -> bool:
+        """The named cube held by the fingers at least GRASP_LIFT above where it rests on the table."""
+        i = env.layout.target_cube
+        return bool(env.cube_position(i)[2] > CUBE_HALF + GRASP_LIFT and env.gripper_touches_cube(i))
 
     def success(self, env) -> bool:
         """The task's success check on the current simulator state."""

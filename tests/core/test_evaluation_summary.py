@@ -38,3 +38,20 @@ def test_report_table_shows_how_far_the_failures_ended(tmp_path):
     assert "| policy | 50% (1/2, 95% CI" in md and "| 4.7 cm |" in md
     assert "| hold still | 0% (0/2, 95% CI" in md and "| 30.0 cm |" in md
     assert json.loads(json_path.read_text())["evaluation"]["hold still"]["median_failure_distance_m"] == 0.3
+
+
+def test_pick_place_reports_grasps_beside_placements(tmp_path):
+    """Grasp success and place success separately: 3 grasped of 4, 1 of them placed."""
+    outcomes = [_outcome(0, True, 0.01), _outcome(1, False, 0.2), _outcome(2, False, 0.15), _outcome(3, False, 0.3)]
+    for o, grasped in zip(outcomes, (True, True, True, False)):
+        o.grasped = grasped
+    s = summarize_episodes(outcomes)
+    assert (s["grasps"], s["grasp_rate"], s["successes"]) == (3, 0.75, 1)
+    assert s["grasp_rate_ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+    reach = summarize_episodes([_outcome(0, True, 0.03)])  # a task without a grasp: no grasp figure
+    assert (reach["grasps"], reach["grasp_rate"]) == (None, None)
+    _, md = write_report(tmp_path, {"task": "pick_place", "backend": "openpi", "evaluation": {"policy": s}}, {})
+    table = md.read_text()
+    assert "grasped the named cube" in table and "75% (3/4" in table and "25% (1/4" in table
+    _, md = write_report(tmp_path, {"task": "reach", "backend": "openpi", "evaluation": {"policy": reach}}, {})
+    assert "grasped" not in md.read_text()

@@ -16,9 +16,13 @@ def test_expert_solves_task(task, seeds):
         env.reset(seed)
         expert = ScriptedExpert(env, rng=np.random.default_rng(seed))
         targets = []
+        assert env.grasped is (False if task == "pick_place" else None)  # a new episode: not yet
         ok = rollout(env, expert, control_hz=50, timeout=25,
                      on_step=lambda e, q: targets.append(q.copy()))
         assert ok and expert.done and env.success(), (task, seed, env.instruction)
+        # the grasp half of pick_place is on record after the cube was let go on its plate
+        assert env.grasped is (True if task == "pick_place" else None)
+        assert env.state_summary()["grasped"] is env.grasped
         targets = np.array(targets)
         assert robot.within_limits(targets).all()
         speed = np.abs(np.diff(targets[:, :7], axis=0)).max() * 50
@@ -103,3 +107,13 @@ def test_reach_flows_past_its_via_point_without_stopping():
         fastest = int(np.argmax(speed))
         assert fastest < near, seed
         assert speed[fastest:near].min() > 0.05, (seed, speed[fastest:near].min())
+
+
+def test_a_pick_place_episode_without_a_grasp_is_not_counted_as_one():
+    """Pushing the named cube along the table, or lifting the arm alone, is no grasp."""
+    env = SimEnv("pick_place", seed=2)
+    env.reset(2)
+    cube = env.cube_position(env.layout.target_cube)
+    env.place_cube(env.layout.target_cube, cube + np.array([0.0, 0.0, 0.05]))  # dropped from 5 cm, untouched
+    env.step(0.5)
+    assert env.grasped is False and env.cube_position(env.layout.target_cube)[2] < 0.03
