@@ -300,6 +300,9 @@ def domain_id():
         yield domain
 
 
+RESEND_S = 5.0
+
+
 class Probe:
     """The test's own rclpy node in the launch's domain: service calls, parameters, topics."""
 
@@ -315,12 +318,18 @@ class Probe:
         return self.bg.call(Trigger, service, timeout=timeout)
 
     def parameters(self, node: str, names: list[str], timeout: float = 30.0) -> dict:
-        """{name: value} of a running node's parameters (None for one it does not have)."""
+        """{name: value} of a running node's parameters (None for one it does not have).
+
+        The request is sent again every RESEND_S without an answer (reading parameters does no
+        harm twice): a server whose reply writer has not yet discovered this new client when the
+        request arrives drops the reply once it has waited its max_blocking_time, which on a
+        busy machine can pass before discovery completes."""
         from rcl_interfaces.srv import GetParameters
         from rclpy.parameter import parameter_value_to_python
 
         response = self.bg.call(
-            GetParameters, f"{node}/get_parameters", GetParameters.Request(names=names), timeout=timeout
+            GetParameters, f"{node}/get_parameters", GetParameters.Request(names=names), timeout=timeout,
+            resend_after=RESEND_S,
         )
         values = [parameter_value_to_python(v) if v.type else None for v in response.values]
         return dict(zip(names, values))
@@ -347,12 +356,18 @@ def probe(domain_id):
 
 def wait_until(predicate, timeout: float, what: str, launch: Launch | None = None):
     deadline = time.monotonic() + timeout
+
+    def printed() -> str:
+        return "" if launch is None else f"\nlaunch output:\n{launch.output()[-4000:]}"
+
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except TimeoutError as exc:  # a service that did not answer: say what the nodes printed
+            pytest.fail(f"{exc} (waiting for {what}){printed()}")
         if value:
             return value
         if launch is not None and launch.proc.poll() is not None:
             break
         time.sleep(0.05)
-    tail = "" if launch is None else f"\nlaunch output:\n{launch.output()[-4000:]}"
-    pytest.fail(f"timed out after {timeout} s waiting for {what}{tail}")
+    pytest.fail(f"timed out after {timeout} s waiting for {what}{printed()}")
