@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crane_x7_vla.episode import jpeg
+from crane_x7_vla.errors import ConfigError
 from crane_x7_vla.preprocess import ImageSpec, prepare_image
 
 #: Rendered scenes start at this seed: far from the demonstrations (0..) and from the
@@ -74,3 +75,15 @@ def render_scenes(task: str, n_scenes: int, first_seed: int, spec: ImageSpec, rn
     finally:
         env.close()
     return Scenes(np.stack(images), np.array(scene), text, lead_in, np.array(where, dtype=np.float32))
+
+
+def check_stage_settings(task: str, **counts: tuple[int, int]) -> None:
+    """ConfigError naming the flag when `task` is not a simulated task or a count
+    (name=(value, least)) is below its least value."""
+    from crane_x7_vla.sim.tasks import TASKS
+
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} is not a simulated task (tasks: {', '.join(sorted(TASKS))})")
+    for name, (value, least) in counts.items():
+        if value < least:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {least} (got {value})")

@@ -39,7 +39,7 @@ from crane_x7_vla.backends.openpi.presets import PRESETS
 from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
 from crane_x7_vla.errors import ConfigError
 from crane_x7_vla.preprocess import ImageSpec
-from crane_x7_vla.sim.pointing import PRETRAIN_FIRST_SEED, Scenes, render_scenes
+from crane_x7_vla.sim.pointing import PRETRAIN_FIRST_SEED, Scenes, check_stage_settings, render_scenes
 
 #: Action chunk of the answer stage (the network has no horizon-sized weights: fine-tuning may use another).
 ANSWER_HORIZON = 4
@@ -174,16 +174,10 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
     """Build `preset` at `image_size`, pretrain its image encoder (`steps`) and then, with
     `answer_steps`, the whole model to answer pointing questions, on rendered scenes of `task`;
     save it to `dest`. Returns the figures, also written to dest/pretraining.json."""
-    from crane_x7_vla.sim.tasks import TASKS
-
     if preset not in PRESETS:
         raise ConfigError(f"--preset {preset!r} is not an openpi preset (presets: {', '.join(PRESETS)})")
-    if task not in TASKS:
-        raise ConfigError(f"--task {task!r} is not a simulated task (tasks: {', '.join(sorted(TASKS))})")
-    for name, value, least in (("scenes", scenes, 1), ("steps", steps, 1), ("answer-steps", answer_steps, 0),
-                               ("batch-size", batch_size, 1), ("held-out", held_out, 1)):
-        if value < least:
-            raise ConfigError(f"--{name} must be >= {least} (got {value})")
+    check_stage_settings(task, scenes=(scenes, 1), steps=(steps, 1), answer_steps=(answer_steps, 0),
+                         batch_size=(batch_size, 1), held_out=(held_out, 1))
     cfg = replace(PRESETS[preset], image_width=int(image_size[0]), image_height=int(image_size[1]),
                   num_cameras=1, action_horizon=ANSWER_HORIZON, lora_rank=0, expert_lora_rank=0, dtype="float32")
     try:

@@ -46,8 +46,9 @@ from crane_x7_vla.backends.openvla.model import (build_batch, load_vla, material
                                                  set_image_position)
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.preprocess import ImageSpec, Normalizer
-from crane_x7_vla.sim.pointing import CAMERA, PRETRAIN_FIRST_SEED, Scenes, render_scenes
-from crane_x7_vla.training.config import PRESET_DEFAULTS, ConfigError
+from crane_x7_vla.sim.pointing import CAMERA, PRETRAIN_FIRST_SEED, Scenes, check_stage_settings, render_scenes
+from crane_x7_vla.training.config import PRESET_DEFAULTS
+
 
 class PointingHead(torch.nn.Module):
     """Read-out used only in this stage: a learned query per question attends over the
@@ -81,14 +82,8 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
     language model to answer pointing questions, on rendered scenes of `task`; save the model
     to `dest`. Returns figures (held-out pointing errors in pixels of the model's picture,
     time taken), also written to dest/pretraining.json."""
-    from crane_x7_vla.sim.tasks import TASKS
-
-    if task not in TASKS:
-        raise ConfigError(f"--task {task!r} is not a simulated task (tasks: {', '.join(sorted(TASKS))})")
-    for name, value, least in (("scenes", scenes, 1), ("steps", steps, 1), ("answer-steps", answer_steps, 0),
-                               ("batch-size", batch_size, 1), ("held-out", held_out, 1)):
-        if value < least:
-            raise ConfigError(f"--{name} must be >= {least} (got {value})")
+    check_stage_settings(task, scenes=(scenes, 1), steps=(steps, 1), answer_steps=(answer_steps, 0),
+                         batch_size=(batch_size, 1), held_out=(held_out, 1))
     dest = Path(dest)
     t0 = time.monotonic()
     torch.manual_seed(seed)
