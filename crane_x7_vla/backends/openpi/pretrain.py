@@ -54,21 +54,26 @@ def instructions(task: str) -> list[str]:
 
 
 class PointingHead(nnx.Module):
-    """Stage 1 read-out: a learned query per question attends over the patch tokens and an MLP
-    regresses the object's picture position in [-1, 1]."""
+    """Stage 1 read-out: a learned query per question scores every patch token, and the answer
+    is the score-weighted mean of the patch centres moved by an offset each token predicts
+    within its patch (a soft arg-max over the picture's grid). The encoder learns to make the
+    named object's patches stand out, which is the grounding the policy needs."""
 
-    def __init__(self, n_questions: int, width: int, rngs: nnx.Rngs):
+    def __init__(self, n_questions: int, width: int, grid: tuple[int, int], rngs: nnx.Rngs):
+        rows, cols = grid
         self.query = nnx.Param(jax.random.normal(rngs.params(), (n_questions, width)) * width**-0.5)
         self.key = Dense(width, width, rngs)
-        self.value = Dense(width, width, rngs)
-        self.hidden = Dense(width, 128, rngs)
-        self.out = Dense(128, 2, rngs)
+        self.offset = Dense(width, 2, rngs)
+        v, u = np.meshgrid((np.arange(rows) + 0.5) / rows * 2 - 1, (np.arange(cols) + 0.5) / cols * 2 - 1,
+                           indexing="ij")
+        self.centres = nnx.Variable(jnp.asarray(np.stack([u.ravel(), v.ravel()], -1), jnp.float32))
+        self.half_cell = nnx.Variable(jnp.asarray([1.0 / cols, 1.0 / rows], jnp.float32))
 
     def __call__(self, tokens: jax.Array, question_ids: jax.Array) -> jax.Array:
         q = self.query[...][question_ids]  # (B, D)
-        scores = jnp.einsum("bd,bnd->bn", q, self.key(tokens)) * tokens.shape[-1] ** -0.5
-        read = jnp.einsum("bn,bnd->bd", jax.nn.softmax(scores, axis=-1), self.value(tokens))
-        return self.out(nnx.gelu(self.hidden(read)))
+        scores = jnp.einsum("bd,bnd->bn", q, self.key(tokens))
+        where = self.centres[...] + jnp.tanh(self.offset(tokens)) * self.half_cell[...]  # (B, N, 2)
+        return jnp.einsum("bn,bnc->bc", jax.nn.softmax(scores, axis=-1), where)
 
 
 class _Stage1(nnx.Module):
@@ -94,7 +99,9 @@ def vision_stage(model, data: Scenes, test: Scenes, *, steps: int, batch_size: i
 
     names = sorted(set(data.text) | set(test.text))
     ids = {n: i for i, n in enumerate(names)}
-    stage = _Stage1(model.vision, PointingHead(len(names), model.cfg.prefix.width, nnx.Rngs(params=seed + 1)))
+    p = model.cfg.vision.patch_size
+    grid = (model.cfg.image_height // p, model.cfg.image_width // p)
+    stage = _Stage1(model.vision, PointingHead(len(names), model.cfg.prefix.width, grid, nnx.Rngs(params=seed + 1)))
     graphdef, state = nnx.split(stage)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(_cosine(learning_rate, steps), weight_decay=0.0))
     opt = tx.init(state)
