@@ -128,7 +128,12 @@ class InferenceNode(Node):
         )
         self.dry_run = bool(p("dry_run", False, "Compute commands but publish them on ~/dry_run/joint_trajectory only"))
         self.autostart = bool(p("autostart", False, "Start moving once inputs arrive (else wait for ~/start)"))
-        self.blend = p("blend", "crossfade", "Chunk blending: crossfade or replace")
+        self.blend = p(
+            "blend",
+            "crossfade",
+            "Chunk blending: crossfade, replace, or rtc (real-time chunking: a local openpi policy samples each "
+            "chunk guided by the actions committed during its measured inference delay; no cross-fade)",
+        )
         self.crossfade_time = float(p("crossfade_time", 0.2, "Cross-fade duration between chunks (s)"))
         self.control_priority = int(
             p(
@@ -226,6 +231,7 @@ class InferenceNode(Node):
         self._last_command_time: float | None = None  # node time of the newest command
         self._pending_chunk: tuple[float, float] | None = None  # (capture time, arrival time)
         self._tick_times: deque = deque(maxlen=WINDOW)
+        self._delays: deque = deque(maxlen=5)  # rtc: the latest inference delays (capture -> arrival, s)
         self._last_goal_pos: float | None = None
         self._last_goal_time = 0.0
 
@@ -315,6 +321,11 @@ class InferenceNode(Node):
             )
         if self.blend not in MODES:
             raise ConfigError(f"parameter 'blend' must be one of {', '.join(MODES)} (got '{self.blend}')")
+        if self.blend == "rtc" and self.policy_server:
+            raise ConfigError(
+                "parameter 'blend' rtc guides the sampling of a local policy: give model_path (an openpi "
+                "checkpoint) instead of policy_server"
+            )
         self.camera_names = [c for c in self.camera_names if c]
         self.camera_topics = [t for t in self.camera_topics if t]
         if len(self.camera_names) != len(self.camera_topics):
@@ -356,6 +367,11 @@ class InferenceNode(Node):
     def _configure(self, config: dict) -> None:
         """Set up camera inputs and the executor for a policy's config."""
         cameras = list(config.get("cameras") or [])
+        if self.blend == "rtc" and config.get("backend") != "openpi":
+            raise ConfigError(
+                f"parameter 'blend' rtc needs a policy that samples its chunks by flow matching (an openpi "
+                f"checkpoint); {self.model_path} is {config.get('backend')}: use blend crossfade"
+            )
         with self._lock:
             self.policy_config = config
             if not self.instruction:
@@ -584,9 +600,33 @@ class InferenceNode(Node):
 
         self.status, self.status_detail = "loading", "warm-up prediction"
         try:
-            self.get_logger().info(f"warm-up prediction: {warm_up(policy):.2f} s")
+            seconds = warm_up(policy)
+            self.get_logger().info(f"warm-up prediction: {seconds:.2f} s")
+            if self.blend == "rtc":  # the guided sampler is a program of its own: compile it now too
+                self.get_logger().info(f"warm-up guided prediction: {self._warm_up_guided(policy):.2f} s")
         except Exception as exc:  # noqa: BLE001 - real observations get their own errors
             self.get_logger().warning(f"the warm-up prediction failed ({exc}); going on")
+
+    @staticmethod
+    def _warm_up_guided(policy) -> float:
+        """One guided prediction (real-time chunking) on a blank picture at the home pose; its seconds."""
+        meta = policy.metadata
+        width, height = meta.get("image_size") or (224, 224)
+        home = robot.home_state()
+        observation = {
+            "images": {cam: np.zeros((int(height), int(width), 3), np.uint8) for cam in meta.get("cameras") or []},
+            "state": home,
+            "instruction": policy.config.get("default_instruction") or "warm up",
+            "episode_time": 0.0,
+            "committed_actions": np.tile(home, (int(meta.get("action_horizon") or 1), 1)),
+            "delay_steps": 1,
+        }
+        t0 = time.perf_counter()
+        policy.predict(observation)
+        seconds = time.perf_counter() - t0
+        if hasattr(policy, "reset"):
+            policy.reset()
+        return seconds
 
     def _autostart_wait(self) -> None:
         while not self._stop.is_set():
@@ -633,6 +673,8 @@ class InferenceNode(Node):
             "instruction": instruction,
             "episode_time": max(0.0, capture - start_time),
         }
+        if self.blend == "rtc":
+            obs.update(self._committed(capture))
         t1 = time.perf_counter()
         actions = self.policy.predict(obs)
         t2 = time.perf_counter()
@@ -664,6 +706,7 @@ class InferenceNode(Node):
             arrival = self._now() if now is None else now
             self.executor_.add_chunk(actions, capture, arrival, state=state)
             self._pending_chunk = (capture, arrival)
+            self._delays.append(arrival - capture)
         t3 = time.perf_counter()
         self.counts["inferences"] += 1
         self.timing["image_wait_ms"].append(max(0.0, arrival - capture - (t3 - t0)) * 1e3)
@@ -676,6 +719,22 @@ class InferenceNode(Node):
         self.timing["model_ms"].append(model_ms)
         self.timing["postprocess_ms"].append((t3 - t2) * 1e3 + float(inner.get("postprocess_ms", 0.0)))
         self.timing["inference_ms"].append((t3 - t0) * 1e3)
+
+    def _committed(self, capture: float) -> dict:
+        """Real-time chunking's inputs for a chunk observed at `capture`: the executor's targets
+        at its step times (`committed_actions`) and how many of them run before it arrives
+        (`delay_steps`: the largest of the latest measured capture -> arrival delays, in policy
+        steps, rounded up); nothing before the first chunk."""
+        with self._lock:
+            if self.executor_ is None or not self.executor_.has_chunk:
+                return {}
+            horizon = int((self.policy_config or {}).get("action_space", {}).get("horizon", 1))
+            committed = self.executor_.committed(capture, horizon)
+            rate = self.executor_.policy_rate_hz
+        if not len(committed):
+            return {}
+        delay = max(self._delays, default=0.0)
+        return {"committed_actions": committed, "delay_steps": int(np.ceil(delay * rate - 1e-9))}
 
     # --- control loop ---------------------------------------------------------------------------------
     def _control_main(self) -> None:
