@@ -219,6 +219,8 @@ class InferenceNode(Node):
             "hold_commands": 0,
             "gripper_goals": 0,
             "lockstep_input_timeouts": 0,
+            "control_overruns": 0,  # ticks that ended after the next tick's deadline
+            "control_slots_missed": 0,
         }
         self._inputs_cv = threading.Condition(self._lock)  # lockstep: an input arrived
         self._state_ns = 0  # stamp of the newest joint state (lockstep)
@@ -231,6 +233,7 @@ class InferenceNode(Node):
         self._last_command_time: float | None = None  # node time of the newest command
         self._pending_chunk: tuple[float, float] | None = None  # (capture time, arrival time)
         self._tick_times: deque = deque(maxlen=WINDOW)
+        self._tick_late: deque = deque(maxlen=WINDOW)  # ms each control tick started after its deadline
         self._delays: deque = deque(maxlen=5)  # rtc: the latest inference delays (capture -> arrival, s)
         self._last_goal_pos: float | None = None
         self._last_goal_time = 0.0
@@ -738,11 +741,20 @@ class InferenceNode(Node):
 
     # --- control loop ---------------------------------------------------------------------------------
     def _control_main(self) -> None:
+        """The control loop: a thread of its own, driven by no ROS executor and no callback group,
+        that never waits on inference, image decoding or the callbacks beyond the short holds of
+        `_lock` (inputs stored, a chunk handed over). Ticks fall on a fixed grid of absolute
+        deadlines; when whole periods were lost (the thread was not scheduled), their slots are
+        given up rather than published back to back."""
+        # a thread waiting for Python's interpreter lock gets it after at most this long (the
+        # default 5 ms would be added to a tick whenever another thread is running Python code)
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         if self.control_priority > 0:
             try:
                 os.sched_setscheduler(
                     threading.get_native_id(), os.SCHED_FIFO, os.sched_param(min(self.control_priority, 99))
                 )
+                self.get_logger().info(f"control thread: SCHED_FIFO priority {min(self.control_priority, 99)}")
             except (PermissionError, OSError, AttributeError) as exc:
                 self.get_logger().warning(
                     f"control thread keeps normal scheduling (SCHED_FIFO refused: {exc}); "
@@ -761,13 +773,19 @@ class InferenceNode(Node):
                     time.sleep(delay)
             if self._stop.is_set():
                 break
+            late = time.monotonic() - next_time
+            if late >= period:  # whole periods lost: their slots are given up, not published in a burst
+                missed = int(late // period)
+                self.counts["control_slots_missed"] += missed
+                next_time += period * missed
+                late -= period * missed
+            self._tick_late.append(late * 1e3)
             try:
                 self._control_tick()
             except Exception as exc:  # noqa: BLE001 - reported; the next period tries again
                 self.get_logger().error(f"control tick failed: {exc}", throttle_duration_sec=2.0)
             next_time += period
-            if next_time < time.monotonic() - period:  # fell behind by more than a period: resync
-                next_time = time.monotonic() + period
+            self.counts["control_overruns"] += int(time.monotonic() > next_time)
 
     def _control_tick(self, now: float | None = None, stamp_ns: int | None = None) -> bool:
         """One command at `now` (default: the monotonic clock), stamped stamp_ns (lockstep: the
@@ -925,7 +943,7 @@ class InferenceNode(Node):
     def diagnostics(self) -> dict:
         now = self._now()
         with self._lock:
-            ticks = np.diff(np.asarray(self._tick_times)) * 1e3 if len(self._tick_times) > 2 else np.zeros(0)
+            ticks = list(self._tick_times)
             mode = (
                 "emergency_stop"
                 if self.filter.estopped
@@ -935,7 +953,7 @@ class InferenceNode(Node):
                 if self.status == "ready"
                 else self.status
             )
-            return {
+            data = {
                 "mode": mode,
                 "detail": self.filter.estop_reason or self.status_detail,
                 "instruction": self.instruction,
@@ -959,9 +977,15 @@ class InferenceNode(Node):
                     images_rejected={n: c.rejected for n, c in self.cameras.items()},
                     images_stale={n: c.stale for n, c in self.cameras.items()},
                 ),
-                "latency_ms": {k: _percentiles(list(v)) for k, v in self.timing.items()},
-                "control_period_ms": _percentiles(list(ticks)),
+                "latency_ms": {k: list(v) for k, v in self.timing.items()},
+                "control_period_ms": ticks,
+                "control_late_ms": list(self._tick_late),
             }
+        # the percentiles outside the lock, which the control tick takes
+        data["latency_ms"] = {k: _percentiles(v) for k, v in data["latency_ms"].items()}
+        data["control_period_ms"] = _percentiles(list(np.diff(np.asarray(ticks)) * 1e3) if len(ticks) > 2 else [])
+        data["control_late_ms"] = _percentiles(data["control_late_ms"])
+        return data
 
     def _publish_diagnostics(self) -> None:
         data = self.diagnostics()
