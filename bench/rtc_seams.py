@@ -16,9 +16,10 @@ checkpoint, noise draws and delay:
 
 Figures over the arm joints (the gripper's steps are left out): peak jerk of the command
 stream (third difference / dt^3, rad/s^3), the same at the seams only (the control ticks
-from a chunk's arrival to the end of its cross-fade), the largest step between two commands
-at a seam (rad), and the gap between the new chunk and the plan it takes over from at
-arrival (rad: what the arm would jump by with no blending).
+from a chunk's arrival to the end of its cross-fade) and between them (the jerk of the
+chunks themselves, piecewise linear between their 10 Hz points), the largest step between
+two commands at a seam (rad), and the gap between the new chunk and the plan it takes over
+from at arrival (rad: the seam's jump, what the arm would jump by with no blending).
 """
 
 from __future__ import annotations
@@ -106,12 +107,15 @@ def seam_figures(run: dict, control_rate: float = 30.0, crossfade_s: float = 0.2
     jerk = np.abs(np.diff(cmd, n=3, axis=0)) / dt**3  # jerk[j] spans ticks j..j+3
     step = np.abs(np.diff(cmd, axis=0))  # step[j]: tick j -> j+1
     seam_jerk, seam_step = [0.0], [0.0]
+    in_seam = np.zeros(len(jerk), bool)
     for a in run["arrivals"]:
         first = int(np.searchsorted(times, a - 1e-9))  # the first tick at or after the arrival
         last = int(np.searchsorted(times, a + crossfade_s + 1e-9))
+        in_seam[max(0, first - 3): max(0, last)] = True
         seam_jerk.append(float(jerk[max(0, first - 3): max(0, last)].max(initial=0.0)))
         seam_step.append(float(step[max(0, first - 1): first + 1].max(initial=0.0)))
-    return {"peak_jerk": float(jerk.max()), "seam_peak_jerk": max(seam_jerk), "seam_max_step": max(seam_step),
+    return {"peak_jerk": float(jerk.max()), "seam_peak_jerk": max(seam_jerk),
+            "between_seams_peak_jerk": float(jerk[~in_seam].max(initial=0.0)), "seam_max_step": max(seam_step),
             "max_gap": max(run["gaps"], default=0.0), "seams": len(run["arrivals"])}
 
 
@@ -159,8 +163,9 @@ def main(argv=None) -> int:
           f"{period} steps, delay {delay} step(s)"
           f"{f' (measured {seconds * 1e3:.0f} ms per call)' if seconds is not None else ' (given)'}, "
           f"commands at 30 Hz; load average {load[0]:.2f}")
-    keys = ("peak_jerk", "seam_peak_jerk", "seam_max_step", "max_gap")
-    print(f"{'':10} {'peak jerk':>11} {'seam jerk':>11} {'seam step':>10} {'gap':>8}   (rad/s^3, rad)")
+    keys = ("peak_jerk", "seam_peak_jerk", "between_seams_peak_jerk", "seam_max_step", "max_gap")
+    print(f"{'':10} {'peak jerk':>11} {'seam jerk':>11} {'other jerk':>11} {'seam step':>10} {'gap':>8}   "
+          "(rad/s^3, rad)")
     for name in ("crossfade", "rtc"):
         f = figures[name]
         print(f"{name:10} " + " ".join(f"{f[k]:>{11 if 'jerk' in k else 10 if k == 'seam_max_step' else 8}.4g}"
