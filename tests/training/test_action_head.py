@@ -38,7 +38,7 @@ RUN = TINY_OPENVLA_CPU + [
 def parallel_run(dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel_run")
     rc = main(RUN + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "12",
-                     "--eval-steps", "12"])
+                     "--eval-steps", "12", "--save-steps", "6"])
     assert rc == 0
     return out
 
@@ -61,6 +61,23 @@ def test_the_l1_loss_falls_and_the_checkpoint_records_the_head(parallel_run):
     assert config["openvla"]["action_head"] == "parallel-l1"
     assert config["openvla"]["parallel_head"]["horizon"] == HORIZON
     assert (ckpt / ACTION_HEAD_FILE).is_file() and (ckpt / "adapter").is_dir()
+
+
+def test_resume_continues_exactly_and_keeps_the_head(parallel_run, dataset_dir, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    rc = main(RUN + ["--data-root", str(dataset_dir), "--output-dir", str(out), "--max-steps", "12",
+                     "--eval-steps", "12", "--save-steps", "6",
+                     "--resume-from-checkpoint", str(parallel_run / "checkpoint-6")])
+    assert rc == 0
+    loss = lambda d: {r["step"]: r["train/loss"] for r in read_metrics(d) if "train/loss" in r}  # noqa: E731
+    straight, resumed = loss(parallel_run), loss(out)
+    assert sorted(resumed) == list(range(7, 13))
+    np.testing.assert_allclose([resumed[s] for s in range(7, 13)], [straight[s] for s in range(7, 13)], rtol=1e-6)
+    with pytest.raises(SystemExit) as exc:  # a parallel-head checkpoint resumed as a token-head run
+        main(RUN + ["--data-root", str(dataset_dir), "--output-dir", str(tmp_path / "tok"), "--max-steps", "12",
+                         "--action-head", "tokens", "--resume-from-checkpoint", str(parallel_run / "checkpoint-6")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "trained with --action-head parallel-l1" in err and "Traceback" not in err, err
 
 
 def test_load_policy_predicts_a_chunk_in_one_pass_and_the_server_serves_it(parallel_run):
