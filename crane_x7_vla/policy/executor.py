@@ -20,6 +20,13 @@ with ACT's temporal ensembling (exponentially weighted mean over every chunk tha
 t), the cross-fade is continuous at arrival by construction, reacts to the newest
 observation within a fixed time, and needs no weight tuning per inference rate.
 ``mode="replace"`` (switch at arrival, no blending) is kept for comparison.
+
+Real-time chunking (``mode="rtc"``, docs/fast_actions.md): the next chunk is sampled knowing
+what is already committed: ``committed(obs_time, H)`` gives the targets the current plan
+will command at the new chunk's step times, and a policy that takes them
+(``supports_guidance``) samples a chunk that continues them. Such a chunk replaces the
+plan at its arrival, with no cross-fade: the steps executed while it was computed are the
+ones it was guided to agree with.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES = ("crossfade", "replace")
+MODES = ("crossfade", "replace", "rtc")
+SWITCH_AT_ARRIVAL = ("replace", "rtc")
 
 
 @dataclass
@@ -103,7 +111,7 @@ class ChunkExecutor:
             raise ValueError("chunks must be added in arrival order")
         self.prune(arrival_time)
         self._chunks.append(chunk)
-        if self.mode == "replace":
+        if self.mode in SWITCH_AT_ARRIVAL:
             self._chunks = [chunk]
         return chunk
 
@@ -127,6 +135,17 @@ class ChunkExecutor:
             if a > 0.0:
                 out = (1.0 - a) * out + a * chunk.at(t)
         return out
+
+    def committed(self, obs_time: float, horizon: int) -> np.ndarray:
+        """(K, D) targets of the current plan at a new chunk's step times obs_time + (i + 1) /
+        policy_rate, i < horizon, as far as the newest chunk reaches (K = 0 without one)."""
+        if not self._chunks:
+            return np.zeros((0, 0))
+        times = obs_time + np.arange(1, int(horizon) + 1) / self.policy_rate_hz
+        times = times[times <= self._chunks[-1].end_time + 1e-9]
+        if not len(times):
+            return np.zeros((0, self._chunks[-1].points.shape[1]))
+        return np.stack([self.sample(float(t)) for t in times])
 
     def chunk_age(self, t: float) -> float | None:
         """Seconds since the observation of the newest chunk was taken."""

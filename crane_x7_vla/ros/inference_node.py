@@ -128,7 +128,12 @@ class InferenceNode(Node):
         )
         self.dry_run = bool(p("dry_run", False, "Compute commands but publish them on ~/dry_run/joint_trajectory only"))
         self.autostart = bool(p("autostart", False, "Start moving once inputs arrive (else wait for ~/start)"))
-        self.blend = p("blend", "crossfade", "Chunk blending: crossfade or replace")
+        self.blend = p(
+            "blend",
+            "crossfade",
+            "Chunk blending: crossfade, replace, or rtc (real-time chunking: a local openpi policy samples each "
+            "chunk guided by the actions committed during its measured inference delay; no cross-fade)",
+        )
         self.crossfade_time = float(p("crossfade_time", 0.2, "Cross-fade duration between chunks (s)"))
         self.control_priority = int(
             p(
@@ -214,6 +219,8 @@ class InferenceNode(Node):
             "hold_commands": 0,
             "gripper_goals": 0,
             "lockstep_input_timeouts": 0,
+            "control_overruns": 0,  # ticks that ended after the next tick's deadline
+            "control_slots_missed": 0,
         }
         self._inputs_cv = threading.Condition(self._lock)  # lockstep: an input arrived
         self._state_ns = 0  # stamp of the newest joint state (lockstep)
@@ -226,6 +233,8 @@ class InferenceNode(Node):
         self._last_command_time: float | None = None  # node time of the newest command
         self._pending_chunk: tuple[float, float] | None = None  # (capture time, arrival time)
         self._tick_times: deque = deque(maxlen=WINDOW)
+        self._tick_late: deque = deque(maxlen=WINDOW)  # ms each control tick started after its deadline
+        self._delays: deque = deque(maxlen=5)  # rtc: the latest inference delays (capture -> arrival, s)
         self._last_goal_pos: float | None = None
         self._last_goal_time = 0.0
 
@@ -315,6 +324,11 @@ class InferenceNode(Node):
             )
         if self.blend not in MODES:
             raise ConfigError(f"parameter 'blend' must be one of {', '.join(MODES)} (got '{self.blend}')")
+        if self.blend == "rtc" and self.policy_server:
+            raise ConfigError(
+                "parameter 'blend' rtc guides the sampling of a local policy: give model_path (an openpi "
+                "checkpoint) instead of policy_server"
+            )
         self.camera_names = [c for c in self.camera_names if c]
         self.camera_topics = [t for t in self.camera_topics if t]
         if len(self.camera_names) != len(self.camera_topics):
@@ -356,6 +370,11 @@ class InferenceNode(Node):
     def _configure(self, config: dict) -> None:
         """Set up camera inputs and the executor for a policy's config."""
         cameras = list(config.get("cameras") or [])
+        if self.blend == "rtc" and config.get("backend") != "openpi":
+            raise ConfigError(
+                f"parameter 'blend' rtc needs a policy that samples its chunks by flow matching (an openpi "
+                f"checkpoint); {self.model_path} is {config.get('backend')}: use blend crossfade"
+            )
         with self._lock:
             self.policy_config = config
             if not self.instruction:
@@ -584,9 +603,33 @@ class InferenceNode(Node):
 
         self.status, self.status_detail = "loading", "warm-up prediction"
         try:
-            self.get_logger().info(f"warm-up prediction: {warm_up(policy):.2f} s")
+            seconds = warm_up(policy)
+            self.get_logger().info(f"warm-up prediction: {seconds:.2f} s")
+            if self.blend == "rtc":  # the guided sampler is a program of its own: compile it now too
+                self.get_logger().info(f"warm-up guided prediction: {self._warm_up_guided(policy):.2f} s")
         except Exception as exc:  # noqa: BLE001 - real observations get their own errors
             self.get_logger().warning(f"the warm-up prediction failed ({exc}); going on")
+
+    @staticmethod
+    def _warm_up_guided(policy) -> float:
+        """One guided prediction (real-time chunking) on a blank picture at the home pose; its seconds."""
+        meta = policy.metadata
+        width, height = meta.get("image_size") or (224, 224)
+        home = robot.home_state()
+        observation = {
+            "images": {cam: np.zeros((int(height), int(width), 3), np.uint8) for cam in meta.get("cameras") or []},
+            "state": home,
+            "instruction": policy.config.get("default_instruction") or "warm up",
+            "episode_time": 0.0,
+            "committed_actions": np.tile(home, (int(meta.get("action_horizon") or 1), 1)),
+            "delay_steps": 1,
+        }
+        t0 = time.perf_counter()
+        policy.predict(observation)
+        seconds = time.perf_counter() - t0
+        if hasattr(policy, "reset"):
+            policy.reset()
+        return seconds
 
     def _autostart_wait(self) -> None:
         while not self._stop.is_set():
@@ -633,6 +676,8 @@ class InferenceNode(Node):
             "instruction": instruction,
             "episode_time": max(0.0, capture - start_time),
         }
+        if self.blend == "rtc":
+            obs.update(self._committed(capture))
         t1 = time.perf_counter()
         actions = self.policy.predict(obs)
         t2 = time.perf_counter()
@@ -664,6 +709,7 @@ class InferenceNode(Node):
             arrival = self._now() if now is None else now
             self.executor_.add_chunk(actions, capture, arrival, state=state)
             self._pending_chunk = (capture, arrival)
+            self._delays.append(arrival - capture)
         t3 = time.perf_counter()
         self.counts["inferences"] += 1
         self.timing["image_wait_ms"].append(max(0.0, arrival - capture - (t3 - t0)) * 1e3)
@@ -677,13 +723,38 @@ class InferenceNode(Node):
         self.timing["postprocess_ms"].append((t3 - t2) * 1e3 + float(inner.get("postprocess_ms", 0.0)))
         self.timing["inference_ms"].append((t3 - t0) * 1e3)
 
+    def _committed(self, capture: float) -> dict:
+        """Real-time chunking's inputs for a chunk observed at `capture`: the executor's targets
+        at its step times (`committed_actions`) and how many of them run before it arrives
+        (`delay_steps`: the largest of the latest measured capture -> arrival delays, in policy
+        steps, rounded up); nothing before the first chunk."""
+        with self._lock:
+            if self.executor_ is None or not self.executor_.has_chunk:
+                return {}
+            horizon = int((self.policy_config or {}).get("action_space", {}).get("horizon", 1))
+            committed = self.executor_.committed(capture, horizon)
+            rate = self.executor_.policy_rate_hz
+        if not len(committed):
+            return {}
+        delay = max(self._delays, default=0.0)
+        return {"committed_actions": committed, "delay_steps": int(np.ceil(delay * rate - 1e-9))}
+
     # --- control loop ---------------------------------------------------------------------------------
     def _control_main(self) -> None:
+        """The control loop: a thread of its own, driven by no ROS executor and no callback group,
+        that never waits on inference, image decoding or the callbacks beyond the short holds of
+        `_lock` (inputs stored, a chunk handed over). Ticks fall on a fixed grid of absolute
+        deadlines; when whole periods were lost (the thread was not scheduled), their slots are
+        given up rather than published back to back."""
+        # a thread waiting for Python's interpreter lock gets it after at most this long (the
+        # default 5 ms would be added to a tick whenever another thread is running Python code)
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         if self.control_priority > 0:
             try:
                 os.sched_setscheduler(
                     threading.get_native_id(), os.SCHED_FIFO, os.sched_param(min(self.control_priority, 99))
                 )
+                self.get_logger().info(f"control thread: SCHED_FIFO priority {min(self.control_priority, 99)}")
             except (PermissionError, OSError, AttributeError) as exc:
                 self.get_logger().warning(
                     f"control thread keeps normal scheduling (SCHED_FIFO refused: {exc}); "
@@ -702,13 +773,19 @@ class InferenceNode(Node):
                     time.sleep(delay)
             if self._stop.is_set():
                 break
+            late = time.monotonic() - next_time
+            if late >= period:  # whole periods lost: their slots are given up, not published in a burst
+                missed = int(late // period)
+                self.counts["control_slots_missed"] += missed
+                next_time += period * missed
+                late -= period * missed
+            self._tick_late.append(late * 1e3)
             try:
                 self._control_tick()
             except Exception as exc:  # noqa: BLE001 - reported; the next period tries again
                 self.get_logger().error(f"control tick failed: {exc}", throttle_duration_sec=2.0)
             next_time += period
-            if next_time < time.monotonic() - period:  # fell behind by more than a period: resync
-                next_time = time.monotonic() + period
+            self.counts["control_overruns"] += int(time.monotonic() > next_time)
 
     def _control_tick(self, now: float | None = None, stamp_ns: int | None = None) -> bool:
         """One command at `now` (default: the monotonic clock), stamped stamp_ns (lockstep: the
@@ -866,7 +943,7 @@ class InferenceNode(Node):
     def diagnostics(self) -> dict:
         now = self._now()
         with self._lock:
-            ticks = np.diff(np.asarray(self._tick_times)) * 1e3 if len(self._tick_times) > 2 else np.zeros(0)
+            ticks = list(self._tick_times)
             mode = (
                 "emergency_stop"
                 if self.filter.estopped
@@ -876,7 +953,7 @@ class InferenceNode(Node):
                 if self.status == "ready"
                 else self.status
             )
-            return {
+            data = {
                 "mode": mode,
                 "detail": self.filter.estop_reason or self.status_detail,
                 "instruction": self.instruction,
@@ -900,9 +977,15 @@ class InferenceNode(Node):
                     images_rejected={n: c.rejected for n, c in self.cameras.items()},
                     images_stale={n: c.stale for n, c in self.cameras.items()},
                 ),
-                "latency_ms": {k: _percentiles(list(v)) for k, v in self.timing.items()},
-                "control_period_ms": _percentiles(list(ticks)),
+                "latency_ms": {k: list(v) for k, v in self.timing.items()},
+                "control_period_ms": ticks,
+                "control_late_ms": list(self._tick_late),
             }
+        # the percentiles outside the lock, which the control tick takes
+        data["latency_ms"] = {k: _percentiles(v) for k, v in data["latency_ms"].items()}
+        data["control_period_ms"] = _percentiles(list(np.diff(np.asarray(ticks)) * 1e3) if len(ticks) > 2 else [])
+        data["control_late_ms"] = _percentiles(data["control_late_ms"])
+        return data
 
     def _publish_diagnostics(self) -> None:
         data = self.diagnostics()

@@ -6,6 +6,12 @@ with a fixed number of Euler steps (one compiled program; the prefix KV is compu
 once per call), turns model-space actions back into ABSOLUTE joint targets (arm deltas
 + current state, gripper absolute, unnormalised) and clamps them to the joint limits.
 A non-finite result raises instead of reaching the robot.
+
+Real-time chunking (docs/fast_actions.md): an observation may carry `committed_actions`
+(K, 8), the absolute targets the robot will be commanded at the new chunk's steps 1..K (the
+plan it is executing), and `delay_steps` d, how many of them run before the new chunk can
+arrive. The chunk is then sampled guided towards them (model.sample_actions): weight 1 on
+the first d steps, decaying over the rest of the overlap (`guidance_weights`), 0 after it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ from crane_x7_vla.preprocess import ImageSpec, prepare_image
 
 class PolicyError(ValueError):
     pass
+
+
+def guidance_weights(horizon: int, overlap: int, delay_steps: int) -> np.ndarray:
+    """(horizon,) weights of real-time chunking's guide: 1 on the first `delay_steps` steps
+    (executed before the chunk arrives), then decaying as c * (e^c - 1) / (e - 1) with c going
+    from 1 towards 0 over the rest of the `overlap` steps the guide covers, 0 after them."""
+    overlap = int(np.clip(overlap, 0, horizon))
+    d = int(np.clip(delay_steps, 0, overlap))
+    w = np.zeros(horizon, np.float32)
+    w[:d] = 1.0
+    i = np.arange(d, overlap)
+    c = (overlap - i) / (overlap - d + 1.0)
+    w[d:overlap] = c * np.expm1(c) / np.expm1(1.0)
+    return w
 
 
 class OpenPIPolicy:
@@ -82,6 +102,16 @@ class OpenPIPolicy:
         self.params = jax.device_put(state, self.device)
         sampler = ts.make_sampler(graphdef, self.num_steps)
         self._sample = jax.jit(sampler)
+        num_steps = self.num_steps
+
+        def guided(obs, key, guide, weights, *states):
+            from flax import nnx
+
+            model = nnx.merge(graphdef, *states)
+            return model.sample_actions(key, obs, num_steps=num_steps, guide=guide, guide_weights=weights)
+
+        self._sample_guided = jax.jit(guided)
+        self.last_guidance: dict | None = None  # the guide of the latest guided call (model space)
         self._key = ts.prng_key(seed)
         self._calls = 0
 
@@ -122,11 +152,43 @@ class OpenPIPolicy:
         obs = self.batcher.observation(prepared, state[None], [instruction])
         key = jax.random.fold_in(self._key, self._calls)
         self._calls += 1
-        out = np.asarray(self._sample(jax.device_put(obs, self.device), key, self.params))[0]
+        guide = self._guide(observation, state)
+        if guide is None:
+            out = np.asarray(self._sample(jax.device_put(obs, self.device), key, self.params))[0]
+        else:
+            out = np.asarray(self._sample_guided(jax.device_put(obs, self.device), key, *guide, self.params))[0]
         actions = self.space.decode_actions(out, state)
         if not np.all(np.isfinite(actions)):
             raise PolicyError("the model produced non-finite actions; refusing to send them to the robot")
         return robot.clamp_to_limits(actions)
+
+
+    supports_guidance = True  # predict() takes committed_actions / delay_steps (real-time chunking)
+
+    def _guide(self, observation: dict, state: np.ndarray):
+        """(guide, weights), each (1, H, padded_dim) in model space, from the observation's
+        committed_actions and delay_steps; None when it has none."""
+        committed = observation.get("committed_actions")
+        if committed is None:
+            self.last_guidance = None
+            return None
+        committed = np.asarray(committed, np.float64)
+        n = len(self.space.mask)
+        if committed.ndim != 2 or committed.shape[1] != n or not np.all(np.isfinite(committed)):
+            raise PolicyError(f"observation 'committed_actions' must be (K, {n}) finite joint targets "
+                              f"(got shape {committed.shape})")
+        delay = observation.get("delay_steps", 0)
+        if not isinstance(delay, (int, np.integer)) or delay < 0:
+            raise PolicyError(f"observation 'delay_steps' must be a whole number >= 0 (got {delay!r})")
+        h = self.space.horizon
+        committed = committed[:h]
+        guide = np.zeros((h, self.space.padded_dim), np.float32)
+        guide[: len(committed)] = self.space.encode_actions(committed, state)
+        dims = np.zeros(self.space.padded_dim, np.float32)
+        dims[list(self.space.action_dims) if self.space.action_dims is not None else slice(0, n)] = 1.0
+        weights = guidance_weights(h, len(committed), int(delay))[:, None] * dims[None]
+        self.last_guidance = {"guide": guide, "weights": weights}
+        return guide[None], weights[None]
 
 
 def _device(device: str | None):

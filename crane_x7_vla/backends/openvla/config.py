@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.training.config import ConfigError, TrainConfig, setting
 
+TOKEN_HEAD = "tokens"  # the language model writes 8 action tokens per chunk step, one per forward pass
+PARALLEL_L1 = "parallel-l1"  # one forward pass over a chunk of action query positions, an MLP regresses them
+ACTION_HEADS = (TOKEN_HEAD, PARALLEL_L1)
+
 _GOAL_SCENES = (
     "with goal tokens: also train the goal tokens on N simulated pictures of `--goal-scenes-task`, "
     "labelled with the named cube's place (no demonstration), a small stand-in for a pretrained "
@@ -94,6 +98,14 @@ class OpenVLAConfig(TrainConfig):
         "`--learning-rate` (with its own warm-up) starts after it",
         metavar="LR",
     )
+    action_head: str = setting(
+        TOKEN_HEAD,
+        "how actions are decoded: `tokens`, 8 action tokens per chunk step written one forward pass each (as "
+        "OpenVLA, for its own tools); `parallel-l1`, the whole chunk in one forward pass over learned action "
+        "query positions that attend to each other both ways, an MLP regressing the normalised values, trained "
+        "with an L1 loss (docs/fast_actions.md); recorded in the checkpoint",
+        choices=ACTION_HEADS,
+    )
     attn_implementation: str | None = setting(
         None, "attention kernel, e.g. `flash_attention_2`, `sdpa`, `eager`; not set: the model's own", metavar="NAME"
     )
@@ -124,5 +136,14 @@ class OpenVLAConfig(TrainConfig):
             share = getattr(self, f"goal_scenes_{flag}")
             if not 0.0 <= share <= 1.0:
                 raise ConfigError(f"--goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
+        if self.action_head not in ACTION_HEADS:
+            raise ConfigError(f"--action-head must be one of {', '.join(ACTION_HEADS)} (got '{self.action_head}')")
+        if self.action_head == PARALLEL_L1:
+            if self.goal_tokens:
+                raise ConfigError(f"--goal-tokens are written token by token; --action-head {PARALLEL_L1} "
+                                  "decodes the actions alone: use --no-goal-tokens")
+            if self.attn_implementation == "flash_attention_2":
+                raise ConfigError(f"--action-head {PARALLEL_L1} attends both ways among its action positions, "
+                                  "which flash_attention_2 cannot mask: use --attn-implementation sdpa or eager")
         if self.goal_scenes and not self.goal_tokens:
             raise ConfigError("--goal-scenes teaches the goal tokens; it needs --goal-tokens")

@@ -1,12 +1,16 @@
 """What training and inference share after the forward pass: the loss on action tokens,
-accuracy, and greedy decoding restricted to the action tokens."""
+accuracy, and greedy decoding restricted to the action tokens; for the parallel head
+(--action-head parallel-l1), its L1 loss and its one-pass decoding."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla.action_tokenizer import N_BINS
+from crane_x7_vla.backends.openvla.inputs import absolute_actions, normalized_actions
 from crane_x7_vla.backends.openvla.model import IGNORE, VLA
 
 
@@ -125,3 +129,53 @@ def label_sigmas(batch: dict, n_goal: int, goal_sigma: float, action_sigma: floa
     return torch.where(goal, torch.tensor(float(goal_sigma)), torch.tensor(float(action_sigma))).to(
         batch["labels"].device
     )
+
+
+# ---- the parallel action head ---------------------------------------------------------------
+
+
+def parallel_inputs(builder, instructions: list[str], state: np.ndarray, pixels: torch.Tensor, horizon: int) -> dict:
+    """The ParallelDecoder's keyword arguments for these prompts (`builder`: inputs.ModelInputs)."""
+    batch = builder.parallel(instructions, state, horizon * robot.ACTION_DIM)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "action_mask": batch["action_mask"], "pixel_values": pixels}
+
+
+def parallel_step(decoder, builder, batch: dict, horizon: int):
+    """One training micro-batch of the ParallelDecoder: (L1 loss of its chunk against the
+    demonstrated one, normalised as the token head's bins are; predicted values in the
+    demonstrated value's bin; values; L1 in robot units)."""
+    pixels = builder.pixels(batch["images"])
+    pred = decoder(**parallel_inputs(builder, batch["instruction"], batch["state"], pixels, horizon))
+    target = normalized_actions(builder.codec, batch["actions"], batch["state"])
+    loss = (pred - torch.as_tensor(target, dtype=pred.dtype, device=pred.device)).abs().mean()
+    values = pred.detach().float().cpu().numpy()
+    correct, count = same_bin(builder.codec, values, target)
+    l1 = float(np.abs(absolute_actions(builder.codec, values, batch["state"]) - batch["actions"]).mean())
+    return loss, correct, count, l1
+
+
+@torch.no_grad()
+def parallel_evaluate(decoder, builder, batches, horizon: int) -> dict:
+    """loss, action_accuracy (share of values in the demonstrated bin) and l1 (robot units) over `batches`."""
+    loss, correct, count, l1, n = 0.0, 0, 0, 0.0, 0
+    for batch in batches:
+        b = len(batch["instruction"])
+        step_loss, c, k, step_l1 = parallel_step(decoder, builder, batch, horizon)
+        loss, correct, count, l1, n = loss + step_loss.item() * b, correct + c, count + k, l1 + step_l1 * b, n + b
+    return {"loss": loss / n, "action_accuracy": correct / max(1, count), "l1": l1 / n}
+
+
+def same_bin(codec, pred: np.ndarray, target: np.ndarray) -> tuple[int, int]:
+    """(how many predicted values fall in the demonstrated value's bin, how many values): the
+    token head's action accuracy for continuous values."""
+    same = codec.tokens.ids_of_normalized(pred) == codec.tokens.ids_of_normalized(target)
+    return int(same.sum()), int(same.size)
+
+
+@torch.no_grad()
+def parallel_actions(decoder, builder, instructions: list[str], state: np.ndarray, pixels: torch.Tensor,
+                     horizon: int) -> np.ndarray:
+    """One forward pass -> absolute targets (B, H, 8) float64."""
+    values = decoder(**parallel_inputs(builder, instructions, state, pixels, horizon)).float().cpu().numpy()
+    return absolute_actions(builder.codec, values, state)

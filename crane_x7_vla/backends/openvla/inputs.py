@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
-from crane_x7_vla.backends.openvla.model import VLA, build_batch, pixel_values
+from crane_x7_vla.backends.openvla.model import IGNORE, VLA, build_batch, pixel_values
+from crane_x7_vla.preprocess import to_absolute, to_delta
 
 
 def label_ids(codec: ActionCodec, batch: dict) -> list[np.ndarray]:
@@ -28,6 +29,20 @@ def stops(batch: dict) -> list[bool]:
     trains its `</s>`), not a picture that teaches the goal alone (batch['goal_only'])."""
     only = batch.get("goal_only")
     return [not (only is not None and only[i]) for i in range(len(batch["instruction"]))]
+
+
+def normalized_actions(codec: ActionCodec, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """Absolute targets (B, H, 8) + state (B, 8) -> what the parallel head regresses: the values
+    the token head bins (the codec's representation, normalised, clipped to [-1, 1]), unbinned."""
+    chunk = np.asarray(actions)
+    chunk = chunk[:, None] if chunk.ndim == 2 else chunk
+    return np.clip(codec.tokens.normalize(to_delta(chunk, state, codec.mask)), -1.0, 1.0)
+
+
+def absolute_actions(codec: ActionCodec, values: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """normalized_actions' inverse: (B, H, 8) values (clipped to [-1, 1]) + state -> absolute targets."""
+    values = np.clip(np.asarray(values, dtype=np.float64), -1.0, 1.0)
+    return to_absolute(codec.tokens.unnormalize(values), state, codec.mask)
 
 
 class ModelInputs:
@@ -61,4 +76,13 @@ class ModelInputs:
             self.vla, instructions, None, self.device, self.codec.state_ids(state), goal_first=self.codec.goal_first
         )
         batch.pop("labels")
+        return batch
+
+    def parallel(self, instructions: list[str], state: np.ndarray, n_positions: int) -> dict:
+        """The prompts followed by `n_positions` placeholder ids (the parallel head's query
+        positions, whose embeddings it replaces), right-padded, and `action_mask` marking them."""
+        pad = self.vla.tokenizer.pad_token_id
+        placeholders = np.full((len(instructions), n_positions), pad, dtype=np.int64)
+        batch = build_batch(self.vla, instructions, placeholders, self.device, self.codec.state_ids(state))
+        batch["action_mask"] = batch.pop("labels") != IGNORE
         return batch

@@ -29,6 +29,7 @@ from crane_x7_vla.backends.openvla.prompt import (
     split_at_question,
     state_prompt_parts,
 )
+from crane_x7_vla.backends.openvla.config import ACTION_HEADS, PARALLEL_L1, TOKEN_HEAD  # noqa: F401
 from crane_x7_vla.training.config import ConfigError
 
 IGNORE = -100
@@ -262,6 +263,8 @@ class VLA:
     # text -> token ids (text_ids): a batch tokenises the same few instructions and templates
     # again and again; remembering them made a tiny model's CPU training step about 1 % faster
     text_cache: dict = field(default_factory=dict, repr=False)
+    # the ParallelActionHead of --action-head parallel-l1 (None: the token head)
+    action_head: torch.nn.Module | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -672,3 +675,160 @@ def build_batch(
     if vla.family == "paligemma":  # the suffix: from the first labelled token on (a middle part included)
         batch["token_type_ids"] = ((labels != IGNORE).long().cummax(1).values * mask).to(device)
     return batch
+
+
+# ---- the parallel action head (--action-head parallel-l1) ---------------------------------
+
+ACTION_HEAD_FILE = "action_head.safetensors"
+
+
+class ParallelActionHead(torch.nn.Module):
+    """The learned part of parallel decoding: one query embedding per action value of a chunk
+    (horizon * action_dim positions placed after the prompt, zero at the start, so they begin
+    as empty positions told apart by their place in the sequence), and a residual MLP that maps
+    the language model's last hidden states of a chunk step's `action_dim` positions to that
+    step's `action_dim` normalised values."""
+
+    def __init__(self, hidden_size: int, horizon: int, action_dim: int = 8, width: int | None = None,
+                 blocks: int = 2):
+        super().__init__()
+        self.hidden_size, self.horizon, self.action_dim = int(hidden_size), int(horizon), int(action_dim)
+        self.width = int(width or min(1024, 2 * hidden_size))
+        self.blocks_n = int(blocks)
+        self.queries = torch.nn.Parameter(torch.zeros(self.horizon * self.action_dim, self.hidden_size))
+        self.norm_in = torch.nn.LayerNorm(self.action_dim * self.hidden_size)
+        self.proj_in = torch.nn.Linear(self.action_dim * self.hidden_size, self.width)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(
+                torch.nn.LayerNorm(self.width),
+                torch.nn.Linear(self.width, self.width),
+                torch.nn.GELU(),
+                torch.nn.Linear(self.width, self.width),
+            )
+            for _ in range(self.blocks_n)
+        )
+        self.norm_out = torch.nn.LayerNorm(self.width)
+        self.proj_out = torch.nn.Linear(self.width, self.action_dim)
+
+    @property
+    def n_positions(self) -> int:
+        return self.horizon * self.action_dim
+
+    def settings(self) -> dict:
+        """What rebuilds this head (policy_config.json's openvla.parallel_head)."""
+        return {"hidden_size": self.hidden_size, "horizon": self.horizon, "action_dim": self.action_dim,
+                "width": self.width, "blocks": self.blocks_n}
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, horizon * action_dim, hidden_size) -> (B, horizon, action_dim) normalised values."""
+        b = hidden.shape[0]
+        x = hidden.float().reshape(b, self.horizon, self.action_dim * self.hidden_size)
+        x = self.proj_in(self.norm_in(x))
+        for block in self.blocks:
+            x = x + block(x)
+        return self.proj_out(self.norm_out(x))
+
+
+def _core(model) -> torch.nn.Module:
+    """The OpenVLA model inside PEFT and DDP wrappers (its LoRA layers stay in place)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+class ParallelDecoder(torch.nn.Module):
+    """An OpenVLA model and its ParallelActionHead as one module (what the trainer optimises,
+    and DDP wraps, and the policy runs): one forward pass from prompt and picture to a chunk.
+
+    The sequence is the prompt (the picture's patches inserted as OpenVLA inserts them) followed
+    by the action query positions; prompt positions attend causally, the action positions attend
+    to the whole prompt and to each other in both directions. The language model's head
+    (the vocabulary logits) is not run."""
+
+    def __init__(self, model: torch.nn.Module, head: ParallelActionHead):
+        super().__init__()
+        core = _core(model)
+        if not all(hasattr(core, n) for n in ("vision_backbone", "projector", "language_model", "image_offsets")):
+            raise ModelError(
+                f"--action-head {PARALLEL_L1} needs a model in OpenVLA's architecture (openvla/openvla-7b or the "
+                f"tiny preset); this one is {type(core).__name__}"
+            )
+        hidden = core.config.text_config.hidden_size
+        if hidden != head.hidden_size:
+            raise ModelError(f"the parallel action head reads {head.hidden_size}-wide hidden states, the model "
+                             f"has {hidden}")
+        self.model, self.head = model, head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
+                pixel_values: torch.Tensor) -> torch.Tensor:
+        """Prompts with `head.n_positions` placeholder ids where `action_mask` is True (right after
+        each row's prompt, rows right-padded) -> (B, horizon, action_dim) normalised actions."""
+        core = _core(self.model)
+        b, n = input_ids.shape[0], self.head.n_positions
+        if bool((action_mask.sum(1) != n).any()):
+            raise ValueError(f"every row needs {n} action positions (found {action_mask.sum(1).tolist()})")
+        embeds = core.get_input_embeddings()(input_ids)
+        queries = self.head.queries.to(embeds.dtype)[None].expand(b, n, -1)
+        embeds = embeds.masked_scatter(action_mask[..., None], queries)
+        patches = core.projector(core.vision_backbone(pixel_values.to(core.projector.fc1.weight.dtype)))
+        after = core.image_offsets(input_ids)
+        embeds = core._insert(embeds, patches.to(embeds.dtype), after)
+        zeros = torch.zeros(patches.shape[:2], dtype=torch.long, device=input_ids.device)
+        valid = core._insert(attention_mask.long(), torch.ones_like(zeros), after).bool()
+        is_action = core._insert(action_mask.long(), zeros, after).bool()
+        length = embeds.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=embeds.device).tril()
+        allowed = (causal[None] | (is_action[:, :, None] & is_action[:, None, :])) & valid[:, None, :]
+        mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(embeds.dtype).min)[:, None]
+        out = core.language_model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state[is_action].view(b, n, -1)
+        return self.head(hidden)
+
+
+def save_action_head(head: ParallelActionHead, directory) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()},
+              str(Path(directory) / ACTION_HEAD_FILE))
+
+
+def load_action_head(directory, settings: dict, device) -> ParallelActionHead:
+    """The head saved in `directory` (ACTION_HEAD_FILE) built with `settings` (ParallelActionHead.settings);
+    CheckpointError naming the file or field when it is missing or does not fit."""
+    from safetensors.torch import load_file
+
+    from crane_x7_vla.checkpoint_contract import CheckpointError
+
+    path = Path(directory) / ACTION_HEAD_FILE
+    try:
+        head = ParallelActionHead(**settings)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"openvla.parallel_head {settings!r} does not describe a parallel action head "
+                              f"({_first_line(exc)})") from None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; this checkpoint decodes with --action-head {PARALLEL_L1}, whose "
+                              f"head is kept there; copy the whole checkpoint directory again")
+    try:
+        head.load_state_dict(load_file(str(path)))
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch each raise their own kinds
+        raise CheckpointError(f"{path}: the parallel action head cannot be loaded ({_first_line(exc)})") from None
+    return head.to(device)
+
+
+def build_action_head(kind: str, vla: VLA, horizon: int, resume_dir=None, resume_config: dict | None = None):
+    """The trained action head of a run: None for the token head; for parallel-l1 a fresh
+    ParallelActionHead on the model's device, or the one of the checkpoint it resumes from."""
+    found = ((resume_config or {}).get("openvla") or {}).get("action_head", TOKEN_HEAD)
+    if resume_config is not None and found != kind:
+        raise ConfigError(f"--resume-from-checkpoint: trained with --action-head {found}; resume with the same "
+                          f"(got --action-head {kind})")
+    if kind == TOKEN_HEAD:
+        return None
+    hidden = _core(vla.model).config.text_config.hidden_size
+    if resume_dir is not None:
+        settings = ((resume_config or {}).get("openvla") or {}).get("parallel_head") or {}
+        return load_action_head(resume_dir, settings, vla.device)
+    return ParallelActionHead(hidden, horizon).to(vla.device)

@@ -5,7 +5,9 @@ Uses the training code's own pieces: `preprocess.prepare_image(train=False)` (ce
 the prompt (with the state tokens when the checkpoint was trained with them), the
 `ActionCodec` built from the checkpoint's action space and statistics (deltas are turned
 back into absolute targets with the observed state), and greedy decoding of exactly 8 * H
-tokens restricted to the action tokens.
+tokens restricted to the action tokens, or, for a checkpoint trained with
+`--action-head parallel-l1`, the whole chunk from one forward pass of the model with its
+parallel action head (`action_head.safetensors`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.inputs import ModelInputs
-from crane_x7_vla.backends.openvla.model import (apply_adapter, checkpoint_model_source, load_vla, set_image_position,
-                                                 torch_device)
+from crane_x7_vla.backends.openvla.model import (ACTION_HEADS, PARALLEL_L1, TOKEN_HEAD, ParallelDecoder, apply_adapter,
+                                                 checkpoint_model_source, load_action_head, load_vla,
+                                                 set_image_position, torch_device)
 from crane_x7_vla.backends.openvla.prismatic import openvla_image
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST
 from crane_x7_vla.backends.openvla.published import stop_ids
@@ -69,6 +72,17 @@ class OpenVLAPolicy:
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
         self.inputs = ModelInputs(self.vla, self.codec, self.cameras, self.device)
+        self.action_head = info.get("action_head", TOKEN_HEAD)
+        if self.action_head not in ACTION_HEADS:
+            raise CheckpointError(f"{config_path(d)}: openvla.action_head '{self.action_head}' is unknown "
+                                  f"(known: {', '.join(ACTION_HEADS)})")
+        self.decoder = None
+        if self.action_head == PARALLEL_L1:
+            head = load_action_head(d, info.get("parallel_head") or {}, self.device)
+            if head.horizon != self.horizon:
+                raise CheckpointError(f"{config_path(d)}: openvla.parallel_head.horizon {head.horizon} differs from "
+                                      f"action_space.horizon {self.horizon}")
+            self.decoder = ParallelDecoder(self.vla.model, head).eval()
         self.needs_state = self.codec.state_in_prompt or self.codec.representation != ABSOLUTE
         self.last_goal: np.ndarray | None = None
         self.last_ids: np.ndarray | None = None  # the token ids of the latest prediction
@@ -83,6 +97,7 @@ class OpenVLAPolicy:
             "image_size": [self.spec.width, self.spec.height],
             "action_dim": robot.ACTION_DIM,
             "action_horizon": self.horizon,
+            "action_head": self.action_head,
             "action_representation": self.codec.representation,
             "state_in_prompt": self.codec.state_in_prompt,
             "goal_tokens": self.codec.n_goal > 0,
@@ -107,6 +122,10 @@ class OpenVLAPolicy:
         instruction = observation.get("instruction") or self.config.get("default_instruction") or ""
         pix = self.inputs.pixels(prepared)
         state = self._state(observation)
+        if self.decoder is not None:  # the whole chunk in one forward pass
+            action = decode.parallel_actions(self.decoder, self.inputs, [instruction], state, pix, self.horizon)[0]
+            self.last_ids, self.last_goal = None, None
+            return self._finish(action)
         batch = self.inputs.prompts([instruction], state)
         n = self.codec.n_tokens(self.horizon)
         ids = decode.generate_action_ids(self.vla.model, self.vla, batch, pix, n, self.codec.first_id,
@@ -119,6 +138,11 @@ class OpenVLAPolicy:
         goal = self.codec.decode_goal(ids)
         self.last_goal = None if goal is None else goal[0]  # where the model says the hand is going (m)
         action = self.codec.decode(ids, state, clip=self.published)[0]  # (H, 8) absolute targets
+        return self._finish(action)
+
+    @staticmethod
+    def _finish(action: np.ndarray) -> np.ndarray:
+        """(H, 8) absolute targets, checked finite and clamped to the joint limits."""
         if not np.all(np.isfinite(action)):
             raise RuntimeError(f"the policy produced a non-finite action {action}")
         return np.stack([robot.clamp_to_limits(a) for a in action]).astype(np.float64)

@@ -29,12 +29,15 @@ from crane_x7_vla.backends.openvla.model import (
     BASE_HUB,
     BASE_IN_CHECKPOINT,
     VLA,
+    ParallelDecoder,
     apply_adapter,
+    build_action_head,
     checkpoint_model_source,
     is_preset,
     load_adapter_weights,
     load_vla,
     materialize_preset,
+    save_action_head,
     save_processor,
     set_image_position,
 )
@@ -261,6 +264,9 @@ def _evaluate(vla: VLA, model, episodes, cameras, cfg: TrainConfig, codec: Actio
     losses, correct, total, l1, goal_error = [], 0, 0, [], []
     horizon = cfg.action_horizon
     builder = ModelInputs(vla, codec, cameras, device)
+    if vla.action_head is not None:  # --action-head parallel-l1
+        batches = eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples)
+        return decode.parallel_evaluate(ParallelDecoder(model, vla.action_head), builder, batches, horizon)
     for batch in eval_batches(episodes, cameras, cfg.image_spec, horizon, cfg.batch_size, cfg.eval_samples):
         actions, state = batch["actions"], batch["state"]
         inputs, pix = builder.training(batch)
@@ -385,6 +391,8 @@ def _policy_config(cfg, data, cameras, vla, codec: ActionCodec, step, bundled_ba
                 "goal_tokens": codec.n_goal > 0,
                 "goal_before_state": codec.goal_before_state,
                 "weights": "adapter" if cfg.use_lora else "model",
+                "action_head": cfg.action_head,
+                **({"parallel_head": vla.action_head.settings()} if vla.action_head is not None else {}),
                 **_base_record(cfg, bundled_base),
             }
         },
@@ -476,6 +484,8 @@ def save_checkpoint(
             else:
                 model.save_pretrained(d / "model")
                 save_processor(vla, d / "model")
+            if vla.action_head is not None:
+                save_action_head(vla.action_head, d)
             if base_dir is not None:
                 shutil.copytree(base_dir, d / "base")
             save_processor(vla, d / "processor")
@@ -550,15 +560,18 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     vla.num_cameras = len(cameras)
     set_image_position(vla, cfg.image_position)
     codec = make_codec(cfg, data, vla.vocab_size, pre.resume_config)
+    vla.action_head = build_action_head(cfg.action_head, vla, cfg.action_horizon, pre.resume_dir, pre.resume_config)
     model = vla.model
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    # with the parallel head, the model and the head are trained as one module
+    step_model = model if vla.action_head is None else ParallelDecoder(model, vla.action_head)
+    trainable = [p for p in step_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    ddp_model = model
+    ddp_model = step_model
     if dist_.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     stream_kw = dict(
         cameras=cameras,
@@ -666,9 +679,19 @@ class _Hooks(loop.Hooks):
         for micro in range(cfg.grad_accumulation_steps):
             _, batch = next(self.warm if self.warm is not None else self.stream)
             actions, state = batch["actions"], batch["state"]
-            inputs, pix = self.inputs.training(batch)
             sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
             ctx = self.ddp_model.no_sync() if not sync else _Null()
+            if vla.action_head is not None:  # --action-head parallel-l1
+                with ctx:
+                    loss, correct, count, l1 = decode.parallel_step(
+                        self.ddp_model, self.inputs, batch, cfg.action_horizon
+                    )
+                    (loss / cfg.grad_accumulation_steps).backward()
+                sums["loss"] += loss.item() / cfg.grad_accumulation_steps
+                sums["correct"], sums["count"] = sums["correct"] + correct, sums["count"] + count
+                sums["l1"] += l1 / cfg.grad_accumulation_steps
+                continue
+            inputs, pix = self.inputs.training(batch)
             with ctx:
                 out = decode.forward(self.ddp_model, vla, inputs, pix)
                 loss, pred, target, _ = decode.action_loss(
