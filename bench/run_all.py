@@ -41,6 +41,7 @@ BENCHMARKS = {
     "inference_latency": ("inference_latency.py", ["--seconds", "20"], ["--seconds", "8"]),
     "inference_threads": ("inference_threads.py", [], ["--calls", "5"]),
     "control_jitter": ("control_jitter.py", ["--seconds", "20"], ["--seconds", "8"]),
+    "openvla_action_heads": ("openvla_action_heads.py", [], ["--calls", "5"]),
     "vision_probe": ("vision_probe.py", [], ["--scenes", "100", "--steps", "50", "--held-out", "50"]),
 }
 
