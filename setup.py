@@ -56,12 +56,12 @@ setup(
         "console_scripts": [
             "crane-x7-vla = crane_x7_vla.cli:main",
             # ROS 2 nodes (`ros2 run crane_x7_vla <name>`)
-            "crane_x7_sim = crane_x7_vla.ros.sim_node:main",
-            "scripted_expert = crane_x7_vla.ros.expert_node:main",
-            "teleop_relay = crane_x7_vla.ros.teleop_relay:main",
-            "data_logger = crane_x7_vla.ros.data_logger:main",
-            "vla_inference_node = crane_x7_vla.ros.inference_node:main",
-            "eval_runner = crane_x7_vla.ros.eval_runner:main",
+            "crane_x7_sim = crane_x7_vla.ros.entry:crane_x7_sim",
+            "scripted_expert = crane_x7_vla.ros.entry:scripted_expert",
+            "teleop_relay = crane_x7_vla.ros.entry:teleop_relay",
+            "data_logger = crane_x7_vla.ros.entry:data_logger",
+            "vla_inference_node = crane_x7_vla.ros.entry:vla_inference_node",
+            "eval_runner = crane_x7_vla.ros.entry:eval_runner",
         ],
     },
 )

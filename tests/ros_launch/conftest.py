@@ -168,6 +168,10 @@ def docker_workspace(tmp_path_factory, underlay) -> Workspace:
     return Workspace(ws, ws / "install", sourced(underlay, ws / "install" / "setup.bash"))
 
 
+# "[INFO] [data_logger-5]: process started with pid [1234]": launch names each process it starts
+STARTED = re.compile(r"\[INFO\] \[([\w.-]+-\d+)\]: process started with pid \[\d+\]")
+
+
 class Launch:
     """`ros2 launch crane_x7_vla FILE ARGS` in its own session, output to a log file.
 
@@ -235,10 +239,27 @@ class Launch:
             time.sleep(0.1)
         return self.session_processes()
 
+    def wait_until_up(self, timeout: float = 90.0) -> None:
+        """Until every process the launch started has printed a line of its own (each prints one
+        when its node is up): Ctrl-C on a launch whose nodes are still loading their modules
+        tests how Python ends an import, not how the nodes stop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            output = self.output()
+            started = STARTED.findall(output)
+            quiet = [label for label in started if f"[{label}] " not in output]
+            if (started and not quiet) or self.proc.poll() is not None:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"{', '.join(quiet) or 'no process'} printed nothing within {timeout} s of "
+                            f"{' '.join(self.cmd)}:\n{output[-4000:]}")
+            time.sleep(0.1)
+
     def stop_cleanly(self) -> None:
-        """Ctrl-C: ros2 launch exits with 0, every process ends with 0, none is left, and
-        none of this package's nodes prints a traceback (the vendor stand-ins' rclpy may
-        print one while it is torn down)."""
+        """Once every node is up, Ctrl-C: ros2 launch exits with 0, every process ends with 0,
+        none is left, and none of this package's nodes prints a traceback (the vendor
+        stand-ins' rclpy may print one while it is torn down)."""
+        self.wait_until_up()
         code = self.stop()
         output = self.output()
         assert code == 0, f"ros2 launch exited with {code} on SIGINT:\n{output[-4000:]}"
