@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from crane_x7_vla.backends.openvla.prompt import IMAGE_FIRST, IMAGE_POSITIONS
 from crane_x7_vla.training.config import ConfigError, TrainConfig, setting
 
+#: `--strategy` (backends/openvla/distributed.py)
+STRATEGIES = ("ddp", "fsdp")
+
 _GOAL_SCENES = (
     "with goal tokens: also train the goal tokens on N simulated pictures of `--goal-scenes-task`, "
     "labelled with the named cube's place (no demonstration), a small stand-in for a pretrained "
@@ -94,6 +97,14 @@ class OpenVLAConfig(TrainConfig):
         "`--learning-rate` (with its own warm-up) starts after it",
         metavar="LR",
     )
+    strategy: str = setting(
+        "ddp",
+        "how the processes of a torchrun launch share the model: `ddp` (each holds all of it) or `fsdp` "
+        "(PyTorch FSDP2: weights, gradients and optimizer state sharded over the processes; bf16 compute on "
+        "fp32 weights under bf16 precision); see docs/distributed.md",
+        group="optimisation",
+        choices=STRATEGIES,
+    )
     attn_implementation: str | None = setting(
         None, "attention kernel, e.g. `flash_attention_2`, `sdpa`, `eager`; not set: the model's own", metavar="NAME"
     )
@@ -102,6 +113,8 @@ class OpenVLAConfig(TrainConfig):
         super().validate()
         if self.backend != "openvla":
             raise ConfigError(f"the openvla settings were given --backend {self.backend}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)} (got '{self.strategy}')")
         self.positive("action_label_sigma", allow_zero=True)
         self.positive("goal_warmup_steps", allow_zero=True)
         for name in ("goal_label_sigma", "goal_warmup_lr"):  # None: as --action-label-sigma / --learning-rate
