@@ -113,7 +113,13 @@ def build_model(
         attn_implementation=cfg.attn_implementation,
         device=device,
     )
-    model = vla.model
+    vla.model = make_trainable(vla.model, cfg, resume_dir)
+    return vla
+
+
+def make_trainable(model, cfg: TrainConfig, resume_dir: Path | None = None):
+    """The loaded model made trainable as configured: LoRA adapters (PEFT) or all weights, the
+    frozen parts frozen; returns the model to train."""
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     if cfg.gradient_checkpointing:
@@ -135,8 +141,7 @@ def build_model(
             model.get_submodule(name).requires_grad_(False)
     if cfg.freeze_vision:
         vision_module(model).requires_grad_(False)
-    vla.model = model
-    return vla
+    return model
 
 
 def vision_module(model) -> torch.nn.Module:
