@@ -1,6 +1,7 @@
 """OpenVLA on two torchrun agents of localhost as two "nodes" (c10d rendezvous, gloo) with
-`--strategy fsdp` on the tiny preset: the same losses as one process, one checkpoint in the
-single-process layout, resumed by one process."""
+`--strategy fsdp` on the tiny preset, LoRA and full weights: the same losses as one process,
+one checkpoint in the single-process layout, resumed by one process; a single process's
+checkpoint resumed by the two."""
 
 import json
 import os
@@ -18,9 +19,10 @@ from crane_x7_vla.training.metrics import read_metrics
 from .tiny_cli import TINY_OPENVLA_CPU
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = [*TINY_OPENVLA_CPU, "--max-steps", "4", "--save-steps", "2", "--logging-steps", "1", "--learning-rate",
-         "3e-3", "--warmup-ratio", "0", "--lora-rank", "8", "--lora-dropout", "0", "--eval-samples", "4",
-         "--num-workers", "1", "--val-ratio", "0.2", "--seed", "1"]
+BASE = [*TINY_OPENVLA_CPU, "--save-steps", "2", "--logging-steps", "1", "--warmup-ratio", "0", "--eval-samples", "4",
+        "--num-workers", "1", "--val-ratio", "0.2", "--seed", "1"]
+TRAIN = [*BASE, "--max-steps", "4", "--learning-rate", "3e-3", "--lora-rank", "8", "--lora-dropout", "0"]
+FULL = [*BASE, "--max-steps", "3", "--learning-rate", "1e-3", "--no-use-lora"]
 CLI = [sys.executable, "-m", "crane_x7_vla.training.cli"]
 #: the losses of 2 processes x 2 samples and of 1 process x 4 samples differ by the order of the
 #: floating-point sums only (gradients averaged by a reduce-scatter instead of one backward pass)
@@ -43,6 +45,12 @@ def _env() -> dict:
 
 def _losses(out) -> list[float]:
     return [r["train/loss"] for r in read_metrics(out) if "train/loss" in r]
+
+
+def _one_process(args: list[str]) -> str:
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
 
 
 def _two_nodes(args: list[str], tmp_path) -> None:
@@ -76,9 +84,7 @@ def runs(dataset_dir, tmp_path_factory):
     _two_nodes([*TRAIN, "--strategy", "fsdp", "--batch-size", "2", "--data-root", str(dataset_dir),
                 "--output-dir", str(two)], tmp)
     one = tmp / "one"
-    proc = subprocess.run([*CLI, *TRAIN, "--batch-size", "4", "--data-root", str(dataset_dir), "--output-dir",
-                           str(one)], capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _one_process([*TRAIN, "--batch-size", "4", "--data-root", str(dataset_dir), "--output-dir", str(one)])
     return two, one
 
 
@@ -114,10 +120,36 @@ def test_checkpoint_has_the_single_process_layout(runs):
 def test_one_process_resumes_the_two_node_checkpoint(runs, dataset_dir, tmp_path, strategy):
     two, _ = runs
     out = tmp_path / "resumed"
-    proc = subprocess.run([*CLI, *TRAIN, "--strategy", strategy, "--batch-size", "4", "--data-root",
-                           str(dataset_dir), "--output-dir", str(out), "--resume-from-checkpoint",
-                           str(two / "checkpoint-2")], capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "steps 2->4" in proc.stderr and "note: resuming" not in proc.stderr
+    stderr = _one_process([*TRAIN, "--strategy", strategy, "--batch-size", "4", "--data-root", str(dataset_dir),
+                           "--output-dir", str(out), "--resume-from-checkpoint", str(two / "checkpoint-2")])
+    assert "steps 2->4" in stderr and "note: resuming" not in stderr
     assert len(_losses(out)) == 2
     np.testing.assert_allclose(_losses(out), _losses(two)[2:], rtol=RTOL)
+
+
+def test_two_nodes_resume_a_single_process_checkpoint(runs, dataset_dir, tmp_path):
+    """optimizer.pt of one DDP process, loaded by parameter name into two FSDP processes."""
+    _, one = runs
+    out = tmp_path / "resumed"
+    _two_nodes([*TRAIN, "--strategy", "fsdp", "--batch-size", "2", "--data-root", str(dataset_dir), "--output-dir",
+                str(out), "--resume-from-checkpoint", str(one / "checkpoint-2")], tmp_path)
+    assert len(_losses(out)) == 2
+    np.testing.assert_allclose(_losses(out), _losses(one)[2:], rtol=RTOL)
+
+
+def test_full_weights_on_two_nodes_match_one_process(dataset_dir, tmp_path):
+    two = tmp_path / "two"
+    _two_nodes([*FULL, "--strategy", "fsdp", "--batch-size", "2", "--data-root", str(dataset_dir), "--output-dir",
+                str(two)], tmp_path)
+    one = tmp_path / "one"
+    _one_process([*FULL, "--batch-size", "4", "--data-root", str(dataset_dir), "--output-dir", str(one)])
+    assert len(_losses(two)) == 3
+    np.testing.assert_allclose(_losses(two), _losses(one), rtol=RTOL)
+    from safetensors.numpy import load_file
+
+    a = load_file(two / "checkpoint-final" / "model" / "model.safetensors")
+    b = load_file(one / "checkpoint-final" / "model" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for key in a:  # the whole model, gathered from the shards, as one process writes it
+        assert a[key].shape == b[key].shape, key
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-5, err_msg=key)
