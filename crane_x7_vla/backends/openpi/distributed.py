@@ -139,11 +139,41 @@ def sharded_bytes(tree) -> int:
     return total
 
 
-def sync(name: str) -> None:
-    """Wait for every process (nothing to wait for with one)."""
+_barriers = 0
+
+
+def sync(name: str, timeout_s: float = 3600.0) -> None:
+    """Wait for every process at the coordination service (no device collective, nothing to
+    compile; nothing to wait for with one process). Every process passes the same barriers in
+    the same order."""
     import jax
 
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    global _barriers
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
 
-        multihost_utils.sync_global_devices(name)
+    _barriers += 1
+    jax_distributed.global_state.client.wait_at_barrier(f"{name} #{_barriers}", int(timeout_s * 1000))
+
+
+class Aligned:
+    """A jitted function whose first call with each kind of arguments compiles on every
+    process and then waits for all of them before it runs. The first collective of a program
+    sets up the CPU collectives' connection with a fixed 30 s limit, which a process that
+    compiles longer than another (or finds the program in the compilation cache while the
+    other does not) would miss."""
+
+    def __init__(self, fn, name: str):
+        self.fn, self.name = fn, name
+        self.compiled: dict = {}
+
+    def __call__(self, *args):
+        import jax
+
+        leaves, tree = jax.tree.flatten(args)
+        key = (str(tree), tuple((getattr(x, "shape", ()), str(getattr(x, "dtype", type(x)))) for x in leaves))
+        if key not in self.compiled:
+            self.compiled[key] = self.fn.lower(*args).compile()
+            sync(f"{self.name} compiled")
+        return self.compiled[key](*args)

@@ -431,11 +431,14 @@ class _Run:
         state_sh = distributed.shardings((trainable, frozen, ema, opt_state), mesh, float(cfg.fsdp_min_mbytes))
         train_sh, frozen_sh, ema_sh, opt_sh = state_sh
         trainable, frozen, ema, opt_state = distributed.place((trainable, frozen, ema, opt_state), state_sh)
-        step_fn = jax.jit(
-            ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims),
-            in_shardings=(train_sh, frozen_sh, ema_sh, opt_sh, batch_sh, rep),
-            out_shardings=(train_sh, ema_sh, opt_sh, rep),
-            donate_argnums=(0, 2, 3),
+        step_fn = distributed.Aligned(
+            jax.jit(
+                ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims),
+                in_shardings=(train_sh, frozen_sh, ema_sh, opt_sh, batch_sh, rep),
+                out_shardings=(train_sh, ema_sh, opt_sh, rep),
+                donate_argnums=(0, 2, 3),
+            ),
+            "train step",
         )
         evaluator = _Evaluator(
             parts.graphdef,
@@ -618,11 +621,13 @@ class _Evaluator:
         self.spec, self.cameras = spec, cameras
         from jax.sharding import NamedSharding, PartitionSpec as P
 
+        from crane_x7_vla.backends.openpi.distributed import Aligned
+
         self.n_dev = mesh.devices.size
         self.rep = NamedSharding(mesh, P())
         # every process evaluates the same samples; the results are replicated so each can read them
-        self.loss = jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims), out_shardings=self.rep)
-        self.sample = jax.jit(ts.make_sampler(graphdef, num_steps), out_shardings=self.rep)
+        self.loss = Aligned(jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims), out_shardings=self.rep), "eval loss")
+        self.sample = Aligned(jax.jit(ts.make_sampler(graphdef, num_steps), out_shardings=self.rep), "sampler")
 
     def _split(self, episodes, prefix, trainable, ema, frozen):
         import jax
