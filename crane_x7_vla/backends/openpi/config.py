@@ -68,6 +68,13 @@ class OpenPIConfig(TrainConfig):
             self.positive("process_id", allow_zero=True)
         if self.coordinator_address is not None and not re.match(r"^[^:\s]+:\d+$", self.coordinator_address):
             raise ConfigError(f"--coordinator-address must be HOST:PORT (got {self.coordinator_address!r})")
+        given = [f for f in ("num_processes", "process_id") if getattr(self, f) is not None]
+        if self.coordinator_address is None and given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --coordinator-address HOST:PORT (process 0's)")
+        if self.coordinator_address is not None and len(given) < 2:
+            raise ConfigError("--coordinator-address needs --num-processes N and --process-id I")
+        if given and self.process_id >= self.num_processes:
+            raise ConfigError(f"--process-id {self.process_id} must be below --num-processes {self.num_processes}")
         self.positive("tokenizer_vocab")
         if self.conventions not in CHOICES:
             raise ConfigError(f"--conventions must be one of {CHOICES} (got {self.conventions!r})")

@@ -43,20 +43,13 @@ def initialize(cfg) -> bool:
     are some; must come before JAX's first use of a device. Returns whether it did."""
     import jax
 
-    explicit = cfg.coordinator_address is not None
-    given = [f for f in ("num_processes", "process_id") if getattr(cfg, f) is not None]
-    if not explicit and given:
-        raise ConfigError(f"--{given[0].replace('_', '-')} needs --coordinator-address HOST:PORT (process 0's)")
-    if explicit and len(given) < 2:
-        raise ConfigError("--coordinator-address needs --num-processes N and --process-id I")
+    explicit = cfg.coordinator_address is not None  # with --num-processes and --process-id (OpenPIConfig)
     if not explicit and slurm_tasks() <= 1:
         return False
     if jax.distributed.is_initialized():
         return True
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
-        if cfg.process_id >= cfg.num_processes:
-            raise ConfigError(f"--process-id {cfg.process_id} must be below --num-processes {cfg.num_processes}")
         jax.distributed.initialize(
             coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id
         )
