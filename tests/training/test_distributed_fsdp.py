@@ -138,11 +138,13 @@ def test_two_nodes_resume_a_single_process_checkpoint(runs, dataset_dir, tmp_pat
 
 
 def test_full_weights_on_two_nodes_match_one_process(dataset_dir, tmp_path):
+    """Full weights, 2 micro-batches per step, recomputed activations on the two nodes."""
     two = tmp_path / "two"
-    _two_nodes([*FULL, "--strategy", "fsdp", "--batch-size", "2", "--data-root", str(dataset_dir), "--output-dir",
-                str(two)], tmp_path)
+    _two_nodes([*FULL, "--strategy", "fsdp", "--batch-size", "1", "--grad-accumulation-steps", "2",
+                "--gradient-checkpointing", "--data-root", str(dataset_dir), "--output-dir", str(two)], tmp_path)
     one = tmp_path / "one"
-    _one_process([*FULL, "--batch-size", "4", "--data-root", str(dataset_dir), "--output-dir", str(one)])
+    _one_process([*FULL, "--batch-size", "2", "--grad-accumulation-steps", "2", "--data-root", str(dataset_dir),
+                  "--output-dir", str(one)])
     assert len(_losses(two)) == 3
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=RTOL)
     from safetensors.numpy import load_file

@@ -158,10 +158,11 @@ def wrap(model: torch.nn.Module, dist_: Dist, compute: torch.dtype) -> torch.nn.
 
 
 def gradient_sync(train_model, dist_: Dist, sync: bool):
-    """A context for one micro-batch's backward: without `sync` the gradients stay local
-    (accumulated until the last micro-batch of the step)."""
+    """A context for one micro-batch's backward. DDP: without `sync` the gradients stay local
+    (accumulated until the last micro-batch of the step). FSDP reduce-scatters every
+    micro-batch's gradients and adds them to the sharded ones: holding unsharded gradients
+    across micro-batches would cost a whole model's gradients on every process."""
     if dist_.strategy == "fsdp":
-        train_model.set_requires_gradient_sync(sync)
         return nullcontext()
     if not sync and dist_.world > 1:
         return train_model.no_sync()
