@@ -19,7 +19,8 @@ from `optax` on those shapes, and each array's shard shape from the trainer's ow
 shapes are computed).
 
 What the strategies keep: OpenVLA DDP holds the weights, gradients and AdamW state in the
-run's precision (bf16 on a GPU) on every rank, plus DDP's gradient buckets (another copy of
+run's precision (bf16 on a GPU; PEFT's LoRA adapters in fp32) on every rank, plus DDP's
+gradient buckets (another copy of
 the gradients, not counted here). OpenVLA FSDP keeps fp32 master weights, gradients and AdamW
 state sharded, and gathers one transformer block at a time in bf16 for compute (transient,
 not counted). OpenPI keeps trained weights, their EMA and AdamW state in fp32 and frozen
