@@ -112,6 +112,10 @@ def test_checkpoint_has_the_single_process_layout(runs):
     assert sorted(a) == sorted(b) and len(a) > 10
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-5, err_msg=key)
+    ca, cb = (json.loads((d / "checkpoint-final" / "adapter" / "adapter_config.json").read_text()) for d in (two, one))
+    assert ca["auto_mapping"] == cb["auto_mapping"]
+    assert ca["auto_mapping"]["base_model_class"] == "OpenVLAForActionPrediction"
+    assert set(ca["target_modules"]) == set(cb["target_modules"]) and ca["r"] == cb["r"] == 8
     policy = json.loads((two / "checkpoint-final" / "policy_config.json").read_text())
     assert policy["backend"] == "openvla" and policy["train_config"]["strategy"] == "fsdp"
 
@@ -152,6 +156,8 @@ def test_full_weights_on_two_nodes_match_one_process(dataset_dir, tmp_path):
     a = load_file(two / "checkpoint-final" / "model" / "model.safetensors")
     b = load_file(one / "checkpoint-final" / "model" / "model.safetensors")
     assert sorted(a) == sorted(b)
+    config = [(d / "checkpoint-final" / "model" / "config.json").read_text() for d in (two, one)]
+    assert config[0] == config[1]  # the model's own class and settings, not FSDP's wrapper
     for key in a:  # the whole model, gathered from the shards, as one process writes it
         assert a[key].shape == b[key].shape, key
         np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-5, err_msg=key)
