@@ -1,6 +1,7 @@
 """Two JAX processes on localhost (jax.distributed, CPU collectives over gloo) training the
 tiny preset with its weights sharded over both (--fsdp-devices 2): the same losses as one
-process, one checkpoint written by both together, resumed by one process."""
+process, one checkpoint written by both together, resumed by one process; and two processes
+joined from the environment a SLURM step sets, without flags."""
 
 import os
 import socket
@@ -106,3 +107,54 @@ def test_one_process_resumes_the_two_process_checkpoint(runs, episodes_dir, tmp_
           "--resume-from-checkpoint", str(two / "checkpoint-2")], tmp_path)
     assert len(_losses(out)) == 1
     np.testing.assert_allclose(_losses(out), _losses(two)[2:], rtol=RTOL)
+
+
+SLURM_PROBE = """
+import types
+import jax
+import jax.numpy as jnp
+import numpy as np
+from crane_x7_vla.backends.openpi import distributed as d
+
+assert d.initialize(types.SimpleNamespace(coordinator_address=None, num_processes=None, process_id=None))
+mesh = d.make_mesh(jax.devices(), 2)
+x = d.place(np.arange(8.0), d.shardings(np.zeros(8), mesh, 0.0))
+total = d.Aligned(jax.jit(lambda a: a.sum(), out_shardings=d.shardings(np.zeros(()), mesh, 0.0)), "sum")(x)
+print(jax.process_count(), jax.process_index(), len(jax.devices()), tuple(x.sharding.spec), float(total))
+"""
+
+
+def _slurm_job_id() -> int:
+    """A job number whose coordinator port (JAX: 61440 + job % 4096) is free now."""
+    for port in range(61440 + os.getpid() % 4096, 61440 + 4096):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port - 61440
+    raise RuntimeError("no free port in 61440..65535")
+
+
+def test_slurm_environment_starts_jax_distributed(tmp_path):
+    """Two processes with the variables `srun` sets for a 2-task step, and no flags: JAX finds
+    the coordinator (the first node of the step), the process count and each process's number."""
+    job = _slurm_job_id()
+    procs = []
+    for pid in range(2):
+        env = dict(_env(), SLURM_JOB_ID=str(job), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                   SLURM_STEP_NUM_TASKS="2", SLURM_PROCID=str(pid), SLURM_LOCALID="0", JAX_PLATFORMS="cpu")
+        procs.append(subprocess.Popen([sys.executable, "-c", SLURM_PROBE], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path))
+    outs = []
+    try:
+        for proc in procs:
+            outs.append(proc.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert all(proc.returncode == 0 for proc in procs), "\n".join(o[-2000:] for o in outs)
+    lines = sorted(o.strip().splitlines()[-1] for o in outs)
+    assert lines == ["2 0 2 ('fsdp',) 28.0", "2 1 2 ('fsdp',) 28.0"]
