@@ -42,6 +42,7 @@ BENCHMARKS = {
     "inference_threads": ("inference_threads.py", [], ["--calls", "5"]),
     "control_jitter": ("control_jitter.py", ["--seconds", "20"], ["--seconds", "8"]),
     "openvla_action_heads": ("openvla_action_heads.py", [], ["--calls", "5"]),
+    "distributed_memory": ("distributed_memory.py", [], []),
     "vision_probe": ("vision_probe.py", [], ["--scenes", "100", "--steps", "50", "--held-out", "50"]),
 }
 

@@ -25,6 +25,7 @@ def entry(module: str):
         return importlib.import_module(module).main()
 
     main.__name__ = module.rsplit(".", 1)[-1]
+    main.node_module = module  # the module it loads (tools that read a node's source look there)
     return main
 
 

@@ -127,8 +127,13 @@ def check_cli(kind: str, argv: list[str], where: str, tmp: Path) -> None:
 
 
 def console_scripts() -> dict[str, str]:
+    """{console script: module holding its code}; a node's script goes through
+    crane_x7_vla.ros.entry, which names the node's module."""
+    from crane_x7_vla.ros import entry
+
     text = (ROOT / "setup.py").read_text()
-    return dict(re.findall(r'"([\w-]+) = ([\w.]+):\w+"', text))
+    return {script: getattr(entry, func).node_module if module == entry.__name__ else module
+            for script, module, func in re.findall(r'"([\w-]+) = ([\w.]+):(\w+)"', text)}
 
 
 def declared_parameters(module: str) -> set[str]:

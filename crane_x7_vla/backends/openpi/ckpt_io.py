@@ -23,8 +23,11 @@ TOKENIZER_FILE = "tokenizer.json"
 def _save(path: Path, tree: dict) -> None:
     import orbax.checkpoint as ocp
 
+    # arrays spread over several processes stay as they are: each process writes its own pieces
+    tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) and not x.is_fully_addressable else jax.device_get(x),
+                        tree)
     with ocp.PyTreeCheckpointer() as ckptr:
-        ckptr.save(Path(path).resolve(), jax.device_get(tree))
+        ckptr.save(Path(path).resolve(), tree)
 
 
 def restore_numpy(path: Path) -> dict:

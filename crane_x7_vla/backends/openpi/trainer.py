@@ -3,8 +3,10 @@
 Order of work: every check that can fail on bad input (data, statistics, resume checkpoint,
 model/image/batch/device settings, tokenizer and weight files) runs BEFORE the model is
 built or anything is compiled. Then: action statistics for the model space, tokenizer,
-model, optimizer, data-parallel step over all selected devices (Mesh + NamedSharding on
-the batch axis), checkpoints every --save-steps and `checkpoint-final`.
+model, optimizer, one jitted step over a (data, fsdp) mesh of all devices of all processes
+(distributed.py: jax.distributed, weights sharded over the fsdp axis, each process loading its
+own samples), checkpoints written by all processes together every --save-steps and
+`checkpoint-final`.
 
 Backend settings: OpenPIConfig (config.py), e.g. --ema-decay, --tokenizer, --conventions,
 --image-slots, --norm-stats-asset.
@@ -137,8 +139,11 @@ def _from_openpi_checkpoint(cfg: TrainConfig, name: str, base):
 
 
 def select_devices(device: str):
+    """The devices of the run: of every process when several train together."""
     import jax
 
+    if jax.process_count() > 1 and device.startswith("cuda:"):
+        raise ConfigError(f"--device {device} names one GPU; a run of several processes uses every GPU: --device cuda")
     try:
         if device == "auto":
             return jax.devices()
@@ -171,12 +176,17 @@ def train(cfg: TrainConfig) -> Path:
         raise ConfigError(f"--tokenizer: {cfg.tokenizer} not found")
     pre = preflight(cfg)  # data, statistics, resume checkpoint: clear errors, nothing built yet
     data = pre.data
+    from crane_x7_vla.backends.openpi import distributed
+
+    distributed.initialize(cfg)
     devices = select_devices(cfg.device)
-    if cfg.batch_size % len(devices):
+    local = len(devices) // _process_count()
+    if cfg.batch_size % local:
         raise ConfigError(
-            f"--batch-size {cfg.batch_size} cannot be split evenly over {len(devices)} devices; "
-            f"use a multiple of {len(devices)}"
+            f"--batch-size {cfg.batch_size} (per process) cannot be split evenly over this process's {local} "
+            f"device(s); use a multiple of {local}"
         )
+    distributed.make_mesh(devices, cfg.fsdp_devices)  # --fsdp-devices checked before building
     precision = _precision(cfg, devices)
     conv = _conventions(cfg, pre, data.cameras)
     mcfg, weights_dir = model_config(cfg, conv.num_images(data.cameras), precision)
@@ -205,6 +215,18 @@ def train(cfg: TrainConfig) -> Path:
     run = _Run(cfg, pre, devices, mcfg, weights_dir, precision, conv)
     run.space = run._space()  # statistics (of the data or of the checkpoint's assets) checked before building
     return run.run()
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _main_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _conventions(cfg: OpenPIConfig, pre, cameras):
@@ -372,9 +394,9 @@ class _Run:
     def run(self) -> Path:
         import jax
         from flax import nnx
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from jax.sharding import NamedSharding, PartitionSpec as P
 
-        from crane_x7_vla.backends.openpi import ckpt_io, train_state as ts
+        from crane_x7_vla.backends.openpi import ckpt_io, distributed, train_state as ts
         from crane_x7_vla.backends.openpi.batching import Batcher
         from crane_x7_vla.training.data import BatchStream, DataPosition, SampleIndex
         from crane_x7_vla.training import loop
@@ -387,7 +409,8 @@ class _Run:
         all_dims = self.conv.loss == "all_dims"
         accum = int(cfg.grad_accumulation_steps)
 
-        per_epoch = SampleIndex(data.train, cfg.batch_size, cfg.seed, cfg.noop_threshold).batches_per_epoch
+        processes, rank = jax.process_count(), jax.process_index()
+        per_epoch = SampleIndex(data.train, cfg.batch_size * processes, cfg.seed, cfg.noop_threshold).batches_per_epoch
         total = int(cfg.max_steps) if cfg.max_steps else int(cfg.num_epochs) * max(1, per_epoch // accum)
 
         # model + optimizer
@@ -417,15 +440,20 @@ class _Run:
         n_train = sum(x.size for x in jax.tree.leaves(trainable))
         n_all = n_train + sum(x.size for x in jax.tree.leaves(frozen))
 
-        mesh = Mesh(np.array(self.devices), ("data",))
+        mesh = distributed.make_mesh(self.devices, int(cfg.fsdp_devices))
         rep = NamedSharding(mesh, P())
-        batch_sh = NamedSharding(mesh, P(None, "data"))
-        trainable, frozen, ema, opt_state = jax.device_put((trainable, frozen, ema, opt_state), rep)
-        step_fn = jax.jit(
-            ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims),
-            in_shardings=(rep, rep, rep, rep, batch_sh, rep),
-            out_shardings=(rep, rep, rep, rep),
-            donate_argnums=(0, 2, 3),
+        batch_sh = distributed.batch_sharding(mesh)
+        state_sh = distributed.shardings((trainable, frozen, ema, opt_state), mesh, float(cfg.fsdp_min_mbytes))
+        train_sh, frozen_sh, ema_sh, opt_sh = state_sh
+        trainable, frozen, ema, opt_state = distributed.place((trainable, frozen, ema, opt_state), state_sh)
+        step_fn = distributed.Aligned(
+            jax.jit(
+                ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims),
+                in_shardings=(train_sh, frozen_sh, ema_sh, opt_sh, batch_sh, rep),
+                out_shardings=(train_sh, ema_sh, opt_sh, rep),
+                donate_argnums=(0, 2, 3),
+            ),
+            "train step",
         )
         evaluator = _Evaluator(
             parts.graphdef,
@@ -441,12 +469,16 @@ class _Run:
             all_dims,
         )
 
-        print(
-            f"openpi: {mcfg.vision.depth}-layer vision, {mcfg.prefix.depth}-layer decoders, {n_all / 1e6:.1f}M params "
-            f"({n_train / 1e6:.2f}M trained), {len(self.devices)} device(s) [{self.devices[0].platform}], "
-            f"{self.precision}, horizon {mcfg.action_horizon}, {total} steps",
-            file=sys.stderr,
-        )
+        per_device = distributed.sharded_bytes((trainable, frozen, ema, opt_state))
+        if rank == 0:
+            print(
+                f"openpi: {mcfg.vision.depth}-layer vision, {mcfg.prefix.depth}-layer decoders, {n_all / 1e6:.1f}M "
+                f"params ({n_train / 1e6:.2f}M trained), {len(self.devices)} device(s) [{self.devices[0].platform}] "
+                f"in {processes} process(es), mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} "
+                f"({per_device / 2**20:.1f} MiB of weights and optimizer state per device), {self.precision}, "
+                f"horizon {mcfg.action_horizon}, {total} steps",
+                file=sys.stderr,
+            )
         stream = BatchStream(
             data.train,
             cameras=self.cameras,
@@ -454,6 +486,8 @@ class _Run:
             horizon=mcfg.action_horizon,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            rank=rank,
+            world_size=processes,
             start=position,
             num_workers=cfg.num_workers,
             prefetch=cfg.prefetch_batches,
@@ -461,35 +495,53 @@ class _Run:
         )
         hooks = _Hooks(self, stream, batcher, batch_sh, step_fn, schedule, evaluator, space, tokenizer)
         hooks.state = (trainable, frozen, ema, opt_state)
-        return loop.run(cfg, hooks, start_step=start_step, total_steps=total)
+        return loop.run(cfg, hooks, start_step=start_step, total_steps=total, main=rank == 0)
 
     def _save(self, step, space, tokenizer, trainable, ema, frozen, opt_state, position, *, at_step=None):
-        """checkpoint-{step}, or checkpoint-final (step None) of the run at optimizer step `at_step`."""
+        """checkpoint-{step}, or checkpoint-final (step None) of the run at optimizer step `at_step`.
+        Every process calls it: each writes the pieces of the weights and optimizer state its
+        devices hold (orbax); process 0 writes the rest and moves the directory into place."""
         from flax import nnx
 
-        from crane_x7_vla.backends.openpi import ckpt_io
+        from crane_x7_vla.backends.openpi import ckpt_io, distributed
         from crane_x7_vla.backends.openpi.train_state import merge_lora
 
+        main = _main_process()
         real_step = step if step is not None else at_step
         params = ckpt_io.deep_merge(nnx.to_pure_dict(ema), nnx.to_pure_dict(frozen))
-        with ckpt.CheckpointWriter(self.out, step) as d:
+        writer = ckpt.CheckpointWriter(self.out, step)
+        d = writer.__enter__() if main else writer.tmp
+        try:
+            distributed.sync("checkpoint directory")
             ckpt_io.save_params(d, params)
             ckpt_io.save_train_state(d, nnx.to_pure_dict(trainable), nnx.to_pure_dict(ema), opt_state)
-            tokenizer.save(d / self.tokenizer_file)
             config = self.policy_config(real_step, space)
-            contract.write_policy_config(d, config)
-            ckpt.write_trainer_state(
-                d, {"step": real_step, "data_position": position.to_dict(), "backend": "openpi", "seed": self.cfg.seed}
-            )
+            merged = None
             if step is None and self.cfg.merge_lora and self.mcfg.has_lora:
                 merged = merge_lora(ckpt_io.flat_paths(params), self.mcfg)
-                m = d / "merged"
-                m.mkdir()
-                ckpt_io.save_params(m, ckpt_io.nest(merged))
-                mconfig = dict(config)
-                mconfig["openpi"] = dict(config["openpi"], model_config=self.mcfg.without_lora().to_dict())
-                contract.write_policy_config(m, mconfig)
-                shutil.copy(d / self.tokenizer_file, m / self.tokenizer_file)
+                if main:
+                    (d / "merged").mkdir()
+                distributed.sync("merged directory")
+                ckpt_io.save_params(d / "merged", ckpt_io.nest(merged))
+            if main:
+                tokenizer.save(d / self.tokenizer_file)
+                contract.write_policy_config(d, config)
+                state = {"step": real_step, "data_position": position.to_dict(), "backend": "openpi",
+                         "seed": self.cfg.seed, "processes": _process_count()}
+                ckpt.write_trainer_state(d, state)
+                if merged is not None:
+                    m = d / "merged"
+                    mconfig = dict(config)
+                    mconfig["openpi"] = dict(config["openpi"], model_config=self.mcfg.without_lora().to_dict())
+                    contract.write_policy_config(m, mconfig)
+                    shutil.copy(d / self.tokenizer_file, m / self.tokenizer_file)
+        except BaseException as exc:
+            if main:
+                writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if main:
+            writer.__exit__(None, None, None)
+        distributed.sync("checkpoint written")
         return ckpt.checkpoint_dir(self.out, step)
 
 
@@ -504,17 +556,16 @@ class _Hooks:
         self.step_fn, self.schedule, self.evaluator = step_fn, schedule, evaluator
         self.space, self.tokenizer = space, tokenizer
         self.accum = int(run.cfg.grad_accumulation_steps)
-        self.samples_per_step = run.cfg.batch_size * self.accum
+        self.samples_per_step = run.cfg.batch_size * self.accum * _process_count()
         self.state = None  # (trainable, frozen, ema, opt_state)
         self.metrics = None
 
     def train_step(self, step: int) -> dict:
-        import jax
-
         from crane_x7_vla.backends.openpi.batching import stack_micro
+        from crane_x7_vla.backends.openpi.distributed import global_batch
 
         micro = [self.batcher.training(next(self.stream)[1]) for _ in range(self.accum)]
-        batch = jax.device_put(stack_micro(micro), self.batch_sh)
+        batch = global_batch(stack_micro(micro), self.batch_sh)
         trainable, frozen, ema, opt_state = self.state
         trainable, ema, opt_state, self.metrics = self.step_fn(
             trainable, frozen, ema, opt_state, batch, np.int32(step)
@@ -547,7 +598,8 @@ class _Hooks:
 
     def evaluate(self, step: int) -> dict:
         trainable, frozen, ema, _ = self.state
-        return self.evaluator(trainable, ema, frozen)
+        values = self.evaluator(trainable, ema, frozen)  # every process takes part, process 0 reports
+        return values if _main_process() else {}
 
     def save(self, step: int, final: bool) -> Path:
         trainable, frozen, ema, opt_state = self.state
@@ -582,9 +634,15 @@ class _Evaluator:
 
         self.batcher, self.space, self.data, self.cfg, self.mcfg = batcher, space, data, cfg, mcfg
         self.spec, self.cameras = spec, cameras
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from crane_x7_vla.backends.openpi.distributed import Aligned
+
         self.n_dev = mesh.devices.size
-        self.loss = jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims))
-        self.sample = jax.jit(ts.make_sampler(graphdef, num_steps))
+        self.rep = NamedSharding(mesh, P())
+        # every process evaluates the same samples; the results are replicated so each can read them
+        self.loss = Aligned(jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims), out_shardings=self.rep), "eval loss")
+        self.sample = Aligned(jax.jit(ts.make_sampler(graphdef, num_steps), out_shardings=self.rep), "sampler")
 
     def _split(self, episodes, prefix, trainable, ema, frozen):
         import jax
@@ -595,11 +653,12 @@ class _Evaluator:
         if not episodes:
             return {}
         losses, l1 = [], []
-        bs = max(self.n_dev, self.cfg.batch_size // max(1, self.n_dev) * self.n_dev)
+        per_step = self.cfg.batch_size * _process_count()  # the global batch: the same at any process count
+        bs = max(self.n_dev, per_step // max(1, self.n_dev) * self.n_dev)
         for i, b in enumerate(
             eval_batches(episodes, self.cameras, self.spec, self.mcfg.action_horizon, bs, self.cfg.eval_samples)
         ):
-            mb = self.batcher.training(b)
+            mb = self._replicated(self.batcher.training(b))
             key = jax.random.key(1000 + i)
             losses.append(float(self.loss(trainable, frozen, mb, key)))
             obs = {k: v for k, v in mb.items() if k != "actions"}
@@ -609,6 +668,11 @@ class _Evaluator:
             eval_metric(prefix, "loss"): float(np.mean(losses)),
             eval_metric(prefix, "l1"): float(np.concatenate(l1).mean()),
         }
+
+    def _replicated(self, batch: dict) -> dict:
+        from crane_x7_vla.backends.openpi.distributed import place
+
+        return place(batch, {k: self.rep for k in batch})
 
     def __call__(self, trainable, ema, frozen) -> dict:
         from crane_x7_vla.training.metrics import TRAIN_EVAL, VAL

@@ -10,6 +10,8 @@ from crane_x7_vla.training.config import ConfigError, TrainConfig, setting
 TOKEN_HEAD = "tokens"  # the language model writes 8 action tokens per chunk step, one per forward pass
 PARALLEL_L1 = "parallel-l1"  # one forward pass over a chunk of action query positions, an MLP regresses them
 ACTION_HEADS = (TOKEN_HEAD, PARALLEL_L1)
+#: `--strategy` (backends/openvla/distributed.py)
+STRATEGIES = ("ddp", "fsdp")
 
 _GOAL_SCENES = (
     "with goal tokens: also train the goal tokens on N simulated pictures of `--goal-scenes-task`, "
@@ -106,6 +108,14 @@ class OpenVLAConfig(TrainConfig):
         "with an L1 loss (docs/fast_actions.md); recorded in the checkpoint",
         choices=ACTION_HEADS,
     )
+    strategy: str = setting(
+        "ddp",
+        "how the processes of a torchrun launch share the model: `ddp` (each holds all of it) or `fsdp` "
+        "(PyTorch FSDP2: weights, gradients and optimizer state sharded over the processes; bf16 compute on "
+        "fp32 weights under bf16 precision); see docs/distributed.md",
+        group="optimisation",
+        choices=STRATEGIES,
+    )
     attn_implementation: str | None = setting(
         None, "attention kernel, e.g. `flash_attention_2`, `sdpa`, `eager`; not set: the model's own", metavar="NAME"
     )
@@ -114,6 +124,8 @@ class OpenVLAConfig(TrainConfig):
         super().validate()
         if self.backend != "openvla":
             raise ConfigError(f"the openvla settings were given --backend {self.backend}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)} (got '{self.strategy}')")
         self.positive("action_label_sigma", allow_zero=True)
         self.positive("goal_warmup_steps", allow_zero=True)
         for name in ("goal_label_sigma", "goal_warmup_lr"):  # None: as --action-label-sigma / --learning-rate
@@ -145,5 +157,8 @@ class OpenVLAConfig(TrainConfig):
             if self.attn_implementation == "flash_attention_2":
                 raise ConfigError(f"--action-head {PARALLEL_L1} attends both ways among its action positions, "
                                   "which flash_attention_2 cannot mask: use --attn-implementation sdpa or eager")
+            if self.strategy == "fsdp":
+                raise ConfigError(f"--action-head {PARALLEL_L1} trains with --strategy ddp (its head is not "
+                                  "sharded by FSDP)")
         if self.goal_scenes and not self.goal_tokens:
             raise ConfigError("--goal-scenes teaches the goal tokens; it needs --goal-tokens")

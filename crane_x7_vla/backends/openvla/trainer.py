@@ -1,14 +1,14 @@
 """OpenVLA fine-tuning: `train(cfg) -> Path` (the checkpoint-final directory).
 
 LoRA on all linear layers (PEFT) or full weights, AdamW with warmup and a decay schedule,
-gradient accumulation, loss on the 8 action tokens only, DDP under torchrun (NCCL on GPUs,
-gloo on CPU). Checkpoints hold everything an exact resume needs.
+gradient accumulation, loss on the 8 action tokens only. Under torchrun (one node or several)
+the processes share the work as `--strategy` says: DDP, or FSDP with sharded weights, gradients
+and optimizer state (distributed.py). Checkpoints hold everything an exact resume needs.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import shutil
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from crane_x7_vla import checkpoint_contract as contract
 from crane_x7_vla import robot
 from crane_x7_vla.backends.openvla import decode
+from crane_x7_vla.backends.openvla import distributed as dd
+from crane_x7_vla.backends.openvla.distributed import Dist
 from crane_x7_vla.backends.openvla.action_tokenizer import ActionCodec
 from crane_x7_vla.backends.openvla.model import (
     BASE_DIRECTORY,
@@ -55,54 +56,6 @@ BACKEND = "openvla"
 
 
 # ---- set-up -------------------------------------------------------------------------------
-
-
-class Dist:
-    def __init__(self, cfg: TrainConfig):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if cfg.device == "auto":
-            self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(cfg.device)
-            if self.device.type == "cuda" and self.device.index is None:
-                self.device = torch.device(f"cuda:{self.local_rank}")
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError(f"--device {cfg.device}: no CUDA GPU is visible to PyTorch")
-            torch.cuda.set_device(self.device)
-        self.started = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.started = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def mean(self, values: dict) -> dict:
-        if self.world == 1:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: v / self.world for k, v in zip(keys, t.tolist())}
-
-    def gather(self, obj):
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.started:
-            dist.destroy_process_group()
 
 
 def _dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -151,16 +104,25 @@ def lora_config(cfg: TrainConfig, exclude: list[str] | None = None):
     )
 
 
-def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir: Path | None):
-    """Load the base model and make it trainable as configured (LoRA or full weights)."""
+def build_model(
+    cfg: TrainConfig, source: str, device: torch.device, resume_dir: Path | None, dtype: torch.dtype | None = None
+):
+    """Load the base model and make it trainable as configured (LoRA or full weights); `dtype`:
+    the weights' dtype, not set: the run's precision."""
     vla = load_vla(
         source,
         image_size=(cfg.image_spec.width, cfg.image_spec.height),
-        dtype=_dtype(cfg, device),
+        dtype=dtype or _dtype(cfg, device),
         attn_implementation=cfg.attn_implementation,
         device=device,
     )
-    model = vla.model
+    vla.model = make_trainable(vla.model, cfg, resume_dir)
+    return vla
+
+
+def make_trainable(model, cfg: TrainConfig, resume_dir: Path | None = None):
+    """The loaded model made trainable as configured: LoRA adapters (PEFT) or all weights, the
+    frozen parts frozen; returns the model to train."""
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     if cfg.gradient_checkpointing:
@@ -182,8 +144,7 @@ def build_model(cfg: TrainConfig, source: str, device: torch.device, resume_dir:
             model.get_submodule(name).requires_grad_(False)
     if cfg.freeze_vision:
         vision_module(model).requires_grad_(False)
-    vla.model = model
-    return vla
+    return model
 
 
 def vision_module(model) -> torch.nn.Module:
@@ -209,6 +170,12 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -475,27 +442,44 @@ def save_checkpoint(
     device,
     warmup_position=None,
 ) -> Path:
+    """Write checkpoint-{step} (checkpoint-final with `final`); every process must call it. The
+    main process writes the directory; under FSDP every process also writes its shard of the
+    optimizer state into it (the output directory must then be shared by all nodes)."""
     rng_states = dist_.gather(_rng_state(device))
-    if dist_.main:
-        with ckpt.CheckpointWriter(cfg.output_dir, None if final else step) as d:
-            model = vla.model
+    model = vla.model
+    weights = dd.full_state_dict(model, trainable_only=cfg.use_lora) if dist_.sharded else None
+    writer = ckpt.CheckpointWriter(cfg.output_dir, None if final else step)
+    d = writer.__enter__() if dist_.main else writer.tmp
+    try:
+        if dist_.sharded:
+            dist_.barrier()  # the directory exists before every process writes into it
+            dd.save_optimizer(d / dd.OPTIMIZER_DIR, model, optimizer)
+        if dist_.main:
+            extra = {} if weights is None else {"state_dict": weights}
             if cfg.use_lora:
-                model.save_pretrained(d / "adapter")
+                model.save_pretrained(d / "adapter", **extra)
             else:
-                model.save_pretrained(d / "model")
+                model.save_pretrained(d / "model", **extra)
                 save_processor(vla, d / "model")
             if vla.action_head is not None:
                 save_action_head(vla.action_head, d)
             if base_dir is not None:
                 shutil.copytree(base_dir, d / "base")
             save_processor(vla, d / "processor")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / "optimizer.pt")
+            if dist_.sharded:
+                torch.save({"scheduler": scheduler.state_dict()}, d / dd.SCHEDULER_FILE)
+            else:
+                torch.save(
+                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, d / dd.OPTIMIZER_FILE
+                )
             torch.save(rng_states, d / "rng_state.pt")
             state = {
                 "step": step,
                 "total_steps": total_steps,
                 "data_position": position.to_dict(),
                 "world_size": dist_.world,
+                "global_batch": cfg.batch_size * cfg.grad_accumulation_steps * dist_.world,
+                "strategy": dist_.strategy,
                 "backend": BACKEND,
             }
             if warmup_position is not None:
@@ -504,8 +488,29 @@ def save_checkpoint(
             contract.write_policy_config(
                 d, _policy_config(cfg, data, cameras, vla, codec, step, bundled_base=base_dir is not None)
             )
+    except BaseException as exc:
+        if dist_.main:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if dist_.main:
+        writer.__exit__(None, None, None)
     dist_.barrier()
     return ckpt.checkpoint_dir(cfg.output_dir, None if final else step)
+
+
+def load_optimizer_state(resume_dir: Path, model, optimizer, scheduler, trainable, dist_: Dist, device) -> None:
+    """The optimizer and scheduler state of a checkpoint, written by any number of processes
+    under either strategy, into this run's optimizer (sharded or not)."""
+    if (resume_dir / dd.OPTIMIZER_DIR).is_dir():
+        dd.load_optimizer(resume_dir / dd.OPTIMIZER_DIR, model, optimizer)
+        state = torch.load(resume_dir / dd.SCHEDULER_FILE, map_location="cpu", weights_only=False)
+    else:
+        state = torch.load(resume_dir / dd.OPTIMIZER_FILE, map_location=device, weights_only=False)
+        if dist_.sharded:
+            dd.load_single_optimizer(state["optimizer"], model, optimizer, trainable)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
 
 
 def merge_lora(checkpoint_dir, output=None) -> Path:
@@ -549,13 +554,18 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     device = dist_.device
-    torch.manual_seed(cfg.seed + dist_.rank)
-    np.random.seed(cfg.seed + dist_.rank)
-    random.seed(cfg.seed + dist_.rank)
+    _seed(cfg.seed)  # every process initialises the new weights (LoRA adapters) alike: FSDP shards them as they are
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
 
     source, base_dir = _base_source(cfg, pre, dist_)
-    vla = build_model(cfg, source, device, pre.resume_dir if cfg.use_lora else None)
+    compute = _dtype(cfg, device)
+    vla = build_model(
+        cfg,
+        source,
+        dd.load_device(dist_.strategy, device),
+        pre.resume_dir if cfg.use_lora else None,
+        dtype=dd.load_dtype(dist_.strategy, compute),
+    )
     cameras = _cameras(cfg, data.cameras, vla.family)
     vla.num_cameras = len(cameras)
     set_image_position(vla, cfg.image_position)
@@ -563,15 +573,13 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
     vla.action_head = build_action_head(cfg.action_head, vla, cfg.action_horizon, pre.resume_dir, pre.resume_config)
     model = vla.model
     model.train()
+    if dist_.rank:
+        _seed(cfg.seed + dist_.rank)  # each process its own dropout and augmentation draws
     # with the parallel head, the model and the head are trained as one module
     step_model = model if vla.action_head is None else ParallelDecoder(model, vla.action_head)
+    ddp_model = dd.wrap(step_model, dist_, compute)  # before the optimizer: FSDP replaces the parameters
     trainable = [p for p in step_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    ddp_model = step_model
-    if dist_.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     stream_kw = dict(
         cameras=cameras,
@@ -591,10 +599,14 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         position = DataPosition.from_dict(pre.resume_state["data_position"])
         if "goal_warmup_position" in pre.resume_state:
             warm_position = DataPosition.from_dict(pre.resume_state["goal_warmup_position"])
-        if pre.resume_state.get("world_size", 1) != dist_.world and dist_.main:
+        saved_world = pre.resume_state.get("world_size", 1)
+        saved_batch = pre.resume_state.get("global_batch")
+        global_batch = cfg.batch_size * cfg.grad_accumulation_steps * dist_.world
+        if saved_world != dist_.world and saved_batch != global_batch and dist_.main:
             print(
-                f"note: resuming a {pre.resume_state.get('world_size')}-process run with {dist_.world} processes: "
-                "the batches will not be the same as in an uninterrupted run",
+                f"note: resuming a {saved_world}-process run with {dist_.world} processes and "
+                f"{global_batch} samples per step (was {saved_batch or 'not recorded'}): the batches will not be "
+                "the same as in an uninterrupted run; keep --batch-size x --grad-accumulation-steps x processes",
                 file=sys.stderr,
             )
     scenes = _goal_scenes(cfg, data, cameras, dist_)
@@ -611,9 +623,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
         )
     scheduler = make_scheduler(optimizer, cfg, total_steps - cfg.goal_warmup_steps)
     if pre.resume_dir is not None:
-        state = torch.load(pre.resume_dir / "optimizer.pt", map_location=device, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(pre.resume_dir, model, optimizer, scheduler, trainable, dist_, device)
         rng = torch.load(pre.resume_dir / "rng_state.pt", weights_only=False)
         _set_rng_state(rng[dist_.rank] if dist_.rank < len(rng) else rng[0], device)
 
@@ -625,7 +635,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
             f"{', LoRA r=%d' % cfg.lora_rank if cfg.use_lora else ', full weights'}), {len(data.train)} train / "
             f"{len(data.val)} val episodes, cameras {cameras}, actions {codec.representation}"
             f"{' with the state in the prompt' if codec.state_in_prompt else ''}, "
-            f"{dist_.world} process(es) on {device}, "
+            f"{dist_.world} process(es) on {device} ({dist_.strategy}), "
             f"steps {start_step}->{total_steps}",
             file=sys.stderr,
         )
@@ -679,10 +689,9 @@ class _Hooks(loop.Hooks):
         for micro in range(cfg.grad_accumulation_steps):
             _, batch = next(self.warm if self.warm is not None else self.stream)
             actions, state = batch["actions"], batch["state"]
-            sync = micro == cfg.grad_accumulation_steps - 1 or dist_.world == 1
-            ctx = self.ddp_model.no_sync() if not sync else _Null()
+            sync = micro == cfg.grad_accumulation_steps - 1
             if vla.action_head is not None:  # --action-head parallel-l1
-                with ctx:
+                with dd.gradient_sync(self.ddp_model, dist_, sync):
                     loss, correct, count, l1 = decode.parallel_step(
                         self.ddp_model, self.inputs, batch, cfg.action_horizon
                     )
@@ -692,7 +701,7 @@ class _Hooks(loop.Hooks):
                 sums["l1"] += l1 / cfg.grad_accumulation_steps
                 continue
             inputs, pix = self.inputs.training(batch)
-            with ctx:
+            with dd.gradient_sync(self.ddp_model, dist_, sync):
                 out = decode.forward(self.ddp_model, vla, inputs, pix)
                 loss, pred, target, _ = decode.action_loss(
                     out.logits, inputs, codec.first_id, _sigmas(cfg, codec, inputs)
@@ -706,7 +715,7 @@ class _Hooks(loop.Hooks):
             )
         grad_norm = None
         if cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm))
+            grad_norm = dd.to_float(torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm))
         if self.warm is not None:  # the goal warm-up runs at its own constant rate; the schedule waits
             self.lr = _set_lr(optimizer, [cfg.goal_warmup_lr or cfg.learning_rate] * len(optimizer.param_groups))
             optimizer.step()
@@ -751,16 +760,17 @@ class _Hooks(loop.Hooks):
         )
 
     def evaluate(self, step: int) -> dict:
-        """Validation metrics on the main process (the others wait for it)."""
+        """Validation metrics on the main process (the others wait for it; under FSDP every
+        process runs the same evaluation, each forward pass gathering the sharded weights)."""
         try:
             values = {}
-            if self.dist_.main:
+            if self.dist_.main or self.dist_.sharded:
                 for split, episodes in ((mn.VAL, self.data.val), (mn.TRAIN_EVAL, self.data.train)):
                     for k, v in evaluate(
                         self.vla, self.vla.model, episodes, self.cameras, self.cfg, self.codec, self.device
                     ).items():
                         values[mn.eval_metric(split, k)] = v
-            return values
+            return values if self.dist_.main else {}
         except Exception:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -772,11 +782,3 @@ class _Hooks(loop.Hooks):
         self.stream.close()
         if self.warm is not None:
             self.warm.close()
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
