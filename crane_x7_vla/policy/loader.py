@@ -162,10 +162,12 @@ def load_policy(checkpoint_dir: str | os.PathLike, device: str | None = None, *,
         raise CheckpointError(str(exc)) from exc
 
 
-def warm_up(policy) -> float:
+def warm_up(policy, **extra) -> float:
     """One prediction on a blank picture at the home pose, so the first real call is not also
     the one that compiles the model (openpi's JAX program takes seconds to build) or fills the
-    caches; returns its seconds. Policies with a `reset` are reset after it."""
+    caches; returns its seconds. `extra` adds observation fields (e.g. the committed actions of
+    a guided, real-time-chunking call, a program of its own). Policies with a `reset` are reset
+    after it."""
     import time
 
     import numpy as np
@@ -178,6 +180,7 @@ def warm_up(policy) -> float:
         "state": robot.home_state(),
         "instruction": policy.config.get("default_instruction") or "warm up",
         "episode_time": 0.0,
+        **extra,
     }
     t0 = time.perf_counter()
     policy.predict(observation)

@@ -613,23 +613,10 @@ class InferenceNode(Node):
     @staticmethod
     def _warm_up_guided(policy) -> float:
         """One guided prediction (real-time chunking) on a blank picture at the home pose; its seconds."""
-        meta = policy.metadata
-        width, height = meta.get("image_size") or (224, 224)
-        home = robot.home_state()
-        observation = {
-            "images": {cam: np.zeros((int(height), int(width), 3), np.uint8) for cam in meta.get("cameras") or []},
-            "state": home,
-            "instruction": policy.config.get("default_instruction") or "warm up",
-            "episode_time": 0.0,
-            "committed_actions": np.tile(home, (int(meta.get("action_horizon") or 1), 1)),
-            "delay_steps": 1,
-        }
-        t0 = time.perf_counter()
-        policy.predict(observation)
-        seconds = time.perf_counter() - t0
-        if hasattr(policy, "reset"):
-            policy.reset()
-        return seconds
+        from crane_x7_vla.policy.loader import warm_up
+
+        horizon = int(policy.metadata.get("action_horizon") or 1)
+        return warm_up(policy, committed_actions=np.tile(robot.home_state(), (horizon, 1)), delay_steps=1)
 
     def _autostart_wait(self) -> None:
         while not self._stop.is_set():
