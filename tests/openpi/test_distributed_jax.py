@@ -14,6 +14,7 @@ import pytest
 
 from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.metrics import read_metrics
+from tests.processes import run_together
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "crane_x7_vla.training.cli"]
@@ -57,23 +58,9 @@ def runs(episodes_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jax_fsdp")
     two = tmp / "two"
     address = f"127.0.0.1:{_free_port()}"
-    procs = []
-    for pid in range(2):
-        log = open(tmp / f"process{pid}.log", "w")
-        cmd = [*CLI, *TRAIN, *SHARDED, "--batch-size", "4", "--data-root", str(episodes_dir), "--output-dir",
-               str(two), "--coordinator-address", address, "--num-processes", "2", "--process-id", str(pid)]
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp), log))
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=TIMEOUT)
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = [(tmp / f"process{pid}.log").read_text() for pid in range(2)]
-    assert all(proc.returncode == 0 for proc, _ in procs), "\n".join(t[-3000:] for t in logs)
+    cmds = [[*CLI, *TRAIN, *SHARDED, "--batch-size", "4", "--data-root", str(episodes_dir), "--output-dir", str(two),
+             "--coordinator-address", address, "--num-processes", "2", "--process-id", str(pid)] for pid in range(2)]
+    logs = run_together(cmds, [tmp / f"process{pid}.log" for pid in range(2)], env=_env(), cwd=tmp, timeout=TIMEOUT)
     one = tmp / "one"
     _one([*TRAIN, "--batch-size", "8", "--data-root", str(episodes_dir), "--output-dir", str(one)], tmp)
     return two, one, logs

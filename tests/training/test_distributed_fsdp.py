@@ -15,6 +15,7 @@ import pytest
 
 from crane_x7_vla.training import checkpoint as ck
 from crane_x7_vla.training.metrics import read_metrics
+from tests.processes import run_together
 
 from .tiny_cli import TINY_OPENVLA_CPU
 
@@ -56,25 +57,12 @@ def _one_process(args: list[str]) -> str:
 def _two_nodes(args: list[str], tmp_path) -> None:
     """Two torchrun agents, one process each, meeting at a c10d rendezvous on localhost."""
     endpoint = f"127.0.0.1:{_free_port()}"
-    agents = []
-    for node in range(2):
-        log = open(tmp_path / f"node{node}.log", "w")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "fsdp-test",
-               "-m", "crane_x7_vla.training.cli", *args]
-        agents.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path), log))
-    try:
-        for proc, log in agents:
-            proc.wait(timeout=TIMEOUT)
-    finally:
-        for proc, log in agents:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = "\n".join((tmp_path / f"node{n}.log").read_text()[-3000:] for n in range(2))
-    assert all(proc.returncode == 0 for proc, _ in agents), logs
-    assert "2 process(es) on cpu (fsdp)" in logs
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "fsdp-test",
+           "-m", "crane_x7_vla.training.cli", *args]
+    logs = run_together([cmd, cmd], [tmp_path / f"node{n}.log" for n in range(2)], env=_env(), cwd=tmp_path,
+                        timeout=TIMEOUT)
+    assert "2 process(es) on cpu (fsdp)" in "\n".join(logs)
 
 
 @pytest.fixture(scope="module")
