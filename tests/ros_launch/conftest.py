@@ -168,6 +168,12 @@ def docker_workspace(tmp_path_factory, underlay) -> Workspace:
     return Workspace(ws, ws / "install", sourced(underlay, ws / "install" / "setup.bash"))
 
 
+# `ros2 launch` keeps the Ctrl-C disposition it inherits: started from a shell's background job
+# (`bash scripts/test.sh &`), SIGINT is ignored and stop() could never end it. The command is
+# exec'd with SIGINT at its default, as a terminal's Ctrl-C would find it.
+RESET_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execvp(sys.argv[1], sys.argv[1:])"]
+
 # "[INFO] [data_logger-5]: process started with pid [1234]": launch names each process it starts
 STARTED = re.compile(r"\[INFO\] \[([\w.-]+-\d+)\]: process started with pid \[\d+\]")
 
@@ -186,7 +192,7 @@ class Launch:
         self._log = open(self.log_path, "wb")
         self.cmd = ["ros2", "launch", "crane_x7_vla", launch_file, *args]
         self.proc = subprocess.Popen(
-            self.cmd,
+            [*RESET_SIGINT, *self.cmd],
             cwd=workspace.root,
             env=self.env,
             stdout=self._log,
