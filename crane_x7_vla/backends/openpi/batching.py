@@ -46,7 +46,7 @@ class Batcher:
     def training(self, batch: dict) -> dict:
         """A `training.data` batch -> model inputs including normalised model-space actions."""
         out = self.observation(batch["images"], batch["state"], batch["instruction"])
-        out["actions"] = self.space.encode_actions(batch["actions"], batch["state"])
+        out["actions"] = self.space.training_actions(batch["actions"], batch["state"], batch.get("goal"))
         return out
 
 

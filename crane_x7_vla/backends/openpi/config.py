@@ -20,6 +20,10 @@ class OpenPIConfig(TrainConfig):
     freeze_prefix: bool = setting(
         False, "keep the image encoder and the prefix decoder as the base model has them; only the action expert "
         "learns")
+    goal_dims: bool = setting(
+        False, "the action expert also writes the goal point (where the hand will be at the end of the current "
+        "movement, 3 values in the arm's base frame, from the recorded joint states) into 3 spare dimensions of every "
+        "action, and learns it with the actions: it has to find the named object to write it; deployment ignores them")
     tokenizer: str | None = setting(
         None, "the prompt tokenizer: PaliGemma's SentencePiece model (`paligemma_tokenizer.model`) or a "
         "`tokenizer.json`; needed with openpi π0 weights; not set: one trained on this run's instructions",

@@ -107,18 +107,20 @@ def optimizer(schedule, *, weight_decay: float, max_grad_norm: float):
     return optax.chain(*parts)
 
 
-def loss_mask(cfg: ModelConfig, real_dim: int = 8, all_dims: bool = False) -> jnp.ndarray:
-    """Loss on the robot's real action dimensions only (padding carries no signal), or on
-    every padded dimension (all_dims, openpi's π0 loss)."""
-    return jnp.asarray((np.arange(cfg.action_dim) < real_dim) | all_dims, jnp.float32)
+def loss_mask(cfg: ModelConfig, real_dim: int = 8, all_dims: bool = False, extra_dims=()) -> jnp.ndarray:
+    """Loss on the robot's real action dimensions only (padding carries no signal) and on
+    `extra_dims` (the goal point's), or on every padded dimension (all_dims, openpi's π0 loss)."""
+    dims = np.arange(cfg.action_dim)
+    return jnp.asarray((dims < real_dim) | np.isin(dims, list(extra_dims)) | all_dims, jnp.float32)
 
 
 def _masked_mean(err, mask):
     return (err * mask).sum() / (err.shape[0] * err.shape[1] * mask.sum())
 
 
-def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float, all_dims: bool = False):
-    mask = loss_mask(cfg, all_dims=all_dims)
+def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float, all_dims: bool = False,
+                    extra_dims=()):
+    mask = loss_mask(cfg, all_dims=all_dims, extra_dims=extra_dims)
     base_key = prng_key(seed)
 
     def loss_fn(trainable, frozen, micro, key):
@@ -150,8 +152,8 @@ def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float,
     return step_fn
 
 
-def make_eval_loss(graphdef, cfg: ModelConfig, all_dims: bool = False):
-    mask = loss_mask(cfg, all_dims=all_dims)
+def make_eval_loss(graphdef, cfg: ModelConfig, all_dims: bool = False, extra_dims=()):
+    mask = loss_mask(cfg, all_dims=all_dims, extra_dims=extra_dims)
 
     def fn(trainable, frozen, batch, key):
         model = nnx.merge(graphdef, trainable, frozen)

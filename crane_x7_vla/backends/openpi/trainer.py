@@ -307,7 +307,17 @@ class _Run:
 
         if self.pre.resume_config is not None:
             return ActionSpace.from_config(self.pre.resume_config)
+        from crane_x7_vla.robot import ACTION_DIM
+
         kind, asset = self.conv.normalization, self.cfg.norm_stats_asset
+        goal = None
+        if self.cfg.goal_dims:
+            if asset or self.conv.loss == "all_dims":
+                raise ConfigError("--goal-dims writes the goal point into spare action dimensions, which openpi's "
+                                  "conventions train as padding: use it with --conventions crane_x7")
+            if self.mcfg.action_dim < ACTION_DIM + 3:
+                raise ConfigError(f"--goal-dims needs 3 spare action dimensions; the model has {self.mcfg.action_dim}")
+            goal = tuple(range(ACTION_DIM, ACTION_DIM + 3))
         if asset:
             return self._asset_space(asset, kind)
         stats = model_action_statistics(self.data.train, self.mcfg.action_horizon)
@@ -318,6 +328,7 @@ class _Run:
                 stats,
                 self.data.statistics["proprio"],
                 normalization=kind,
+                goal_dims=goal,
             )
         except KeyError as exc:
             raise ConfigError(
@@ -448,7 +459,8 @@ class _Run:
         trainable, frozen, ema, opt_state = distributed.place((trainable, frozen, ema, opt_state), state_sh)
         step_fn = distributed.Aligned(
             jax.jit(
-                ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims),
+                ts.make_train_step(parts.graphdef, tx, mcfg, cfg.seed, float(cfg.ema_decay), all_dims,
+                                   space.goal_dims or ()),
                 in_shardings=(train_sh, frozen_sh, ema_sh, opt_sh, batch_sh, rep),
                 out_shardings=(train_sh, ema_sh, opt_sh, rep),
                 donate_argnums=(0, 2, 3),
@@ -641,7 +653,8 @@ class _Evaluator:
         self.n_dev = mesh.devices.size
         self.rep = NamedSharding(mesh, P())
         # every process evaluates the same samples; the results are replicated so each can read them
-        self.loss = Aligned(jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims), out_shardings=self.rep), "eval loss")
+        self.loss = Aligned(jax.jit(ts.make_eval_loss(graphdef, mcfg, all_dims, space.goal_dims or ()),
+                                    out_shardings=self.rep), "eval loss")
         self.sample = Aligned(jax.jit(ts.make_sampler(graphdef, num_steps), out_shardings=self.rep), "sampler")
 
     def _split(self, episodes, prefix, trainable, ema, frozen):
@@ -652,7 +665,7 @@ class _Evaluator:
 
         if not episodes:
             return {}
-        losses, l1 = [], []
+        losses, l1, goal = [], [], []
         per_step = self.cfg.batch_size * _process_count()  # the global batch: the same at any process count
         bs = max(self.n_dev, per_step // max(1, self.n_dev) * self.n_dev)
         for i, b in enumerate(
@@ -662,12 +675,18 @@ class _Evaluator:
             key = jax.random.key(1000 + i)
             losses.append(float(self.loss(trainable, frozen, mb, key)))
             obs = {k: v for k, v in mb.items() if k != "actions"}
-            pred = self.space.decode_actions(np.asarray(self.sample(obs, key, ema, frozen)), b["state"])
+            sampled = np.asarray(self.sample(obs, key, ema, frozen))
+            pred = self.space.decode_actions(sampled, b["state"])
             l1.append(np.abs(pred - b["actions"]).mean(axis=(1, 2)))
-        return {
+            if self.space.goal_dims is not None:
+                goal.append(np.linalg.norm(self.space.decode_goal(sampled) - b["goal"], axis=-1))
+        out = {
             eval_metric(prefix, "loss"): float(np.mean(losses)),
             eval_metric(prefix, "l1"): float(np.concatenate(l1).mean()),
         }
+        if goal:  # metres between the goal point the chunks write and the recorded one
+            out[eval_metric(prefix, "goal_error_m")] = float(np.median(np.concatenate(goal)))
+        return out
 
     def _replicated(self, batch: dict) -> dict:
         from crane_x7_vla.backends.openpi.distributed import place

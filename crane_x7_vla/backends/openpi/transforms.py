@@ -26,6 +26,7 @@ from crane_x7_vla.checkpoint_contract import CONFIG_FILE
 from crane_x7_vla.preprocess import (  # shared with the openvla backend
     DELTA_ARM_ABSOLUTE_GRIPPER as REPRESENTATION,
     DELTA_MASK,
+    GOAL_BOUNDS,
     Normalizer,
     model_action_statistics,
     to_absolute,
@@ -73,6 +74,8 @@ class ActionSpace:
     # where the robot's dimensions sit in the model's padded vectors (None: the first ones, in order)
     action_dims: tuple | None = None
     state_dims: tuple | None = None
+    # where the goal point (3 values, preprocess.goal_point) sits in every action (None: not written)
+    goal_dims: tuple | None = None
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask, bool)
@@ -85,6 +88,14 @@ class ActionSpace:
             if len(dims) != n or len(set(dims)) != n or not all(0 <= d < self.padded_dim for d in dims):
                 raise ValueError(f"{name} must name {n} different positions below {self.padded_dim} (got {list(dims)})")
             setattr(self, name, None if dims == tuple(range(n)) else dims)
+        if self.goal_dims is not None:
+            goal = tuple(int(d) for d in self.goal_dims)
+            robot = set(self.action_dims or range(n))
+            if len(goal) != 3 or len(set(goal)) != 3 or robot & set(goal) or not all(0 <= d < self.padded_dim
+                                                                                      for d in goal):
+                raise ValueError(f"goal_dims must name 3 different positions below {self.padded_dim} that hold no "
+                                 f"robot action (got {list(goal)})")
+            self.goal_dims = goal
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS} (got {self.normalization!r})")
         make = ZScore.from_stats if self.normalization == "zscore" else Normalizer.from_stats
@@ -104,6 +115,27 @@ class ActionSpace:
     def encode_actions(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """Absolute targets (..., H, 8) + state (..., 8) -> (..., H, padded_dim) in [-1, 1]."""
         return self._place(self._act.normalize(to_delta(actions, state, self.mask)), self.action_dims)
+
+    def encode_goal(self, goal: np.ndarray) -> np.ndarray:
+        """Goal points (..., 3) in metres, arm base frame -> [-1, 1] over preprocess.GOAL_BOUNDS."""
+        lo, hi = GOAL_BOUNDS
+        return np.clip((np.asarray(goal, np.float64) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+
+    def decode_goal(self, model_actions: np.ndarray) -> np.ndarray:
+        """(..., H, padded_dim) model output -> (..., 3) the goal point the chunk writes (mean over
+        its steps), metres in the arm's base frame. Needs goal_dims."""
+        lo, hi = GOAL_BOUNDS
+        y = np.asarray(model_actions, np.float64)[..., list(self.goal_dims)].mean(axis=-2)
+        return (np.clip(y, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+
+    def training_actions(self, actions: np.ndarray, state: np.ndarray, goal: np.ndarray | None) -> np.ndarray:
+        """encode_actions, with the goal point (..., 3) written into goal_dims of every step."""
+        out = self.encode_actions(actions, state)
+        if self.goal_dims is not None:
+            if goal is None:
+                raise ValueError("this action space writes the goal point: the batch has none")
+            out[..., list(self.goal_dims)] = self.encode_goal(goal)[..., None, :]
+        return out
 
     def decode_actions(self, model_actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """(..., H, padded_dim) model output + state (..., 8) -> absolute targets (..., H, 8) float64."""
@@ -129,6 +161,8 @@ class ActionSpace:
         }
         if not self.state_from_dataset:
             out["state_statistics"] = self.state_stats
+        if self.goal_dims is not None:
+            out["goal_dims"] = list(self.goal_dims)
         if self.action_dims is not None or self.state_dims is not None:
             n = len(self.mask)
             out["model_dims"] = {
@@ -160,6 +194,7 @@ class ActionSpace:
                 state_from_dataset="state_statistics" not in space,
                 action_dims=(space.get("model_dims") or {}).get("action"),
                 state_dims=(space.get("model_dims") or {}).get("state"),
+                goal_dims=space.get("goal_dims"),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{where}: action_space: {exc}") from None
