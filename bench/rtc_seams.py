@@ -12,7 +12,11 @@ checkpoint, noise draws and delay:
     crossfade   the node's default: each new chunk cross-faded in over --crossfade seconds
     rtc         real-time chunking: each chunk sampled guided towards the targets the
                 executor has committed to for its first steps (ChunkExecutor.committed), and
-                switched in at its arrival
+                cross-faded in the same way from its arrival
+
+each with the executor's straight lines between a chunk's 10 Hz points (`linear`, the node's
+default) and with its cubic B-spline through them (`bspline`), which takes the corners out of
+the chunks themselves.
 
 Figures over the arm joints (the gripper's steps are left out): peak jerk of the command
 stream (third difference / dt^3, rad/s^3), the same at the seams only (the control ticks
@@ -54,11 +58,12 @@ def observations(episode_dir, cameras) -> tuple[list[dict], float]:
 
 
 def rollout(policy, obs: list[dict], *, rtc: bool, delay_steps: int, period_steps: int, control_rate: float = 30.0,
-            crossfade_s: float = 0.2, policy_rate: float = 10.0) -> dict:
+            crossfade_s: float = 0.2, policy_rate: float = 10.0, interpolation: str = "linear") -> dict:
     """Replay `obs` (one per policy step) through the policy and a ChunkExecutor; returns the
     command stream (T, 8), its tick times, the arrival times and the gaps at arrival."""
     horizon = int(policy.metadata["action_horizon"])
-    executor = ChunkExecutor(policy_rate, crossfade_s=crossfade_s, mode="rtc" if rtc else "crossfade")
+    executor = ChunkExecutor(policy_rate, crossfade_s=crossfade_s, mode="rtc" if rtc else "crossfade",
+                             interpolation=interpolation)
     reset = getattr(policy, "reset", None)
     if reset is not None:
         reset()
@@ -141,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--period-steps", type=int, default=0, help="policy steps between calls (default: H / 2)")
     ap.add_argument("--delay-steps", type=int, default=0, help="inference delay in policy steps (default: measured)")
     ap.add_argument("--crossfade", type=float, default=0.2)
+    ap.add_argument("--interpolation", nargs="+", choices=("linear", "bspline"), default=["linear", "bspline"],
+                    help="the executor's interpolation(s) to run each mode with (default both)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     policy = load_policy(args.checkpoint, device="cpu")
@@ -153,26 +160,30 @@ def main(argv=None) -> int:
     else:
         delay, seconds = measured_delay_steps(policy, obs, fps)
     delay = min(delay, period)
-    figures = {}
-    for name, rtc in (("crossfade", False), ("rtc", True)):
-        run = rollout(policy, obs, rtc=rtc, delay_steps=delay, period_steps=period, crossfade_s=args.crossfade,
-                      policy_rate=fps)
-        figures[name] = seam_figures(run, crossfade_s=args.crossfade)
+    figures, ratio = {}, {}
+    keys = ("peak_jerk", "seam_peak_jerk", "between_seams_peak_jerk", "seam_max_step", "max_gap")
+    for interp in args.interpolation:
+        for name, rtc in (("crossfade", False), ("rtc", True)):
+            run = rollout(policy, obs, rtc=rtc, delay_steps=delay, period_steps=period, crossfade_s=args.crossfade,
+                          policy_rate=fps, interpolation=interp)
+            figures[f"{name}/{interp}"] = seam_figures(run, crossfade_s=args.crossfade)
+        ratio[interp] = {k: figures[f"crossfade/{interp}"][k] / max(figures[f"rtc/{interp}"][k], 1e-12) for k in keys}
     load = os.getloadavg()
     print(f"episode {refs[args.episode_index].name}: {len(obs)} steps at {fps:g} Hz, chunk H={horizon}, a call every "
           f"{period} steps, delay {delay} step(s)"
           f"{f' (measured {seconds * 1e3:.0f} ms per call)' if seconds is not None else ' (given)'}, "
           f"commands at 30 Hz; load average {load[0]:.2f}")
-    keys = ("peak_jerk", "seam_peak_jerk", "between_seams_peak_jerk", "seam_max_step", "max_gap")
-    print(f"{'':10} {'peak jerk':>11} {'seam jerk':>11} {'other jerk':>11} {'seam step':>10} {'gap':>8}   "
+    print(f"{'':18} {'peak jerk':>11} {'seam jerk':>11} {'other jerk':>11} {'seam step':>10} {'gap':>8}   "
           "(rad/s^3, rad)")
-    for name in ("crossfade", "rtc"):
-        f = figures[name]
-        print(f"{name:10} " + " ".join(f"{f[k]:>{11 if 'jerk' in k else 10 if k == 'seam_max_step' else 8}.4g}"
-                                       for k in keys))
-    ratio = {k: figures["crossfade"][k] / max(figures["rtc"][k], 1e-12) for k in keys}
-    print(f"{'ratio':10} " + " ".join(f"{ratio[k]:>{11 if 'jerk' in k else 10 if k == 'seam_max_step' else 8}.2f}"
-                                      for k in keys) + "   (crossfade / rtc)")
+
+    def row(label, values, fmt):
+        return f"{label:18} " + " ".join(f"{values[k]:>{11 if 'jerk' in k else 10 if k == 'seam_max_step' else 8}{fmt}}"
+                                         for k in keys)
+
+    for interp in args.interpolation:
+        for name in ("crossfade", "rtc"):
+            print(row(f"{name}/{interp}", figures[f"{name}/{interp}"], ".4g"))
+        print(row(f"ratio/{interp}", ratio[interp], ".2f") + "   (crossfade / rtc)")
     if args.json:
         Path(args.json).write_text(json.dumps({"delay_steps": delay, "measured_call_s": seconds, "period_steps": period,
                                                "figures": figures, "ratio": ratio, "load_average": load}, indent=2))

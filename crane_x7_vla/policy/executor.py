@@ -7,6 +7,13 @@ linear trajectory through ``(t_obs, observed state)`` and those points, held at 
 point afterwards. The controller samples it at its own rate (``control_rate``), so a
 policy trained at 10 Hz drives a 30 Hz command stream smoothly.
 
+Interpolation (``interpolation``). ``"linear"``: straight lines between the points, so the
+velocity jumps at every point (the command's jerk peaks there, three times a policy step at
+30 Hz). ``"bspline"``: a uniform cubic B-spline with the points as control points: position,
+velocity and acceleration are continuous, the curve stays within the points' convex hull
+(no overshoot), starts at the first point, passes within a sixth of the local second
+difference of the others and comes to rest at the last point one policy step after it.
+
 Latency compensation. A chunk is stamped with its observation time, not its arrival
 time, so when it arrives ``latency`` seconds later the part of it that is already in the
 past is skipped: sampling starts at ``now``, i.e. at step ``latency * policy_rate``.
@@ -24,9 +31,10 @@ observation within a fixed time, and needs no weight tuning per inference rate.
 Real-time chunking (``mode="rtc"``, docs/fast_actions.md): the next chunk is sampled knowing
 what is already committed: ``committed(obs_time, H)`` gives the targets the current plan
 will command at the new chunk's step times, and a policy that takes them
-(``supports_guidance``) samples a chunk that continues them. Such a chunk replaces the
-plan at its arrival, with no cross-fade: the steps executed while it was computed are the
-ones it was guided to agree with.
+(``supports_guidance``) samples a chunk that continues them. Such a chunk agrees with the
+plan at its arrival to within millimetres (the steps executed while it was computed are the
+ones it was guided to agree with); the same cross-fade passes control over, so even that
+remainder never reaches the command as a step.
 """
 
 from __future__ import annotations
@@ -36,43 +44,69 @@ from dataclasses import dataclass
 import numpy as np
 
 MODES = ("crossfade", "replace", "rtc")
-SWITCH_AT_ARRIVAL = ("replace", "rtc")
+SWITCH_AT_ARRIVAL = ("replace",)
+INTERPOLATIONS = ("linear", "bspline")
+
+
+def _bspline_basis(s: float) -> np.ndarray:
+    """The four uniform cubic B-spline weights at s in [0, 1]."""
+    return np.array([(1 - s) ** 3, 3 * s**3 - 6 * s**2 + 4, -3 * s**3 + 3 * s**2 + 3 * s + 1, s**3]) / 6.0
 
 
 @dataclass
 class Chunk:
-    times: np.ndarray  # (K,) absolute times of the points, increasing
+    times: np.ndarray  # (K,) absolute times of the points, increasing, one policy step apart
     points: np.ndarray  # (K, D)
     obs_time: float
     arrival_time: float
+    interpolation: str = "linear"
+
+    def __post_init__(self):
+        if self.interpolation == "bspline":
+            p = self.points
+            second = p[1] if len(p) > 1 else p[0]
+            # a leading control point mirrored through the first point starts the curve on it with the
+            # first segment's velocity; two copies of the last bring it to rest there
+            self._control = np.concatenate([(2 * p[0] - second)[None], p, p[-1:], p[-1:]])
+            self._step = float(self.times[1] - self.times[0]) if len(self.times) > 1 else 0.0
 
     @property
     def end_time(self) -> float:
+        if self.interpolation == "bspline" and len(self.times) > 1:
+            return float(self.times[-1]) + self._step
         return float(self.times[-1])
 
     def at(self, t: float) -> np.ndarray:
-        """Linear interpolation through the points; held at the first/last point outside."""
+        """The trajectory at t; held at the first/last point outside it."""
         times, pts = self.times, self.points
         if t <= times[0]:
             return pts[0].copy()
-        if t >= times[-1]:
+        if t >= self.end_time:
             return pts[-1].copy()
+        if self.interpolation == "bspline":
+            u = (t - times[0]) / self._step
+            j = min(int(u), len(pts))
+            return _bspline_basis(u - j) @ self._control[j: j + 4]
         i = int(np.searchsorted(times, t, side="right")) - 1
         w = (t - times[i]) / (times[i + 1] - times[i])
         return (1.0 - w) * pts[i] + w * pts[i + 1]
 
 
 class ChunkExecutor:
-    def __init__(self, policy_rate_hz: float, *, crossfade_s: float = 0.2, mode: str = "crossfade"):
+    def __init__(self, policy_rate_hz: float, *, crossfade_s: float = 0.2, mode: str = "crossfade",
+                 interpolation: str = "linear"):
         if not policy_rate_hz > 0:
             raise ValueError(f"policy_rate_hz must be positive (got {policy_rate_hz})")
         if mode not in MODES:
             raise ValueError(f"blend mode must be one of {MODES} (got '{mode}')")
-        if mode == "crossfade" and not crossfade_s > 0:
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS} (got '{interpolation}')")
+        if mode not in SWITCH_AT_ARRIVAL and not crossfade_s > 0:
             raise ValueError(f"crossfade_s must be positive (got {crossfade_s})")
         self.policy_rate_hz = float(policy_rate_hz)
         self.crossfade_s = float(crossfade_s)
         self.mode = mode
+        self.interpolation = interpolation
         self._chunks: list[Chunk] = []
 
     def clear(self) -> None:
@@ -106,7 +140,7 @@ class ChunkExecutor:
                 raise ValueError(f"state has {state.shape[1]} values, the chunk {actions.shape[1]}")
             times = np.concatenate([[obs_time], times])
             points = np.concatenate([state, actions])
-        chunk = Chunk(times, points, float(obs_time), float(arrival_time))
+        chunk = Chunk(times, points, float(obs_time), float(arrival_time), self.interpolation)
         if self._chunks and arrival_time < self._chunks[-1].arrival_time:
             raise ValueError("chunks must be added in arrival order")
         self.prune(arrival_time)

@@ -51,7 +51,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from crane_x7_vla import robot
-from crane_x7_vla.policy.executor import MODES, ChunkExecutor
+from crane_x7_vla.policy.executor import INTERPOLATIONS, MODES, ChunkExecutor
 from crane_x7_vla.policy.safety import SafetyFilter, fresh, message_age
 from crane_x7_vla.ros import msgs
 from crane_x7_vla.ros.node_main import ConfigError, run
@@ -132,7 +132,14 @@ class InferenceNode(Node):
             "blend",
             "crossfade",
             "Chunk blending: crossfade, replace, or rtc (real-time chunking: a local openpi policy samples each "
-            "chunk guided by the actions committed during its measured inference delay; no cross-fade)",
+            "chunk guided by the actions committed during its measured inference delay, then cross-fades the "
+            "millimetres left)",
+        )
+        self.interpolation = p(
+            "interpolation",
+            "linear",
+            "Between a chunk's points: linear, or bspline (a cubic B-spline: continuous velocity and acceleration, "
+            "no overshoot, at rest on the last point one policy step after it)",
         )
         self.crossfade_time = float(p("crossfade_time", 0.2, "Cross-fade duration between chunks (s)"))
         self.control_priority = int(
@@ -324,6 +331,9 @@ class InferenceNode(Node):
             )
         if self.blend not in MODES:
             raise ConfigError(f"parameter 'blend' must be one of {', '.join(MODES)} (got '{self.blend}')")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"parameter 'interpolation' must be one of {', '.join(INTERPOLATIONS)} "
+                              f"(got '{self.interpolation}')")
         if self.blend == "rtc" and self.policy_server:
             raise ConfigError(
                 "parameter 'blend' rtc guides the sampling of a local policy: give model_path (an openpi "
@@ -380,7 +390,8 @@ class InferenceNode(Node):
             if not self.instruction:
                 self.instruction = config.get("default_instruction", "") or ""
             self.executor_ = ChunkExecutor(
-                float(config["control_rate_hz"]), crossfade_s=self.crossfade_time, mode=self.blend
+                float(config["control_rate_hz"]), crossfade_s=self.crossfade_time, mode=self.blend,
+                interpolation=self.interpolation,
             )
         topics = dict(zip(self.camera_names, self.camera_topics))
         missing = [c for c in cameras[1:] if c not in topics]

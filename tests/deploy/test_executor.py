@@ -108,3 +108,44 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"\(H, D\)"):
         ex.add_chunk(np.zeros((2, 2, 2)), 0.0, 0.0)
     assert ex.sample(0.0) is None
+
+
+def _sampled(ex, t0, t1, dt=CONTROL_DT):
+    return np.array([ex.sample(t) for t in np.arange(t0, t1, dt)])
+
+
+def test_bspline_is_smooth_stays_within_the_points_and_rests_on_the_last():
+    rng = np.random.default_rng(5)
+    state = rng.uniform(-1, 1, 8)
+    actions = state + np.cumsum(rng.normal(0, 0.05, (10, 8)), axis=0)
+    lin, spl = ChunkExecutor(10.0), ChunkExecutor(10.0, interpolation="bspline")
+    for ex in (lin, spl):
+        ex.add_chunk(actions, obs_time=1.0, arrival_time=1.0, state=state)
+    np.testing.assert_allclose(spl.sample(1.0), state)  # starts where the arm was observed
+    np.testing.assert_allclose(spl.sample(2.1), actions[-1])  # at rest on the last point one step after it
+    assert spl.exhausted(2.11) and not spl.exhausted(2.05)
+    a, b = _sampled(lin, 1.0, 2.2), _sampled(spl, 1.0, 2.2)
+    points = np.vstack([state, actions])
+    assert np.all(b <= points.max(axis=0) + 1e-9) and np.all(b >= points.min(axis=0) - 1e-9)  # no overshoot
+    jerk = lambda x: np.abs(np.diff(x, 3, axis=0)).max() / CONTROL_DT**3  # noqa: E731
+    assert jerk(b) < jerk(a) / 3, (jerk(b), jerk(a))
+    # interior points: within a sixth of the local second difference
+    for i in range(1, 9):
+        second = np.abs(points[i - 1] - 2 * points[i] + points[i + 1])
+        assert np.all(np.abs(spl.sample(1.0 + i / 10) - points[i]) <= second / 6 + 1e-9)
+
+
+def test_rtc_chunks_cross_fade_the_little_that_is_left():
+    ex = ChunkExecutor(10.0, mode="rtc", crossfade_s=0.2)
+    ex.add_chunk(np.outer(np.arange(1, 9) * 0.1, np.ones(8)), 0.0, 0.0, state=np.zeros(8))
+    before = ex.sample(0.3)
+    # the guided chunk continues the 1 rad/s ramp 2 mrad off it
+    ex.add_chunk(np.outer(0.2 + np.arange(1, 9) * 0.1, np.ones(8)) + 0.002, 0.2, 0.3, state=None)
+    np.testing.assert_allclose(ex.sample(0.3), before)  # no step at the arrival
+    np.testing.assert_allclose(ex.sample(0.4), 0.4 + 0.001)  # halfway through the cross-fade
+    np.testing.assert_allclose(ex.sample(0.5), 0.502)  # the new chunk alone
+
+
+def test_unknown_interpolation_is_named():
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        ChunkExecutor(10.0, interpolation="cubic")

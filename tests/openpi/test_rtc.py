@@ -79,7 +79,7 @@ def test_guided_sampling_follows_the_committed_steps_and_leaves_the_rest_free(po
         policy.predict({**obs, "committed_actions": np.zeros((3, 5))})
 
 
-def test_executor_commits_its_plan_and_switches_a_guided_chunk_in_at_arrival():
+def test_executor_commits_its_plan_and_fades_a_guided_chunk_in_from_its_arrival():
     ex = ChunkExecutor(10.0, mode="rtc")
     first = np.linspace(0.0, 0.7, 8)[:, None] * np.ones((1, 8))
     ex.add_chunk(first, obs_time=0.0, arrival_time=0.1, state=np.zeros(8))
@@ -88,7 +88,8 @@ def test_executor_commits_its_plan_and_switches_a_guided_chunk_in_at_arrival():
     np.testing.assert_allclose(committed[:, 0], first[4:, 0])
     second = np.full((8, 8), 5.0)
     ex.add_chunk(second, obs_time=0.4, arrival_time=0.6, state=np.zeros(8))
-    np.testing.assert_allclose(ex.sample(0.6), second[1])  # no cross-fade: the new chunk from its arrival
+    np.testing.assert_allclose(ex.sample(0.6), first[5])  # no step at the arrival: what was being executed
+    np.testing.assert_allclose(ex.sample(0.8), second[3])  # after the cross-fade, the new chunk alone
 
 
 def test_recorded_rollout_seams_jump_and_jerk_less_with_real_time_chunking(policy, recorded):
