@@ -130,9 +130,13 @@ def _run(args) -> int:
               else args.goal_warmup_steps)
     eval_episodes = given(args.eval_episodes, evaluate["episodes"])
     eval_timeout = given(args.eval_timeout, evaluate["timeout"])
-    if goal_scenes < 0 or (goal_scenes > 0 and args.backend != "openvla"):
-        raise SystemExit("error: --goal-scenes must be >= 0, and goal tokens exist for the openvla backend only "
-                         "(use --goal-scenes 0 with --backend openpi)")
+    if goal_scenes < 0:
+        raise SystemExit(f"error: --goal-scenes must be >= 0 (got {goal_scenes})")
+    if goal_scenes > 0 and args.backend == "openpi" and "--goal-dims" not in train["args"]:
+        raise SystemExit(f"error: --goal-scenes teach the goal point, which the openpi backend writes with "
+                         f"--goal-dims: add it to train.args of {settings_path}, or use --goal-scenes 0")
+    if warmup > 0 and args.backend != "openvla":
+        raise SystemExit("error: --goal-warmup-steps is the openvla backend's (use --goal-warmup-steps 0)")
     if warmup < 0 or (warmup > 0 and (goal_scenes == 0 or warmup >= steps)):
         raise SystemExit(f"error: --goal-warmup-steps ({warmup}) trains on the goal scenes first: it needs "
                          f"--goal-scenes > 0 and must be fewer than the training steps ({steps})")

@@ -289,6 +289,27 @@ class TrainConfig:
         "keep the image encoder as the base model has it (a pretrained one, e.g. from `crane-x7-vla "
         "pretrain`); only the rest of the model learns",
     )
+    goal_scenes: int = setting(
+        0,
+        "with the goal point learned (openvla `--goal-tokens`, openpi `--goal-dims`): also train it on N simulated "
+        "pictures of `--goal-scenes-task`, labelled with the named cube's place (no demonstration, no actions "
+        "learned), a small stand-in for a pretrained model's knowledge of where things are",
+        metavar="N",
+    )
+    goal_scenes_task: str = setting("reach", "the simulated task those pictures show", metavar="TASK")
+    goal_scenes_alone: float = setting(
+        0.0,
+        "share of those pictures that show the named cube alone, the others out of sight: reading where *a* "
+        "cube is pays off before choosing among several by colour does",
+        metavar="SHARE",
+    )
+    goal_scenes_near: float = setting(
+        0.0,
+        "share of those pictures with the hand a few cm beside and above a cube (the named one or another, "
+        "posed by inverse kinematics): the goal is the named cube wherever the hand is, not where the hand has "
+        "come to",
+        metavar="SHARE",
+    )
     precision: str = setting("auto", "`auto` = bf16 on a GPU, fp32 on a CPU", choices=("auto", "bf16", "fp32"))
     device: str = setting("auto", "`auto`, `cpu`, `cuda` or `cuda:N`")
     # ---- output
@@ -408,6 +429,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = self.positive
+        if self.goal_scenes < 0:
+            raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
+        for flag in ("alone", "near"):
+            share = getattr(self, f"goal_scenes_{flag}")
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"--goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
         try:
             parse_image_size(self.image_size)
         except ValueError as exc:

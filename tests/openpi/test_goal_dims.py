@@ -58,3 +58,35 @@ def test_training_with_goal_dims_learns_and_reports_the_goal(tmp_path):
     assert chunk.shape[-1] == 8 and np.all(np.isfinite(chunk))
     with pytest.raises(ConfigError, match="--goal-dims .* --conventions crane_x7"):
         train(tiny_train_config(data, tmp_path / "run2", goal_dims=True, conventions="openpi", use_lora=False))
+
+
+def test_goal_scenes_teach_the_goal_dimensions_only():
+    import jax.numpy as jnp
+
+    from crane_x7_vla.backends.openpi.presets import PRESETS
+    from crane_x7_vla.backends.openpi.train_state import _masked_mean, loss_mask
+
+    cfg = PRESETS["tiny"]
+    mask = loss_mask(cfg, extra_dims=(8, 9, 10))
+    err = jnp.zeros((2, 4, cfg.action_dim))
+    robot_only = err.at[1, :, :8].set(1.0)  # sample 1 (a goal scene) is wrong only in the robot's dimensions
+    weights = {"action_weight": jnp.array([1.0, 0.0])}
+    assert float(_masked_mean(robot_only, mask, weights, (8, 9, 10))) == 0.0
+    goal_wrong = err.at[1, :, 8:11].set(1.0)
+    # 3 goal values of sample 1 out of 11 + 3 counted values per step
+    assert float(_masked_mean(goal_wrong, mask, weights, (8, 9, 10))) == pytest.approx(3 / 14)
+    assert float(_masked_mean(robot_only, mask)) == pytest.approx(8 / 22)  # without weights: as before
+
+
+def test_training_mixes_in_goal_scenes(tmp_path, capsys):
+    from crane_x7_vla.backends.openpi.trainer import train
+    from crane_x7_vla.training.config import ConfigError
+
+    data = tmp_path / "data"
+    make_episodes(data, n_episodes=3, steps=10)
+    final = train(tiny_train_config(data, tmp_path / "run", goal_dims=True, goal_scenes=4, use_lora=False,
+                                    max_steps=2, save_steps=100))
+    assert (final / "policy_config.json").is_file()
+    assert "goal scenes: 4 simulated 'reach' pictures" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--goal-scenes teaches the goal point; it needs --goal-dims"):
+        train(tiny_train_config(data, tmp_path / "run2", goal_scenes=4, use_lora=False))

@@ -47,6 +47,8 @@ class Batcher:
         """A `training.data` batch -> model inputs including normalised model-space actions."""
         out = self.observation(batch["images"], batch["state"], batch["instruction"])
         out["actions"] = self.space.training_actions(batch["actions"], batch["state"], batch.get("goal"))
+        if self.space.goal_dims is not None:  # goal scenes teach the goal point only
+            out["action_weight"] = (~np.asarray(batch["goal_only"], bool)).astype(np.float32)
         return out
 
 

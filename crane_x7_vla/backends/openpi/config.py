@@ -80,5 +80,7 @@ class OpenPIConfig(TrainConfig):
         if given and self.process_id >= self.num_processes:
             raise ConfigError(f"--process-id {self.process_id} must be below --num-processes {self.num_processes}")
         self.positive("tokenizer_vocab")
+        if self.goal_scenes and not self.goal_dims:
+            raise ConfigError("--goal-scenes teaches the goal point; it needs --goal-dims")
         if self.conventions not in CHOICES:
             raise ConfigError(f"--conventions must be one of {CHOICES} (got {self.conventions!r})")

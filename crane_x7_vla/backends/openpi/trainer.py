@@ -410,6 +410,7 @@ class _Run:
         from crane_x7_vla.backends.openpi import ckpt_io, distributed, train_state as ts
         from crane_x7_vla.backends.openpi.batching import Batcher
         from crane_x7_vla.training.data import BatchStream, DataPosition, SampleIndex
+        from crane_x7_vla.training.goal_scenes import training_goal_scenes
         from crane_x7_vla.training import loop
 
         cfg, mcfg, data = self.cfg, self.mcfg, self.data
@@ -421,7 +422,9 @@ class _Run:
         accum = int(cfg.grad_accumulation_steps)
 
         processes, rank = jax.process_count(), jax.process_index()
-        per_epoch = SampleIndex(data.train, cfg.batch_size * processes, cfg.seed, cfg.noop_threshold).batches_per_epoch
+        scenes = training_goal_scenes(cfg, data.train, self.cameras, rank == 0)
+        per_epoch = SampleIndex(data.train + scenes, cfg.batch_size * processes, cfg.seed,
+                                cfg.noop_threshold).batches_per_epoch
         total = int(cfg.max_steps) if cfg.max_steps else int(cfg.num_epochs) * max(1, per_epoch // accum)
 
         # model + optimizer
@@ -492,7 +495,7 @@ class _Run:
                 file=sys.stderr,
             )
         stream = BatchStream(
-            data.train,
+            data.train + scenes,
             cameras=self.cameras,
             spec=self.spec,
             horizon=mcfg.action_horizon,

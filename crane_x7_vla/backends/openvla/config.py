@@ -13,12 +13,6 @@ ACTION_HEADS = (TOKEN_HEAD, PARALLEL_L1)
 #: `--strategy` (backends/openvla/distributed.py)
 STRATEGIES = ("ddp", "fsdp")
 
-_GOAL_SCENES = (
-    "with goal tokens: also train the goal tokens on N simulated pictures of `--goal-scenes-task`, "
-    "labelled with the named cube's place (no demonstration), a small stand-in for a pretrained "
-    "model's knowledge of where things are"
-)
-
 
 @dataclass
 class OpenVLAConfig(TrainConfig):
@@ -66,21 +60,6 @@ class OpenVLAConfig(TrainConfig):
         "clipped to [-1, 1] (OpenVLA's normalisation mask; the CRANE-X7's gripper is 0.35..1.05 rad); recorded in "
         "the checkpoint",
         negatable=True,
-    )
-    goal_scenes: int = setting(0, _GOAL_SCENES, metavar="N")
-    goal_scenes_task: str = setting("reach", "the simulated task those pictures show", metavar="TASK")
-    goal_scenes_alone: float = setting(
-        0.0,
-        "share of those pictures that show the named cube alone, the others out of sight: reading where *a* "
-        "cube is pays off before choosing among several by colour does",
-        metavar="SHARE",
-    )
-    goal_scenes_near: float = setting(
-        0.0,
-        "share of those pictures with the hand a few cm beside and above a cube (the named one or another, "
-        "posed by inverse kinematics): the goal is the named cube wherever the hand is, not where the hand has "
-        "come to",
-        metavar="SHARE",
     )
     goal_label_sigma: float | None = setting(
         None,
@@ -135,8 +114,6 @@ class OpenVLAConfig(TrainConfig):
             raise ConfigError(
                 f"--image-position must be one of {', '.join(IMAGE_POSITIONS)} (got '{self.image_position}')"
             )
-        if self.goal_scenes < 0:
-            raise ConfigError(f"--goal-scenes must be 0 or more (got {self.goal_scenes})")
         if self.goal_warmup_steps and not self.goal_scenes:
             raise ConfigError("--goal-warmup-steps trains on the goal scenes first: it needs --goal-scenes N")
         if self.goal_warmup_steps and self.max_steps and self.goal_warmup_steps >= self.max_steps:
@@ -144,10 +121,6 @@ class OpenVLAConfig(TrainConfig):
                 f"--goal-warmup-steps ({self.goal_warmup_steps}) must be fewer than --max-steps "
                 f"({self.max_steps}): the actions are learned after it"
             )
-        for flag in ("alone", "near"):
-            share = getattr(self, f"goal_scenes_{flag}")
-            if not 0.0 <= share <= 1.0:
-                raise ConfigError(f"--goal-scenes-{flag} is a share of the goal scenes, 0..1 (got {share})")
         if self.action_head not in ACTION_HEADS:
             raise ConfigError(f"--action-head must be one of {', '.join(ACTION_HEADS)} (got '{self.action_head}')")
         if self.action_head == PARALLEL_L1:

@@ -13,7 +13,6 @@ import random
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ from crane_x7_vla.preprocess import ABSOLUTE, delta_mask, model_action_statistic
 from crane_x7_vla.training import checkpoint as ckpt
 from crane_x7_vla.training.config import ConfigError, TrainConfig
 from crane_x7_vla.training.data import BatchStream, DataPosition, eval_batches
+from crane_x7_vla.training.goal_scenes import training_goal_scenes
 from crane_x7_vla.training import metrics as mn
 from crane_x7_vla.training import loop
 from crane_x7_vla.training.preflight import preflight
@@ -276,38 +276,6 @@ def _sigmas(cfg: TrainConfig, codec: ActionCodec, inputs: dict):
     """Label widths: --goal-label-sigma on the goal tokens, --action-label-sigma on the rest."""
     goal = cfg.action_label_sigma if cfg.goal_label_sigma is None else cfg.goal_label_sigma
     return decode.label_sigmas(inputs, codec.n_goal, goal, cfg.action_label_sigma)
-
-
-def _goal_scenes(cfg: TrainConfig, data, cameras: list[str], dist_: Dist) -> list:
-    """--goal-scenes: simulated pictures of the task that teach the goal tokens only."""
-    if not cfg.goal_scenes:
-        return []
-    from crane_x7_vla.episode import jpeg
-    from crane_x7_vla.sim.goal_scenes import goal_scenes
-
-    t0 = time.perf_counter()
-    size = jpeg.size_of(data.train[0].images[cameras[0]][0])
-    try:
-        scenes = goal_scenes(
-            cfg.goal_scenes_task,
-            cfg.goal_scenes,
-            cameras,
-            camera_size=size,
-            seed=cfg.seed,
-            alone=cfg.goal_scenes_alone,
-            near=cfg.goal_scenes_near,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if dist_.main:
-        shares = f", {cfg.goal_scenes_alone:.0%} with the named cube alone" if cfg.goal_scenes_alone else ""
-        shares += f", {cfg.goal_scenes_near:.0%} with the hand near a cube" if cfg.goal_scenes_near else ""
-        print(
-            f"goal scenes: {len(scenes)} simulated '{cfg.goal_scenes_task}' pictures{shares} in "
-            f"{time.perf_counter() - t0:.1f} s",
-            file=sys.stderr,
-        )
-    return scenes
 
 
 def _train_l1(codec: ActionCodec, pred: torch.Tensor, inputs: dict, actions, state, goal_only) -> float:
@@ -609,7 +577,7 @@ def _train(cfg: TrainConfig, pre, data, dist_: Dist) -> Path:
                 "the same as in an uninterrupted run; keep --batch-size x --grad-accumulation-steps x processes",
                 file=sys.stderr,
             )
-    scenes = _goal_scenes(cfg, data, cameras, dist_)
+    scenes = training_goal_scenes(cfg, data.train, cameras, dist_.main)
     stream = BatchStream(data.train + scenes, start=position, **stream_kw)
     # --goal-warmup-steps: the first steps learn where the named cube is from the goal scenes
     # alone, before the demonstrations' actions (and their few, memorisable layouts) join in.
