@@ -16,7 +16,9 @@ Diagnostics: diagnostic_msgs/DiagnosticArray on /diagnostics and the same figure
 (std_msgs/String) on ``~/diagnostics``, once per second.
 
 Model inference never runs in a ROS callback: a worker thread loads the policy and runs it
-at ``inference_rate``; callbacks only store the newest messages, and the control timer only
+at ``inference_rate``, each call on a frame of the first camera that has just arrived (it waits
+for the next one once the period is up, at most one period), so the picture is as young as
+the transport allows; callbacks only store the newest messages, and the control timer only
 samples the executor and publishes, so a slow model never blocks them.
 
 Lockstep with a simulator (``step_topic``, e.g. /crane_x7_sim/step, with ``use_sim_time``;
@@ -191,6 +193,7 @@ class InferenceNode(Node):
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._new_frame = threading.Event()  # set by each frame of the policy's first camera
         self.policy = None
         self.policy_config: dict | None = None
         self.status = "loading"
@@ -462,6 +465,8 @@ class InferenceNode(Node):
                 inp.stale += 1
                 return
             inp.msg, inp.recv_time, inp.capture_time = msg, now, now - age
+        if inp is next(iter(self.cameras.values())):
+            self._new_frame.set()
 
     def _on_joint_state(self, msg: JointState) -> None:
         now = time.monotonic()
@@ -601,6 +606,8 @@ class InferenceNode(Node):
             self._wake.wait(max(0.0, next_time - time.monotonic()))
             self._wake.clear()
             next_time = max(next_time + period, time.monotonic())
+            self._new_frame.clear()
+            self._new_frame.wait(period)  # the next frame, not one up to a camera period old
             if self._stop.is_set():
                 break
             try:
@@ -1017,6 +1024,7 @@ class InferenceNode(Node):
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._new_frame.set()
         self._worker.join(timeout=5.0)
         self._control_thread.join(timeout=2.0)
         close = getattr(self.policy, "close", None)
