@@ -16,11 +16,14 @@ published it, so this process's own delays do not count). Conditions, one node e
     ... +FIFO       the same with the node's control_priority (SCHED_FIFO) set to --priority,
                     where the OS allows it (the node says when it does not)
 
+Each condition runs with the node's `wait_for_frame` off and then on (`+wait`: each policy
+call waits for the next camera frame once its period is up), unless --frame-wait says one.
+
 Figures: command jitter = |interval between published commands - 1/rate| (p50, p99, max),
 and image -> command latency (the node's own measure: camera capture to the first command
-that uses the chunk computed from it; p50, p99). Without --checkpoint the node runs a
-mean-trajectory baseline (no network); give a trained checkpoint to put a model's inference
-beside the control loop.
+that uses the chunk computed from it; p50, p99; target: one inference period + 20 ms).
+Without --checkpoint the node runs a mean-trajectory baseline (no network); give a trained
+checkpoint to put a model's inference beside the control loop.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def _spin(stop) -> None:
             x = (x * 1103515245 + 12345) & 0xFFFFFFFF
 
 
-def measure(ckpt: Path, *, rate: float, seconds: float, priority: int, busy: int, inference_rate: float) -> dict:
+def measure(ckpt: Path, *, rate: float, seconds: float, priority: int, busy: int, inference_rate: float,
+            wait_for_frame: bool = True) -> dict:
     from trajectory_msgs.msg import JointTrajectory
 
     from crane_x7_vla import robot
@@ -61,7 +65,8 @@ def measure(ckpt: Path, *, rate: float, seconds: float, priority: int, busy: int
         msgs.STATE_QOS)
     try:
         session.start_node(model_path=str(ckpt), control_rate=rate, inference_rate=inference_rate, autostart=True,
-                           use_gripper=False, max_joint_velocity=1.0, control_priority=priority, cpu_threads=1)
+                           use_gripper=False, max_joint_velocity=1.0, control_priority=priority, cpu_threads=1,
+                           wait_for_frame=wait_for_frame)
         session.wait_running(timeout=300)
         for p in spinners:
             p.start()
@@ -104,17 +109,24 @@ def main(argv=None) -> int:
     ap.add_argument("--busy", type=int, default=2, help="CPU-bound processes of the loaded condition")
     ap.add_argument("--priority", type=int, default=0,
                     help="also run both conditions with control_priority (SCHED_FIFO) set to this; 0: not")
+    ap.add_argument("--frame-wait", choices=("on", "off", "both"), default="both",
+                    help="the node's wait_for_frame in each condition; both: each condition without, then with "
+                         "(`+wait`)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     ckpt = Path(args.checkpoint) if args.checkpoint else baseline_checkpoint()
     conditions = [("idle", 0, 0), ("loaded", args.busy, 0)]
     if args.priority > 0:
         conditions += [("idle+FIFO", 0, args.priority), ("loaded+FIFO", args.busy, args.priority)]
+    waits = {"on": [True], "off": [False], "both": [False, True]}[args.frame_wait]
     results = {}
     for name, busy, priority in conditions:
-        print(f"== {name}: {busy} busy process(es), control_priority {priority}, {args.seconds:g} s", flush=True)
-        results[name] = measure(ckpt, rate=args.rate, seconds=args.seconds, priority=priority, busy=busy,
-                                inference_rate=args.inference_rate)
+        for wait in waits:
+            label = name + ("" if args.frame_wait != "both" else "+wait" if wait else "")
+            print(f"== {label}: {busy} busy process(es), control_priority {priority}, wait_for_frame {wait}, "
+                  f"{args.seconds:g} s", flush=True)
+            results[label] = measure(ckpt, rate=args.rate, seconds=args.seconds, priority=priority, busy=busy,
+                                     inference_rate=args.inference_rate, wait_for_frame=wait)
     period = 1e3 / args.rate
     names = list(results)
     print(f"\ncontrol_rate {args.rate:g} Hz (period {period:.2f} ms), inference {args.inference_rate:g} Hz, "
@@ -134,13 +146,13 @@ def main(argv=None) -> int:
         ("slots missed", lambda r: f"{r['counts'].get('control_slots_missed', 0)}"),
         ("load avg (1 min)", lambda r: f"{r['load_average'][0]:.1f}-{r['load_average'][1]:.1f}"),
     ]
-    print(f"{'':20}" + "".join(f"{n:>14}" for n in names))
+    print(f"{'':20}" + "".join(f"{n:>17}" for n in names))
     for label, fn in rows:
-        print(f"{label:20}" + "".join(f"{fn(results[n]):>14}" for n in names))
-    base = results["idle"]["jitter_ms"].get("p99")
+        print(f"{label:20}" + "".join(f"{fn(results[n]):>17}" for n in names))
+    base = results[names[0]]["jitter_ms"].get("p99")
     if base:
         print(f"{'p99 jitter / idle':20}" + "".join(
-            f"{results[n]['jitter_ms'].get('p99', float('nan')) / base:>13.2f}x" for n in names))
+            f"{results[n]['jitter_ms'].get('p99', float('nan')) / base:>16.2f}x" for n in names))
     verdicts = []
     for n in names:
         target = TARGETS_MS["loaded" if n.startswith("loaded") else "idle"]
@@ -149,6 +161,11 @@ def main(argv=None) -> int:
         results[n]["target_met"] = bool(p99 < target)
         verdicts.append(f"{n} p99 {p99:.2f} < {target:g} ms: {'met' if p99 < target else 'NOT met'}"
                         f"{' (SCHED_FIFO refused)' if results[n]['fifo_refused'] else ''}")
+    bound = 1e3 / args.inference_rate + 20.0  # one inference period + 20 ms
+    for n in names:
+        p99 = results[n]["image_to_command_ms"].get("p99", float("inf"))
+        results[n]["image_to_command_target_ms"] = bound
+        verdicts.append(f"{n} image->cmd p99 {p99:.0f} < {bound:.0f} ms: {'met' if p99 < bound else 'NOT met'}")
     print("targets: " + "; ".join(verdicts))
     write_json(args.json, {"control_rate_hz": args.rate, "seconds": args.seconds, "conditions": results})
     return 0

@@ -17,8 +17,8 @@ Diagnostics: diagnostic_msgs/DiagnosticArray on /diagnostics and the same figure
 
 Model inference never runs in a ROS callback: a worker thread loads the policy and runs it
 at ``inference_rate``, each call on a frame of the first camera that has just arrived (it waits
-for the next one once the period is up, at most one period), so the picture is as young as
-the transport allows; callbacks only store the newest messages, and the control timer only
+for the next one once the period is up, at most one period; ``wait_for_frame``), so the
+picture is as young as the transport allows; callbacks only store the newest messages, and the control timer only
 samples the executor and publishes, so a slow model never blocks them.
 
 Lockstep with a simulator (``step_topic``, e.g. /crane_x7_sim/step, with ``use_sim_time``;
@@ -136,6 +136,14 @@ class InferenceNode(Node):
             "Chunk blending: crossfade, replace, or rtc (real-time chunking: a local openpi policy samples each "
             "chunk guided by the actions committed during its measured inference delay, then cross-fades the "
             "millimetres left)",
+        )
+        self.wait_for_frame = bool(
+            p(
+                "wait_for_frame",
+                True,
+                "Each policy call waits for the next frame of the policy's first camera once its period is up (at "
+                "most one period), so the picture is as young as the transport allows; false: the newest frame at once",
+            )
         )
         self.interpolation = p(
             "interpolation",
@@ -606,8 +614,9 @@ class InferenceNode(Node):
             self._wake.wait(max(0.0, next_time - time.monotonic()))
             self._wake.clear()
             next_time = max(next_time + period, time.monotonic())
-            self._new_frame.clear()
-            self._new_frame.wait(period)  # the next frame, not one up to a camera period old
+            if self.wait_for_frame:
+                self._new_frame.clear()
+                self._new_frame.wait(period)  # the next frame, not one up to a camera period old
             if self._stop.is_set():
                 break
             try:
