@@ -10,9 +10,11 @@ miniature, on the same rendered scenes as the OpenVLA backend's stage (sim/point
    is in the picture;
 2. answers (optional, `answer_steps`): the whole model answers "point to the {colour}
    {object}" through the path actions take, the question as the prompt and the answer as an
-   action chunk whose first two dimensions are the picture position (flow matching, the
-   fine-tuning step function, the image encoder kept as stage 1 left it). The action expert
-   learns to look up the named object among the image tokens, which reaching needs.
+   action chunk that holds the picture position in the first two of the goal point's
+   dimensions (`train --goal-dims`), nothing else learned (flow matching, the fine-tuning step
+   function, the image encoder kept as stage 1 left it). The action expert learns to look up
+   the named object among the image tokens, which reaching needs, and fine-tuning with
+   `--goal-dims` continues from that answer.
 
 The result is a model directory (`params/` as a checkpoint stores them, the prompt tokenizer,
 pretraining.json naming the preset) that `train --backend openpi --model DIR` fine-tunes.
@@ -37,12 +39,15 @@ from crane_x7_vla.backends.openpi.base_model import MARKER
 from crane_x7_vla.backends.openpi.model import Dense
 from crane_x7_vla.backends.openpi.presets import PRESETS
 from crane_x7_vla.backends.openpi.tokenizer import PromptTokenizer
+from crane_x7_vla.backends.openpi.transforms import GOAL_DIMS
 from crane_x7_vla.errors import ConfigError
 from crane_x7_vla.preprocess import ImageSpec
 from crane_x7_vla.sim.pointing import PRETRAIN_FIRST_SEED, Scenes, check_stage_settings, render_scenes
 
 #: Action chunk of the answer stage (the network has no horizon-sized weights: fine-tuning may use another).
 ANSWER_HORIZON = 4
+#: Where the answer (picture position u, v) is written: the first two goal dimensions of `train --goal-dims`.
+ANSWER_DIMS = GOAL_DIMS[:2]
 
 
 def instructions(task: str) -> list[str]:
@@ -141,22 +146,23 @@ def _pixels(got: np.ndarray, where: np.ndarray, cfg) -> float:
 def answer_stage(model, data: Scenes, test: Scenes, tokenizer: PromptTokenizer, *, steps: int, batch_size: int,
                  learning_rate: float, rng: np.random.Generator, seed: int):
     """The whole model (image encoder frozen) answers the questions as an action chunk whose
-    first two dimensions are the object's picture position; returns (model, held-out pixels)."""
+    ANSWER_DIMS hold the object's picture position; returns (model, held-out pixels)."""
     from tqdm import tqdm
 
     cfg = model.cfg
     graphdef, trainable, frozen = nnx.split(model, ts.trainable_filter(cfg, freeze_vision=True), ...)
     tx = ts.optimizer(_cosine(learning_rate, steps), weight_decay=0.0, max_grad_norm=1.0)
     opt = tx.init(trainable)
-    train_step = jax.jit(ts.make_train_step(graphdef, tx, cfg, seed, ema_decay=0.0))
+    train_step = jax.jit(ts.make_train_step(graphdef, tx, cfg, seed, ema_decay=0.0, extra_dims=ANSWER_DIMS))
     sample = jax.jit(ts.make_sampler(graphdef, num_steps=10))
     encoded = {t: tokenizer.encode(t)[:2] for t in set(data.text) | set(test.text)}
 
     def batch(part: Scenes, rows) -> dict:
         n = len(rows)
         actions = np.zeros((n, cfg.action_horizon, cfg.action_dim), np.float32)
-        actions[:, :, :2] = part.where[rows][:, None, :]
-        return {"images": part.images[part.scene[rows]][:, None], "tokens": np.stack([encoded[part.text[i]][0]
+        actions[:, :, list(ANSWER_DIMS)] = part.where[rows][:, None, :]
+        return {"action_weight": np.zeros(n, np.float32),  # no robot action: the answer dimensions alone
+                "images": part.images[part.scene[rows]][:, None], "tokens": np.stack([encoded[part.text[i]][0]
                                                                                      for i in rows]),
                 "token_mask": np.stack([encoded[part.text[i]][1] for i in rows]),
                 "state": np.zeros((n, cfg.action_dim), np.float32), "actions": actions}
@@ -171,7 +177,8 @@ def answer_stage(model, data: Scenes, test: Scenes, tokenizer: PromptTokenizer, 
     got = []
     for i in range(0, len(test.text), 128):
         obs = batch(test, np.arange(i, min(i + 128, len(test.text))))
-        got.append(np.asarray(sample(obs, jax.random.fold_in(key, i), trainable, frozen))[:, :, :2].mean(axis=1))
+        answer = np.asarray(sample(obs, jax.random.fold_in(key, i), trainable, frozen))[:, :, list(ANSWER_DIMS)]
+        got.append(answer.mean(axis=1))
     return nnx.merge(graphdef, trainable, frozen), _pixels(np.concatenate(got), test.where, cfg)
 
 

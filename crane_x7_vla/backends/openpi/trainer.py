@@ -307,7 +307,7 @@ class _Run:
 
         if self.pre.resume_config is not None:
             return ActionSpace.from_config(self.pre.resume_config)
-        from crane_x7_vla.robot import ACTION_DIM
+        from crane_x7_vla.backends.openpi.transforms import GOAL_DIMS
 
         kind, asset = self.conv.normalization, self.cfg.norm_stats_asset
         goal = None
@@ -315,9 +315,9 @@ class _Run:
             if asset or self.conv.loss == "all_dims":
                 raise ConfigError("--goal-dims writes the goal point into spare action dimensions, which openpi's "
                                   "conventions train as padding: use it with --conventions crane_x7")
-            if self.mcfg.action_dim < ACTION_DIM + 3:
+            if self.mcfg.action_dim <= max(GOAL_DIMS):
                 raise ConfigError(f"--goal-dims needs 3 spare action dimensions; the model has {self.mcfg.action_dim}")
-            goal = tuple(range(ACTION_DIM, ACTION_DIM + 3))
+            goal = GOAL_DIMS
         if asset:
             return self._asset_space(asset, kind)
         stats = model_action_statistics(self.data.train, self.mcfg.action_horizon)

@@ -201,6 +201,8 @@ class ActionSpace:
 
 
 NORMALIZATIONS = ("quantile", "zscore")
+#: Where `train --goal-dims` writes the goal point (x, y, z): the first dimensions after the robot's.
+GOAL_DIMS = (len(DELTA_MASK), len(DELTA_MASK) + 1, len(DELTA_MASK) + 2)
 
 
 @dataclass(frozen=True)
