@@ -139,6 +139,7 @@ def main(argv=None) -> int:
         ("jitter max ms", lambda r: f"{r['jitter_ms'].get('max', float('nan')):.2f}"),
         ("image->cmd p50 ms", lambda r: f"{r['image_to_command_ms'].get('p50', float('nan')):.1f}"),
         ("image->cmd p99 ms", lambda r: f"{r['image_to_command_ms'].get('p99', float('nan')):.1f}"),
+        ("  delivery p99 ms", lambda r: f"{r['stages_ms'].get('image_delivery_ms', {}).get('p99', float('nan')):.1f}"),
         ("  image wait p99 ms", lambda r: f"{r['stages_ms'].get('image_wait_ms', {}).get('p99', float('nan')):.1f}"),
         ("  inference p99 ms", lambda r: f"{r['inference_ms'].get('p99', float('nan')):.1f}"),
         ("  publish p99 ms", lambda r: f"{r['stages_ms'].get('publish_ms', {}).get('p99', float('nan')):.1f}"),

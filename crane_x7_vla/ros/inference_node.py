@@ -220,6 +220,7 @@ class InferenceNode(Node):
         self.timing = {
             k: deque(maxlen=WINDOW)
             for k in (
+                "image_delivery_ms",  # camera stamp -> this node's callback (transport, decoding, executor)
                 "image_wait_ms",
                 "preprocess_ms",
                 "model_ms",
@@ -473,6 +474,7 @@ class InferenceNode(Node):
                 inp.stale += 1
                 return
             inp.msg, inp.recv_time, inp.capture_time = msg, now, now - age
+        self.timing["image_delivery_ms"].append(age * 1e3)
         if inp is next(iter(self.cameras.values())):
             self._new_frame.set()
 

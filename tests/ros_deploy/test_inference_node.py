@@ -67,6 +67,9 @@ def test_mean_trajectory_checkpoint_drives_the_arm(ros_env, mean_ckpt):
     diag = arm.diagnostics[-1]
     assert diag["mode"] == "running"
     assert diag["latency_ms"]["model_ms"]["n"] > 0 and diag["latency_ms"]["image_to_command_ms"]["p50"] > 0
+    delivery = diag["latency_ms"]["image_delivery_ms"]
+    assert delivery["n"] >= diag["latency_ms"]["model_ms"]["n"]  # every frame, not only those the policy used
+    assert 0.0 <= delivery["p50"] <= delivery["p99"]
 
 
 def test_stale_image_holds_and_emergency_stop_freezes(ros_env, mean_ckpt):
