@@ -97,7 +97,8 @@ def pretrain_tiny(dest, *, preset: str = "tiny", image_size=(64, 64), task: str 
     test = render_scenes(task, held_out, first + scenes, ImageSpec(image_size[0], image_size[1], 1.0, 0.0), rng)
     log(f"rendered {scenes} + {held_out} held-out scenes of '{task}' ({len(data.text)} questions) "
         f"in {time.monotonic() - t0:.0f} s")
-    figures = {"preset": preset, "task": task, "scenes": scenes, "questions": len(data.text), "steps": steps,
+    figures = {"backend": "openvla", "preset": preset, "task": task, "scenes": scenes, "questions": len(data.text),
+               "steps": steps,
                "held_out_questions": len(test.text), "image_size": list(image_size),
                "image_position": vla.image_position}
     error = tower_stage(vla, data, test, steps=steps, batch_size=batch_size, learning_rate=learning_rate, rng=rng)
