@@ -18,8 +18,8 @@ Diagnostics: diagnostic_msgs/DiagnosticArray on /diagnostics and the same figure
 Model inference never runs in a ROS callback: a worker thread loads the policy and runs it
 at ``inference_rate``, each call on a frame of the first camera that has just arrived (it waits
 for the next one once the period is up, at most one period; ``wait_for_frame``), so the
-picture is as young as the transport allows; callbacks only store the newest messages, and the control timer only
-samples the executor and publishes, so a slow model never blocks them.
+picture is as young as the transport allows; callbacks only store the newest messages, and
+the control timer only samples the executor and publishes, so a slow model never blocks them.
 
 Lockstep with a simulator (``step_topic``, e.g. /crane_x7_sim/step, with ``use_sim_time``;
 off by default, so a robot never sees it): the node then keeps no time of its own. Each

@@ -68,13 +68,14 @@ def test_goal_scenes_teach_the_goal_dimensions_only():
 
     cfg = PRESETS["tiny"]
     mask = loss_mask(cfg, extra_dims=(8, 9, 10))
+    goal = loss_mask(cfg, real_dim=0, extra_dims=(8, 9, 10))
     err = jnp.zeros((2, 4, cfg.action_dim))
     robot_only = err.at[1, :, :8].set(1.0)  # sample 1 (a goal scene) is wrong only in the robot's dimensions
     weights = {"action_weight": jnp.array([1.0, 0.0])}
-    assert float(_masked_mean(robot_only, mask, weights, (8, 9, 10))) == 0.0
+    assert float(_masked_mean(robot_only, mask, weights, goal)) == 0.0
     goal_wrong = err.at[1, :, 8:11].set(1.0)
     # 3 goal values of sample 1 out of 11 + 3 counted values per step
-    assert float(_masked_mean(goal_wrong, mask, weights, (8, 9, 10))) == pytest.approx(3 / 14)
+    assert float(_masked_mean(goal_wrong, mask, weights, goal)) == pytest.approx(3 / 14)
     assert float(_masked_mean(robot_only, mask)) == pytest.approx(8 / 22)  # without weights: as before
 
 

@@ -114,13 +114,13 @@ def loss_mask(cfg: ModelConfig, real_dim: int = 8, all_dims: bool = False, extra
     return jnp.asarray((dims < real_dim) | np.isin(dims, list(extra_dims)) | all_dims, jnp.float32)
 
 
-def _masked_mean(err, mask, batch=None, goal_dims=()):
+def _masked_mean(err, mask, batch=None, goal_mask=None):
     """Mean error over the dimensions of `mask`. A batch with `action_weight` (B,) (goal scenes:
-    0 for a picture whose actions are not to be learned) weighs the robot's dimensions of each
-    sample by it; the goal point's dimensions always count."""
+    0 for a picture whose actions are not to be learned) weighs each sample's dimensions of
+    `mask` outside `goal_mask` by it; the goal point's dimensions always count."""
     if batch is None or "action_weight" not in batch:
         return (err * mask).sum() / (err.shape[0] * err.shape[1] * mask.sum())
-    goal = jnp.zeros_like(mask).at[jnp.asarray(list(goal_dims), jnp.int32)].set(1.0) * mask
+    goal = jnp.zeros_like(mask) if goal_mask is None else goal_mask
     w = (mask - goal)[None, :] * batch["action_weight"][:, None] + goal[None, :]  # (B, A)
     return (err * w[:, None, :]).sum() / (err.shape[1] * jnp.maximum(w.sum(), 1.0))
 
@@ -128,11 +128,12 @@ def _masked_mean(err, mask, batch=None, goal_dims=()):
 def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float, all_dims: bool = False,
                     extra_dims=()):
     mask = loss_mask(cfg, all_dims=all_dims, extra_dims=extra_dims)
+    goal_mask = loss_mask(cfg, real_dim=0, extra_dims=extra_dims)
     base_key = prng_key(seed)
 
     def loss_fn(trainable, frozen, micro, key):
         model = nnx.merge(graphdef, trainable, frozen)
-        return _masked_mean(model.flow_matching_error(key, micro, train=True), mask, micro, extra_dims)
+        return _masked_mean(model.flow_matching_error(key, micro, train=True), mask, micro, goal_mask)
 
     def step_fn(trainable, frozen, ema, opt_state, batch, step):
         """batch: arrays with a leading micro-batch axis (grad accumulation)."""
@@ -161,10 +162,11 @@ def make_train_step(graphdef, tx, cfg: ModelConfig, seed: int, ema_decay: float,
 
 def make_eval_loss(graphdef, cfg: ModelConfig, all_dims: bool = False, extra_dims=()):
     mask = loss_mask(cfg, all_dims=all_dims, extra_dims=extra_dims)
+    goal_mask = loss_mask(cfg, real_dim=0, extra_dims=extra_dims)
 
     def fn(trainable, frozen, batch, key):
         model = nnx.merge(graphdef, trainable, frozen)
-        return _masked_mean(model.flow_matching_error(key, batch, train=False), mask, batch, extra_dims)
+        return _masked_mean(model.flow_matching_error(key, batch, train=False), mask, batch, goal_mask)
 
     return fn
 

@@ -118,15 +118,12 @@ class ActionSpace:
 
     def encode_goal(self, goal: np.ndarray) -> np.ndarray:
         """Goal points (..., 3) in metres, arm base frame -> [-1, 1] over preprocess.GOAL_BOUNDS."""
-        lo, hi = GOAL_BOUNDS
-        return np.clip((np.asarray(goal, np.float64) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+        return _GOAL.normalize(goal)
 
     def decode_goal(self, model_actions: np.ndarray) -> np.ndarray:
         """(..., H, padded_dim) model output -> (..., 3) the goal point the chunk writes (mean over
         its steps), metres in the arm's base frame. Needs goal_dims."""
-        lo, hi = GOAL_BOUNDS
-        y = np.asarray(model_actions, np.float64)[..., list(self.goal_dims)].mean(axis=-2)
-        return (np.clip(y, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+        return _GOAL.unnormalize(np.asarray(model_actions, np.float64)[..., list(self.goal_dims)].mean(axis=-2))
 
     def training_actions(self, actions: np.ndarray, state: np.ndarray, goal: np.ndarray | None) -> np.ndarray:
         """encode_actions, with the goal point (..., 3) written into goal_dims of every step."""
@@ -203,6 +200,7 @@ class ActionSpace:
 NORMALIZATIONS = ("quantile", "zscore")
 #: Where `train --goal-dims` writes the goal point (x, y, z): the first dimensions after the robot's.
 GOAL_DIMS = (len(DELTA_MASK), len(DELTA_MASK) + 1, len(DELTA_MASK) + 2)
+_GOAL = Normalizer(GOAL_BOUNDS[0], GOAL_BOUNDS[1])  # goal points <-> [-1, 1], as OpenVLA's goal tokens
 
 
 @dataclass(frozen=True)
